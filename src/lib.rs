@@ -1,0 +1,22 @@
+//! ferroformer: build, pre-train, adapt and measure Transformer models.
+//!
+//! The modules follow a model's life: [`nn`] and [`models`] (structure), [`tokenizer`] and
+//! [`data`] (data), [`objective`] (what is predicted), [`train`] (one engine for every
+//! objective) and [`generate`], [`eval`], [`params`] (use). [`io`] and [`assets`] move weights
+//! and data in and out in the formats people already have.
+
+pub mod assets;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod io;
+pub mod models;
+pub mod nn;
+pub mod objective;
+pub mod params;
+pub mod rng;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};

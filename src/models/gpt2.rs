@@ -1,0 +1,467 @@
+//! GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners"): a stack
+//! of pre-norm decoder blocks over token plus learned position embeddings, with the output
+//! projection tied to the token embedding. Weight names, shapes (including the `[in, out]`
+//! Conv1D orientation) and `config.json` are those of transformers' `GPT2LMHeadModel`.
+
+use crate::io::{read_json, safetensors, write_json_atomic};
+use crate::nn::{
+    sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
+    FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
+};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn default_model_type() -> String {
+    "gpt2".into()
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_pdrop() -> f64 {
+    0.1
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+fn default_true() -> bool {
+    true
+}
+fn default_position() -> String {
+    "learned".into()
+}
+fn is_learned(s: &String) -> bool {
+    s == "learned"
+}
+
+/// `config.json` of a GPT-2 model, with transformers' field names and defaults. Keys we do not
+/// use are kept and written back unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gpt2Config {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Feed-forward width; `None` means `4 * n_embd`.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_pdrop")]
+    pub resid_pdrop: f64,
+    #[serde(default = "default_pdrop")]
+    pub embd_pdrop: f64,
+    #[serde(default = "default_pdrop")]
+    pub attn_pdrop: f64,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// `"learned"` (GPT-2, the default) or `"sinusoidal"` (fixed; a ferroformer extension that
+    /// transformers does not know, so such models load only here).
+    #[serde(default = "default_position", skip_serializing_if = "is_learned")]
+    pub position_encoding: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Gpt2Config {
+    /// A config with the given sizes and GPT-2's other defaults.
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        Gpt2Config {
+            model_type: default_model_type(),
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            activation_function: default_act(),
+            layer_norm_epsilon: default_eps(),
+            resid_pdrop: default_pdrop(),
+            embd_pdrop: default_pdrop(),
+            attn_pdrop: default_pdrop(),
+            initializer_range: default_init_range(),
+            tie_word_embeddings: true,
+            position_encoding: default_position(),
+            extra: Default::default(),
+        }
+    }
+
+    /// The published GPT-2 sizes: `gpt2` (124M), `gpt2-medium`, `gpt2-large`, `gpt2-xl`.
+    pub fn named(name: &str) -> Option<Self> {
+        let (e, l, h) = match name {
+            "gpt2" => (768, 12, 12),
+            "gpt2-medium" => (1024, 24, 16),
+            "gpt2-large" => (1280, 36, 20),
+            "gpt2-xl" => (1600, 48, 25),
+            _ => return None,
+        };
+        Some(Gpt2Config::new(50257, 1024, e, l, h))
+    }
+
+    /// Sets every dropout probability to `p`.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.resid_pdrop = p;
+        self.embd_pdrop = p;
+        self.attn_pdrop = p;
+        self
+    }
+
+    pub fn n_inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// Checks the sizes are consistent.
+    pub fn validate(&self) -> Result<()> {
+        if self.model_type != "gpt2" {
+            return Err(Error::Config(format!(
+                "model_type is {:?}, expected \"gpt2\"",
+                self.model_type
+            )));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(Error::Config(format!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                self.n_embd, self.n_head
+            )));
+        }
+        Activation::from_hf(&self.activation_function)?;
+        if !matches!(self.position_encoding.as_str(), "learned" | "sinusoidal") {
+            return Err(Error::Config(format!(
+                "position_encoding must be \"learned\" or \"sinusoidal\", got {:?}",
+                self.position_encoding
+            )));
+        }
+        for p in [self.resid_pdrop, self.embd_pdrop, self.attn_pdrop] {
+            Dropout::new(p)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `config.json`, naming the file in any error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Gpt2Config = read_json(path)?;
+        cfg.validate()
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// The JSON transformers expects (with `architectures`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let obj = v.as_object_mut().expect("object");
+        obj.entry("architectures")
+            .or_insert_with(|| serde_json::json!(["GPT2LMHeadModel"]));
+        v
+    }
+}
+
+/// The GPT-2 language model.
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    pub wte: Embedding,
+    pub wpe: PositionEncoding,
+    pub blocks: Vec<DecoderBlock>,
+    pub ln_f: LayerNorm,
+    /// The untied output projection `[vocab, n_embd]`, when `tie_word_embeddings` is false.
+    pub lm_head: Option<Tensor>,
+    pub drop: Dropout,
+}
+
+impl Gpt2 {
+    /// Builds the model from `store` (initialising what it does not hold, if it may).
+    pub fn new(config: &Gpt2Config, store: &mut ParamStore) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let std = c.initializer_range;
+        // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at initialisation.
+        let proj_std = std / (2.0 * c.n_layer as f64).sqrt();
+        let wte = Embedding::new(store, "transformer.wte.weight", c.vocab_size, c.n_embd, std)?;
+        let wpe = if c.position_encoding == "sinusoidal" {
+            PositionEncoding::Sinusoidal(sinusoidal_encoding(
+                c.n_positions,
+                c.n_embd,
+                store.device(),
+            )?)
+        } else {
+            PositionEncoding::Learned(LearnedPosition::new(
+                store,
+                "transformer.wpe.weight",
+                c.n_positions,
+                c.n_embd,
+                std,
+            )?)
+        };
+        let act = Activation::from_hf(&c.activation_function)?;
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = format!("transformer.h.{i}");
+            blocks.push(DecoderBlock {
+                ln_1: LayerNorm::new(
+                    store,
+                    &format!("{p}.ln_1"),
+                    c.n_embd,
+                    c.layer_norm_epsilon,
+                    true,
+                )?,
+                attn: CausalSelfAttention {
+                    qkv: Linear::conv1d(
+                        store,
+                        &format!("{p}.attn.c_attn"),
+                        c.n_embd,
+                        3 * c.n_embd,
+                        std,
+                    )?,
+                    proj: Linear::conv1d(
+                        store,
+                        &format!("{p}.attn.c_proj"),
+                        c.n_embd,
+                        c.n_embd,
+                        proj_std,
+                    )?,
+                    n_head: c.n_head,
+                    attn_dropout: Dropout::new(c.attn_pdrop)?,
+                    resid_dropout: Dropout::new(c.resid_pdrop)?,
+                },
+                ln_2: LayerNorm::new(
+                    store,
+                    &format!("{p}.ln_2"),
+                    c.n_embd,
+                    c.layer_norm_epsilon,
+                    true,
+                )?,
+                mlp: FeedForward {
+                    fc: Linear::conv1d(
+                        store,
+                        &format!("{p}.mlp.c_fc"),
+                        c.n_embd,
+                        c.n_inner(),
+                        std,
+                    )?,
+                    proj: Linear::conv1d(
+                        store,
+                        &format!("{p}.mlp.c_proj"),
+                        c.n_inner(),
+                        c.n_embd,
+                        proj_std,
+                    )?,
+                    act,
+                },
+                mlp_dropout: Dropout::new(c.resid_pdrop)?,
+            });
+        }
+        let ln_f = LayerNorm::new(
+            store,
+            "transformer.ln_f",
+            c.n_embd,
+            c.layer_norm_epsilon,
+            true,
+        )?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(store.get(
+                "lm_head.weight",
+                &[c.vocab_size, c.n_embd],
+                crate::nn::Init::Normal(std),
+            )?)
+        };
+        Ok(Gpt2 {
+            config: c.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            drop: Dropout::new(c.embd_pdrop)?,
+        })
+    }
+
+    /// A freshly initialised model and its parameter store.
+    pub fn init(config: &Gpt2Config, device: &Device, seed: u64) -> Result<(Self, ParamStore)> {
+        let mut store = ParamStore::new_init(device, seed);
+        let model = Gpt2::new(config, &mut store)?;
+        Ok((model, store))
+    }
+
+    /// Final hidden states `[b, t, n_embd]` for token ids `[b, t]` (u32). With `caches` (one per
+    /// layer) positions continue after the cached ones. `rng` enables dropout (training).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        caches: Option<&mut [KvCache]>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let offset = caches.as_ref().map(|c| c[0].len()).unwrap_or(0);
+        let tok = self.wte.forward(ids)?;
+        let pos = self.wpe.forward(offset, t)?;
+        let mut x = tok.broadcast_add(&pos)?;
+        x = self.drop.forward(&x, rng.as_deref_mut())?;
+        match caches {
+            Some(caches) => {
+                for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+                    x = block.forward(&x, Some(cache), rng.as_deref_mut())?;
+                }
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(&x, None, rng.as_deref_mut())?;
+                }
+            }
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Logits `[b, t, vocab]` for token ids `[b, t]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        caches: Option<&mut [KvCache]>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, caches, rng)?;
+        self.logits(&h)
+    }
+
+    /// Projects hidden states onto the vocabulary.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = h.dims3()?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.wte.weight);
+        let l = h.reshape((b * t, c))?.matmul(&w.t()?)?;
+        Ok(l.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// One empty cache per layer.
+    pub fn new_caches(&self) -> Vec<KvCache> {
+        vec![KvCache::default(); self.blocks.len()]
+    }
+
+    /// Maximum sequence length.
+    pub fn max_positions(&self) -> usize {
+        self.config.n_positions
+    }
+}
+
+/// Maps the key variants found in real GPT-2 checkpoints onto ours: original OpenAI-converted
+/// files lack the `transformer.` prefix and carry `attn.bias`/`attn.masked_bias` mask buffers,
+/// which are not parameters.
+fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter(|(k, _)| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias")))
+        .map(|(k, t)| {
+            if k.starts_with("transformer.") || k.starts_with("lm_head.") {
+                (k, t)
+            } else {
+                (format!("transformer.{k}"), t)
+            }
+        })
+        .collect()
+}
+
+/// Loads a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`).
+pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
+    let cfg_path = dir.join("config.json");
+    let config = Gpt2Config::load(&cfg_path)?;
+    let weights = dir.join("model.safetensors");
+    if !weights.exists() {
+        return Err(Error::format(
+            dir,
+            "no model.safetensors in this model directory",
+        ));
+    }
+    let mut tensors = normalize_keys(safetensors::load(&weights, device)?);
+    if config.tie_word_embeddings {
+        // transformers may save the tied head as well; it is the same tensor as wte.
+        tensors.remove("lm_head.weight");
+    }
+    let mut store = ParamStore::from_tensors(tensors, device, Some(&weights))?;
+    let model = Gpt2::new(&config, &mut store).map_err(|e| match e {
+        Error::Format { path, msg } => Error::format(
+            path,
+            format!("{msg} (does {} match these weights?)", cfg_path.display()),
+        ),
+        e => e,
+    })?;
+    let used: Vec<String> = model_keys(&model);
+    let unused = store.unused(&used);
+    if !unused.is_empty() {
+        return Err(Error::format(
+            &weights,
+            format!(
+                "{} tensors not used by the model described in {} (first: {}); the config does not match the weights",
+                unused.len(),
+                cfg_path.display(),
+                unused[0]
+            ),
+        ));
+    }
+    Ok((model, store))
+}
+
+/// The parameter keys a model uses.
+fn model_keys(model: &Gpt2) -> Vec<String> {
+    let c = &model.config;
+    let mut keys = vec![
+        "transformer.wte.weight".to_string(),
+        "transformer.ln_f.weight".into(),
+        "transformer.ln_f.bias".into(),
+    ];
+    if c.position_encoding == "learned" {
+        keys.push("transformer.wpe.weight".into());
+    }
+    if !c.tie_word_embeddings {
+        keys.push("lm_head.weight".into());
+    }
+    for i in 0..c.n_layer {
+        for m in [
+            "ln_1",
+            "ln_2",
+            "attn.c_attn",
+            "attn.c_proj",
+            "mlp.c_fc",
+            "mlp.c_proj",
+        ] {
+            keys.push(format!("transformer.h.{i}.{m}.weight"));
+            keys.push(format!("transformer.h.{i}.{m}.bias"));
+        }
+    }
+    keys
+}
+
+/// Saves `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
+pub fn save_dir(dir: &Path, config: &Gpt2Config, store: &ParamStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
+    write_json_atomic(&dir.join("config.json"), &config.to_json())
+}

@@ -1,0 +1,98 @@
+//! Multi-head causal self-attention (Vaswani et al., 2017) with a key/value cache for
+//! generation one token at a time.
+
+use crate::nn::dropout::Dropout;
+use crate::nn::linear::Linear;
+use crate::nn::ops::softmax;
+use crate::rng::Rng;
+use crate::Result;
+use candle_core::{Device, Tensor};
+
+/// Keys and values of the positions seen so far, `[batch, heads, seen, head_dim]` each.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map(|k| k.dims()[2]).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Additive mask `[t, offset + t]`: 0 where query `i` may see key `j` (`j <= offset + i`),
+/// minus infinity elsewhere.
+pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, total), device)?)
+}
+
+/// Causal multi-head self-attention with a fused query/key/value projection (`c_attn` in GPT-2).
+#[derive(Clone, Debug)]
+pub struct CausalSelfAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub n_head: usize,
+    pub attn_dropout: Dropout,
+    pub resid_dropout: Dropout,
+}
+
+impl CausalSelfAttention {
+    /// `x`: `[b, t, c]`. With `cache`, the new keys/values are appended and queries attend to
+    /// all cached positions plus the causal part of the new ones.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<&mut KvCache>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let h = self.n_head;
+        let hd = c / h;
+        let qkv = self.qkv.forward(x)?;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, i * c, c)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if let Some(cache) = cache {
+            if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.k = Some(k.clone());
+            cache.v = Some(v.clone());
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if t > 1 {
+            att = att.broadcast_add(&causal_mask(t, offset, x.device())?)?;
+        }
+        let att = softmax(&att)?;
+        let att = self.attn_dropout.forward(&att, rng.as_deref_mut())?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = self.proj.forward(&y)?;
+        self.resid_dropout.forward(&y, rng)
+    }
+}

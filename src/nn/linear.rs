@@ -1,0 +1,84 @@
+//! Affine maps. This is the one place a model multiplies by a weight matrix, so later
+//! parameter-efficient methods (LoRA and friends) wrap this type rather than the models.
+
+use crate::nn::store::{Init, ParamStore};
+use crate::Result;
+use candle_core::{Tensor, D};
+
+/// `y = x W + b`. The weight is kept in the orientation of the checkpoint it came from:
+/// `[in, out]` for GPT-2's Conv1D, `[out, in]` for PyTorch's `nn.Linear`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// True when `weight` is `[in, out]` (GPT-2 Conv1D).
+    pub in_out: bool,
+}
+
+impl Linear {
+    /// A GPT-2 Conv1D: weight `{prefix}.weight` of shape `[in, out]`, bias `{prefix}.bias`.
+    pub fn conv1d(
+        store: &mut ParamStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        std: f64,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: store.get(
+                &format!("{prefix}.weight"),
+                &[d_in, d_out],
+                Init::Normal(std),
+            )?,
+            bias: Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?),
+            in_out: true,
+        })
+    }
+
+    /// A PyTorch `nn.Linear`: weight `[out, in]`, optional bias.
+    pub fn linear(
+        store: &mut ParamStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Result<Self> {
+        let weight = store.get(
+            &format!("{prefix}.weight"),
+            &[d_out, d_in],
+            Init::Normal(std),
+        )?;
+        let bias = if bias {
+            Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            in_out: false,
+        })
+    }
+
+    /// Applies the map to the last dimension of `x` (any leading shape).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = dims[dims.len() - 1];
+        // One 2-D matmul over all leading positions is much faster than a broadcast batch.
+        let x2 = x.reshape(((), d_in))?;
+        let y = if self.in_out {
+            x2.matmul(&self.weight)?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let d_out = y.dim(D::Minus1)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = d_out;
+        Ok(y.reshape(out_dims)?)
+    }
+}

@@ -1,0 +1,23 @@
+//! Building blocks of Transformer models, each a small type that holds its parameters and a
+//! `forward` built only from operations with a backward pass (so every block trains).
+
+pub mod attention;
+pub mod block;
+pub mod dropout;
+pub mod embedding;
+pub mod feed_forward;
+pub mod linear;
+pub mod norm;
+pub mod ops;
+pub mod position;
+pub mod store;
+
+pub use attention::{CausalSelfAttention, KvCache};
+pub use block::DecoderBlock;
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use feed_forward::{Activation, FeedForward};
+pub use linear::Linear;
+pub use norm::LayerNorm;
+pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};
+pub use store::{Init, ParamStore};

@@ -1,0 +1,47 @@
+//! Layer normalisation (Ba et al., 2016), written as a composition of differentiable ops:
+//! candle-nn's fused `layer_norm` has no backward and would silently stop training.
+
+use crate::nn::store::{Init, ParamStore};
+use crate::Result;
+use candle_core::{Tensor, D};
+
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Weight `{prefix}.weight`, bias `{prefix}.bias` (when `bias`).
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?,
+            bias: if bias {
+                Some(store.get(&format!("{prefix}.bias"), &[dim], Init::Zeros)?)
+            } else {
+                None
+            },
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (var + self.eps)?.sqrt()?.recip()?;
+        let y = xc.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}

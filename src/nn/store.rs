@@ -1,0 +1,156 @@
+//! The parameter store: every trainable tensor of a model, by its Hugging Face key.
+//!
+//! Models are built by asking the store for each parameter by name and shape. A fresh model
+//! gets initialised values (from a seeded RNG, so a seed fixes the whole model); a loaded model
+//! gets the checkpoint's tensors and an error for any missing or mis-shaped one.
+
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::BTreeMap;
+
+/// How a parameter is initialised when the store does not hold it yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
+}
+
+/// Named model parameters, iterated in key order (which makes optimizer state and
+/// initialisation deterministic).
+pub struct ParamStore {
+    vars: BTreeMap<String, Var>,
+    frozen: std::collections::BTreeSet<String>,
+    device: Device,
+    rng: Rng,
+    allow_init: bool,
+    /// Where loaded tensors came from, for error messages.
+    source: Option<std::path::PathBuf>,
+}
+
+impl ParamStore {
+    /// An empty store that initialises parameters on request from `seed`.
+    pub fn new_init(device: &Device, seed: u64) -> Self {
+        ParamStore {
+            vars: BTreeMap::new(),
+            frozen: Default::default(),
+            device: device.clone(),
+            rng: Rng::new(seed),
+            allow_init: true,
+            source: None,
+        }
+    }
+
+    /// A store holding `tensors` (converted to f32 variables); requesting anything else fails.
+    pub fn from_tensors(
+        tensors: BTreeMap<String, Tensor>,
+        device: &Device,
+        source: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let mut vars = BTreeMap::new();
+        for (k, t) in tensors {
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            vars.insert(k, Var::from_tensor(&t)?);
+        }
+        Ok(ParamStore {
+            vars,
+            frozen: Default::default(),
+            device: device.clone(),
+            rng: Rng::new(0),
+            allow_init: false,
+            source: source.map(|p| p.to_path_buf()),
+        })
+    }
+
+    fn err(&self, msg: String) -> Error {
+        match &self.source {
+            Some(p) => Error::format(p, msg),
+            None => Error::Config(msg),
+        }
+    }
+
+    /// The parameter `name` with shape `dims`, initialised with `init` if the store may do so.
+    pub fn get(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        if let Some(v) = self.vars.get(name) {
+            if v.dims() != dims {
+                return Err(self.err(format!(
+                    "parameter {name} has shape {:?} but the configuration needs {:?}",
+                    v.dims(),
+                    dims
+                )));
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        if !self.allow_init {
+            return Err(self.err(format!("missing parameter {name} (shape {dims:?})")));
+        }
+        let n: usize = dims.iter().product();
+        let data: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal(std) => (0..n).map(|_| (self.rng.normal() * std) as f32).collect(),
+        };
+        let var = Var::from_tensor(&Tensor::from_vec(data, dims, &self.device)?)?;
+        let t = var.as_tensor().clone();
+        self.vars.insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    /// After building a model from loaded tensors: the keys the model did not ask for.
+    pub fn unused(&self, used: &[String]) -> Vec<String> {
+        self.vars
+            .keys()
+            .filter(|k| !used.contains(k))
+            .cloned()
+            .collect()
+    }
+
+    /// Removes a parameter (used to drop checkpoint entries a model ignores, such as a tied head).
+    pub fn remove(&mut self, name: &str) -> Option<Var> {
+        self.vars.remove(name)
+    }
+
+    /// All parameters by name.
+    pub fn vars(&self) -> &BTreeMap<String, Var> {
+        &self.vars
+    }
+
+    /// The parameters the optimizer updates (all but the frozen ones), by name.
+    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter().filter(|(k, _)| !self.frozen.contains(*k))
+    }
+
+    /// Excludes parameters whose name satisfies `pred` from training.
+    pub fn freeze(&mut self, pred: impl Fn(&str) -> bool) {
+        for k in self.vars.keys() {
+            if pred(k) {
+                self.frozen.insert(k.clone());
+            }
+        }
+    }
+
+    /// Whether `name` is frozen.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        self.frozen.contains(name)
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A snapshot of all tensors (for saving).
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+}

@@ -1,0 +1,41 @@
+//! Causal language modelling: predict each next token from the tokens before it.
+
+use crate::models::Gpt2;
+use crate::nn::ops::log_softmax;
+use crate::rng::Rng;
+use crate::Result;
+use candle_core::{Tensor, D};
+
+/// Mean cross-entropy of `logits` `[n, vocab]` against `targets` `[n]` (u32), in nats.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax(logits)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, D::Minus1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// Per-position negative log-likelihood `[n]` (no reduction), for evaluation.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax(logits)?;
+    Ok(logp
+        .gather(&targets.unsqueeze(1)?, D::Minus1)?
+        .squeeze(1)?
+        .neg()?)
+}
+
+/// The causal LM objective over a model.
+pub struct CausalLm;
+
+impl CausalLm {
+    /// Loss of predicting `targets` `[b, t]` from `inputs` `[b, t]` (targets are inputs shifted by
+    /// one). `rng` enables dropout.
+    pub fn loss(
+        model: &Gpt2,
+        inputs: &Tensor,
+        targets: &Tensor,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let logits = model.forward(inputs, None, rng)?;
+        let (b, t, v) = logits.dims3()?;
+        cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    }
+}

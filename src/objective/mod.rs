@@ -1,0 +1,5 @@
+//! Training objectives: what the model is asked to predict, and the loss that measures it.
+
+pub mod clm;
+
+pub use clm::{cross_entropy, CausalLm};

@@ -1,0 +1,165 @@
+//! Tokenizers: train char-level and byte-level BPE vocabularies, load any `tokenizer.json`,
+//! and GPT-2's own `vocab.json` + `merges.txt`. All of it is the Hugging Face `tokenizers`
+//! library, so what we write loads in Python and the reverse.
+
+use crate::io::write_atomic;
+use crate::{Error, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TokenizerBuilder};
+
+/// The end-of-text token of byte-level BPE vocabularies (GPT-2's).
+pub const EOT: &str = "<|endoftext|>";
+/// The unknown-character token of char-level vocabularies.
+pub const UNK: &str = "<unk>";
+
+/// A loaded tokenizer.
+#[derive(Clone)]
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+}
+
+fn tok_err(path: Option<&Path>, e: impl std::fmt::Display) -> Error {
+    match path {
+        Some(p) => Error::format(p, format!("tokenizer: {e}")),
+        None => Error::Config(format!("tokenizer: {e}")),
+    }
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(Some(path), e))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Writes `tokenizer.json` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let s = self
+            .inner
+            .to_string(true)
+            .map_err(|e| tok_err(Some(path), e))?;
+        write_atomic(path, s.as_bytes())
+    }
+
+    /// GPT-2's tokenizer from its original `vocab.json` (a.k.a. `encoder.json`) and
+    /// `merges.txt` (a.k.a. `vocab.bpe`).
+    pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Self> {
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| tok_err(Some(vocab), e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
+        inner.add_special_tokens(&[AddedToken::from(EOT, true)]);
+        Ok(Tokenizer { inner })
+    }
+
+    /// A character-level vocabulary: one token per distinct character of `texts`, in code point
+    /// order, then `<unk>` for characters never seen.
+    pub fn train_char<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut chars = BTreeSet::new();
+        for t in texts {
+            chars.extend(t.chars());
+        }
+        if chars.is_empty() {
+            return Err(Error::Data(
+                "cannot build a character vocabulary from empty text".into(),
+            ));
+        }
+        let mut vocab: Vec<(String, u32)> = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i as u32))
+            .collect();
+        vocab.push((UNK.to_string(), chars.len() as u32));
+        let bpe = BPE::builder()
+            .vocab_and_merges(
+                vocab
+                    .into_iter()
+                    .collect::<tokenizers::models::bpe::Vocab>(),
+                vec![],
+            )
+            .unk_token(UNK.to_string())
+            .build()
+            .map_err(|e| tok_err(None, e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        // Without a decoder, decoding would join tokens with spaces.
+        inner.with_decoder(Some(Fuse::new()));
+        Ok(Tokenizer { inner })
+    }
+
+    /// Trains a byte-level BPE vocabulary of `vocab_size` tokens (including the 256 byte tokens
+    /// and `<|endoftext|>`) on `files`.
+    pub fn train_bpe(files: &[PathBuf], vocab_size: usize, min_frequency: u64) -> Result<Self> {
+        if vocab_size < 257 {
+            return Err(Error::Config(format!(
+                "byte-level BPE needs vocab_size >= 257 (256 bytes + {EOT}), got {vocab_size}"
+            )));
+        }
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(min_frequency)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOT, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tk = TokenizerBuilder::<
+            BPE,
+            tokenizers::NormalizerWrapper,
+            ByteLevel,
+            ByteLevel,
+            ByteLevelDecoder,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+        .with_post_processor(Some(ByteLevel::new(false, true, true)))
+        .with_decoder(Some(ByteLevelDecoder::default()))
+        .build()
+        .map_err(|e| tok_err(None, e))?;
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        tk.train_from_files(&mut trainer, names)
+            .map_err(|e| tok_err(files.first().map(|p| p.as_path()), e))?;
+        let json = tk.to_string(false).map_err(|e| tok_err(None, e))?;
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| tok_err(None, e))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Token ids of `text`, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| tok_err(None, e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| tok_err(None, e))
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token, if in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
