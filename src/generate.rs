@@ -1,1 +1,185 @@
+//! Text generation, one token at a time with the key/value cache: greedy, temperature, top-k
+//! and top-p (nucleus) sampling, streamed as text.
 
+use crate::models::Gpt2;
+use crate::rng::Rng;
+use crate::tokenizer::{Tokenizer, EOT};
+use crate::{Error, Result};
+use candle_core::Tensor;
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingConfig {
+    pub max_tokens: usize,
+    /// 0 means greedy (always the most likely token).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`.
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+impl SamplingConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Config(format!("temperature must be >= 0, got {}", self.temperature)));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Config("top-k must be at least 1".into()));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Config(format!("top-p must be in (0, 1], got {p}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Picks a token from one row of logits.
+pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .0 as u32
+    };
+    if cfg.temperature == 0.0 {
+        return argmax();
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if let Some(k) = cfg.top_k {
+        idx.truncate(k.min(idx.len()));
+    }
+    let max = logits[idx[0]] as f64;
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / cfg.temperature).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(top_p) = cfg.top_p {
+        let mut cum = 0.0;
+        let mut keep = probs.len();
+        for (n, p) in probs.iter().enumerate() {
+            cum += p;
+            if cum >= top_p {
+                keep = n + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        idx.truncate(keep);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+    }
+    let mut u = rng.uniform();
+    for (n, p) in probs.iter().enumerate() {
+        if u < *p {
+            return idx[n] as u32;
+        }
+        u -= p;
+    }
+    idx[probs.len() - 1] as u32
+}
+
+fn last_logits(model: &Gpt2, ids: &[u32], caches: &mut [crate::nn::KvCache]) -> Result<Vec<f32>> {
+    let x = Tensor::new(ids, model.wte.weight.device())?.unsqueeze(0)?;
+    let logits = model.forward(&x, Some(caches), None)?;
+    let last = logits.squeeze(0)?.narrow(0, ids.len() - 1, 1)?.squeeze(0)?;
+    Ok(last.to_vec1::<f32>()?)
+}
+
+/// Generates up to `cfg.max_tokens` tokens after `prompt`, calling `on_text` with each new
+/// piece of text as soon as it is complete UTF-8. Stops early at `<|endoftext|>`. Returns the
+/// generated ids.
+pub fn generate(
+    model: &Gpt2,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    cfg: &SamplingConfig,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    let eot = tokenizer.token_id(EOT);
+    let mut context = tokenizer.encode(prompt)?;
+    if context.is_empty() {
+        context = vec![eot.ok_or_else(|| Error::Config("the prompt is empty".into()))?];
+    }
+    if let Some(&bad) = context.iter().find(|&&id| id as usize >= model.config.vocab_size) {
+        return Err(Error::Config(format!("token id {bad} is outside the model's vocabulary")));
+    }
+    let max_pos = model.max_positions();
+    if context.len() > max_pos {
+        context.drain(..context.len() - max_pos);
+    }
+    let mut rng = Rng::new(cfg.seed);
+    let mut caches = model.new_caches();
+    let mut logits = last_logits(model, &context, &mut caches)?;
+    let mut out: Vec<u32> = vec![];
+    let mut printed = 0usize;
+    for _ in 0..cfg.max_tokens {
+        let next = pick(&logits, cfg, &mut rng);
+        if Some(next) == eot {
+            break;
+        }
+        out.push(next);
+        context.push(next);
+        let text = tokenizer.decode(&out)?;
+        // A byte-level token can end inside a multi-byte character: wait for the rest.
+        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+            on_text(&text[printed..]);
+            printed = text.len();
+        }
+        if caches[0].len() + 1 > max_pos {
+            // Window full: restart the cache on the most recent half of the context.
+            let keep = max_pos / 2;
+            let tail: Vec<u32> = context[context.len() - keep..].to_vec();
+            caches = model.new_caches();
+            logits = last_logits(model, &tail, &mut caches)?;
+        } else {
+            logits = last_logits(model, &[next], &mut caches)?;
+        }
+    }
+    let text = tokenizer.decode(&out)?;
+    if text.len() > printed {
+        on_text(&text[printed..]);
+    }
+    Ok(out)
+}
+
+/// Full-sequence logits of the last position without a cache (reference for cache tests).
+pub fn logits_no_cache(model: &Gpt2, ids: &[u32]) -> Result<Vec<f32>> {
+    let x = Tensor::new(ids, model.wte.weight.device())?.unsqueeze(0)?;
+    let logits = model.forward(&x, None, None)?;
+    Ok(logits.squeeze(0)?.get(ids.len() - 1)?.to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_topk_topp() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let mut rng = Rng::new(0);
+        let greedy = SamplingConfig { max_tokens: 1, temperature: 0.0, top_k: None, top_p: None, seed: 0 };
+        assert_eq!(pick(&logits, &greedy, &mut rng), 1);
+        let k1 = SamplingConfig { temperature: 1.0, top_k: Some(1), ..greedy };
+        for _ in 0..20 {
+            assert_eq!(pick(&logits, &k1, &mut rng), 1);
+        }
+        // p(1) = 0.665, p(2) = 0.245: top-p 0.8 keeps exactly tokens 1 and 2.
+        let p = SamplingConfig { temperature: 1.0, top_p: Some(0.8), ..greedy };
+        let mut seen = [0; 4];
+        for _ in 0..2000 {
+            seen[pick(&logits, &p, &mut rng) as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[3], 0);
+        let frac = seen[1] as f64 / 2000.0;
+        assert!((frac - 0.665 / 0.91).abs() < 0.04, "{seen:?}");
+    }
+}

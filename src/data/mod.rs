@@ -1,1 +1,7 @@
+//! Data: text corpora turned into token shards on disk, and batches drawn from them.
 
+pub mod corpus;
+pub mod shards;
+
+pub use corpus::{corpus_files, read_text};
+pub use shards::{Split, TokenShard};

@@ -1,1 +1,5 @@
+//! Evaluation of trained models.
 
+pub mod perplexity;
+
+pub use perplexity::{perplexity, PerplexityReport};

@@ -413,7 +413,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
         ),
         e => e,
     })?;
-    let used: Vec<String> = model_keys(&model);
+    let used: Vec<String> = param_shapes(&config)?.into_keys().collect();
     let unused = store.unused(&used);
     if !unused.is_empty() {
         return Err(Error::format(
@@ -429,34 +429,11 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
     Ok((model, store))
 }
 
-/// The parameter keys a model uses.
-fn model_keys(model: &Gpt2) -> Vec<String> {
-    let c = &model.config;
-    let mut keys = vec![
-        "transformer.wte.weight".to_string(),
-        "transformer.ln_f.weight".into(),
-        "transformer.ln_f.bias".into(),
-    ];
-    if c.position_encoding == "learned" {
-        keys.push("transformer.wpe.weight".into());
-    }
-    if !c.tie_word_embeddings {
-        keys.push("lm_head.weight".into());
-    }
-    for i in 0..c.n_layer {
-        for m in [
-            "ln_1",
-            "ln_2",
-            "attn.c_attn",
-            "attn.c_proj",
-            "mlp.c_fc",
-            "mlp.c_proj",
-        ] {
-            keys.push(format!("transformer.h.{i}.{m}.weight"));
-            keys.push(format!("transformer.h.{i}.{m}.bias"));
-        }
-    }
-    keys
+/// The parameter names and shapes of a GPT-2 model with this config, without allocating it.
+pub fn param_shapes(config: &Gpt2Config) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut store = ParamStore::new_shapes();
+    Gpt2::new(config, &mut store)?;
+    Ok(store.shapes().cloned().unwrap_or_default())
 }
 
 /// Saves `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.

@@ -26,6 +26,8 @@ pub struct ParamStore {
     device: Device,
     rng: Rng,
     allow_init: bool,
+    /// Shape-only mode: record what a model asks for without allocating it.
+    shapes: Option<BTreeMap<String, Vec<usize>>>,
     /// Where loaded tensors came from, for error messages.
     source: Option<std::path::PathBuf>,
 }
@@ -39,8 +41,23 @@ impl ParamStore {
             device: device.clone(),
             rng: Rng::new(seed),
             allow_init: true,
+            shapes: None,
             source: None,
         }
+    }
+
+    /// A store that only records the name and shape of each parameter a model requests and
+    /// hands out zero-stride views of one scalar, so even a 1.5B-parameter model "builds" in
+    /// no memory (for parameter accounting).
+    pub fn new_shapes() -> Self {
+        let mut s = Self::new_init(&Device::Cpu, 0);
+        s.shapes = Some(BTreeMap::new());
+        s
+    }
+
+    /// The shapes recorded in shape-only mode.
+    pub fn shapes(&self) -> Option<&BTreeMap<String, Vec<usize>>> {
+        self.shapes.as_ref()
     }
 
     /// A store holding `tensors` (converted to f32 variables); requesting anything else fails.
@@ -60,6 +77,7 @@ impl ParamStore {
             device: device.clone(),
             rng: Rng::new(0),
             allow_init: false,
+            shapes: None,
             source: source.map(|p| p.to_path_buf()),
         })
     }
@@ -73,6 +91,10 @@ impl ParamStore {
 
     /// The parameter `name` with shape `dims`, initialised with `init` if the store may do so.
     pub fn get(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        if let Some(shapes) = &mut self.shapes {
+            shapes.insert(name.to_string(), dims.to_vec());
+            return Ok(Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(dims)?);
+        }
         if let Some(v) = self.vars.get(name) {
             if v.dims() != dims {
                 return Err(self.err(format!(

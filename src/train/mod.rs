@@ -1,8 +1,15 @@
 //! The training engine, written once for every objective: optimizer, schedule, clipping,
 //! accumulation, evaluation, checkpoints and resume, metrics and plots.
 
+pub mod checkpoint;
+pub mod metrics;
 pub mod optimizer;
+pub mod plot;
+pub mod recipe;
 pub mod schedule;
+pub mod trainer;
 
-pub use optimizer::{AdamW, AdamWConfig, GradAccumulator};
+pub use optimizer::{AdamW, AdamWConfig, GradAccumulator, Grads};
+pub use recipe::Recipe;
 pub use schedule::LrSchedule;
+pub use trainer::{Outcome, Trainer};

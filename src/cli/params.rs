@@ -1,0 +1,88 @@
+//! `ferroformer params`: parameter accounting.
+
+use super::Common;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ferroformer::models::Gpt2Config;
+use ferroformer::params::{gpt2_report, size_name};
+use std::path::Path;
+
+#[derive(Args, Debug)]
+pub struct ParamsArgs {
+    /// A model directory (reads its config.json).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub model: Option<String>,
+    /// A named config (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a config.json path, or inline JSON.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Batch size for the training memory estimate.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Context for the memory and FLOPs estimates [default: the model's maximum positions].
+    #[arg(long)]
+    pub context: Option<usize>,
+}
+
+fn load_config(a: &ParamsArgs) -> Result<Gpt2Config> {
+    if let Some(m) = &a.model {
+        let dir = ferroformer::assets::resolve(m)?;
+        return Ok(Gpt2Config::load(&dir.join("config.json"))?);
+    }
+    let c = a.config.as_deref().unwrap_or_default();
+    if let Some(cfg) = Gpt2Config::named(c) {
+        return Ok(cfg);
+    }
+    if c.trim_start().starts_with('{') {
+        let cfg: Gpt2Config = serde_json::from_str(c).context("--config: invalid JSON")?;
+        cfg.validate()?;
+        return Ok(cfg);
+    }
+    let p = Path::new(c);
+    if p.exists() {
+        let p = if p.is_dir() { p.join("config.json") } else { p.to_path_buf() };
+        return Ok(Gpt2Config::load(&p)?);
+    }
+    bail!("--config {c:?}: not a known name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a file, or JSON")
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
+    let cfg = load_config(&a)?;
+    let r = gpt2_report(&cfg, a.batch, a.context, &|_| false)?;
+    if c.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let w = r.modules.keys().map(|k| k.len()).max().unwrap_or(10).max(12);
+    println!("{:<w$}  {:>14}", "module", "parameters");
+    for (m, n) in &r.modules {
+        println!("{m:<w$}  {n:>14}");
+    }
+    println!("{:<w$}  {:>14}  ({})", "total", r.total, r.size);
+    println!("{:<w$}  {:>14}", "trainable", r.trainable);
+    let blocks: Vec<String> = r.per_block.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("per block: {}", blocks.join(", "));
+    println!(
+        "FLOPs per token at context {}: forward {:.3e}, training {:.3e} (N in matmuls: {}, {})",
+        r.flops_per_token.context,
+        r.flops_per_token.forward,
+        r.flops_per_token.train,
+        r.matmul_params,
+        size_name(r.matmul_params)
+    );
+    let m = &r.memory;
+    println!(
+        "training memory (f32, AdamW, batch {} x {}): weights {}, gradients {}, moments {}, activations ~{}, total ~{}",
+        m.batch,
+        m.context,
+        gib(m.weights),
+        gib(m.gradients),
+        gib(m.adamw_moments),
+        gib(m.activations),
+        gib(m.total)
+    );
+    Ok(())
+}

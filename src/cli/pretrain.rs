@@ -1,0 +1,101 @@
+//! `ferroformer pretrain`: run a recipe.
+
+use super::{install_interrupt_handler, Common};
+use anyhow::Result;
+use clap::Args;
+use ferroformer::train::trainer::Event;
+use ferroformer::train::{Outcome, Recipe, Trainer};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Recipe file (TOML), e.g. recipes/gpt-shakespeare-char.toml.
+    #[arg(long)]
+    pub recipe: PathBuf,
+    /// Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue from the newest checkpoint in the recipe's train.out_dir.
+    #[arg(long, default_value_t = false)]
+    pub resume: bool,
+}
+
+pub fn run(a: PretrainArgs, c: &Common) -> Result<()> {
+    let recipe = Recipe::load(&a.recipe, &a.set)?;
+    train(recipe, a.resume, c)?;
+    Ok(())
+}
+
+/// Trains `recipe`, printing evaluations to stdout; returns the trainer and how it ended.
+pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outcome)> {
+    let device = c.device()?;
+    install_interrupt_handler(c.quiet);
+    if !c.quiet {
+        eprintln!("preparing {} in {}", recipe.name, recipe.train.out_dir);
+    }
+    let mut trainer = Trainer::prepare(recipe, resume, &device)?;
+    if !c.quiet {
+        let n = trainer.store.numel();
+        eprintln!(
+            "model: {} parameters ({}), vocabulary {}, {} training / {} validation tokens{}",
+            n,
+            ferroformer::params::size_name(n),
+            trainer.tokenizer.vocab_size(),
+            trainer.train_split.len(),
+            trainer.val_split.len(),
+            if resume { format!(", resuming at step {}", trainer.state.step) } else { String::new() }
+        );
+    }
+    let json = c.json;
+    let quiet = c.quiet;
+    let outcome = trainer.run(c.progress(), &mut |ev| match ev {
+        Event::Eval(e) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss})
+                );
+            } else {
+                match e.val_loss {
+                    Some(v) => println!("step {:>6}: train loss {:.4}, val loss {:.4}", e.step, e.train_loss, v),
+                    None => println!("step {:>6}: train loss {:.4}", e.step, e.train_loss),
+                }
+            }
+        }
+        Event::Checkpoint(p) => {
+            if !quiet {
+                eprintln!("saved {}", p.display());
+            }
+        }
+    })?;
+    let st = &trainer.state;
+    let summary = json!({
+        "out_dir": trainer.out_dir, "step": st.step, "finished": outcome == Outcome::Finished,
+        "best_val_loss": st.best_val_loss, "train_seconds": st.elapsed_s, "tokens_seen": st.tokens_seen,
+    });
+    match &outcome {
+        Outcome::Finished => {
+            if json {
+                println!("{summary}");
+            } else {
+                println!(
+                    "done: {} steps in {:.1} s of training; model in {}",
+                    st.step,
+                    st.elapsed_s,
+                    trainer.out_dir.display()
+                );
+            }
+        }
+        Outcome::Interrupted { step, checkpoint } => {
+            if json {
+                println!("{summary}");
+            }
+            eprintln!(
+                "stopped at step {step}; checkpoint {}. Continue with --resume.",
+                checkpoint.display()
+            );
+        }
+    }
+    Ok((trainer, outcome))
+}

@@ -1,0 +1,54 @@
+//! `ferroformer tokenizer`: train vocabularies.
+
+use super::Common;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use ferroformer::data::corpus_files;
+use ferroformer::tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCmd {
+    /// Train a char-level or byte-level BPE tokenizer and write tokenizer.json.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Corpus files or folders, or asset:NAME (repeatable).
+    #[arg(long, required = true)]
+    pub corpus: Vec<String>,
+    /// Vocabulary kind: char or bpe.
+    #[arg(long, default_value = "bpe")]
+    pub kind: String,
+    /// Vocabulary size for bpe (256 byte tokens and <|endoftext|> included).
+    #[arg(long, default_value_t = 8192)]
+    pub vocab_size: usize,
+    /// Minimum pair frequency for a BPE merge.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Output file.
+    #[arg(long, default_value = "tokenizer.json")]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: TokenizerCmd, c: &Common) -> Result<()> {
+    let TokenizerCmd::Train(a) = cmd;
+    let paths: Vec<PathBuf> = a.corpus.iter().map(|p| ferroformer::assets::resolve(p)).collect::<Result<_, _>>()?;
+    let files = corpus_files(&paths)?;
+    let tok = match a.kind.as_str() {
+        "bpe" => Tokenizer::train_bpe(&files, a.vocab_size, a.min_frequency)?,
+        "char" => {
+            let texts: Vec<String> = files.iter().map(|f| ferroformer::data::read_text(f)).collect::<Result<_, _>>()?;
+            Tokenizer::train_char(texts.iter().map(|s| s.as_str()))?
+        }
+        k => bail!("--kind {k:?}: expected char or bpe"),
+    };
+    tok.save(&a.out)?;
+    if c.json {
+        println!("{}", serde_json::json!({"path": a.out, "vocab_size": tok.vocab_size()}));
+    } else {
+        println!("wrote {} ({} tokens)", a.out.display(), tok.vocab_size());
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Text corpora: files or folders of UTF-8 text, read in a fixed order.
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Expands `paths` (files, or folders searched recursively) into a sorted list of text files.
+/// Hidden files are skipped. Errors name a missing path or a folder with no files.
+pub fn corpus_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::Config("no corpus given".into()));
+    }
+    let mut out = vec![];
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        if meta.is_dir() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            if out.len() == before {
+                return Err(Error::format(p, "corpus folder contains no files"));
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(true))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole file as UTF-8, with an error naming the file and the byte offset of the first
+/// invalid sequence.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// Streams a file as UTF-8 chunks of roughly `chunk` bytes, each ending at a line break that
+/// is followed by a non-space character, so tokenizers that split on whitespace see the same
+/// pieces as they would in the whole text.
+pub fn for_each_chunk(path: &Path, chunk: usize, mut f: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
+    let mut offset = 0usize; // bytes of the file already handed out, for error messages
+    let mut eof = false;
+    while !eof || !buf.is_empty() {
+        if !eof && buf.len() < chunk {
+            let start = buf.len();
+            buf.resize(start + chunk, 0);
+            let n = file.read(&mut buf[start..]).map_err(|e| Error::io(path, e))?;
+            buf.truncate(start + n);
+            if n == 0 {
+                eof = true;
+            }
+            continue;
+        }
+        // Find a cut: after '\n' followed by a non-whitespace byte, searching backwards.
+        let mut cut = buf.len();
+        if !eof {
+            cut = 0;
+            for i in (1..buf.len()).rev() {
+                if buf[i - 1] == b'\n' && !buf[i].is_ascii_whitespace() {
+                    cut = i;
+                    break;
+                }
+            }
+            if cut == 0 {
+                // No safe cut in this window: read more before handing anything out.
+                let start = buf.len();
+                buf.resize(start + chunk, 0);
+                let n = file.read(&mut buf[start..]).map_err(|e| Error::io(path, e))?;
+                buf.truncate(start + n);
+                if n == 0 {
+                    eof = true;
+                }
+                continue;
+            }
+        }
+        let text = std::str::from_utf8(&buf[..cut]).map_err(|e| {
+            Error::format(
+                path,
+                format!("not valid UTF-8 (first bad byte at offset {})", offset + e.valid_up_to()),
+            )
+        })?;
+        f(text)?;
+        offset += cut;
+        buf.drain(..cut);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_reassemble_and_cut_at_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        let text: String = (0..2000).map(|i| format!("line {i} é\n  indented\n\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        let mut parts = vec![];
+        for_each_chunk(&p, 1000, |s| {
+            parts.push(s.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert!(parts.len() > 10);
+        assert_eq!(parts.concat(), text);
+        for part in &parts[..parts.len() - 1] {
+            assert!(part.ends_with('\n'));
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_names_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.txt");
+        std::fs::write(&p, b"hello\n\xff\xfe world").unwrap();
+        let e = for_each_chunk(&p, 4, |_| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("bad.txt") && e.contains("UTF-8") && e.contains("offset 6"), "{e}");
+        let e = read_text(&p).unwrap_err().to_string();
+        assert!(e.contains("offset 6"), "{e}");
+    }
+}

@@ -1,0 +1,83 @@
+//! `loss.png`: training and validation loss against step.
+
+use crate::train::metrics::read_records;
+use crate::{Error, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        // plotters draws text only with a registered font; embed DejaVu so no system font is needed.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// Draws the `loss` (train) and `val_loss` records of `metrics` into `png`, atomically.
+pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
+    let records = read_records(metrics)?;
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+            .filter(|(_, y)| y.is_finite())
+            .collect()
+    };
+    let train = series("loss");
+    let val = series("val_loss");
+    if train.is_empty() && val.is_empty() {
+        return Ok(());
+    }
+    register_font();
+    let all: Vec<&(f64, f64)> = train.iter().chain(val.iter()).collect();
+    let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let y_min = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let y_max = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let tmp = png.with_extension("tmp.png");
+    let err = |e: &dyn std::fmt::Display| Error::format(png, format!("cannot draw plot: {e}"));
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("loss", ("sans-serif", 24))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("cross-entropy (nats/token)")
+            .draw()
+            .map_err(|e| err(&e))?;
+        if !train.is_empty() {
+            chart
+                .draw_series(LineSeries::new(train.iter().copied(), &BLUE))
+                .map_err(|e| err(&e))?
+                .label("train")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        if !val.is_empty() {
+            chart
+                .draw_series(LineSeries::new(val.iter().copied(), RED.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label("validation")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            chart
+                .draw_series(val.iter().map(|p| Circle::new(*p, 3, RED.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
+}

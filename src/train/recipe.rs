@@ -1,0 +1,348 @@
+//! Recipes: a TOML file describing one training job (data, model, training, sampling), with
+//! any key overridable from the command line as `--set section.key=value`.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn d_objective() -> String {
+    "clm".into()
+}
+fn d_tokenizer() -> String {
+    "char".into()
+}
+fn d_vocab() -> usize {
+    8192
+}
+fn d_val() -> f64 {
+    0.1
+}
+fn d_act() -> String {
+    "gelu".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_pos() -> String {
+    "learned".into()
+}
+fn d_eps_ln() -> f64 {
+    1e-5
+}
+fn d_one() -> usize {
+    1
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.95
+}
+fn d_adam_eps() -> f64 {
+    1e-8
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_eval_iters() -> usize {
+    20
+}
+fn d_log() -> usize {
+    10
+}
+fn d_keep() -> usize {
+    2
+}
+fn d_seed() -> u64 {
+    1337
+}
+fn d_prompt() -> String {
+    "\n".into()
+}
+fn d_max_tokens() -> usize {
+    500
+}
+fn d_temp() -> f64 {
+    0.8
+}
+
+/// A whole training job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Short name, used in logs.
+    pub name: String,
+    /// Training objective: `clm` (causal language modelling).
+    #[serde(default = "d_objective")]
+    pub objective: String,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+}
+
+/// Where the text comes from and how it is tokenized.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Files or folders (read recursively, in name order), or `asset:NAME`.
+    pub corpus: Vec<String>,
+    /// `char` (one token per character), `bpe` (train byte-level BPE), or a `tokenizer.json` path.
+    #[serde(default = "d_tokenizer")]
+    pub tokenizer: String,
+    /// Vocabulary size when training BPE.
+    #[serde(default = "d_vocab")]
+    pub vocab_size: usize,
+    /// Fraction of the tokens (the last ones) held out for validation.
+    #[serde(default = "d_val")]
+    pub val_fraction: f64,
+}
+
+/// The GPT model to build (ignored sizes when `init` names an existing model).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Start from this Hugging Face model directory instead of random weights.
+    #[serde(default)]
+    pub init: Option<String>,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Maximum positions; defaults to the training context.
+    #[serde(default)]
+    pub n_positions: Option<usize>,
+    #[serde(default = "d_act")]
+    pub activation_function: String,
+    /// Dropout probability everywhere (embeddings, attention, residuals).
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    /// `learned` or `sinusoidal`.
+    #[serde(default = "d_pos")]
+    pub position_encoding: String,
+    #[serde(default = "d_eps_ln")]
+    pub layer_norm_epsilon: f64,
+}
+
+/// Optimisation and bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run directory: model, checkpoints, metrics, plots.
+    pub out_dir: String,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub context: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    /// Step where the decay reaches `min_lr`; defaults to `steps`.
+    #[serde(default)]
+    pub decay_steps: Option<usize>,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    #[serde(default = "d_adam_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    /// Evaluate every this many steps (and at the end).
+    pub eval_interval: usize,
+    /// Batches per evaluation, for each split.
+    #[serde(default = "d_eval_iters")]
+    pub eval_iters: usize,
+    /// Log training loss every this many steps.
+    #[serde(default = "d_log")]
+    pub log_interval: usize,
+    /// Save a checkpoint every this many steps; defaults to `eval_interval`.
+    #[serde(default)]
+    pub checkpoint_interval: Option<usize>,
+    /// Checkpoint folders kept (oldest removed first).
+    #[serde(default = "d_keep")]
+    pub keep_checkpoints: usize,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+}
+
+/// The sample generated after training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    #[serde(default = "d_prompt")]
+    pub prompt: String,
+    #[serde(default = "d_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "d_temp")]
+    pub temperature: f64,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            prompt: d_prompt(),
+            max_tokens: d_max_tokens(),
+            temperature: d_temp(),
+            top_k: Some(200),
+            top_p: None,
+        }
+    }
+}
+
+/// Sets `path.to.key = value` in a TOML table; `value` is parsed as a TOML value when it can
+/// be, else taken as a string.
+fn set_override(root: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--set expects key=value, got {assignment:?}")))?;
+    let key = key.trim();
+    let value = match format!("v = {}", raw.trim()).parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = root;
+    for p in &parts[..parts.len() - 1] {
+        table = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {key}: {p} is not a section")))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl Recipe {
+    /// Parses recipe text with overrides; `origin` names it in errors.
+    pub fn parse(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::format(origin, format!("invalid TOML: {}", e.message())))?;
+        for o in overrides {
+            set_override(&mut table, o)?;
+        }
+        let recipe: Recipe = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::format(origin, format!("invalid recipe: {}", e.message())))?;
+        recipe.validate().map_err(|e| Error::format(origin, e.to_string()))?;
+        Ok(recipe)
+    }
+
+    /// Reads a recipe file and applies `--set` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, overrides, path)
+    }
+
+    /// The resolved recipe as TOML (saved in the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("recipe serialises")
+    }
+
+    /// Checks values a user can get wrong.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if self.objective != "clm" {
+            return Err(Error::Config(format!("objective {:?} is not supported yet (known: clm)", self.objective)));
+        }
+        for (k, v) in [
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("train.context", t.context),
+            ("train.grad_accum", t.grad_accum),
+            ("train.eval_interval", t.eval_interval),
+            ("train.eval_iters", t.eval_iters),
+            ("train.log_interval", t.log_interval),
+            ("train.keep_checkpoints", t.keep_checkpoints),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{k} must be positive")));
+            }
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 || t.min_lr > t.lr {
+            return Err(Error::Config(format!(
+                "need 0 <= train.min_lr <= train.lr and lr > 0 (lr {}, min_lr {})",
+                t.lr, t.min_lr
+            )));
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || t.eps <= 0.0 || t.weight_decay < 0.0 {
+            return Err(Error::Config("AdamW needs 0 <= beta < 1, eps > 0, weight_decay >= 0".into()));
+        }
+        if t.grad_clip < 0.0 {
+            return Err(Error::Config("train.grad_clip must be >= 0".into()));
+        }
+        if self.data.corpus.is_empty() {
+            return Err(Error::Config("data.corpus is empty".into()));
+        }
+        if let Some(n) = self.model.n_positions {
+            if n < t.context {
+                return Err(Error::Config(format!("model.n_positions ({n}) is smaller than train.context ({})", t.context)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint interval in steps.
+    pub fn checkpoint_interval(&self) -> usize {
+        self.train.checkpoint_interval.unwrap_or(self.train.eval_interval).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: &str = r#"
+name = "t"
+[data]
+corpus = ["a.txt"]
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 8
+[train]
+out_dir = "runs/t"
+steps = 10
+batch_size = 2
+context = 8
+lr = 1e-3
+min_lr = 1e-4
+warmup_steps = 2
+eval_interval = 5
+"#;
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_fail() {
+        let p = Path::new("r.toml");
+        let r = Recipe::parse(R, &["train.lr=3e-4".into(), "data.tokenizer=bpe".into()], p).unwrap();
+        assert_eq!(r.train.lr, 3e-4);
+        assert_eq!(r.data.tokenizer, "bpe");
+        let e = Recipe::parse(R, &["train.learning_rate=1".into()], p).unwrap_err().to_string();
+        assert!(e.contains("r.toml") && e.contains("learning_rate"), "{e}");
+        let e = Recipe::parse(R, &["train.steps=0".into()], p).unwrap_err().to_string();
+        assert!(e.contains("train.steps"), "{e}");
+        // Round trip through the resolved form.
+        assert_eq!(Recipe::parse(&r.to_toml(), &[], p).unwrap(), r);
+    }
+}
