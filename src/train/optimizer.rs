@@ -71,6 +71,7 @@ impl AdamW {
             let Some(g) = grads.get(name) else {
                 continue;
             };
+            let g = &g.detach();
             let st = match self.state.get_mut(name) {
                 Some(s) => s,
                 None => {
@@ -154,9 +155,12 @@ impl GradAccumulator {
     pub fn add(&mut self, store: &ParamStore, grads: &GradStore) -> Result<()> {
         for (name, var) in store.trainable() {
             if let Some(g) = grads.get(var.as_tensor()) {
+                // Gradients carry the op graph that produced them, which references every
+                // activation of the step; detach so nothing keeps that graph alive.
+                let g = g.detach();
                 let sum = match self.grads.remove(name) {
                     Some(prev) => (prev + g)?,
-                    None => g.clone(),
+                    None => g,
                 };
                 self.grads.insert(name.clone(), sum);
             }
