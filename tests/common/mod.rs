@@ -35,3 +35,57 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f64, atol: f64) {
         "{what}: max |diff| {max_abs:e} exceeds rtol {rtol:e} / atol {atol:e} (worst ratio {worst:.3})"
     );
 }
+
+/// A deterministic small English-like corpus (`n` sentences) for training tests.
+pub fn small_corpus(n: usize) -> String {
+    let subjects = ["the king", "a fool", "my lord", "the queen", "sweet love", "this night", "our fate"];
+    let verbs = ["speaks of", "dreams of", "fears", "loves", "forgets", "remembers", "waits for"];
+    let objects = ["the crown", "a rose", "the sea", "his sword", "the stars", "her name", "the dawn"];
+    let mut s = String::new();
+    let mut x: u64 = 12345;
+    for i in 0..n {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let a = (x >> 33) as usize;
+        s.push_str(&format!(
+            "{} {} {}{}",
+            subjects[a % 7],
+            verbs[(a / 7) % 7],
+            objects[(a / 49) % 7],
+            if i % 3 == 2 { ".\n" } else { ", " }
+        ));
+    }
+    s
+}
+
+/// A recipe for a tiny GPT on `corpus`, writing to `out`.
+pub fn tiny_recipe(corpus: &std::path::Path, out: &std::path::Path, steps: usize) -> String {
+    format!(
+        r#"name = "tiny"
+[data]
+corpus = [{corpus:?}]
+tokenizer = "char"
+val_fraction = 0.1
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 32
+dropout = 0.1
+[train]
+out_dir = {out:?}
+steps = {steps}
+batch_size = 4
+context = 16
+grad_accum = 2
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+decay_steps = 40
+eval_interval = 4
+eval_iters = 2
+log_interval = 1
+checkpoint_interval = 4
+keep_checkpoints = 2
+seed = 7
+"#
+    )
+}
