@@ -31,8 +31,6 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
-    let device = c.device()?;
-    let (model, tokenizer) = load_model(&a.model, &device)?;
     let cfg = SamplingConfig {
         max_tokens: a.max_tokens,
         temperature: a.temperature,
@@ -41,6 +39,8 @@ pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
         seed: a.seed,
     };
     cfg.validate()?;
+    let device = c.device()?;
+    let (model, tokenizer) = load_model(&a.model, &device)?;
     let start = std::time::Instant::now();
     let mut text = String::new();
     if !c.json {

@@ -36,7 +36,7 @@ impl Linear {
     }
 
     /// A PyTorch `nn.Linear`: weight `[out, in]`, optional bias.
-    pub fn linear(
+    pub fn torch(
         store: &mut ParamStore,
         prefix: &str,
         d_in: usize,

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 
 /// The `[max_len, dim]` table of fixed sinusoidal encodings (`dim` must be even).
 pub fn sinusoidal_encoding(max_len: usize, dim: usize, device: &Device) -> Result<Tensor> {
-    if dim % 2 != 0 {
+    if !dim.is_multiple_of(2) {
         return Err(Error::Config(format!(
             "sinusoidal positional encoding needs an even dimension, got {dim}"
         )));
