@@ -51,7 +51,9 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
         seed: trainer.recipe.train.seed,
     };
     if !c.json {
-        println!("\nsample (temperature {}, top-k {:?}):", s.temperature, s.top_k);
+        let k = s.top_k.map(|k| format!(", top-k {k}")).unwrap_or_default();
+        let p = s.top_p.map(|p| format!(", top-p {p}")).unwrap_or_default();
+        println!("\nsample (temperature {}{k}{p}):", s.temperature);
         print_flush(&s.prompt);
     }
     let mut text = String::new();

@@ -1,5 +1,6 @@
 //! The command line: one file per verb, parsing and printing only.
 
+pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod fetch;
@@ -58,6 +59,9 @@ pub enum Command {
     Eval(eval::EvalCmd),
     /// Count a model's parameters; estimate training memory and FLOPs.
     Params(params::ParamsArgs),
+    /// Measure training and forward throughput on random tokens.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 impl Common {
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
+        Command::Bench(a) => bench::run(a, c),
     }
 }
 

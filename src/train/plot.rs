@@ -51,6 +51,7 @@ pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
         chart
             .configure_mesh()
             .x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc("cross-entropy (nats/token)")
             .draw()
             .map_err(|e| err(&e))?;

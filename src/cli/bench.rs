@@ -1,0 +1,137 @@
+//! `ferroformer bench`: training and forward throughput on random tokens, printed in the same
+//! JSON shape as `bench/throughput.py` prints for PyTorch, for side-by-side ratios.
+
+use super::Common;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::{Args, Subcommand};
+use ferroformer::models::{Gpt2, Gpt2Config};
+use ferroformer::objective::CausalLm;
+use ferroformer::rng::Rng;
+use ferroformer::train::{AdamW, AdamWConfig, GradAccumulator};
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Full training steps (forward, backward, AdamW) and forward passes of a GPT.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model size: a named config (gpt2, ...), a config.json path, or inline JSON
+    /// [default: 6 layers, 6 heads, 384 dims, vocab 8192, tanh GELU, tied head].
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+}
+
+fn config(a: &TrainArgs) -> Result<Gpt2Config> {
+    let mut cfg = match a.config.as_deref() {
+        None => {
+            let mut c = Gpt2Config::new(8192, a.context, 384, 6, 6);
+            c.activation_function = "gelu_new".into();
+            c
+        }
+        Some(s) => {
+            if let Some(c) = Gpt2Config::named(s) {
+                c
+            } else if s.trim_start().starts_with('{') {
+                serde_json::from_str(s).context("--config: invalid JSON")?
+            } else {
+                Gpt2Config::load(std::path::Path::new(s))?
+            }
+        }
+    };
+    if cfg.n_positions < a.context {
+        bail!("--context {} exceeds the config's n_positions {}", a.context, cfg.n_positions);
+    }
+    cfg = cfg.with_dropout(0.0);
+    Ok(cfg)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
+    let BenchCmd::Train(a) = cmd;
+    if a.steps == 0 || a.batch == 0 || a.context == 0 {
+        bail!("--steps, --batch and --context must be positive");
+    }
+    let device = c.device()?;
+    let cfg = config(&a)?;
+    let (model, store) = Gpt2::init(&cfg, &device, 0)?;
+    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 });
+    let mut rng = Rng::new(0);
+    let n = a.batch * a.context;
+    let ids = |rng: &mut Rng| -> Result<Tensor> {
+        let v: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        Ok(Tensor::from_vec(v, (a.batch, a.context), &device)?)
+    };
+    let (x, y) = (ids(&mut rng)?, ids(&mut rng)?);
+    let mut times = vec![];
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let loss = CausalLm::loss(&model, &x, &y, None)?;
+        let mut acc = GradAccumulator::default();
+        acc.add(&store, &loss.backward()?)?;
+        opt.step(&store, acc.grads(), 3e-4)?;
+        // Reading the loss forces the step to complete on asynchronous devices.
+        loss.to_scalar::<f32>()?;
+        if i >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mut fwd = vec![];
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let logits = model.forward(&x, None, None)?;
+        logits.sum_all()?.to_scalar::<f32>()?;
+        if i >= a.warmup {
+            fwd.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step = median(times);
+    let report = serde_json::json!({
+        "impl": "ferroformer",
+        "tokens_per_s": n as f64 / step,
+        "step_ms_median": 1000.0 * step,
+        "forward_tokens_per_s": n as f64 / median(fwd),
+        "peak_rss_mb": peak_rss_mb(),
+        "params": store.numel(),
+    });
+    if c.json {
+        println!("{report}");
+    } else {
+        println!(
+            "train {:.0} tokens/s ({:.1} ms/step), forward {:.0} tokens/s, peak RSS {:.0} MB, {} parameters",
+            report["tokens_per_s"].as_f64().unwrap_or(0.0),
+            1000.0 * step,
+            report["forward_tokens_per_s"].as_f64().unwrap_or(0.0),
+            report["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            store.numel()
+        );
+    }
+    Ok(())
+}
