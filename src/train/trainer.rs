@@ -100,10 +100,10 @@ fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> Gpt2Config {
     c.tie_word_embeddings = m.tie_word_embeddings;
     c.position_encoding = m.position_encoding.clone();
     c.layer_norm_epsilon = m.layer_norm_epsilon;
-    if let Some(eot) = tokenizer.token_id(EOT) {
-        c.extra.insert("bos_token_id".into(), json!(eot));
-        c.extra.insert("eos_token_id".into(), json!(eot));
-    }
+    // Written even when absent (null): transformers otherwise assumes GPT-2's 50256.
+    let eot = tokenizer.token_id(EOT);
+    c.extra.insert("bos_token_id".into(), json!(eot));
+    c.extra.insert("eos_token_id".into(), json!(eot));
     c
 }
 
