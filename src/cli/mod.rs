@@ -32,6 +32,9 @@ pub struct Common {
     /// CPU threads for tensor operations [default: all cores].
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Random seed (overrides a recipe's train.seed; generation defaults to 0).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
     /// No progress bars or notes on stderr.
     #[arg(long, global = true, default_value_t = false)]
     pub quiet: bool,
@@ -70,7 +73,12 @@ impl Common {
         match self.device.as_str() {
             "cpu" => Ok(Device::Cpu),
             d if d == "cuda" || d.starts_with("cuda:") => {
-                let n: usize = d.strip_prefix("cuda:").map(|s| s.parse()).transpose().context("--device cuda:N needs a number")?.unwrap_or(0);
+                let n: usize = d
+                    .strip_prefix("cuda:")
+                    .map(|s| s.parse())
+                    .transpose()
+                    .context("--device cuda:N needs a number")?
+                    .unwrap_or(0);
                 if !candle_core::utils::cuda_is_available() {
                     bail!("--device {d}: this binary was built without CUDA (rebuild with --features cuda)");
                 }
@@ -101,7 +109,10 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Loads a model directory (or `asset:NAME`) for inference.
-pub fn load_model(arg: &str, device: &Device) -> Result<(ferroformer::models::Gpt2, ferroformer::tokenizer::Tokenizer)> {
+pub fn load_model(
+    arg: &str,
+    device: &Device,
+) -> Result<(ferroformer::models::Gpt2, ferroformer::tokenizer::Tokenizer)> {
     let dir = ferroformer::assets::resolve(arg)?;
     if !dir.is_dir() {
         bail!("{}: not a model directory", dir.display());

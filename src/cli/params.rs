@@ -39,7 +39,11 @@ fn load_config(a: &ParamsArgs) -> Result<Gpt2Config> {
     }
     let p = Path::new(c);
     if p.exists() {
-        let p = if p.is_dir() { p.join("config.json") } else { p.to_path_buf() };
+        let p = if p.is_dir() {
+            p.join("config.json")
+        } else {
+            p.to_path_buf()
+        };
         return Ok(Gpt2Config::load(&p)?);
     }
     bail!("--config {c:?}: not a known name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a file, or JSON")
@@ -56,12 +60,20 @@ pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
-    let w = r.modules.keys().map(|k| k.len()).max().unwrap_or(10).max(12);
+    let w = r
+        .modules
+        .keys()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(10)
+        .max(12);
     println!("{:<w$}  {:>14}", "module", "parameters");
     // Model order: embeddings, blocks by number, final norm, head.
     let mut modules: Vec<(&String, &usize)> = r.modules.iter().collect();
     modules.sort_by_key(|(m, _)| {
-        let block = m.strip_prefix("transformer.h.").and_then(|i| i.parse::<usize>().ok());
+        let block = m
+            .strip_prefix("transformer.h.")
+            .and_then(|i| i.parse::<usize>().ok());
         match (block, m.as_str()) {
             (Some(i), _) => (1, i),
             (None, "transformer.wte") => (0, 0),
@@ -75,7 +87,11 @@ pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
     }
     println!("{:<w$}  {:>14}  ({})", "total", r.total, r.size);
     println!("{:<w$}  {:>14}", "trainable", r.trainable);
-    let blocks: Vec<String> = r.per_block.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let blocks: Vec<String> = r
+        .per_block
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     println!("per block: {}", blocks.join(", "));
     println!(
         "FLOPs per token at context {}: forward {:.3e}, training {:.3e} (N in matmuls: {}, {})",

@@ -22,7 +22,11 @@ pub struct PretrainArgs {
 }
 
 pub fn run(a: PretrainArgs, c: &Common) -> Result<()> {
-    let recipe = Recipe::load(&a.recipe, &a.set)?;
+    let mut set = a.set;
+    if let Some(seed) = c.seed {
+        set.push(format!("train.seed={seed}"));
+    }
+    let recipe = Recipe::load(&a.recipe, &set)?;
     train(recipe, a.resume, c)?;
     Ok(())
 }
@@ -44,7 +48,11 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
             trainer.tokenizer.vocab_size(),
             trainer.train_split.len(),
             trainer.val_split.len(),
-            if resume { format!(", resuming at step {}", trainer.state.step) } else { String::new() }
+            if resume {
+                format!(", resuming at step {}", trainer.state.step)
+            } else {
+                String::new()
+            }
         );
     }
     let json = c.json;
@@ -58,7 +66,10 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
                 );
             } else {
                 match e.val_loss {
-                    Some(v) => println!("step {:>6}: train loss {:.4}, val loss {:.4}", e.step, e.train_loss, v),
+                    Some(v) => println!(
+                        "step {:>6}: train loss {:.4}, val loss {:.4}",
+                        e.step, e.train_loss, v
+                    ),
                     None => println!("step {:>6}: train loss {:.4}", e.step, e.train_loss),
                 }
             }

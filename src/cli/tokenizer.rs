@@ -34,19 +34,29 @@ pub struct TrainArgs {
 
 pub fn run(cmd: TokenizerCmd, c: &Common) -> Result<()> {
     let TokenizerCmd::Train(a) = cmd;
-    let paths: Vec<PathBuf> = a.corpus.iter().map(|p| ferroformer::assets::resolve(p)).collect::<Result<_, _>>()?;
+    let paths: Vec<PathBuf> = a
+        .corpus
+        .iter()
+        .map(|p| ferroformer::assets::resolve(p))
+        .collect::<Result<_, _>>()?;
     let files = corpus_files(&paths)?;
     let tok = match a.kind.as_str() {
         "bpe" => Tokenizer::train_bpe(&files, a.vocab_size, a.min_frequency)?,
         "char" => {
-            let texts: Vec<String> = files.iter().map(|f| ferroformer::data::read_text(f)).collect::<Result<_, _>>()?;
+            let texts: Vec<String> = files
+                .iter()
+                .map(|f| ferroformer::data::read_text(f))
+                .collect::<Result<_, _>>()?;
             Tokenizer::train_char(texts.iter().map(|s| s.as_str()))?
         }
         k => bail!("--kind {k:?}: expected char or bpe"),
     };
     tok.save(&a.out)?;
     if c.json {
-        println!("{}", serde_json::json!({"path": a.out, "vocab_size": tok.vocab_size()}));
+        println!(
+            "{}",
+            serde_json::json!({"path": a.out, "vocab_size": tok.vocab_size()})
+        );
     } else {
         println!("wrote {} ({} tokens)", a.out.display(), tok.vocab_size());
     }

@@ -29,7 +29,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(true))
+        .filter(|p| {
+            !p.file_name()
+                .map(|n| n.to_string_lossy().starts_with('.'))
+                .unwrap_or(true)
+        })
         .collect();
     entries.sort();
     for p in entries {
@@ -49,7 +53,10 @@ pub fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         Error::format(
             path,
-            format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not valid UTF-8 (first bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
@@ -57,7 +64,11 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// Streams a file as UTF-8 chunks of roughly `chunk` bytes, each ending at a line break that
 /// is followed by a non-space character, so tokenizers that split on whitespace see the same
 /// pieces as they would in the whole text.
-pub fn for_each_chunk(path: &Path, chunk: usize, mut f: impl FnMut(&str) -> Result<()>) -> Result<()> {
+pub fn for_each_chunk(
+    path: &Path,
+    chunk: usize,
+    mut f: impl FnMut(&str) -> Result<()>,
+) -> Result<()> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
@@ -67,7 +78,9 @@ pub fn for_each_chunk(path: &Path, chunk: usize, mut f: impl FnMut(&str) -> Resu
         if !eof && buf.len() < chunk {
             let start = buf.len();
             buf.resize(start + chunk, 0);
-            let n = file.read(&mut buf[start..]).map_err(|e| Error::io(path, e))?;
+            let n = file
+                .read(&mut buf[start..])
+                .map_err(|e| Error::io(path, e))?;
             buf.truncate(start + n);
             if n == 0 {
                 eof = true;
@@ -88,7 +101,9 @@ pub fn for_each_chunk(path: &Path, chunk: usize, mut f: impl FnMut(&str) -> Resu
                 // No safe cut in this window: read more before handing anything out.
                 let start = buf.len();
                 buf.resize(start + chunk, 0);
-                let n = file.read(&mut buf[start..]).map_err(|e| Error::io(path, e))?;
+                let n = file
+                    .read(&mut buf[start..])
+                    .map_err(|e| Error::io(path, e))?;
                 buf.truncate(start + n);
                 if n == 0 {
                     eof = true;
@@ -99,7 +114,10 @@ pub fn for_each_chunk(path: &Path, chunk: usize, mut f: impl FnMut(&str) -> Resu
         let text = std::str::from_utf8(&buf[..cut]).map_err(|e| {
             Error::format(
                 path,
-                format!("not valid UTF-8 (first bad byte at offset {})", offset + e.valid_up_to()),
+                format!(
+                    "not valid UTF-8 (first bad byte at offset {})",
+                    offset + e.valid_up_to()
+                ),
             )
         })?;
         f(text)?;
@@ -117,7 +135,9 @@ mod tests {
     fn chunks_reassemble_and_cut_at_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.txt");
-        let text: String = (0..2000).map(|i| format!("line {i} é\n  indented\n\n")).collect();
+        let text: String = (0..2000)
+            .map(|i| format!("line {i} é\n  indented\n\n"))
+            .collect();
         std::fs::write(&p, &text).unwrap();
         let mut parts = vec![];
         for_each_chunk(&p, 1000, |s| {
@@ -138,7 +158,10 @@ mod tests {
         let p = dir.path().join("bad.txt");
         std::fs::write(&p, b"hello\n\xff\xfe world").unwrap();
         let e = for_each_chunk(&p, 4, |_| Ok(())).unwrap_err().to_string();
-        assert!(e.contains("bad.txt") && e.contains("UTF-8") && e.contains("offset 6"), "{e}");
+        assert!(
+            e.contains("bad.txt") && e.contains("UTF-8") && e.contains("offset 6"),
+            "{e}"
+        );
         let e = read_text(&p).unwrap_err().to_string();
         assert!(e.contains("offset 6"), "{e}");
     }

@@ -3,8 +3,8 @@
 //! RAM work, plus a JSON sidecar describing it.
 
 use crate::data::corpus::for_each_chunk;
-use crate::io::{read_json, write_json_atomic};
 use crate::io::atomic::write_with;
+use crate::io::{read_json, write_json_atomic};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -19,8 +19,11 @@ pub struct ShardMeta {
     pub bytes_per_token: usize,
     pub tokens: usize,
     pub vocab_size: usize,
-    /// The files encoded, in order, with their sizes in bytes (to notice a changed corpus).
-    pub files: Vec<(PathBuf, u64)>,
+    /// sha256 of the tokenizer's JSON, so a shard is never reused with another tokenizer.
+    pub tokenizer_sha256: String,
+    /// The files encoded, in order, with their sizes in bytes and modification times (seconds
+    /// since the epoch), to notice a changed corpus.
+    pub files: Vec<(PathBuf, u64, u64)>,
 }
 
 /// A contiguous range of token positions used for one purpose (training or validation).
@@ -48,10 +51,19 @@ pub struct TokenShard {
 
 const CHUNK: usize = 1 << 20;
 
-fn file_sizes(files: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>> {
+fn file_stamps(files: &[PathBuf]) -> Result<Vec<(PathBuf, u64, u64)>> {
     files
         .iter()
-        .map(|f| Ok((f.clone(), std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len())))
+        .map(|f| {
+            let m = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            Ok((f.clone(), m.len(), mtime))
+        })
         .collect()
 }
 
@@ -61,16 +73,21 @@ impl TokenShard {
     /// corpus.
     pub fn build_or_open(files: &[PathBuf], tokenizer: &Tokenizer, bin: &Path) -> Result<Self> {
         let meta_path = bin.with_extension("json");
-        let sizes = file_sizes(files)?;
+        let stamps = file_stamps(files)?;
+        let tokenizer_sha256 = tokenizer.fingerprint()?;
         if bin.exists() && meta_path.exists() {
             if let Ok(meta) = read_json::<ShardMeta>(&meta_path) {
-                if meta.files == sizes && meta.vocab_size == tokenizer.vocab_size() {
+                if meta.files == stamps && meta.tokenizer_sha256 == tokenizer_sha256 {
                     return Self::open(bin);
                 }
             }
         }
         let vocab_size = tokenizer.vocab_size();
-        let bytes_per_token = if vocab_size <= u16::MAX as usize + 1 { 2 } else { 4 };
+        let bytes_per_token = if vocab_size <= u16::MAX as usize + 1 {
+            2
+        } else {
+            4
+        };
         let newline = tokenizer.encode("\n")?;
         let mut count = 0usize;
         let mut failure: Option<Error> = None;
@@ -109,13 +126,17 @@ impl TokenShard {
         if count == 0 {
             let _ = std::fs::remove_file(bin);
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            return Err(Error::Data(format!("the corpus is empty: {}", names.join(", "))));
+            return Err(Error::Data(format!(
+                "the corpus is empty: {}",
+                names.join(", ")
+            )));
         }
         let meta = ShardMeta {
             bytes_per_token,
             tokens: count,
             vocab_size,
-            files: sizes,
+            tokenizer_sha256,
+            files: stamps,
         };
         write_json_atomic(&meta_path, &meta)?;
         Self::open(bin)
@@ -130,7 +151,11 @@ impl TokenShard {
         if mmap.len() != meta.tokens * meta.bytes_per_token {
             return Err(Error::format(
                 bin,
-                format!("size {} bytes does not match {} tokens in its sidecar", mmap.len(), meta.tokens),
+                format!(
+                    "size {} bytes does not match {} tokens in its sidecar",
+                    mmap.len(),
+                    meta.tokens
+                ),
             ));
         }
         Ok(TokenShard {
@@ -168,12 +193,20 @@ impl TokenShard {
     /// The first `1 - val_fraction` of the tokens for training, the rest for validation.
     pub fn split(&self, val_fraction: f64, context: usize) -> Result<(Split, Split)> {
         if !(0.0..1.0).contains(&val_fraction) {
-            return Err(Error::Config(format!("val_fraction must be in [0, 1), got {val_fraction}")));
+            return Err(Error::Config(format!(
+                "val_fraction must be in [0, 1), got {val_fraction}"
+            )));
         }
         let n = self.len();
         let n_train = ((n as f64) * (1.0 - val_fraction)) as usize;
-        let train = Split { start: 0, end: n_train };
-        let val = Split { start: n_train, end: n };
+        let train = Split {
+            start: 0,
+            end: n_train,
+        };
+        let val = Split {
+            start: n_train,
+            end: n,
+        };
         for (name, s) in [("training", train), ("validation", val)] {
             if (name == "training" || val_fraction > 0.0) && s.len() <= context {
                 return Err(Error::Data(format!(
@@ -189,7 +222,13 @@ impl TokenShard {
 
     /// A batch of `batch` random windows from `split`: inputs and the targets shifted by one,
     /// each `batch * context` ids, row-major.
-    pub fn sample_batch(&self, split: Split, batch: usize, context: usize, rng: &mut Rng) -> (Vec<u32>, Vec<u32>) {
+    pub fn sample_batch(
+        &self,
+        split: Split,
+        batch: usize,
+        context: usize,
+        rng: &mut Rng,
+    ) -> (Vec<u32>, Vec<u32>) {
         let mut x = Vec::with_capacity(batch * context);
         let mut y = Vec::with_capacity(batch * context);
         for _ in 0..batch {

@@ -23,9 +23,16 @@ pub struct PerplexityReport {
 const BATCH: usize = 8;
 
 /// Perplexity of `model` on `ids`; `on_progress` receives the number of windows done.
-pub fn perplexity(model: &Gpt2, ids: &[u32], context: usize, on_progress: &mut dyn FnMut(usize)) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Gpt2,
+    ids: &[u32],
+    context: usize,
+    on_progress: &mut dyn FnMut(usize),
+) -> Result<PerplexityReport> {
     if context < 2 {
-        return Err(Error::Config(format!("context must be at least 2, got {context}")));
+        return Err(Error::Config(format!(
+            "context must be at least 2, got {context}"
+        )));
     }
     if context > model.max_positions() {
         return Err(Error::Config(format!(
@@ -33,12 +40,20 @@ pub fn perplexity(model: &Gpt2, ids: &[u32], context: usize, on_progress: &mut d
             model.max_positions()
         )));
     }
-    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= model.config.vocab_size) {
-        return Err(Error::Data(format!("token id {bad} is outside the model's vocabulary")));
+    if let Some(&bad) = ids
+        .iter()
+        .find(|&&id| id as usize >= model.config.vocab_size)
+    {
+        return Err(Error::Data(format!(
+            "token id {bad} is outside the model's vocabulary"
+        )));
     }
     let windows: Vec<&[u32]> = ids.chunks(context).filter(|w| w.len() >= 2).collect();
     if windows.is_empty() {
-        return Err(Error::Data(format!("the text has {} tokens; at least 2 are needed", ids.len())));
+        return Err(Error::Data(format!(
+            "the text has {} tokens; at least 2 are needed",
+            ids.len()
+        )));
     }
     let device = model.wte.weight.device();
     let mut total = 0f64;
@@ -49,16 +64,25 @@ pub fn perplexity(model: &Gpt2, ids: &[u32], context: usize, on_progress: &mut d
     while i < windows.len() {
         let len = windows[i].len();
         let mut group = vec![windows[i]];
-        while group.len() < BATCH && i + group.len() < windows.len() && windows[i + group.len()].len() == len {
+        while group.len() < BATCH
+            && i + group.len() < windows.len()
+            && windows[i + group.len()].len() == len
+        {
             group.push(windows[i + group.len()]);
         }
         let b = group.len();
-        let x: Vec<u32> = group.iter().flat_map(|w| w[..len - 1].iter().copied()).collect();
+        let x: Vec<u32> = group
+            .iter()
+            .flat_map(|w| w[..len - 1].iter().copied())
+            .collect();
         let y: Vec<u32> = group.iter().flat_map(|w| w[1..].iter().copied()).collect();
         let x = Tensor::from_vec(x, (b, len - 1), device)?;
         let y = Tensor::from_vec(y, b * (len - 1), device)?;
         let logits = model.forward(&x, None, None)?;
-        let nll = token_nll(&logits.reshape((b * (len - 1), model.config.vocab_size))?, &y)?;
+        let nll = token_nll(
+            &logits.reshape((b * (len - 1), model.config.vocab_size))?,
+            &y,
+        )?;
         let nll: Vec<f32> = nll.to_vec1()?;
         total += nll.iter().map(|v| *v as f64).sum::<f64>();
         count += nll.len();

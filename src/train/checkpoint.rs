@@ -42,7 +42,10 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join("trainer_state.json").exists().then(|| (step, e.path()))
+            e.path()
+                .join("trainer_state.json")
+                .exists()
+                .then(|| (step, e.path()))
         })
         .collect();
     out.sort();
@@ -88,7 +91,12 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
 }
 
 /// Writes a Hugging Face model directory: config, weights, tokenizer.
-pub fn write_model_dir(dir: &Path, config: &gpt2::Gpt2Config, store: &ParamStore, tokenizer: &Tokenizer) -> Result<()> {
+pub fn write_model_dir(
+    dir: &Path,
+    config: &gpt2::Gpt2Config,
+    store: &ParamStore,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
     gpt2::save_dir(dir, config, store)?;
     tokenizer.save(&dir.join("tokenizer.json"))
 }

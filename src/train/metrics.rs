@@ -20,7 +20,12 @@ impl MetricsLog {
         if let Some(limit) = keep_until {
             let kept: String = read_records(path)?
                 .into_iter()
-                .filter(|r| r.get("step").and_then(Value::as_u64).map(|s| s as usize <= limit).unwrap_or(true))
+                .filter(|r| {
+                    r.get("step")
+                        .and_then(Value::as_u64)
+                        .map(|s| s as usize <= limit)
+                        .unwrap_or(true)
+                })
                 .map(|r| format!("{r}\n"))
                 .collect();
             write_atomic(path, kept.as_bytes())?;
@@ -58,6 +63,8 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
+        })
         .collect()
 }

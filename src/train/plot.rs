@@ -11,7 +11,11 @@ static FONT: Once = Once::new();
 fn register_font() {
     FONT.call_once(|| {
         // plotters draws text only with a registered font; embed DejaVu so no system font is needed.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 

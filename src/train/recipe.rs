@@ -236,16 +236,21 @@ fn set_override(root: &mut toml::Table, assignment: &str) -> Result<()> {
 impl Recipe {
     /// Parses recipe text with overrides; `origin` names it in errors.
     pub fn parse(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| Error::format(origin, format!("invalid TOML: {}", e.message())))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::format(origin, format!("invalid TOML: {}", e.message()))
+        })?;
         for o in overrides {
             set_override(&mut table, o)?;
         }
-        let recipe: Recipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::format(origin, format!("invalid recipe: {}", e.message())))?;
-        recipe.validate().map_err(|e| Error::format(origin, e.to_string()))?;
+        let recipe: Recipe =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::format(origin, format!("invalid recipe: {}", e.message()))
+                })?;
+        recipe
+            .validate()
+            .map_err(|e| Error::format(origin, e.to_string()))?;
         Ok(recipe)
     }
 
@@ -264,7 +269,10 @@ impl Recipe {
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         if self.objective != "clm" {
-            return Err(Error::Config(format!("objective {:?} is not supported yet (known: clm)", self.objective)));
+            return Err(Error::Config(format!(
+                "objective {:?} is not supported yet (known: clm)",
+                self.objective
+            )));
         }
         for (k, v) in [
             ("train.steps", t.steps),
@@ -286,8 +294,14 @@ impl Recipe {
                 t.lr, t.min_lr
             )));
         }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || t.eps <= 0.0 || t.weight_decay < 0.0 {
-            return Err(Error::Config("AdamW needs 0 <= beta < 1, eps > 0, weight_decay >= 0".into()));
+        if !(0.0..1.0).contains(&t.beta1)
+            || !(0.0..1.0).contains(&t.beta2)
+            || t.eps <= 0.0
+            || t.weight_decay < 0.0
+        {
+            return Err(Error::Config(
+                "AdamW needs 0 <= beta < 1, eps > 0, weight_decay >= 0".into(),
+            ));
         }
         if t.grad_clip < 0.0 {
             return Err(Error::Config("train.grad_clip must be >= 0".into()));
@@ -297,7 +311,10 @@ impl Recipe {
         }
         if let Some(n) = self.model.n_positions {
             if n < t.context {
-                return Err(Error::Config(format!("model.n_positions ({n}) is smaller than train.context ({})", t.context)));
+                return Err(Error::Config(format!(
+                    "model.n_positions ({n}) is smaller than train.context ({})",
+                    t.context
+                )));
             }
         }
         Ok(())
@@ -305,7 +322,10 @@ impl Recipe {
 
     /// Checkpoint interval in steps.
     pub fn checkpoint_interval(&self) -> usize {
-        self.train.checkpoint_interval.unwrap_or(self.train.eval_interval).max(1)
+        self.train
+            .checkpoint_interval
+            .unwrap_or(self.train.eval_interval)
+            .max(1)
     }
 }
 
@@ -335,12 +355,17 @@ eval_interval = 5
     #[test]
     fn overrides_apply_and_unknown_keys_fail() {
         let p = Path::new("r.toml");
-        let r = Recipe::parse(R, &["train.lr=3e-4".into(), "data.tokenizer=bpe".into()], p).unwrap();
+        let r =
+            Recipe::parse(R, &["train.lr=3e-4".into(), "data.tokenizer=bpe".into()], p).unwrap();
         assert_eq!(r.train.lr, 3e-4);
         assert_eq!(r.data.tokenizer, "bpe");
-        let e = Recipe::parse(R, &["train.learning_rate=1".into()], p).unwrap_err().to_string();
+        let e = Recipe::parse(R, &["train.learning_rate=1".into()], p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.toml") && e.contains("learning_rate"), "{e}");
-        let e = Recipe::parse(R, &["train.steps=0".into()], p).unwrap_err().to_string();
+        let e = Recipe::parse(R, &["train.steps=0".into()], p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train.steps"), "{e}");
         // Round trip through the resolved form.
         assert_eq!(Recipe::parse(&r.to_toml(), &[], p).unwrap(), r);

@@ -81,7 +81,10 @@ fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
     let s: String = chars.into_iter().collect();
     if s.is_empty() {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        return Err(Error::Data(format!("the corpus is empty: {}", names.join(", "))));
+        return Err(Error::Data(format!(
+            "the corpus is empty: {}",
+            names.join(", ")
+        )));
     }
     Tokenizer::train_char([s.as_str()])
 }
@@ -115,7 +118,10 @@ impl Trainer {
         let checkpoints = checkpoint::list_checkpoints(&out_dir)?;
         let resume_from = if resume {
             Some(checkpoints.last().cloned().ok_or_else(|| {
-                Error::format(&out_dir, "nothing to resume: the run directory has no checkpoint-<step> folder")
+                Error::format(
+                    &out_dir,
+                    "nothing to resume: the run directory has no checkpoint-<step> folder",
+                )
             })?)
         } else {
             if !checkpoints.is_empty() {
@@ -150,12 +156,17 @@ impl Trainer {
         tokenizer.save(&out_dir.join("tokenizer.json"))?;
 
         let data = TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
-        let (train_split, val_split) = data.split(recipe.data.val_fraction, recipe.train.context)?;
+        let (train_split, val_split) =
+            data.split(recipe.data.val_fraction, recipe.train.context)?;
 
         let (model, store) = match (&resume_from, &recipe.model.init) {
             (Some((_, ck)), _) => gpt2::load_dir(ck, device)?,
             (None, Some(init)) => gpt2::load_dir(&assets::resolve(init)?, device)?,
-            (None, None) => Gpt2::init(&model_config(&recipe, &tokenizer), device, recipe.train.seed)?,
+            (None, None) => Gpt2::init(
+                &model_config(&recipe, &tokenizer),
+                device,
+                recipe.train.seed,
+            )?,
         };
         if model.config.vocab_size < tokenizer.vocab_size() {
             return Err(Error::Config(format!(
@@ -203,7 +214,10 @@ impl Trainer {
             decay_steps: t.decay_steps.unwrap_or(t.steps),
         };
         crate::io::write_atomic(&out_dir.join("recipe.toml"), recipe.to_toml().as_bytes())?;
-        let metrics = MetricsLog::open(&out_dir.join("metrics.jsonl"), resume_from.as_ref().map(|_| state.step))?;
+        let metrics = MetricsLog::open(
+            &out_dir.join("metrics.jsonl"),
+            resume_from.as_ref().map(|_| state.step),
+        )?;
         Ok(Trainer {
             recipe,
             model,
@@ -243,7 +257,11 @@ impl Trainer {
             let mut rng = self.state.data_rng;
             let (x, y) = self.batch(self.train_split, &mut rng)?;
             self.state.data_rng = rng;
-            let drop_rng = if dropout { Some(&mut self.state.dropout_rng) } else { None };
+            let drop_rng = if dropout {
+                Some(&mut self.state.dropout_rng)
+            } else {
+                None
+            };
             let loss = CausalLm::loss(&self.model, &x, &y, drop_rng)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
@@ -254,10 +272,18 @@ impl Trainer {
                 )));
             }
             loss_sum += value;
-            let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
+            let loss = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
             acc.add(&self.store, &loss.backward()?)?;
         }
-        let grad_norm = if t.grad_clip > 0.0 { acc.clip(t.grad_clip)? } else { acc.global_norm()? };
+        let grad_norm = if t.grad_clip > 0.0 {
+            acc.clip(t.grad_clip)?
+        } else {
+            acc.global_norm()?
+        };
         let lr = self.schedule.at(self.state.step);
         self.optimizer.step(&self.store, acc.grads(), lr)?;
         self.state.step += 1;
@@ -376,7 +402,12 @@ impl Trainer {
                 bar.suspend(|| on_event(Event::Checkpoint(&path)));
                 if interrupted && step < t.steps {
                     bar.abandon();
-                    return Ok(Outcome::Interrupted { step, checkpoint: path });
+                    // Handled: a later run in this process starts uninterrupted.
+                    INTERRUPTED.store(false, Ordering::SeqCst);
+                    return Ok(Outcome::Interrupted {
+                        step,
+                        checkpoint: path,
+                    });
                 }
             }
         }

@@ -38,13 +38,39 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f64, atol: f64) {
 
 /// A deterministic small English-like corpus (`n` sentences) for training tests.
 pub fn small_corpus(n: usize) -> String {
-    let subjects = ["the king", "a fool", "my lord", "the queen", "sweet love", "this night", "our fate"];
-    let verbs = ["speaks of", "dreams of", "fears", "loves", "forgets", "remembers", "waits for"];
-    let objects = ["the crown", "a rose", "the sea", "his sword", "the stars", "her name", "the dawn"];
+    let subjects = [
+        "the king",
+        "a fool",
+        "my lord",
+        "the queen",
+        "sweet love",
+        "this night",
+        "our fate",
+    ];
+    let verbs = [
+        "speaks of",
+        "dreams of",
+        "fears",
+        "loves",
+        "forgets",
+        "remembers",
+        "waits for",
+    ];
+    let objects = [
+        "the crown",
+        "a rose",
+        "the sea",
+        "his sword",
+        "the stars",
+        "her name",
+        "the dawn",
+    ];
     let mut s = String::new();
     let mut x: u64 = 12345;
     for i in 0..n {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let a = (x >> 33) as usize;
         s.push_str(&format!(
             "{} {} {}{}",
