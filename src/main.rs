@@ -13,6 +13,9 @@ fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Blocks above the largest threshold (logits of a large vocabulary) would still be
+        // mmapped; serve everything from the heap.
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
