@@ -2,8 +2,8 @@
 //! generation one token at a time.
 
 use crate::nn::dropout::Dropout;
+use crate::nn::kernels::softmax::attn_softmax;
 use crate::nn::linear::Linear;
-use crate::nn::ops::softmax;
 use crate::rng::Rng;
 use crate::Result;
 use candle_core::{Device, Tensor};
@@ -85,11 +85,7 @@ impl CausalSelfAttention {
             cache.v = Some(v.clone());
         }
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if t > 1 {
-            att = att.broadcast_add(&causal_mask(t, offset, x.device())?)?;
-        }
-        let att = softmax(&att)?;
+        let att = attn_softmax(&q.matmul(&k.t()?)?, scale, Some(offset))?;
         let att = self.attn_dropout.forward(&att, rng.as_deref_mut())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self.proj.forward(&y)?;

@@ -34,8 +34,8 @@ impl Activation {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
+            Activation::Gelu => crate::nn::kernels::gelu::gelu(x, true)?,
+            Activation::GeluTanh => crate::nn::kernels::gelu::gelu(x, false)?,
             Activation::Relu => x.relu()?,
             Activation::Silu => x.silu()?,
         })

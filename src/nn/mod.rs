@@ -6,6 +6,7 @@ pub mod block;
 pub mod dropout;
 pub mod embedding;
 pub mod feed_forward;
+pub mod kernels;
 pub mod linear;
 pub mod norm;
 pub mod ops;

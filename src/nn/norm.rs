@@ -33,7 +33,20 @@ impl LayerNorm {
         })
     }
 
+    /// Fused on CPU (see `nn::kernels::layer_norm`), the composition elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if let Some(y) =
+                crate::nn::kernels::layer_norm::layer_norm(x, &self.weight, b, self.eps)?
+            {
+                return Ok(y);
+            }
+        }
+        self.forward_plain(x)
+    }
+
+    /// The reference composition of differentiable ops.
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

@@ -1,25 +1,19 @@
 //! Causal language modelling: predict each next token from the tokens before it.
 
 use crate::models::Gpt2;
-use crate::nn::ops::log_softmax;
+use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::rng::Rng;
 use crate::Result;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 /// Mean cross-entropy of `logits` `[n, vocab]` against `targets` `[n]` (u32), in nats.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(logits)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, D::Minus1)?;
-    Ok(picked.mean_all()?.neg()?)
+    Ok(nll_rows(logits, targets)?.mean_all()?)
 }
 
 /// Per-position negative log-likelihood `[n]` (no reduction), for evaluation.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(logits)?;
-    Ok(logp
-        .gather(&targets.unsqueeze(1)?, D::Minus1)?
-        .squeeze(1)?
-        .neg()?)
+    nll_rows(logits, targets)
 }
 
 /// The causal LM objective over a model.

@@ -1,0 +1,107 @@
+//! Fused CPU kernels: candle custom ops with their own backward, each standing beside the
+//! plain composition of ops it replaces (kept as the reference path and used on other
+//! devices) and tested against it.
+//!
+//! Why: on CPU a training step's time goes less to the matrix multiplies than to the dozens of
+//! element-wise passes around them, each allocating a fresh buffer. A fused op makes one pass
+//! (forward) and one pass (backward) where the composition made many.
+//!
+//! The fused path is used on CPU unless `FERROFORMER_KERNELS=plain` is set (for A/B
+//! measurements), or [`set_plain`] is called.
+
+pub mod cross_entropy;
+pub mod gelu;
+pub mod layer_norm;
+pub mod math;
+pub mod softmax;
+
+use candle_core::{CpuStorage, Device, Layout};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+// 0: not read yet, 1: fused, 2: plain.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the plain composition everywhere (`true`) or restores the default (`false`).
+pub fn set_plain(plain: bool) {
+    MODE.store(if plain { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether fused kernels run for tensors on `device`.
+pub fn fused(device: &Device) -> bool {
+    if !device.is_cpu() {
+        return false;
+    }
+    let mut m = MODE.load(Ordering::Relaxed);
+    if m == 0 {
+        let plain = std::env::var("FERROFORMER_KERNELS")
+            .map(|v| v == "plain")
+            .unwrap_or(false);
+        m = if plain { 2 } else { 1 };
+        MODE.store(m, Ordering::Relaxed);
+    }
+    m == 1
+}
+
+/// The contiguous f32 data of a CPU tensor.
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: expected f32 input"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// The contiguous u32 data of a CPU tensor.
+pub(crate) fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
+    let data = match s {
+        CpuStorage::U32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: expected u32 input"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Rows per parallel task so each task has at least ~32K elements of work.
+pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let by_work = (32 * 1024 / cols.max(1)).max(1);
+    let by_threads = rows.div_ceil(threads * 4).max(1);
+    by_work.max(by_threads.min(by_work * 16)).min(rows.max(1))
+}
+
+/// Defines `fn $name(args) -> ret` whose body is compiled three times (AVX-512, AVX2+FMA, and
+/// the baseline) and dispatched on the running CPU, so simple loops auto-vectorise to the
+/// widest registers available without building for one machine only.
+#[macro_export]
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v512($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v256($($arg: $ty),*) $(-> $ret)? { inner($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU supports the features v512 was compiled for.
+                    return unsafe { v512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for v256.
+                    return unsafe { v256($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
