@@ -135,12 +135,23 @@ fn check(name: &str) {
     assert_eq!(b, 2);
 }
 
+/// Both the fused CPU kernels (the default) and the plain composition (the path other devices
+/// take) must match PyTorch. (Tests in this file may interleave the global switch; each path is
+/// correct on its own, so a mix is too.)
+fn check_both_paths(name: &str) {
+    for plain in [false, true] {
+        ferroformer::nn::kernels::set_plain(plain);
+        check(name);
+    }
+    ferroformer::nn::kernels::set_plain(false);
+}
+
 #[test]
 fn tied_gelu_new_matches_transformers() {
-    check("gpt2-tiny");
+    check_both_paths("gpt2-tiny");
 }
 
 #[test]
 fn untied_exact_gelu_matches_transformers() {
-    check("gpt2-tiny-untied");
+    check_both_paths("gpt2-tiny-untied");
 }

@@ -1,0 +1,185 @@
+//! Every fused CPU kernel against the plain composition it replaces: values and gradients, on
+//! odd shapes (1, 7, 129) and non-contiguous inputs. (The composition itself is tested against
+//! PyTorch in gpt2_parity.rs, which also runs through these kernels.)
+
+mod common;
+use candle_core::{DType, Device, Tensor, Var};
+use common::assert_close;
+use ferroformer::nn::kernels::{cross_entropy, gelu, layer_norm, softmax};
+use ferroformer::nn::LayerNorm;
+use ferroformer::rng::Rng;
+
+fn randn(dims: &[usize], scale: f64, seed: u64) -> Tensor {
+    let mut r = Rng::new(seed);
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (r.normal() * scale) as f32).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+/// Value and input gradient of `f(x)` under a random linear read-out.
+fn value_and_grad(x: &Tensor, f: &dyn Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+    let v = Var::from_tensor(x).unwrap();
+    let y = f(v.as_tensor());
+    let w = randn(y.dims(), 1.0, 99);
+    let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    (
+        y,
+        g.get(v.as_tensor())
+            .expect("gradient reaches the input")
+            .clone(),
+    )
+}
+
+fn check(
+    what: &str,
+    x: &Tensor,
+    fused: &dyn Fn(&Tensor) -> Tensor,
+    plain: &dyn Fn(&Tensor) -> Tensor,
+    atol: f64,
+) {
+    let (yf, gf) = value_and_grad(x, fused);
+    let (yp, gp) = value_and_grad(x, plain);
+    assert_close(&format!("{what} value"), &yf, &yp, 1e-5, atol);
+    assert_close(&format!("{what} gradient"), &gf, &gp, 1e-4, atol);
+}
+
+const SHAPES: [&[usize]; 5] = [&[1, 1], &[7, 7], &[3, 129], &[129, 5], &[2, 3, 7, 64]];
+
+#[test]
+fn gelu_both_forms() {
+    for (i, dims) in SHAPES.iter().enumerate() {
+        let x = randn(dims, 2.0, i as u64);
+        for exact in [false, true] {
+            check(
+                &format!("gelu exact={exact} {dims:?}"),
+                &x,
+                &|x| gelu::gelu(x, exact).unwrap(),
+                &|x| gelu::gelu_plain(x, exact).unwrap(),
+                // erf by a polynomial (abs. error < 5e-7) and tanh via exp (abs. error ~1e-7),
+                // amplified up to ~10x in the derivative for |x| <= 6.
+                5e-6,
+            );
+        }
+    }
+    // Non-contiguous input.
+    let x = randn(&[9, 5], 1.5, 7).t().unwrap();
+    check(
+        "gelu transposed",
+        &x,
+        &|x| gelu::gelu(x, false).unwrap(),
+        &|x| gelu::gelu_plain(x, false).unwrap(),
+        5e-6,
+    );
+}
+
+#[test]
+fn layer_norm_with_weight_and_bias() {
+    for (i, dims) in SHAPES.iter().enumerate() {
+        let c = *dims.last().unwrap();
+        let x = (randn(dims, 3.0, i as u64) + 1.5).unwrap();
+        let ln = LayerNorm {
+            weight: randn(&[c], 1.0, 50),
+            bias: Some(randn(&[c], 1.0, 51)),
+            eps: 1e-5,
+        };
+        if c == 1 {
+            continue; // variance of one element is 0: both give the bias, gradients degenerate.
+        }
+        check(
+            &format!("layer norm {dims:?}"),
+            &x,
+            &|x| ln.forward(x).unwrap(),
+            &|x| ln.forward_plain(x).unwrap(),
+            1e-5,
+        );
+        // Weight and bias gradients too.
+        let w = Var::from_tensor(&ln.weight).unwrap();
+        let b = Var::from_tensor(ln.bias.as_ref().unwrap()).unwrap();
+        let grads = |fused: bool| {
+            let l = LayerNorm {
+                weight: w.as_tensor().clone(),
+                bias: Some(b.as_tensor().clone()),
+                eps: 1e-5,
+            };
+            let y = if fused {
+                l.forward(&x).unwrap()
+            } else {
+                l.forward_plain(&x).unwrap()
+            };
+            let g = (&y * randn(y.dims(), 1.0, 3))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                g.get(w.as_tensor()).unwrap().clone(),
+                g.get(b.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (fw, fb) = grads(true);
+        let (pw, pb) = grads(false);
+        assert_close("layer norm dw", &fw, &pw, 1e-4, 1e-5);
+        assert_close("layer norm db", &fb, &pb, 1e-4, 1e-5);
+    }
+    assert!(layer_norm::layer_norm(
+        &randn(&[2, 4], 1.0, 0),
+        &randn(&[4], 1.0, 1),
+        &randn(&[4], 1.0, 2),
+        1e-5
+    )
+    .unwrap()
+    .is_some());
+}
+
+#[test]
+fn attention_softmax_scaled_causal_and_cached() {
+    // (t, s, offset): full causal square, cached decoding rows (offset > 0), one query.
+    for (i, (t, s, off)) in [
+        (1usize, 1usize, 0usize),
+        (7, 7, 0),
+        (5, 12, 7),
+        (1, 129, 128),
+        (33, 33, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = randn(&[2, 3, t, s], 2.0, i as u64);
+        for causal in [Some(off), None] {
+            check(
+                &format!("softmax t={t} s={s} causal={causal:?}"),
+                &x,
+                &|x| softmax::attn_softmax(x, 0.37, causal).unwrap(),
+                &|x| softmax::attn_softmax_plain(x, 0.37, causal).unwrap(),
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_rows() {
+    for (i, (n, v)) in [(1usize, 1usize), (1, 7), (7, 129), (129, 3), (16, 8192)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = randn(&[n, v], 3.0, i as u64);
+        let mut r = Rng::new(i as u64);
+        let t: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+        let t = Tensor::from_vec(t, n, &Device::Cpu).unwrap();
+        check(
+            &format!("cross entropy {n}x{v}"),
+            &x,
+            &|x| cross_entropy::nll_rows(x, &t).unwrap(),
+            &|x| cross_entropy::nll_rows_plain(x, &t).unwrap(),
+            1e-6,
+        );
+    }
+    // Out-of-range targets are an error, not a wrong answer.
+    let x = randn(&[2, 5], 1.0, 0);
+    let t = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+    let e = cross_entropy::nll_rows(&x, &t).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let _ = DType::F32;
+}
