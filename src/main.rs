@@ -16,6 +16,9 @@ fn keep_freed_memory() {
         // Blocks above the largest threshold (logits of a large vocabulary) would still be
         // mmapped; serve everything from the heap.
         libc::mallopt(libc::M_MMAP_MAX, 0);
+        // Worker threads (matmul packing buffers) would otherwise get arenas of their own,
+        // which glibc does trim.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }

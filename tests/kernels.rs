@@ -183,3 +183,69 @@ fn cross_entropy_rows() {
     assert!(e.contains("outside the vocabulary"), "{e}");
     let _ = DType::F32;
 }
+
+#[test]
+fn linear_both_orientations_with_all_gradients() {
+    use ferroformer::nn::Linear;
+    for (i, (n, d_in, d_out)) in [
+        (1usize, 1usize, 1usize),
+        (7, 7, 3),
+        (129, 5, 33),
+        (16, 64, 192),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for in_out in [true, false] {
+            let x = randn(&[n, d_in], 1.0, i as u64);
+            let wd: &[usize] = if in_out {
+                &[d_in, d_out]
+            } else {
+                &[d_out, d_in]
+            };
+            let w = Var::from_tensor(&randn(wd, 0.5, 10 + i as u64)).unwrap();
+            let b = Var::from_tensor(&randn(&[d_out], 0.5, 20 + i as u64)).unwrap();
+            let lin = Linear {
+                weight: w.as_tensor().clone(),
+                bias: Some(b.as_tensor().clone()),
+                in_out,
+            };
+            let what = format!("linear {n}x{d_in}->{d_out} in_out={in_out}");
+            check(
+                &what,
+                &x,
+                &|x| lin.forward(x).unwrap(),
+                &|x| lin.forward_plain(x).unwrap(),
+                1e-5,
+            );
+            let grads = |fused: bool| {
+                let y = if fused {
+                    lin.forward(&x).unwrap()
+                } else {
+                    lin.forward_plain(&x).unwrap()
+                };
+                let g = (&y * randn(y.dims(), 1.0, 5))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                (
+                    g.get(w.as_tensor()).unwrap().clone(),
+                    g.get(b.as_tensor()).unwrap().clone(),
+                )
+            };
+            let ((fw, fb), (pw, pb)) = (grads(true), grads(false));
+            assert_close(&format!("{what} dW"), &fw, &pw, 1e-4, 1e-5);
+            assert_close(&format!("{what} db"), &fb, &pb, 1e-4, 1e-5);
+        }
+    }
+    // 3-D input keeps its leading shape.
+    let x = randn(&[2, 3, 4], 1.0, 1);
+    let lin = Linear {
+        weight: randn(&[4, 6], 1.0, 2),
+        bias: Some(randn(&[6], 1.0, 3)),
+        in_out: true,
+    };
+    assert_eq!(lin.forward(&x).unwrap().dims(), &[2, 3, 6]);
+}

@@ -67,6 +67,25 @@ impl Linear {
         let d_in = dims[dims.len() - 1];
         // One 2-D matmul over all leading positions is much faster than a broadcast batch.
         let x2 = x.reshape(((), d_in))?;
+        if let Some(b) = &self.bias {
+            if let Some(y) = crate::nn::kernels::linear::linear(&x2, &self.weight, b, self.in_out)?
+            {
+                let mut out_dims = dims;
+                *out_dims.last_mut().expect("rank >= 1") = y.dim(D::Minus1)?;
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
+        self.forward_plain_2d(x2, dims)
+    }
+
+    /// The reference composition: candle matmul, then a broadcast bias add.
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let x2 = x.reshape(((), dims[dims.len() - 1]))?;
+        self.forward_plain_2d(x2, dims)
+    }
+
+    fn forward_plain_2d(&self, x2: Tensor, dims: Vec<usize>) -> Result<Tensor> {
         let y = if self.in_out {
             x2.matmul(&self.weight)?
         } else {

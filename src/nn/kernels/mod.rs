@@ -11,7 +11,9 @@
 
 pub mod cross_entropy;
 pub mod gelu;
+pub mod gemm;
 pub mod layer_norm;
+pub mod linear;
 pub mod math;
 pub mod softmax;
 

@@ -1,0 +1,186 @@
+//! `y = x W + b` as one op: the output rows start as the bias and the product accumulates
+//! into them (no separate broadcast add), and backward produces `dx = dy W^T`, `dW` and
+//! `db` (column sums of `dy`) in one op, with transposes as strided views rather than copies.
+
+use super::gemm::{matmul, View, ViewMut};
+use super::{f32s, fused};
+use crate::multiversion;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+multiversion! {
+    fn add_rows(dy: &[f32], cols: usize, acc: &mut [f32]) {
+        for row in dy.chunks_exact(cols) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    }
+}
+
+/// Fused affine map on `x` `[n, in]`; `in_out` says the weight is `[in, out]` (GPT-2 Conv1D)
+/// rather than `[out, in]` (`nn.Linear`).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearOp {
+    pub in_out: bool,
+}
+
+struct LinearGrad {
+    in_out: bool,
+}
+
+/// The weight as an `[in, out]` view.
+fn weight_view(w: &[f32], d_in: usize, d_out: usize, in_out: bool) -> View<'_> {
+    if in_out {
+        View::rows(w, d_in, d_out, d_out)
+    } else {
+        View::rows(w, d_out, d_in, d_in).t()
+    }
+}
+
+fn dims(
+    op: &str,
+    lx: &Layout,
+    lw: &Layout,
+    in_out: bool,
+) -> candle_core::Result<(usize, usize, usize)> {
+    let (n, d_in) = lx.shape().dims2()?;
+    let (a, b) = lw.shape().dims2()?;
+    let (w_in, d_out) = if in_out { (a, b) } else { (b, a) };
+    if w_in != d_in {
+        candle_core::bail!("{op}: input has {d_in} features but the weight expects {w_in}");
+    }
+    Ok((n, d_in, d_out))
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, d_in, d_out) = dims(self.name(), lx, lw, self.in_out)?;
+        let x = f32s(sx, lx, self.name())?;
+        let w = f32s(sw, lw, self.name())?;
+        let b = f32s(sb, lb, self.name())?;
+        if b.len() != d_out {
+            candle_core::bail!(
+                "{}: bias has {} entries, expected {d_out}",
+                self.name(),
+                b.len()
+            );
+        }
+        let mut y = Vec::with_capacity(n * d_out);
+        for _ in 0..n {
+            y.extend_from_slice(b);
+        }
+        matmul(
+            ViewMut::rows(&mut y, n, d_out, d_out),
+            View::rows(x, n, d_in, d_in),
+            weight_view(w, d_in, d_out, self.in_out),
+            true,
+            true,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, d_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &LinearGrad {
+                in_out: self.in_out,
+            },
+        )?;
+        let (nx, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
+        Ok((
+            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
+            Some(packed.narrow(0, nx + nw, nb)?),
+        ))
+    }
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    /// Returns `[dx | dW | db]`.
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, d_in, d_out) = dims(self.name(), lx, lw, self.in_out)?;
+        let x = f32s(sx, lx, self.name())?;
+        let w = f32s(sw, lw, self.name())?;
+        let dy = f32s(sg, lg, self.name())?;
+        let mut out = vec![0f32; n * d_in + d_in * d_out + d_out];
+        let (dx, rest) = out.split_at_mut(n * d_in);
+        let (dw, db) = rest.split_at_mut(d_in * d_out);
+        let dyv = View::rows(dy, n, d_out, d_out);
+        let xv = View::rows(x, n, d_in, d_in);
+        // dx = dy W^T
+        matmul(
+            ViewMut::rows(dx, n, d_in, d_in),
+            dyv,
+            weight_view(w, d_in, d_out, self.in_out).t(),
+            false,
+            true,
+        );
+        // dW in the weight's own orientation.
+        if self.in_out {
+            matmul(
+                ViewMut::rows(dw, d_in, d_out, d_out),
+                xv.t(),
+                dyv,
+                false,
+                true,
+            );
+        } else {
+            matmul(
+                ViewMut::rows(dw, d_out, d_in, d_in),
+                dyv.t(),
+                xv,
+                false,
+                true,
+            );
+        }
+        add_rows(dy, d_out, db);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from(n * d_in + d_in * d_out + d_out),
+        ))
+    }
+}
+
+/// `x W + b` over the last dimension of `x` (2-D `[n, in]` here), fused when possible.
+pub fn linear(x2: &Tensor, w: &Tensor, b: &Tensor, in_out: bool) -> crate::Result<Option<Tensor>> {
+    if !fused(x2.device()) || x2.dtype() != candle_core::DType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(x2.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LinearOp { in_out },
+    )?))
+}
