@@ -249,3 +249,41 @@ fn linear_both_orientations_with_all_gradients() {
     };
     assert_eq!(lin.forward(&x).unwrap().dims(), &[2, 3, 6]);
 }
+
+#[test]
+fn blocked_causal_attention_matches_composition() {
+    use ferroformer::nn::kernels::attention::causal_attention;
+    use ferroformer::nn::{CausalSelfAttention, Dropout, Linear};
+    let c = 48;
+    let dummy = |d_in: usize, d_out: usize| Linear {
+        weight: randn(&[d_in, d_out], 0.1, 1),
+        bias: None,
+        in_out: true,
+    };
+    for (i, (b, t, heads)) in [
+        (1usize, 1usize, 1usize),
+        (2, 7, 4),
+        (1, 64, 3),
+        (2, 150, 4),
+        (1, 129, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let attn = CausalSelfAttention {
+            qkv: dummy(c, 3 * c),
+            proj: dummy(c, c),
+            n_head: heads,
+            attn_dropout: Dropout::new(0.0).unwrap(),
+            resid_dropout: Dropout::new(0.0).unwrap(),
+        };
+        let qkv = randn(&[b, t, 3 * c], 1.5, i as u64);
+        check(
+            &format!("attention b={b} t={t} heads={heads}"),
+            &qkv,
+            &|x| causal_attention(x, heads).unwrap().unwrap(),
+            &|x| attn.attend(x, None, None).unwrap(),
+            1e-5,
+        );
+    }
+}

@@ -63,10 +63,34 @@ impl CausalSelfAttention {
         cache: Option<&mut KvCache>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        // Training and full-sequence evaluation: the fused blocked kernel (attention dropout
+        // needs the probabilities, so it takes the composed path).
+        let fused = if cache.is_none() && (rng.is_none() || self.attn_dropout.p == 0.0) {
+            crate::nn::kernels::attention::causal_attention(&qkv, self.n_head)?
+        } else {
+            None
+        };
+        let y = match fused {
+            Some(y) => y,
+            None => self.attend(&qkv, cache, rng.as_deref_mut())?,
+        };
+        let y = self.proj.forward(&y)?;
+        self.resid_dropout.forward(&y, rng)
+    }
+
+    /// Multi-head causal attention of a fused `[b, t, 3c]` projection, composed of plain ops
+    /// (with the KV cache and attention dropout); output `[b, t, c]` before the projection.
+    pub fn attend(
+        &self,
+        qkv: &Tensor,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t, c3) = qkv.dims3()?;
+        let c = c3 / 3;
         let h = self.n_head;
         let hd = c / h;
-        let qkv = self.qkv.forward(x)?;
         let split = |i: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(2, i * c, c)?
@@ -86,9 +110,7 @@ impl CausalSelfAttention {
         }
         let scale = 1.0 / (hd as f64).sqrt();
         let att = attn_softmax(&q.matmul(&k.t()?)?, scale, Some(offset))?;
-        let att = self.attn_dropout.forward(&att, rng.as_deref_mut())?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        let y = self.proj.forward(&y)?;
-        self.resid_dropout.forward(&y, rng)
+        let att = self.attn_dropout.forward(&att, rng)?;
+        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?)
     }
 }

@@ -9,6 +9,7 @@
 //! The fused path is used on CPU unless `FERROFORMER_KERNELS=plain` is set (for A/B
 //! measurements), or [`set_plain`] is called.
 
+pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod gemm;
@@ -81,7 +82,8 @@ pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
 /// widest registers available without building for one machine only.
 #[macro_export]
 macro_rules! multiversion {
-    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn inner($($arg: $ty),*) $(-> $ret)? $body

@@ -33,7 +33,31 @@ multiversion! {
 }
 
 multiversion! {
-    fn bwd_row(p: &[f32], dp: &[f32], scale: f32, dx: &mut [f32]) {
+    /// `fwd_row` over a buffer that holds the scores on entry and the probabilities on exit.
+    pub(crate) fn softmax_in_place(y: &mut [f32], scale: f32, visible: usize) {
+        let (yv, ym) = y.split_at_mut(visible);
+        let mut m = f32::NEG_INFINITY;
+        for &v in yv.iter() {
+            m = m.max(v);
+        }
+        let mut s = 0f32;
+        for y in yv.iter_mut() {
+            let e = exp(scale * (*y - m));
+            *y = e;
+            s += e;
+        }
+        let inv = 1.0 / s;
+        for y in yv.iter_mut() {
+            *y *= inv;
+        }
+        for y in ym.iter_mut() {
+            *y = 0.0;
+        }
+    }
+}
+
+multiversion! {
+    pub(crate) fn bwd_row(p: &[f32], dp: &[f32], scale: f32, dx: &mut [f32]) {
         let mut dot = 0f32;
         for (&p, &d) in p.iter().zip(dp) {
             dot += p * d;

@@ -1,0 +1,242 @@
+//! Causal multi-head attention as one op over the fused `[b, t, 3c]` query/key/value
+//! projection, blocked over queries (flash-attention style): for each head and block of 64
+//! queries, scores against the visible keys, softmax, and the weighted sum of values. No
+//! `[b, h, t, t]` probability tensor is stored (memory grows with `t`, not `t^2`); backward
+//! recomputes each block's probabilities from q and k. Heads run in parallel; q, k and v are
+//! read in place as strided views, so there are no transposes or copies.
+
+use super::gemm::{matmul, View, ViewMut};
+use super::softmax::{bwd_row, softmax_in_place};
+use super::{f32s, fused};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Queries per block.
+const BQ: usize = 64;
+
+/// Causal attention over `qkv` `[b, t, 3c]` with `n_head` heads; output `[b, t, c]`.
+#[derive(Clone, Copy, Debug)]
+pub struct CausalAttention {
+    pub n_head: usize,
+}
+
+struct CausalAttentionGrad {
+    n_head: usize,
+}
+
+struct Geometry {
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    hd: usize,
+    scale: f32,
+}
+
+fn geometry(op: &str, l: &Layout, n_head: usize) -> candle_core::Result<Geometry> {
+    let (b, t, c3) = l.shape().dims3()?;
+    if c3 % 3 != 0 || (c3 / 3) % n_head != 0 {
+        candle_core::bail!("{op}: last dimension {c3} is not 3 * heads * head_dim");
+    }
+    let c = c3 / 3;
+    let hd = c / n_head;
+    Ok(Geometry {
+        b,
+        t,
+        c,
+        h: n_head,
+        hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    })
+}
+
+/// q, k and v of head `h` in one batch element's `[t, 3c]` slice.
+fn qkv_views<'a>(xb: &'a [f32], g: &Geometry, h: usize) -> (View<'a>, View<'a>, View<'a>) {
+    let v = |part: usize| View::rows(&xb[part * g.c + h * g.hd..], g.t, g.hd, 3 * g.c);
+    (v(0), v(1), v(2))
+}
+
+/// Softmax probabilities of query rows `i0 .. i0 + nb` over keys `0 .. i0 + nb`, into `p`.
+fn block_probs(q: View, k: View, g: &Geometry, i0: usize, nb: usize, p: &mut [f32]) {
+    let kmax = i0 + nb;
+    let p = &mut p[..nb * kmax];
+    matmul(
+        ViewMut::rows(p, nb, kmax, kmax),
+        q.row_range(i0, nb),
+        k.row_range(0, kmax).t(),
+        false,
+        false,
+    );
+    for (r, row) in p.chunks_mut(kmax).enumerate() {
+        // Query i0 + r sees keys 0 ..= i0 + r.
+        softmax_in_place(row, g.scale, i0 + r + 1);
+    }
+}
+
+impl CustomOp1 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = geometry(self.name(), l, self.n_head)?;
+        let x = f32s(s, l, self.name())?;
+        let head = g.t * g.hd;
+        // Per-head outputs [b, h, t, hd], then interleaved into [b, t, c].
+        let mut heads = vec![0f32; g.b * g.h * head];
+        heads
+            .par_chunks_mut(head)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let (bi, h) = (task / g.h, task % g.h);
+                let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
+                let (q, k, v) = qkv_views(xb, &g, h);
+                let mut p = vec![0f32; BQ * g.t];
+                for i0 in (0..g.t).step_by(BQ) {
+                    let nb = BQ.min(g.t - i0);
+                    let kmax = i0 + nb;
+                    block_probs(q, k, &g, i0, nb, &mut p);
+                    matmul(
+                        ViewMut::rows(&mut out[i0 * g.hd..(i0 + nb) * g.hd], nb, g.hd, g.hd),
+                        View::rows(&p, nb, kmax, kmax),
+                        v.row_range(0, kmax),
+                        false,
+                        false,
+                    );
+                }
+            });
+        let mut y = vec![0f32; g.b * g.t * g.c];
+        y.par_chunks_mut(g.t * g.c)
+            .enumerate()
+            .for_each(|(bi, yb)| {
+                for h in 0..g.h {
+                    let src = &heads[(bi * g.h + h) * head..(bi * g.h + h + 1) * head];
+                    for (row, s) in yb.chunks_mut(g.c).zip(src.chunks(g.hd)) {
+                        row[h * g.hd..(h + 1) * g.hd].copy_from_slice(s);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.t, g.c))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &CausalAttentionGrad {
+                n_head: self.n_head,
+            },
+        )?))
+    }
+}
+
+impl CustomOp2 for CausalAttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = geometry(self.name(), l1, self.n_head)?;
+        let x = f32s(s1, l1, self.name())?;
+        let dy = f32s(s2, l2, self.name())?;
+        let head = g.t * g.hd;
+        // Per head: [dq | dk | dv], each [t, hd].
+        let mut grads = vec![0f32; g.b * g.h * 3 * head];
+        grads
+            .par_chunks_mut(3 * head)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let (bi, h) = (task / g.h, task % g.h);
+                let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
+                let dyh = View::rows(&dy[bi * g.t * g.c + h * g.hd..], g.t, g.hd, g.c);
+                let (q, k, v) = qkv_views(xb, &g, h);
+                let (dq, rest) = out.split_at_mut(head);
+                let (dk, dv) = rest.split_at_mut(head);
+                let mut p = vec![0f32; BQ * g.t];
+                let mut dp = vec![0f32; BQ * g.t];
+                let mut ds = vec![0f32; BQ * g.t];
+                for i0 in (0..g.t).step_by(BQ) {
+                    let nb = BQ.min(g.t - i0);
+                    let kmax = i0 + nb;
+                    block_probs(q, k, &g, i0, nb, &mut p);
+                    let pv = View::rows(&p, nb, kmax, kmax);
+                    let dy_blk = dyh.row_range(i0, nb);
+                    // dV[0..kmax] += P^T dY
+                    matmul(
+                        ViewMut::rows(&mut dv[..kmax * g.hd], kmax, g.hd, g.hd),
+                        pv.t(),
+                        dy_blk,
+                        true,
+                        false,
+                    );
+                    // dP = dY V^T
+                    matmul(
+                        ViewMut::rows(&mut dp[..nb * kmax], nb, kmax, kmax),
+                        dy_blk,
+                        v.row_range(0, kmax).t(),
+                        false,
+                        false,
+                    );
+                    for ((prow, dprow), dsrow) in p[..nb * kmax]
+                        .chunks(kmax)
+                        .zip(dp[..nb * kmax].chunks(kmax))
+                        .zip(ds[..nb * kmax].chunks_mut(kmax))
+                    {
+                        bwd_row(prow, dprow, g.scale, dsrow);
+                    }
+                    let dsv = View::rows(&ds, nb, kmax, kmax);
+                    // dQ rows = dS K ; dK[0..kmax] += dS^T Q_blk
+                    matmul(
+                        ViewMut::rows(&mut dq[i0 * g.hd..(i0 + nb) * g.hd], nb, g.hd, g.hd),
+                        dsv,
+                        k.row_range(0, kmax),
+                        false,
+                        false,
+                    );
+                    matmul(
+                        ViewMut::rows(&mut dk[..kmax * g.hd], kmax, g.hd, g.hd),
+                        dsv.t(),
+                        q.row_range(i0, nb),
+                        true,
+                        false,
+                    );
+                }
+            });
+        let mut dx = vec![0f32; g.b * g.t * 3 * g.c];
+        dx.par_chunks_mut(g.t * 3 * g.c)
+            .enumerate()
+            .for_each(|(bi, xb)| {
+                for h in 0..g.h {
+                    let base = (bi * g.h + h) * 3 * head;
+                    for part in 0..3 {
+                        let src = &grads[base + part * head..base + (part + 1) * head];
+                        for (row, s) in xb.chunks_mut(3 * g.c).zip(src.chunks(g.hd)) {
+                            let o = part * g.c + h * g.hd;
+                            row[o..o + g.hd].copy_from_slice(s);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Fused causal attention of `qkv` `[b, t, 3c]`, or `None` where it does not apply.
+pub fn causal_attention(qkv: &Tensor, n_head: usize) -> crate::Result<Option<Tensor>> {
+    if !fused(qkv.device()) || qkv.dtype() != candle_core::DType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(
+        qkv.contiguous()?.apply_op1(CausalAttention { n_head })?,
+    ))
+}
