@@ -77,7 +77,7 @@ fn check(name: &str) {
         }
         let mut acc = GradAccumulator::default();
         acc.add(&store, &grads).unwrap();
-        opt.step(&store, acc.grads(), 1e-3).unwrap();
+        opt.step(&store, acc.grads(), 1e-3, 1.0).unwrap();
     }
     let want: Vec<f32> = reference["step_losses"].to_vec1().unwrap();
     for (a, w) in losses.iter().zip(&want) {

@@ -107,7 +107,7 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
         let loss = CausalLm::loss(&model, &x, &y, None)?;
         let mut acc = GradAccumulator::default();
         acc.add(&store, &loss.backward()?)?;
-        opt.step(&store, acc.grads(), 3e-4)?;
+        opt.step(&store, acc.grads(), 3e-4, 1.0)?;
         // Reading the loss forces the step to complete on asynchronous devices.
         loss.to_scalar::<f32>()?;
         if i >= a.warmup {

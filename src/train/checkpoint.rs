@@ -70,7 +70,8 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let tmp = run.join(format!(".checkpoint-{step}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     write_model_dir(&tmp, ck.config, ck.store, ck.tokenizer)?;
-    ck.optimizer.save(&tmp.join("optimizer.safetensors"))?;
+    ck.optimizer
+        .save(&tmp.join("optimizer.safetensors"), ck.store)?;
     write_json_atomic(&tmp.join("trainer_state.json"), ck.state)?;
     write_atomic(&tmp.join("recipe.toml"), ck.recipe_toml.as_bytes())?;
     if final_dir.exists() {

@@ -279,13 +279,13 @@ impl Trainer {
             };
             acc.add(&self.store, &loss.backward()?)?;
         }
-        let grad_norm = if t.grad_clip > 0.0 {
-            acc.clip(t.grad_clip)?
+        let (scale, grad_norm) = if t.grad_clip > 0.0 {
+            acc.clip_scale(t.grad_clip)?
         } else {
-            acc.global_norm()?
+            (1.0, acc.global_norm()?)
         };
         let lr = self.schedule.at(self.state.step);
-        self.optimizer.step(&self.store, acc.grads(), lr)?;
+        self.optimizer.step(&self.store, acc.grads(), lr, scale)?;
         self.state.step += 1;
         self.state.tokens_seen += (t.batch_size * t.context * accum) as u64;
         Ok(StepStats {
