@@ -3,7 +3,7 @@
 //! composition made half a dozen vocabulary-sized temporaries (64 MB each for 2048 tokens
 //! of an 8192 vocabulary).
 
-use super::math::exp;
+use super::math::{exp, max};
 use super::{f32s, fused, rows_per_task, u32s};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
@@ -11,38 +11,21 @@ use rayon::prelude::*;
 
 multiversion! {
     fn row_max(x: &[f32]) -> f32 {
-        // Eight lanes so the reduction vectorises.
-        let mut m = [f32::NEG_INFINITY; 8];
-        let chunks = x.chunks_exact(8);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for i in 0..8 {
-                m[i] = m[i].max(c[i]);
-            }
-        }
-        let mut out = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for &v in rest {
-            out = out.max(v);
-        }
-        out
+        max(x)
     }
 }
 
 multiversion! {
-    fn row_sum_exp(x: &[f32], max: f32) -> f32 {
-        let mut s = [0f32; 8];
-        let chunks = x.chunks_exact(8);
+    fn row_sum_exp(x: &[f32], m: f32) -> f32 {
+        let mut acc = [0f32; 16];
+        let chunks = x.chunks_exact(16);
         let rest = chunks.remainder();
         for c in chunks {
-            for i in 0..8 {
-                s[i] += exp(c[i] - max);
+            for i in 0..16 {
+                acc[i] += exp(c[i] - m);
             }
         }
-        let mut out: f32 = s.iter().sum();
-        for &v in rest {
-            out += exp(v - max);
-        }
-        out
+        acc.iter().sum::<f32>() + rest.iter().map(|&v| exp(v - m)).sum::<f32>()
     }
 }
 

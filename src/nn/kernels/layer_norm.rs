@@ -1,6 +1,7 @@
 //! LayerNorm forward in one pass per row (mean, variance, normalise, scale, shift) and
 //! backward in one pass per row plus a reduction for the weight and bias gradients.
 
+use super::math::{sum, sum_sq_dev};
 use super::{f32s, fused, rows_per_task};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -9,8 +10,8 @@ use rayon::prelude::*;
 multiversion! {
     fn fwd_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
         let c = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / c;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c;
+        let mean = sum(x) / c;
+        let var = sum_sq_dev(x, mean) / c;
         let rstd = 1.0 / (var + eps).sqrt();
         for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
             *y = (x - mean) * rstd * w + b;
@@ -21,21 +22,22 @@ multiversion! {
 multiversion! {
     fn bwd_row(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32], db: &mut [f32]) {
         let c = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / c;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c;
+        let mean = sum(x) / c;
+        let var = sum_sq_dev(x, mean) / c;
         let rstd = 1.0 / (var + eps).sqrt();
-        let mut a = 0f32; // mean of dxhat
-        let mut bsum = 0f32; // mean of dxhat * xhat
+        // a = mean of dxhat, bm = mean of dxhat * xhat, from sum(dy w) and sum(dy w (x - mean)).
+        let mut a = [0f32; 16];
+        let mut bs = [0f32; 16];
         for i in 0..x.len() {
             let xhat = (x[i] - mean) * rstd;
             let dxhat = dy[i] * w[i];
-            a += dxhat;
-            bsum += dxhat * xhat;
+            a[i % 16] += dxhat;
+            bs[i % 16] += dxhat * xhat;
             dw[i] += dy[i] * xhat;
             db[i] += dy[i];
         }
-        let a = a / c;
-        let bm = bsum / c;
+        let a = a.iter().sum::<f32>() / c;
+        let bm = bs.iter().sum::<f32>() / c;
         for i in 0..x.len() {
             let xhat = (x[i] - mean) * rstd;
             dx[i] = rstd * (dy[i] * w[i] - a - xhat * bm);

@@ -87,3 +87,66 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }
+
+// Reductions in 16 independent lanes: a float sum or max in one accumulator is a serial
+// dependency chain the compiler may not reorder, so it would run one element at a time.
+const LANES: usize = 16;
+
+/// Sum of `x`.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Maximum of `x` (negative infinity for an empty slice).
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    rest.iter().copied().fold(m, f32::max)
+}
+
+/// Dot product of `a` and `b` (same length).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// Sum of squared deviations from `mean`.
+#[inline(always)]
+pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
+}

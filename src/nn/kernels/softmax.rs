@@ -2,7 +2,7 @@
 //! dimension where key `j` is visible to query `i` only if `j <= offset + i`. Backward uses the
 //! saved output: `ds = scale * p * (dp - sum(p * dp))`.
 
-use super::math::exp;
+use super::math::{dot, exp, max, sum};
 use super::{f32s, fused, rows_per_task};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -12,17 +12,11 @@ multiversion! {
     fn fwd_row(x: &[f32], scale: f32, visible: usize, y: &mut [f32]) {
         let (xv, _) = x.split_at(visible);
         let (yv, ym) = y.split_at_mut(visible);
-        let mut m = f32::NEG_INFINITY;
-        for &v in xv {
-            m = m.max(v);
-        }
-        let mut s = 0f32;
+        let m = max(xv);
         for (y, &v) in yv.iter_mut().zip(xv) {
-            let e = exp(scale * (v - m));
-            *y = e;
-            s += e;
+            *y = exp(scale * (v - m));
         }
-        let inv = 1.0 / s;
+        let inv = 1.0 / sum(yv);
         for y in yv.iter_mut() {
             *y *= inv;
         }
@@ -36,17 +30,11 @@ multiversion! {
     /// `fwd_row` over a buffer that holds the scores on entry and the probabilities on exit.
     pub(crate) fn softmax_in_place(y: &mut [f32], scale: f32, visible: usize) {
         let (yv, ym) = y.split_at_mut(visible);
-        let mut m = f32::NEG_INFINITY;
-        for &v in yv.iter() {
-            m = m.max(v);
-        }
-        let mut s = 0f32;
+        let m = max(yv);
         for y in yv.iter_mut() {
-            let e = exp(scale * (*y - m));
-            *y = e;
-            s += e;
+            *y = exp(scale * (*y - m));
         }
-        let inv = 1.0 / s;
+        let inv = 1.0 / sum(yv);
         for y in yv.iter_mut() {
             *y *= inv;
         }
@@ -58,10 +46,7 @@ multiversion! {
 
 multiversion! {
     pub(crate) fn bwd_row(p: &[f32], dp: &[f32], scale: f32, dx: &mut [f32]) {
-        let mut dot = 0f32;
-        for (&p, &d) in p.iter().zip(dp) {
-            dot += p * d;
-        }
+        let dot = dot(p, dp);
         for ((dx, &p), &d) in dx.iter_mut().zip(p).zip(dp) {
             *dx = scale * p * (d - dot);
         }
