@@ -46,48 +46,6 @@ pub fn erf(x: f32) -> f32 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exp_tanh_erf_accuracy() {
-        let mut worst = [0f64; 3];
-        let mut x: f64 = -20.0;
-        while x < 20.0 {
-            // Compare at the f32 input actually given, not at the unrounded x.
-            let xf = x as f32 as f64;
-            let e = super::exp(xf as f32) as f64;
-            worst[0] = worst[0].max(((e - xf.exp()) / xf.exp()).abs());
-            worst[1] = worst[1].max((super::tanh(xf as f32) as f64 - xf.tanh()).abs());
-            x += 0.001_37;
-        }
-        for i in 0..8000 {
-            let x: f64 = -4.0 + i as f64 * 0.001;
-            // Reference: the Taylor series in f64.
-            let xf = x as f32 as f64;
-            worst[2] = worst[2].max((super::erf(xf as f32) as f64 - erf_f64(xf)).abs());
-        }
-        assert!(worst[0] < 3e-7, "exp rel {}", worst[0]);
-        assert!(worst[1] < 3e-7, "tanh abs {}", worst[1]);
-        assert!(worst[2] < 5e-7, "erf abs {}", worst[2]);
-    }
-
-    /// erf in f64 by its Taylor series (|x| <= 4 needs ~60 terms for 1e-15).
-    fn erf_f64(x: f64) -> f64 {
-        let mut sum: f64 = 0.0;
-        let mut term = x;
-        let mut n: f64 = 0.0;
-        while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
-            sum += term / (2.0 * n + 1.0);
-            n += 1.0;
-            term *= -x * x / n;
-            if n > 200.0 {
-                break;
-            }
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-}
-
 // Reductions in 16 independent lanes: a float sum or max in one accumulator is a serial
 // dependency chain the compiler may not reorder, so it would run one element at a time.
 const LANES: usize = 16;
@@ -149,4 +107,46 @@ pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_tanh_erf_accuracy() {
+        let mut worst = [0f64; 3];
+        let mut x: f64 = -20.0;
+        while x < 20.0 {
+            // Compare at the f32 input actually given, not at the unrounded x.
+            let xf = x as f32 as f64;
+            let e = super::exp(xf as f32) as f64;
+            worst[0] = worst[0].max(((e - xf.exp()) / xf.exp()).abs());
+            worst[1] = worst[1].max((super::tanh(xf as f32) as f64 - xf.tanh()).abs());
+            x += 0.001_37;
+        }
+        for i in 0..8000 {
+            let x: f64 = -4.0 + i as f64 * 0.001;
+            // Reference: the Taylor series in f64.
+            let xf = x as f32 as f64;
+            worst[2] = worst[2].max((super::erf(xf as f32) as f64 - erf_f64(xf)).abs());
+        }
+        assert!(worst[0] < 3e-7, "exp rel {}", worst[0]);
+        assert!(worst[1] < 3e-7, "tanh abs {}", worst[1]);
+        assert!(worst[2] < 5e-7, "erf abs {}", worst[2]);
+    }
+
+    /// erf in f64 by its Taylor series (|x| <= 4 needs ~60 terms for 1e-15).
+    fn erf_f64(x: f64) -> f64 {
+        let mut sum: f64 = 0.0;
+        let mut term = x;
+        let mut n: f64 = 0.0;
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -x * x / n;
+            if n > 200.0 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
 }
