@@ -240,6 +240,23 @@ fn linear_both_orientations_with_all_gradients() {
             assert_close(&format!("{what} db"), &fb, &pb, 1e-4, 1e-5);
         }
     }
+    // Without a bias (the tied output projection).
+    for in_out in [true, false] {
+        let x = randn(&[33, 24], 1.0, 8);
+        let w = randn(if in_out { &[24, 100] } else { &[100, 24] }, 0.5, 9);
+        let lin = Linear {
+            weight: w,
+            bias: None,
+            in_out,
+        };
+        check(
+            &format!("matmul in_out={in_out}"),
+            &x,
+            &|x| lin.forward(x).unwrap(),
+            &|x| lin.forward_plain(x).unwrap(),
+            1e-5,
+        );
+    }
     // 3-D input keeps its leading shape.
     let x = randn(&[2, 3, 4], 1.0, 1);
     let lin = Linear {

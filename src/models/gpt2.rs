@@ -355,10 +355,14 @@ impl Gpt2 {
 
     /// Projects hidden states onto the vocabulary.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = h.dims3()?;
+        // The head (or the tied embedding) is an [out, in] weight without bias.
         let w = self.lm_head.as_ref().unwrap_or(&self.wte.weight);
-        let l = h.reshape((b * t, c))?.matmul(&w.t()?)?;
-        Ok(l.reshape((b, t, self.config.vocab_size))?)
+        let head = Linear {
+            weight: w.clone(),
+            bias: None,
+            in_out: false,
+        };
+        head.forward(h)
     }
 
     /// One empty cache per layer.

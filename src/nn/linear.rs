@@ -67,13 +67,12 @@ impl Linear {
         let d_in = dims[dims.len() - 1];
         // One 2-D matmul over all leading positions is much faster than a broadcast batch.
         let x2 = x.reshape(((), d_in))?;
-        if let Some(b) = &self.bias {
-            if let Some(y) = crate::nn::kernels::linear::linear(&x2, &self.weight, b, self.in_out)?
-            {
-                let mut out_dims = dims;
-                *out_dims.last_mut().expect("rank >= 1") = y.dim(D::Minus1)?;
-                return Ok(y.reshape(out_dims)?);
-            }
+        let fused =
+            crate::nn::kernels::linear::linear(&x2, &self.weight, self.bias.as_ref(), self.in_out)?;
+        if let Some(y) = fused {
+            let mut out_dims = dims;
+            *out_dims.last_mut().expect("rank >= 1") = y.dim(D::Minus1)?;
+            return Ok(y.reshape(out_dims)?);
         }
         self.forward_plain_2d(x2, dims)
     }

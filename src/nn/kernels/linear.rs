@@ -1,11 +1,12 @@
-//! `y = x W + b` as one op: the output rows start as the bias and the product accumulates
-//! into them (no separate broadcast add), and backward produces `dx = dy W^T`, `dW` and
-//! `db` (column sums of `dy`) in one op, with transposes as strided views rather than copies.
+//! `y = x W (+ b)` as one op: the output rows start as the bias and the product accumulates
+//! into them (no separate broadcast add), and backward produces `dx = dy W^T`, `dW` (in the
+//! weight's own orientation) and `db` (column sums of `dy`) in one op, with transposes as
+//! strided views rather than copies. Without a bias it serves the tied output projection.
 
 use super::gemm::{matmul, View, ViewMut};
 use super::{f32s, fused};
 use crate::multiversion;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 multiversion! {
     fn add_rows(dy: &[f32], cols: usize, acc: &mut [f32]) {
@@ -17,15 +18,22 @@ multiversion! {
     }
 }
 
-/// Fused affine map on `x` `[n, in]`; `in_out` says the weight is `[in, out]` (GPT-2 Conv1D)
-/// rather than `[out, in]` (`nn.Linear`).
+/// Fused affine map on `x` `[n, in]` with a bias; `in_out` says the weight is `[in, out]`
+/// (GPT-2 Conv1D) rather than `[out, in]` (`nn.Linear`).
 #[derive(Clone, Copy, Debug)]
 pub struct LinearOp {
     pub in_out: bool,
 }
 
+/// The same without a bias.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulOp {
+    pub in_out: bool,
+}
+
 struct LinearGrad {
     in_out: bool,
+    bias: bool,
 }
 
 /// The weight as an `[in, out]` view.
@@ -52,6 +60,40 @@ fn dims(
     Ok((n, d_in, d_out))
 }
 
+fn forward(
+    op: &str,
+    (sx, lx): (&CpuStorage, &Layout),
+    (sw, lw): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+    in_out: bool,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (n, d_in, d_out) = dims(op, lx, lw, in_out)?;
+    let x = f32s(sx, lx, op)?;
+    let w = f32s(sw, lw, op)?;
+    let mut y = match bias {
+        Some((sb, lb)) => {
+            let b = f32s(sb, lb, op)?;
+            if b.len() != d_out {
+                candle_core::bail!("{op}: bias has {} entries, expected {d_out}", b.len());
+            }
+            let mut y = Vec::with_capacity(n * d_out);
+            for _ in 0..n {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => vec![0f32; n * d_out],
+    };
+    matmul(
+        ViewMut::rows(&mut y, n, d_out, d_out),
+        View::rows(x, n, d_in, d_in),
+        weight_view(w, d_in, d_out, in_out),
+        bias.is_some(),
+        true,
+    );
+    Ok((CpuStorage::F32(y), Shape::from((n, d_out))))
+}
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "fused-linear"
@@ -66,29 +108,7 @@ impl CustomOp3 for LinearOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, d_in, d_out) = dims(self.name(), lx, lw, self.in_out)?;
-        let x = f32s(sx, lx, self.name())?;
-        let w = f32s(sw, lw, self.name())?;
-        let b = f32s(sb, lb, self.name())?;
-        if b.len() != d_out {
-            candle_core::bail!(
-                "{}: bias has {} entries, expected {d_out}",
-                self.name(),
-                b.len()
-            );
-        }
-        let mut y = Vec::with_capacity(n * d_out);
-        for _ in 0..n {
-            y.extend_from_slice(b);
-        }
-        matmul(
-            ViewMut::rows(&mut y, n, d_out, d_out),
-            View::rows(x, n, d_in, d_in),
-            weight_view(w, d_in, d_out, self.in_out),
-            true,
-            true,
-        );
-        Ok((CpuStorage::F32(y), Shape::from((n, d_out))))
+        forward(self.name(), (sx, lx), (sw, lw), Some((sb, lb)), self.in_out)
     }
 
     fn bwd(
@@ -104,6 +124,7 @@ impl CustomOp3 for LinearOp {
             &grad.contiguous()?,
             &LinearGrad {
                 in_out: self.in_out,
+                bias: true,
             },
         )?;
         let (nx, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
@@ -115,12 +136,50 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+impl CustomOp2 for MatmulOp {
+    fn name(&self) -> &'static str {
+        "fused-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward(self.name(), (sx, lx), (sw, lw), None, self.in_out)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &LinearGrad {
+                in_out: self.in_out,
+                bias: false,
+            },
+        )?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
+        ))
+    }
+}
+
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
         "fused-linear-grad"
     }
 
-    /// Returns `[dx | dW | db]`.
+    /// Returns `[dx | dW | db]` (`db` only with a bias).
     fn cpu_fwd(
         &self,
         sx: &CpuStorage,
@@ -134,7 +193,8 @@ impl CustomOp3 for LinearGrad {
         let x = f32s(sx, lx, self.name())?;
         let w = f32s(sw, lw, self.name())?;
         let dy = f32s(sg, lg, self.name())?;
-        let mut out = vec![0f32; n * d_in + d_in * d_out + d_out];
+        let len = n * d_in + d_in * d_out + if self.bias { d_out } else { 0 };
+        let mut out = vec![0f32; len];
         let (dx, rest) = out.split_at_mut(n * d_in);
         let (dw, db) = rest.split_at_mut(d_in * d_out);
         let dyv = View::rows(dy, n, d_out, d_out);
@@ -147,7 +207,6 @@ impl CustomOp3 for LinearGrad {
             false,
             true,
         );
-        // dW in the weight's own orientation.
         if self.in_out {
             matmul(
                 ViewMut::rows(dw, d_in, d_out, d_out),
@@ -165,22 +224,26 @@ impl CustomOp3 for LinearGrad {
                 true,
             );
         }
-        add_rows(dy, d_out, db);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from(n * d_in + d_in * d_out + d_out),
-        ))
+        if self.bias {
+            add_rows(dy, d_out, db);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
-/// `x W + b` over the last dimension of `x` (2-D `[n, in]` here), fused when possible.
-pub fn linear(x2: &Tensor, w: &Tensor, b: &Tensor, in_out: bool) -> crate::Result<Option<Tensor>> {
+/// `x W (+ b)` for 2-D `x` `[n, in]`, fused when the device allows it, else `None`.
+pub fn linear(
+    x2: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    in_out: bool,
+) -> crate::Result<Option<Tensor>> {
     if !fused(x2.device()) || x2.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
-    Ok(Some(x2.contiguous()?.apply_op3(
-        &w.contiguous()?,
-        &b.contiguous()?,
-        LinearOp { in_out },
-    )?))
+    let (x2, w) = (x2.contiguous()?, w.contiguous()?);
+    Ok(Some(match b {
+        Some(b) => x2.apply_op3(&w, &b.contiguous()?, LinearOp { in_out })?,
+        None => x2.apply_op2(&w, MatmulOp { in_out })?,
+    }))
 }
