@@ -36,7 +36,9 @@ fn main() {
     // With the fused kernels, the heavy work (matmuls, kernels) runs on rayon's pool; candle's
     // own spinning pool is left only memory-bound adds and copies, and on a small machine its
     // threads mostly compete with rayon's (measured ~3% faster steps with one thread there).
-    let plain = std::env::var("FERROFORMER_KERNELS").map(|v| v == "plain").unwrap_or(false);
+    let plain = std::env::var("FERROFORMER_KERNELS")
+        .map(|v| v == "plain")
+        .unwrap_or(false);
     if !plain && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }

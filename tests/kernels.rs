@@ -304,3 +304,55 @@ fn blocked_causal_attention_matches_composition() {
         );
     }
 }
+
+#[test]
+fn fused_head_cross_entropy_matches_matmul_then_loss() {
+    use ferroformer::nn::kernels::cross_entropy::head_cross_entropy;
+    // n spans several 256-row chunks and a partial one.
+    for (i, (n, c, v)) in [(1usize, 4usize, 3usize), (7, 16, 129), (600, 24, 50)]
+        .into_iter()
+        .enumerate()
+    {
+        let h = Var::from_tensor(&randn(&[n, c], 1.0, i as u64)).unwrap();
+        let w = Var::from_tensor(&randn(&[v, c], 0.5, 10 + i as u64)).unwrap();
+        let mut r = Rng::new(i as u64);
+        let t = Tensor::from_vec(
+            (0..n).map(|_| r.below(v as u64) as u32).collect::<Vec<_>>(),
+            n,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |fused: bool| {
+            let loss = if fused {
+                head_cross_entropy(h.as_tensor(), w.as_tensor(), &t)
+                    .unwrap()
+                    .unwrap()
+            } else {
+                let logits = h.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+                cross_entropy::nll_rows_plain(&logits, &t)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+            };
+            // A non-unit upstream gradient, as gradient accumulation gives.
+            let g = (&loss * 0.37).unwrap().backward().unwrap();
+            (
+                loss,
+                g.get(h.as_tensor()).unwrap().clone(),
+                g.get(w.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (lf, hf, wf) = run(true);
+        let (lp, hp, wp) = run(false);
+        let what = format!("head cross-entropy n={n} c={c} v={v}");
+        assert_close(
+            &format!("{what} loss"),
+            &lf.reshape(1).unwrap(),
+            &lp.reshape(1).unwrap(),
+            1e-5,
+            0.0,
+        );
+        assert_close(&format!("{what} dh"), &hf, &hp, 1e-4, 1e-7);
+        assert_close(&format!("{what} dW"), &wf, &wp, 1e-4, 1e-7);
+    }
+}

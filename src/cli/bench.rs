@@ -104,7 +104,7 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
     let mut times = vec![];
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
-        let loss = CausalLm::loss(&model, &x, &y, None)?;
+        let loss = CausalLm::train_loss(&model, &x, &y, None)?;
         let mut acc = GradAccumulator::default();
         acc.add(&store, &loss.backward()?)?;
         opt.step(&store, acc.grads(), 3e-4, 1.0)?;

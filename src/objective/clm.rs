@@ -20,6 +20,31 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 pub struct CausalLm;
 
 impl CausalLm {
+    /// The loss for a training step: as [`CausalLm::loss`], but on CPU the output projection
+    /// and cross-entropy run as one op that produces the gradients in its forward pass (so
+    /// use [`CausalLm::loss`] when no backward follows).
+    pub fn train_loss(
+        model: &Gpt2,
+        inputs: &Tensor,
+        targets: &Tensor,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let h = model.hidden(inputs, None, rng)?;
+        let (b, t, c) = h.dims3()?;
+        let w = model.lm_head.as_ref().unwrap_or(&model.wte.weight);
+        let h2 = h.reshape((b * t, c))?;
+        let y = targets.reshape(b * t)?;
+        match crate::nn::kernels::cross_entropy::head_cross_entropy(&h2, w, &y)? {
+            Some(loss) => Ok(loss),
+            None => cross_entropy(
+                &model
+                    .logits(&h)?
+                    .reshape((b * t, model.config.vocab_size))?,
+                &y,
+            ),
+        }
+    }
+
     /// Loss of predicting `targets` `[b, t]` from `inputs` `[b, t]` (targets are inputs shifted by
     /// one). `rng` enables dropout.
     pub fn loss(

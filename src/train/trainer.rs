@@ -262,7 +262,7 @@ impl Trainer {
             } else {
                 None
             };
-            let loss = CausalLm::loss(&self.model, &x, &y, drop_rng)?;
+            let loss = CausalLm::train_loss(&self.model, &x, &y, drop_rng)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::Training(format!(

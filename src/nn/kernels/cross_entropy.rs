@@ -37,6 +37,14 @@ multiversion! {
     }
 }
 
+multiversion! {
+    fn row_grad_in_place(x: &mut [f32], lse: f32, g: f32) {
+        for v in x.iter_mut() {
+            *v = g * exp(*v - lse);
+        }
+    }
+}
+
 fn lse(row: &[f32]) -> f32 {
     let m = row_max(row);
     m + row_sum_exp(row, m).ln()
@@ -150,4 +158,124 @@ pub fn nll_rows_plain(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor
         .gather(&targets.unsqueeze(1)?, D::Minus1)?
         .squeeze(1)?
         .neg()?)
+}
+
+/// Rows of the `[n, vocab]` logits materialised at a time.
+const HEAD_CHUNK: usize = 256;
+
+/// The output projection and the mean cross-entropy in one op, for training: logits are made
+/// `HEAD_CHUNK` rows at a time and turned into their gradient at once, so the `[n, vocab]`
+/// logits (and their gradient) never exist whole. The op's output packs `[loss, dh, dW]`;
+/// backward only scales `dh` and `dW` by the incoming gradient of the loss. Same FLOPs as the
+/// separate matmul and loss, a fraction of the memory traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadCrossEntropy;
+
+impl CustomOp3 for HeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        st: &CpuStorage,
+        lt: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use super::gemm::{matmul, View, ViewMut};
+        let (n, c) = lh.shape().dims2()?;
+        let (v, wc) = lw.shape().dims2()?;
+        if wc != c {
+            candle_core::bail!(
+                "{}: hidden size {c} but the head weight is {v}x{wc}",
+                self.name()
+            );
+        }
+        let h = f32s(sh, lh, self.name())?;
+        let w = f32s(sw, lw, self.name())?;
+        let t = u32s(st, lt, self.name())?;
+        check(self.name(), n, v, t)?;
+        let mut out = vec![0f32; 1 + n * c + v * c];
+        let (loss_slot, rest) = out.split_at_mut(1);
+        let (dh, dw) = rest.split_at_mut(n * c);
+        let wv = View::rows(w, v, c, c);
+        let mut logits = vec![0f32; HEAD_CHUNK.min(n) * v];
+        let inv_n = 1.0 / n as f32;
+        let mut loss = 0f64;
+        for r0 in (0..n).step_by(HEAD_CHUNK) {
+            let rows = HEAD_CHUNK.min(n - r0);
+            let hc = View::rows(&h[r0 * c..], rows, c, c);
+            let lg = &mut logits[..rows * v];
+            matmul(ViewMut::rows(lg, rows, v, v), hc, wv.t(), false, true);
+            // Each row becomes (softmax - onehot) / n, its NLL summed.
+            let per_task = rows_per_task(rows, v);
+            let chunk_loss: f64 = lg
+                .par_chunks_mut(per_task * v)
+                .enumerate()
+                .map(|(ci, block)| {
+                    let mut s = 0f64;
+                    for (k, row) in block.chunks_mut(v).enumerate() {
+                        let tr = t[r0 + ci * per_task + k] as usize;
+                        let l = lse(row);
+                        s += (l - row[tr]) as f64;
+                        row_grad_in_place(row, l, inv_n);
+                        row[tr] -= inv_n;
+                    }
+                    s
+                })
+                .sum();
+            loss += chunk_loss;
+            let g = View::rows(lg, rows, v, v);
+            matmul(
+                ViewMut::rows(&mut dh[r0 * c..(r0 + rows) * c], rows, c, c),
+                g,
+                wv,
+                false,
+                true,
+            );
+            matmul(ViewMut::rows(dw, v, c, c), g.t(), hc, true, true);
+        }
+        loss_slot[0] = (loss / n as f64) as f32;
+        Ok((CpuStorage::F32(out), Shape::from(1 + n * c + v * c)))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _t: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (nh, nw) = (h.elem_count(), w.elem_count());
+        let g = grad.narrow(0, 0, 1)?;
+        let dh = res
+            .narrow(0, 1, nh)?
+            .broadcast_mul(&g)?
+            .reshape(h.shape())?;
+        let dw = res
+            .narrow(0, 1 + nh, nw)?
+            .broadcast_mul(&g)?
+            .reshape(w.shape())?;
+        Ok((Some(dh), Some(dw), None))
+    }
+}
+
+/// Mean cross-entropy of `targets` `[n]` under `h` `[n, c]` projected by `w` `[vocab, c]`, for
+/// training (it computes the gradients in the forward pass). `None` where not fused.
+pub fn head_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+) -> crate::Result<Option<Tensor>> {
+    if !fused(h.device()) || h.dtype() != candle_core::DType::F32 {
+        return Ok(None);
+    }
+    let packed =
+        h.contiguous()?
+            .apply_op3(&w.contiguous()?, &targets.contiguous()?, HeadCrossEntropy)?;
+    Ok(Some(packed.narrow(0, 0, 1)?.squeeze(0)?))
 }
