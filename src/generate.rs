@@ -95,11 +95,61 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     idx[probs.len() - 1] as u32
 }
 
+/// Logits of the last of `ids`, run through the cache (only that position is projected onto
+/// the vocabulary).
 fn last_logits(model: &Gpt2, ids: &[u32], caches: &mut [crate::nn::KvCache]) -> Result<Vec<f32>> {
     let x = Tensor::new(ids, model.wte.weight.device())?.unsqueeze(0)?;
-    let logits = model.forward(&x, Some(caches), None)?;
-    let last = logits.squeeze(0)?.narrow(0, ids.len() - 1, 1)?.squeeze(0)?;
-    Ok(last.to_vec1::<f32>()?)
+    let h = model.hidden(&x, Some(caches), None)?;
+    let last = h.narrow(1, ids.len() - 1, 1)?;
+    Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Generates up to `cfg.max_tokens` token ids after `prompt` (non-empty, inside the
+/// vocabulary), calling `on_token` with each as it is chosen; stops early at `stop`.
+pub fn generate_ids(
+    model: &Gpt2,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    stop: Option<u32>,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Config("the prompt is empty".into()));
+    }
+    if let Some(&bad) = prompt
+        .iter()
+        .find(|&&id| id as usize >= model.config.vocab_size)
+    {
+        return Err(Error::Config(format!(
+            "token id {bad} is outside the model's vocabulary"
+        )));
+    }
+    let max_pos = model.max_positions();
+    let mut context = prompt[prompt.len().saturating_sub(max_pos)..].to_vec();
+    let mut rng = Rng::new(cfg.seed);
+    let mut caches = model.new_caches();
+    let mut logits = last_logits(model, &context, &mut caches)?;
+    let mut out: Vec<u32> = vec![];
+    for _ in 0..cfg.max_tokens {
+        let next = pick(&logits, cfg, &mut rng);
+        if Some(next) == stop {
+            break;
+        }
+        out.push(next);
+        context.push(next);
+        on_token(next)?;
+        if caches[0].len() + 1 > max_pos {
+            // Window full: restart the cache on the most recent half of the context.
+            let keep = max_pos / 2;
+            let tail: Vec<u32> = context[context.len() - keep..].to_vec();
+            caches = model.new_caches();
+            logits = last_logits(model, &tail, &mut caches)?;
+        } else {
+            logits = last_logits(model, &[next], &mut caches)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Generates up to `cfg.max_tokens` tokens after `prompt`, calling `on_text` with each new
@@ -112,57 +162,28 @@ pub fn generate(
     cfg: &SamplingConfig,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
-    cfg.validate()?;
     let eot = tokenizer.token_id(EOT);
     let mut context = tokenizer.encode(prompt)?;
     if context.is_empty() {
         context = vec![eot.ok_or_else(|| Error::Config("the prompt is empty".into()))?];
     }
-    if let Some(&bad) = context
-        .iter()
-        .find(|&&id| id as usize >= model.config.vocab_size)
-    {
-        return Err(Error::Config(format!(
-            "token id {bad} is outside the model's vocabulary"
-        )));
-    }
-    let max_pos = model.max_positions();
-    if context.len() > max_pos {
-        context.drain(..context.len() - max_pos);
-    }
-    let mut rng = Rng::new(cfg.seed);
-    let mut caches = model.new_caches();
-    let mut logits = last_logits(model, &context, &mut caches)?;
-    let mut out: Vec<u32> = vec![];
     let mut printed = 0usize;
-    for _ in 0..cfg.max_tokens {
-        let next = pick(&logits, cfg, &mut rng);
-        if Some(next) == eot {
-            break;
-        }
-        out.push(next);
-        context.push(next);
+    let mut out: Vec<u32> = vec![];
+    let ids = generate_ids(model, &context, cfg, eot, &mut |id| {
+        out.push(id);
         let text = tokenizer.decode(&out)?;
         // A byte-level token can end inside a multi-byte character: wait for the rest.
         if !text.ends_with('\u{FFFD}') && text.len() > printed {
             on_text(&text[printed..]);
             printed = text.len();
         }
-        if caches[0].len() + 1 > max_pos {
-            // Window full: restart the cache on the most recent half of the context.
-            let keep = max_pos / 2;
-            let tail: Vec<u32> = context[context.len() - keep..].to_vec();
-            caches = model.new_caches();
-            logits = last_logits(model, &tail, &mut caches)?;
-        } else {
-            logits = last_logits(model, &[next], &mut caches)?;
-        }
-    }
-    let text = tokenizer.decode(&out)?;
+        Ok(())
+    })?;
+    let text = tokenizer.decode(&ids)?;
     if text.len() > printed {
         on_text(&text[printed..]);
     }
-    Ok(out)
+    Ok(ids)
 }
 
 /// Full-sequence logits of the last position without a cache (reference for cache tests).

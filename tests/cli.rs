@@ -300,3 +300,51 @@ fn bad_input_gives_clear_errors() {
     let out = ff().args(["generate", "--bogus"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_verbs_print_their_json() {
+    let cfg = r#"{"vocab_size":50,"n_positions":32,"n_embd":16,"n_layer":1,"n_head":2}"#;
+    let j = last_json(&stdout_of(ff().args([
+        "--json",
+        "bench",
+        "train",
+        "--config",
+        cfg,
+        "--batch",
+        "2",
+        "--context",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+    ])));
+    for k in [
+        "tokens_per_s",
+        "step_ms_median",
+        "forward_tokens_per_s",
+        "peak_rss_mb",
+    ] {
+        assert!(j[k].as_f64().unwrap() > 0.0, "{k} in {j}");
+    }
+    let j = last_json(&stdout_of(ff().args([
+        "--json",
+        "bench",
+        "generate",
+        "--config",
+        cfg,
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "8",
+        "--repeats",
+        "1",
+    ])));
+    for k in ["tokens_per_s", "prompt_tokens_per_s", "peak_rss_mb"] {
+        assert!(j[k].as_f64().unwrap() > 0.0, "{k} in {j}");
+    }
+    fails_with(
+        ff().args(["bench", "generate", "--config", cfg, "--new-tokens", "40"]),
+        &["positions"],
+    );
+}

@@ -15,6 +15,25 @@ use std::time::Instant;
 pub enum BenchCmd {
     /// Full training steps (forward, backward, AdamW) and forward passes of a GPT.
     Train(TrainArgs),
+    /// Greedy generation with the KV cache: a random prompt, then new tokens one at a time.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model size, as for `bench train` [default: 6 layers, 6 heads, 384 dims, vocab 8192,
+    /// 1024 positions].
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    /// Tokens generated after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Timed repetitions (the median is reported), after one untimed.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
 }
 
 #[derive(Args, Debug)]
@@ -38,9 +57,13 @@ pub struct TrainArgs {
 }
 
 fn config(a: &TrainArgs) -> Result<Gpt2Config> {
-    let mut cfg = match a.config.as_deref() {
+    parse_config(a.config.as_deref(), a.context)
+}
+
+fn parse_config(arg: Option<&str>, context: usize) -> Result<Gpt2Config> {
+    let mut cfg = match arg {
         None => {
-            let mut c = Gpt2Config::new(8192, a.context, 384, 6, 6);
+            let mut c = Gpt2Config::new(8192, context, 384, 6, 6);
             c.activation_function = "gelu_new".into();
             c
         }
@@ -54,10 +77,9 @@ fn config(a: &TrainArgs) -> Result<Gpt2Config> {
             }
         }
     };
-    if cfg.n_positions < a.context {
+    if cfg.n_positions < context {
         bail!(
-            "--context {} exceeds the config's n_positions {}",
-            a.context,
+            "--context {context} exceeds the config's n_positions {}",
             cfg.n_positions
         );
     }
@@ -79,7 +101,74 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
-    let BenchCmd::Train(a) = cmd;
+    match cmd {
+        BenchCmd::Train(a) => train(a, c),
+        BenchCmd::Generate(a) => generate(a, c),
+    }
+}
+
+fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
+    use ferroformer::generate::{generate_ids, SamplingConfig};
+    if a.prompt_tokens == 0 || a.new_tokens == 0 || a.repeats == 0 {
+        bail!("--prompt-tokens, --new-tokens and --repeats must be positive");
+    }
+    let device = c.device()?;
+    let cfg = parse_config(a.config.as_deref(), 1024)?;
+    if a.prompt_tokens + a.new_tokens > cfg.n_positions {
+        bail!(
+            "prompt + new tokens exceed the config's {} positions",
+            cfg.n_positions
+        );
+    }
+    let (model, store) = Gpt2::init(&cfg, &device, 0)?;
+    let mut rng = Rng::new(1);
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
+    let greedy = SamplingConfig {
+        max_tokens: a.new_tokens,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 0,
+    };
+    let (mut prefill, mut decode) = (vec![], vec![]);
+    for i in 0..=a.repeats {
+        let t0 = Instant::now();
+        let mut first: Option<f64> = None;
+        let ids = generate_ids(&model, &prompt, &greedy, None, &mut |_| {
+            // The first token's time is the prompt's (prefill) time.
+            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            Ok(())
+        })?;
+        let total = t0.elapsed().as_secs_f64();
+        let p = first.unwrap_or(total);
+        if i > 0 {
+            prefill.push(p);
+            decode.push((total - p) / (ids.len().saturating_sub(1)).max(1) as f64);
+        }
+    }
+    let report = serde_json::json!({
+        "impl": "ferroformer",
+        "prompt_tokens_per_s": a.prompt_tokens as f64 / median(prefill),
+        "tokens_per_s": 1.0 / median(decode),
+        "peak_rss_mb": peak_rss_mb(),
+        "params": store.numel(),
+    });
+    if c.json {
+        println!("{report}");
+    } else {
+        println!(
+            "generation {:.1} tokens/s, prompt {:.0} tokens/s, peak RSS {:.0} MB",
+            report["tokens_per_s"].as_f64().unwrap_or(0.0),
+            report["prompt_tokens_per_s"].as_f64().unwrap_or(0.0),
+            report["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+fn train(a: TrainArgs, c: &Common) -> Result<()> {
     if a.steps == 0 || a.batch == 0 || a.context == 0 {
         bail!("--steps, --batch and --context must be positive");
     }
