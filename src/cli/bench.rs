@@ -57,13 +57,15 @@ pub struct TrainArgs {
 }
 
 fn config(a: &TrainArgs) -> Result<Gpt2Config> {
-    parse_config(a.config.as_deref(), a.context)
+    parse_config(a.config.as_deref(), a.context, a.context)
 }
 
-fn parse_config(arg: Option<&str>, context: usize) -> Result<Gpt2Config> {
+/// The named, file or inline config (default: 6 layers, 6 heads, 384 dims, vocab 8192 and
+/// `default_positions`), which must have at least `context` positions.
+fn parse_config(arg: Option<&str>, default_positions: usize, context: usize) -> Result<Gpt2Config> {
     let mut cfg = match arg {
         None => {
-            let mut c = Gpt2Config::new(8192, context, 384, 6, 6);
+            let mut c = Gpt2Config::new(8192, default_positions, 384, 6, 6);
             c.activation_function = "gelu_new".into();
             c
         }
