@@ -115,7 +115,7 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
         bail!("--prompt-tokens, --new-tokens and --repeats must be positive");
     }
     let device = c.device()?;
-    let cfg = parse_config(a.config.as_deref(), 1024)?;
+    let cfg = parse_config(a.config.as_deref(), 1024, 1)?;
     if a.prompt_tokens + a.new_tokens > cfg.n_positions {
         bail!(
             "prompt + new tokens exceed the config's {} positions",
