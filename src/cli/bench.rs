@@ -94,6 +94,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// This machine's practical f32 ceiling: the rate of a 2048 x 2048 x 2048 matrix product on
+/// the configured threads (the reference point BENCHMARKS.md uses), best of a few. Model FLOPs
+/// utilisation (MFU) is the step's model FLOPs (6N + 12 L C T per token) per second over it.
+fn matmul_peak_flops() -> f64 {
+    use ferroformer::nn::kernels::gemm::{matmul, View, ViewMut};
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        matmul(
+            ViewMut::rows(&mut c, n, n, n),
+            View::rows(&a, n, n, n),
+            View::rows(&a, n, n, n),
+            false,
+            true,
+        );
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -215,21 +238,32 @@ fn train(a: TrainArgs, c: &Common) -> Result<()> {
         }
     }
     let step = median(times);
+    let flops_per_token =
+        ferroformer::params::gpt2_report(&cfg, a.batch, Some(a.context), &|_| false)?
+            .flops_per_token
+            .train;
+    // Read before the ceiling measurement allocates its own matrices.
+    let rss = peak_rss_mb();
+    let peak = matmul_peak_flops();
     let report = serde_json::json!({
         "impl": "ferroformer",
         "tokens_per_s": n as f64 / step,
         "step_ms_median": 1000.0 * step,
         "forward_tokens_per_s": n as f64 / median(fwd),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": rss,
+        "mfu": flops_per_token * n as f64 / step / peak,
+        "matmul_peak_gflops": peak / 1e9,
         "params": store.numel(),
     });
     if c.json {
         println!("{report}");
     } else {
         println!(
-            "train {:.0} tokens/s ({:.1} ms/step), forward {:.0} tokens/s, peak RSS {:.0} MB, {} parameters",
+            "train {:.0} tokens/s ({:.1} ms/step, MFU {:.0}% of {:.0} GFLOP/s), forward {:.0} tokens/s, peak RSS {:.0} MB, {} parameters",
             report["tokens_per_s"].as_f64().unwrap_or(0.0),
             1000.0 * step,
+            100.0 * report["mfu"].as_f64().unwrap_or(0.0),
+            peak / 1e9,
             report["forward_tokens_per_s"].as_f64().unwrap_or(0.0),
             report["peak_rss_mb"].as_f64().unwrap_or(0.0),
             store.numel()
