@@ -356,3 +356,130 @@ fn fused_head_cross_entropy_matches_matmul_then_loss() {
         assert_close(&format!("{what} dW"), &wf, &wp, 1e-4, 1e-7);
     }
 }
+
+#[test]
+fn rms_norm_with_weight() {
+    use ferroformer::nn::RmsNorm;
+    for (i, dims) in SHAPES.iter().enumerate() {
+        let c = *dims.last().unwrap();
+        let x = randn(dims, 2.0, i as u64);
+        let w = Var::from_tensor(&randn(&[c], 1.0, 60)).unwrap();
+        let norm = RmsNorm {
+            weight: w.as_tensor().clone(),
+            eps: 1e-6,
+        };
+        check(
+            &format!("rms norm {dims:?}"),
+            &x,
+            &|x| norm.forward(x).unwrap(),
+            &|x| norm.forward_plain(x).unwrap(),
+            1e-5,
+        );
+        let dw = |fused: bool| {
+            let y = if fused {
+                norm.forward(&x).unwrap()
+            } else {
+                norm.forward_plain(&x).unwrap()
+            };
+            let g = (&y * randn(y.dims(), 1.0, 4))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            g.get(w.as_tensor()).unwrap().clone()
+        };
+        assert_close(
+            &format!("rms norm {dims:?} dw"),
+            &dw(true),
+            &dw(false),
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn norms_match_pytorch_on_both_paths() {
+    use ferroformer::nn::{LayerNorm, RmsNorm};
+    let r = ferroformer::io::safetensors::load(&common::fixture("norms.safetensors"), &Device::Cpu)
+        .unwrap();
+    let x = Var::from_tensor(&r["x"]).unwrap();
+    let rw = Var::from_tensor(&r["rms.weight"]).unwrap();
+    let (lw, lb) = (
+        Var::from_tensor(&r["ln.weight"]).unwrap(),
+        Var::from_tensor(&r["ln.bias"]).unwrap(),
+    );
+    let rms = RmsNorm {
+        weight: rw.as_tensor().clone(),
+        eps: 1e-6,
+    };
+    let ln = LayerNorm {
+        weight: lw.as_tensor().clone(),
+        bias: Some(lb.as_tensor().clone()),
+        eps: 1e-5,
+    };
+    for fused in [true, false] {
+        let y = if fused {
+            rms.forward(x.as_tensor())
+        } else {
+            rms.forward_plain(x.as_tensor())
+        }
+        .unwrap();
+        assert_close("rms y", &y, &r["rms.y"], 1e-5, 1e-6);
+        let g = (&y * &r["up"])
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_close(
+            "rms dx",
+            g.get(x.as_tensor()).unwrap(),
+            &r["rms.dx"],
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            "rms dw",
+            g.get(rw.as_tensor()).unwrap(),
+            &r["rms.dweight"],
+            1e-4,
+            1e-5,
+        );
+        let y = if fused {
+            ln.forward(x.as_tensor())
+        } else {
+            ln.forward_plain(x.as_tensor())
+        }
+        .unwrap();
+        assert_close("ln y", &y, &r["ln.y"], 1e-5, 1e-6);
+        let g = (&y * &r["up"])
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_close(
+            "ln dx",
+            g.get(x.as_tensor()).unwrap(),
+            &r["ln.dx"],
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            "ln dw",
+            g.get(lw.as_tensor()).unwrap(),
+            &r["ln.dweight"],
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            "ln db",
+            g.get(lb.as_tensor()).unwrap(),
+            &r["ln.dbias"],
+            1e-4,
+            1e-5,
+        );
+    }
+}

@@ -19,6 +19,6 @@ pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use feed_forward::{Activation, FeedForward};
 pub use linear::Linear;
-pub use norm::LayerNorm;
+pub use norm::{LayerNorm, RmsNorm};
 pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};
 pub use store::{Init, ParamStore};

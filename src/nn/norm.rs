@@ -58,3 +58,36 @@ impl LayerNorm {
         })
     }
 }
+
+/// RMSNorm (Zhang & Sennrich, 2019; Llama): `y = x / sqrt(mean(x^2) + eps) * weight` over the
+/// last dimension, no centring and no bias.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Weight `{prefix}.weight`.
+    pub fn new(store: &mut ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?,
+            eps,
+        })
+    }
+
+    /// Fused on CPU (see `nn::kernels::rms_norm`), the composition elsewhere.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::nn::kernels::rms_norm::rms_norm(x, &self.weight, self.eps)? {
+            return Ok(y);
+        }
+        self.forward_plain(x)
+    }
+
+    /// The reference composition of differentiable ops (candle-nn's `rms_norm` has no backward).
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (ms + self.eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+    }
+}

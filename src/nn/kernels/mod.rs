@@ -16,6 +16,7 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod math;
+pub mod rms_norm;
 pub mod softmax;
 
 use candle_core::{CpuStorage, Device, Layout};
