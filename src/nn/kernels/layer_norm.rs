@@ -2,7 +2,7 @@
 //! backward in one pass per row plus a reduction for the weight and bias gradients.
 
 use super::math::{sum, sum_sq_dev};
-use super::{f32s, fused, rows_per_task};
+use super::{f32s, fused, rows_per_task, rows_with_param_grads};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -134,34 +134,18 @@ impl CustomOp3 for LayerNormGrad {
         let n = x.len() / c;
         let mut out = vec![0f32; n * c + 2 * c];
         let (dx, rest) = out.split_at_mut(n * c);
-        let rows = rows_per_task(n, c);
-        // Each task accumulates its own dw/db; the partial sums are added at the end.
-        let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(rows * c)
-            .enumerate()
-            .map(|(ci, dx)| {
-                let mut acc = vec![0f32; 2 * c];
-                let (dw, db) = acc.split_at_mut(c);
-                for (k, dx) in dx.chunks_mut(c).enumerate() {
-                    let r = ci * rows + k;
-                    bwd_row(
-                        &x[r * c..(r + 1) * c],
-                        w,
-                        &dy[r * c..(r + 1) * c],
-                        self.eps,
-                        dx,
-                        dw,
-                        db,
-                    );
-                }
-                acc
-            })
-            .collect();
-        for p in partial {
-            for (o, v) in rest.iter_mut().zip(&p) {
-                *o += v;
-            }
-        }
+        rows_with_param_grads(dx, c, rest, |r, dx, acc| {
+            let (dw, db) = acc.split_at_mut(c);
+            bwd_row(
+                &x[r * c..(r + 1) * c],
+                w,
+                &dy[r * c..(r + 1) * c],
+                self.eps,
+                dx,
+                dw,
+                db,
+            );
+        });
         Ok((CpuStorage::F32(out), Shape::from(n * c + 2 * c)))
     }
 }

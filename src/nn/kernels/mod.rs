@@ -78,6 +78,37 @@ pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
     by_work.max(by_threads.min(by_work * 16)).min(rows.max(1))
 }
 
+/// Backward of a row-wise op with parameter gradients: runs `row(r, dx_row, acc)` for every
+/// row `r` of the `[n, c]` output `dx`, rows split over threads, each task summing its own
+/// `acc_len` parameter-gradient values; writes the summed accumulators into `acc_out`.
+pub(crate) fn rows_with_param_grads(
+    dx: &mut [f32],
+    c: usize,
+    acc_out: &mut [f32],
+    row: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    let n = dx.len() / c.max(1);
+    let rows = rows_per_task(n, c);
+    let acc_len = acc_out.len();
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(rows * c)
+        .enumerate()
+        .map(|(ci, dx)| {
+            let mut acc = vec![0f32; acc_len];
+            for (k, dx) in dx.chunks_mut(c).enumerate() {
+                row(ci * rows + k, dx, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    for p in partial {
+        for (o, v) in acc_out.iter_mut().zip(&p) {
+            *o += v;
+        }
+    }
+}
+
 /// Defines `fn $name(args) -> ret` whose body is compiled three times (AVX-512, AVX2+FMA, and
 /// the baseline) and dispatched on the running CPU, so simple loops auto-vectorise to the
 /// widest registers available without building for one machine only.

@@ -2,7 +2,7 @@
 //! plus a reduction for the weight gradient.
 
 use super::math::{dot, sum};
-use super::{f32s, fused, rows_per_task};
+use super::{f32s, fused, rows_per_task, rows_with_param_grads};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -116,31 +116,16 @@ impl CustomOp3 for RmsNormGrad {
         let n = x.len() / c;
         let mut out = vec![0f32; n * c + c];
         let (dx, dw) = out.split_at_mut(n * c);
-        let rows = rows_per_task(n, c);
-        let partial: Vec<Vec<f32>> = dx
-            .par_chunks_mut(rows * c)
-            .enumerate()
-            .map(|(ci, dx)| {
-                let mut acc = vec![0f32; c];
-                for (k, dx) in dx.chunks_mut(c).enumerate() {
-                    let r = ci * rows + k;
-                    bwd_row(
-                        &x[r * c..(r + 1) * c],
-                        w,
-                        &dy[r * c..(r + 1) * c],
-                        self.eps,
-                        dx,
-                        &mut acc,
-                    );
-                }
-                acc
-            })
-            .collect();
-        for p in partial {
-            for (o, v) in dw.iter_mut().zip(&p) {
-                *o += v;
-            }
-        }
+        rows_with_param_grads(dx, c, dw, |r, dx, acc| {
+            bwd_row(
+                &x[r * c..(r + 1) * c],
+                w,
+                &dy[r * c..(r + 1) * c],
+                self.eps,
+                dx,
+                acc,
+            );
+        });
         Ok((CpuStorage::F32(out), Shape::from(n * c + c)))
     }
 }
