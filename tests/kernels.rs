@@ -43,6 +43,32 @@ fn check(
     assert_close(&format!("{what} gradient"), &gf, &gp, 1e-4, atol);
 }
 
+/// Parameter gradients of the fused and plain forwards under one random read-out must agree.
+fn check_param_grads(
+    what: &str,
+    fused: &dyn Fn() -> Tensor,
+    plain: &dyn Fn() -> Tensor,
+    params: &[(&str, &Var)],
+) {
+    let grads = |f: &dyn Fn() -> Tensor| {
+        let y = f();
+        let g = (&y * randn(y.dims(), 1.0, 3))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        params
+            .iter()
+            .map(|(_, v)| g.get(v.as_tensor()).expect("parameter gradient").clone())
+            .collect::<Vec<_>>()
+    };
+    let (gf, gp) = (grads(fused), grads(plain));
+    for (((name, _), a), b) in params.iter().zip(&gf).zip(&gp) {
+        assert_close(&format!("{what} d{name}"), a, b, 1e-4, 1e-5);
+    }
+}
+
 const SHAPES: [&[usize]; 5] = [&[1, 1], &[7, 7], &[3, 129], &[129, 5], &[2, 3, 7, 64]];
 
 #[test]
@@ -95,32 +121,17 @@ fn layer_norm_with_weight_and_bias() {
         // Weight and bias gradients too.
         let w = Var::from_tensor(&ln.weight).unwrap();
         let b = Var::from_tensor(ln.bias.as_ref().unwrap()).unwrap();
-        let grads = |fused: bool| {
-            let l = LayerNorm {
-                weight: w.as_tensor().clone(),
-                bias: Some(b.as_tensor().clone()),
-                eps: 1e-5,
-            };
-            let y = if fused {
-                l.forward(&x).unwrap()
-            } else {
-                l.forward_plain(&x).unwrap()
-            };
-            let g = (&y * randn(y.dims(), 1.0, 3))
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            (
-                g.get(w.as_tensor()).unwrap().clone(),
-                g.get(b.as_tensor()).unwrap().clone(),
-            )
+        let l = LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: Some(b.as_tensor().clone()),
+            eps: 1e-5,
         };
-        let (fw, fb) = grads(true);
-        let (pw, pb) = grads(false);
-        assert_close("layer norm dw", &fw, &pw, 1e-4, 1e-5);
-        assert_close("layer norm db", &fb, &pb, 1e-4, 1e-5);
+        check_param_grads(
+            &format!("layer norm {dims:?}"),
+            &|| l.forward(&x).unwrap(),
+            &|| l.forward_plain(&x).unwrap(),
+            &[("w", &w), ("b", &b)],
+        );
     }
     assert!(layer_norm::layer_norm(
         &randn(&[2, 4], 1.0, 0),
@@ -218,26 +229,12 @@ fn linear_both_orientations_with_all_gradients() {
                 &|x| lin.forward_plain(x).unwrap(),
                 1e-5,
             );
-            let grads = |fused: bool| {
-                let y = if fused {
-                    lin.forward(&x).unwrap()
-                } else {
-                    lin.forward_plain(&x).unwrap()
-                };
-                let g = (&y * randn(y.dims(), 1.0, 5))
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                (
-                    g.get(w.as_tensor()).unwrap().clone(),
-                    g.get(b.as_tensor()).unwrap().clone(),
-                )
-            };
-            let ((fw, fb), (pw, pb)) = (grads(true), grads(false));
-            assert_close(&format!("{what} dW"), &fw, &pw, 1e-4, 1e-5);
-            assert_close(&format!("{what} db"), &fb, &pb, 1e-4, 1e-5);
+            check_param_grads(
+                &what,
+                &|| lin.forward(&x).unwrap(),
+                &|| lin.forward_plain(&x).unwrap(),
+                &[("W", &w), ("b", &b)],
+            );
         }
     }
     // Without a bias (the tied output projection).
@@ -375,26 +372,11 @@ fn rms_norm_with_weight() {
             &|x| norm.forward_plain(x).unwrap(),
             1e-5,
         );
-        let dw = |fused: bool| {
-            let y = if fused {
-                norm.forward(&x).unwrap()
-            } else {
-                norm.forward_plain(&x).unwrap()
-            };
-            let g = (&y * randn(y.dims(), 1.0, 4))
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            g.get(w.as_tensor()).unwrap().clone()
-        };
-        assert_close(
-            &format!("rms norm {dims:?} dw"),
-            &dw(true),
-            &dw(false),
-            1e-4,
-            1e-5,
+        check_param_grads(
+            &format!("rms norm {dims:?}"),
+            &|| norm.forward(&x).unwrap(),
+            &|| norm.forward_plain(&x).unwrap(),
+            &[("w", &w)],
         );
     }
 }
