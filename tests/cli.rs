@@ -151,13 +151,14 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     let corpus = d.path().join("corpus.txt");
     std::fs::write(&corpus, small_corpus(600)).unwrap();
     let bin = assert_cmd::cargo::cargo_bin("ferroformer");
-    let steps = 400;
+    // Long enough that the interrupt always lands mid-run, even on a fast machine.
+    let steps = 1000;
     let reference = d.path().join("ref");
     let run = d.path().join("run");
     for (dir, name) in [(&reference, "ref.toml"), (&run, "run.toml")] {
         std::fs::write(
             d.path().join(name),
-            tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 400"),
+            tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 2000"),
         )
         .unwrap();
     }
