@@ -158,7 +158,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     for (dir, name) in [(&reference, "ref.toml"), (&run, "run.toml")] {
         std::fs::write(
             d.path().join(name),
-            tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 2000"),
+            tiny_recipe(&corpus, dir, steps).replace("decay_steps = 40", "decay_steps = 1000"),
         )
         .unwrap();
     }
