@@ -167,23 +167,19 @@ pub fn generate(
     if context.is_empty() {
         context = vec![eot.ok_or_else(|| Error::Config("the prompt is empty".into()))?];
     }
-    let mut printed = 0usize;
-    let mut out: Vec<u32> = vec![];
-    let ids = generate_ids(model, &context, cfg, eot, &mut |id| {
-        out.push(id);
-        let text = tokenizer.decode(&out)?;
-        // A byte-level token can end inside a multi-byte character: wait for the rest.
-        if !text.ends_with('\u{FFFD}') && text.len() > printed {
-            on_text(&text[printed..]);
-            printed = text.len();
+    // The streaming decoder turns each token into the text it completes (a byte-level token
+    // can end inside a multi-byte character: then it yields nothing until the rest arrives),
+    // without re-decoding everything generated so far at every token.
+    let mut stream = tokenizer.inner.decode_stream(false);
+    generate_ids(model, &context, cfg, eot, &mut |id| {
+        let piece = stream
+            .step(id)
+            .map_err(|e| Error::Config(format!("tokenizer: {e}")))?;
+        if let Some(piece) = piece {
+            on_text(&piece);
         }
         Ok(())
-    })?;
-    let text = tokenizer.decode(&ids)?;
-    if text.len() > printed {
-        on_text(&text[printed..]);
-    }
-    Ok(ids)
+    })
 }
 
 /// Full-sequence logits of the last position without a cache (reference for cache tests).

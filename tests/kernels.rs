@@ -401,67 +401,68 @@ fn norms_match_pytorch_on_both_paths() {
         bias: Some(lb.as_tensor().clone()),
         eps: 1e-5,
     };
-    for fused in [true, false] {
-        let y = if fused {
-            rms.forward(x.as_tensor())
-        } else {
-            rms.forward_plain(x.as_tensor())
+    // (name, forward on the chosen path, parameters and their fixture keys)
+    type Forward<'a> = Box<dyn Fn(bool) -> Tensor + 'a>;
+    let cases: Vec<(&str, Forward, Vec<(&Var, &str)>)> = vec![
+        (
+            "rms",
+            Box::new(|fused| {
+                if fused {
+                    rms.forward(x.as_tensor())
+                } else {
+                    rms.forward_plain(x.as_tensor())
+                }
+                .unwrap()
+            }),
+            vec![(&rw, "dweight")],
+        ),
+        (
+            "ln",
+            Box::new(|fused| {
+                if fused {
+                    ln.forward(x.as_tensor())
+                } else {
+                    ln.forward_plain(x.as_tensor())
+                }
+                .unwrap()
+            }),
+            vec![(&lw, "dweight"), (&lb, "dbias")],
+        ),
+    ];
+    for (name, forward, params) in &cases {
+        for fused in [true, false] {
+            let what = format!("{name} fused={fused}");
+            let y = forward(fused);
+            assert_close(
+                &format!("{what} y"),
+                &y,
+                &r[&format!("{name}.y")],
+                1e-5,
+                1e-6,
+            );
+            let g = (&y * &r["up"])
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert_close(
+                &format!("{what} dx"),
+                g.get(x.as_tensor()).unwrap(),
+                &r[&format!("{name}.dx")],
+                1e-4,
+                1e-5,
+            );
+            for (var, key) in params {
+                let want = &r[&format!("{name}.{key}")];
+                assert_close(
+                    &format!("{what} {key}"),
+                    g.get(var.as_tensor()).unwrap(),
+                    want,
+                    1e-4,
+                    1e-5,
+                );
+            }
         }
-        .unwrap();
-        assert_close("rms y", &y, &r["rms.y"], 1e-5, 1e-6);
-        let g = (&y * &r["up"])
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_close(
-            "rms dx",
-            g.get(x.as_tensor()).unwrap(),
-            &r["rms.dx"],
-            1e-4,
-            1e-5,
-        );
-        assert_close(
-            "rms dw",
-            g.get(rw.as_tensor()).unwrap(),
-            &r["rms.dweight"],
-            1e-4,
-            1e-5,
-        );
-        let y = if fused {
-            ln.forward(x.as_tensor())
-        } else {
-            ln.forward_plain(x.as_tensor())
-        }
-        .unwrap();
-        assert_close("ln y", &y, &r["ln.y"], 1e-5, 1e-6);
-        let g = (&y * &r["up"])
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_close(
-            "ln dx",
-            g.get(x.as_tensor()).unwrap(),
-            &r["ln.dx"],
-            1e-4,
-            1e-5,
-        );
-        assert_close(
-            "ln dw",
-            g.get(lw.as_tensor()).unwrap(),
-            &r["ln.dweight"],
-            1e-4,
-            1e-5,
-        );
-        assert_close(
-            "ln db",
-            g.get(lb.as_tensor()).unwrap(),
-            &r["ln.dbias"],
-            1e-4,
-            1e-5,
-        );
     }
 }

@@ -34,6 +34,15 @@ fn gpt2_byte_level_bpe_matches_transformers() {
         assert_eq!(got, want, "ids differ for {text:?}");
         assert_eq!(tok.decode(&got).unwrap(), text, "decode of {text:?}");
     }
+    // Streaming decode (what `generate` prints) reassembles multi-byte characters split across
+    // tokens into exactly the full decode.
+    let ids = tok.encode(VARIED).unwrap();
+    let mut stream = tok.inner.decode_stream(false);
+    let streamed: String = ids
+        .iter()
+        .filter_map(|&id| stream.step(id).unwrap())
+        .collect();
+    assert_eq!(streamed, VARIED);
     // Saved as tokenizer.json and loaded back: same ids.
     let d = tempfile::tempdir().unwrap();
     tok.save(&d.path().join("tokenizer.json")).unwrap();

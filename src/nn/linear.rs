@@ -35,32 +35,6 @@ impl Linear {
         })
     }
 
-    /// A PyTorch `nn.Linear`: weight `[out, in]`, optional bias.
-    pub fn torch(
-        store: &mut ParamStore,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        std: f64,
-    ) -> Result<Self> {
-        let weight = store.get(
-            &format!("{prefix}.weight"),
-            &[d_out, d_in],
-            Init::Normal(std),
-        )?;
-        let bias = if bias {
-            Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight,
-            bias,
-            in_out: false,
-        })
-    }
-
     /// Applies the map to the last dimension of `x` (any leading shape).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();

@@ -22,7 +22,6 @@ pub enum Init {
 /// initialisation deterministic).
 pub struct ParamStore {
     vars: BTreeMap<String, Var>,
-    frozen: std::collections::BTreeSet<String>,
     device: Device,
     rng: Rng,
     allow_init: bool,
@@ -37,7 +36,6 @@ impl ParamStore {
     pub fn new_init(device: &Device, seed: u64) -> Self {
         ParamStore {
             vars: BTreeMap::new(),
-            frozen: Default::default(),
             device: device.clone(),
             rng: Rng::new(seed),
             allow_init: true,
@@ -73,7 +71,6 @@ impl ParamStore {
         }
         Ok(ParamStore {
             vars,
-            frozen: Default::default(),
             device: device.clone(),
             rng: Rng::new(0),
             allow_init: false,
@@ -139,23 +136,10 @@ impl ParamStore {
         &self.vars
     }
 
-    /// The parameters the optimizer updates (all but the frozen ones), by name.
+    /// The parameters the optimizer updates, by name: all of them until freezing lands
+    /// (fine-tuning with frozen layers narrows this set).
     pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
-        self.vars.iter().filter(|(k, _)| !self.frozen.contains(*k))
-    }
-
-    /// Excludes parameters whose name satisfies `pred` from training.
-    pub fn freeze(&mut self, pred: impl Fn(&str) -> bool) {
-        for k in self.vars.keys() {
-            if pred(k) {
-                self.frozen.insert(k.clone());
-            }
-        }
-    }
-
-    /// Whether `name` is frozen.
-    pub fn is_frozen(&self, name: &str) -> bool {
-        self.frozen.contains(name)
+        self.vars.iter()
     }
 
     /// The device the parameters live on.
