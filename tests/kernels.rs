@@ -403,7 +403,8 @@ fn norms_match_pytorch_on_both_paths() {
     };
     // (name, forward on the chosen path, parameters and their fixture keys)
     type Forward<'a> = Box<dyn Fn(bool) -> Tensor + 'a>;
-    let cases: Vec<(&str, Forward, Vec<(&Var, &str)>)> = vec![
+    type Case<'a> = (&'a str, Forward<'a>, Vec<(&'a Var, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "rms",
             Box::new(|fused| {
