@@ -1,7 +1,7 @@
 //! Text generation, one token at a time with the key/value cache: greedy, temperature, top-k
 //! and top-p (nucleus) sampling, streamed as text.
 
-use crate::models::Gpt2;
+use crate::models::CausalModel;
 use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, EOT};
 use crate::{Error, Result};
@@ -97,20 +97,21 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
 
 /// Logits of the last of `ids`, run through the cache (only that position is projected onto
 /// the vocabulary).
-fn last_logits(model: &Gpt2, ids: &[u32], caches: &mut [crate::nn::KvCache]) -> Result<Vec<f32>> {
-    let x = Tensor::new(ids, model.wte.weight.device())?.unsqueeze(0)?;
+fn last_logits(model: &CausalModel, ids: &[u32], caches: &mut [crate::nn::KvCache]) -> Result<Vec<f32>> {
+    let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let h = model.hidden(&x, Some(caches), None)?;
     let last = h.narrow(1, ids.len() - 1, 1)?;
     Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Generates up to `cfg.max_tokens` token ids after `prompt` (non-empty, inside the
-/// vocabulary), calling `on_token` with each as it is chosen; stops early at `stop`.
+/// vocabulary), calling `on_token` with each as it is chosen; stops early at any of `stop`
+/// (which is not returned).
 pub fn generate_ids(
-    model: &Gpt2,
+    model: &CausalModel,
     prompt: &[u32],
     cfg: &SamplingConfig,
-    stop: Option<u32>,
+    stop: &[u32],
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
     cfg.validate()?;
@@ -119,7 +120,7 @@ pub fn generate_ids(
     }
     if let Some(&bad) = prompt
         .iter()
-        .find(|&&id| id as usize >= model.config.vocab_size)
+        .find(|&&id| id as usize >= model.vocab_size())
     {
         return Err(Error::Config(format!(
             "token id {bad} is outside the model's vocabulary"
@@ -133,7 +134,7 @@ pub fn generate_ids(
     let mut out: Vec<u32> = vec![];
     for _ in 0..cfg.max_tokens {
         let next = pick(&logits, cfg, &mut rng);
-        if Some(next) == stop {
+        if stop.contains(&next) {
             break;
         }
         out.push(next);
@@ -156,7 +157,7 @@ pub fn generate_ids(
 /// piece of text as soon as it is complete UTF-8. Stops early at `<|endoftext|>`. Returns the
 /// generated ids.
 pub fn generate(
-    model: &Gpt2,
+    model: &CausalModel,
     tokenizer: &Tokenizer,
     prompt: &str,
     cfg: &SamplingConfig,
@@ -167,11 +168,25 @@ pub fn generate(
     if context.is_empty() {
         context = vec![eot.ok_or_else(|| Error::Config("the prompt is empty".into()))?];
     }
+    let stop: Vec<u32> = eot.into_iter().collect();
+    generate_stream(model, tokenizer, &context, cfg, &stop, on_text)
+}
+
+/// Generates after the token ids `prompt`, streaming text to `on_text` and stopping at any of
+/// `stop`. Returns the generated ids.
+pub fn generate_stream(
+    model: &CausalModel,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    stop: &[u32],
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
     // The streaming decoder turns each token into the text it completes (a byte-level token
     // can end inside a multi-byte character: then it yields nothing until the rest arrives),
     // without re-decoding everything generated so far at every token.
     let mut stream = tokenizer.inner.decode_stream(false);
-    generate_ids(model, &context, cfg, eot, &mut |id| {
+    generate_ids(model, prompt, cfg, stop, &mut |id| {
         let piece = stream
             .step(id)
             .map_err(|e| Error::Config(format!("tokenizer: {e}")))?;
@@ -183,8 +198,8 @@ pub fn generate(
 }
 
 /// Full-sequence logits of the last position without a cache (reference for cache tests).
-pub fn logits_no_cache(model: &Gpt2, ids: &[u32]) -> Result<Vec<f32>> {
-    let x = Tensor::new(ids, model.wte.weight.device())?.unsqueeze(0)?;
+pub fn logits_no_cache(model: &CausalModel, ids: &[u32]) -> Result<Vec<f32>> {
+    let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let logits = model.forward(&x, None, None)?;
     Ok(logits.squeeze(0)?.get(ids.len() - 1)?.to_vec1::<f32>()?)
 }

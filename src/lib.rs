@@ -2,10 +2,11 @@
 //!
 //! The modules follow a model's life: [`nn`] and [`models`] (structure), [`tokenizer`] and
 //! [`data`] (data), [`objective`] (what is predicted), [`train`] (one engine for every
-//! objective) and [`generate`], [`eval`], [`params`] (use). [`io`] and [`assets`] move weights
-//! and data in and out in the formats people already have.
+//! objective) and [`generate`], [`chat`], [`eval`], [`params`] (use). [`io`], [`pretrained`] and [`assets`] move
+//! weights and data in and out in the formats people already have.
 
 pub mod assets;
+pub mod chat;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod models;
 pub mod nn;
 pub mod objective;
 pub mod params;
+pub mod pretrained;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;

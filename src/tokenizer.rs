@@ -66,6 +66,109 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// A byte-level BPE tokenizer from its parts as llama.cpp's GGUF stores them: the tokens
+    /// (by id), the merges (`"a b"`), each token's type (3 control and 4 user-defined tokens
+    /// become added tokens, the control ones special) and the pre-tokenizer name
+    /// (`tokenizer.ggml.pre`).
+    pub fn from_bpe_parts(
+        tokens: &[String],
+        merges: &[String],
+        types: &[i64],
+        pre: &str,
+        special: &crate::io::gguf::SpecialTokens,
+    ) -> Result<Self> {
+        use tokenizers::pre_tokenizers::digits::Digits;
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+        use tokenizers::processors::template::TemplateProcessing;
+        use tokenizers::SplitDelimiterBehavior;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        if vocab.len() != tokens.len() {
+            return Err(tok_err(None, "the vocabulary has duplicate tokens"));
+        }
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(None, format!("merge {m:?} is not \"a b\"")))
+            })
+            .collect::<Result<_>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| tok_err(None, e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        // The pre-tokenizer regexes llama.cpp names in `tokenizer.ggml.pre` (llama-vocab.cpp),
+        // written as the `tokenizers` pipelines the original tokenizer.json files use.
+        let pre_tok: PreTokenizerWrapper = match pre {
+            "default" | "gpt2" | "gpt-2" => byte_level.into(),
+            "smollm" => Sequence::new(vec![
+                Digits::new(true).into(),
+                byte_level.into(),
+            ])
+            .into(),
+            "llama3" | "llama-v3" | "llama-bpe" => Sequence::new(vec![
+                Split::new(
+                    SplitPattern::Regex(
+                        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+                            .into(),
+                    ),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| tok_err(None, e))?
+                .into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+            other => {
+                return Err(tok_err(
+                    None,
+                    format!("pre-tokenizer {other:?} is not supported (supported: default, gpt2, smollm, llama-bpe)"),
+                ))
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tok));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let added = |kind: i64| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(types)
+                .filter(|(_, &t)| t == kind)
+                .map(|(tok, _)| AddedToken::from(tok.clone(), kind == 3))
+                .collect()
+        };
+        inner.add_special_tokens(&added(3));
+        inner.add_tokens(&added(4));
+        let bos = special
+            .bos
+            .and_then(|id| tokens.get(id as usize).map(|t| (t.clone(), id)));
+        match bos {
+            Some((tok, id)) if special.add_bos => {
+                let tp = TemplateProcessing::builder()
+                    .try_single(format!("{tok} $A"))
+                    .map_err(|e| tok_err(None, e))?
+                    .try_pair(format!("{tok} $A {tok} $B"))
+                    .map_err(|e| tok_err(None, e))?
+                    .special_tokens(vec![(tok, id)])
+                    .build()
+                    .map_err(|e| tok_err(None, e))?;
+                inner.with_post_processor(Some(tp));
+            }
+            _ => {
+                inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
+            }
+        }
+        Ok(Tokenizer { inner })
+    }
+
     /// A character-level vocabulary: one token per distinct character of `texts`, in code point
     /// order, then `<unk>` for characters never seen.
     pub fn train_char<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Self> {

@@ -5,7 +5,7 @@ use super::Common;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, Subcommand};
-use ferroformer::models::{Gpt2, Gpt2Config};
+use ferroformer::models::{CausalModel, Gpt2, Gpt2Config};
 use ferroformer::objective::CausalLm;
 use ferroformer::rng::Rng;
 use ferroformer::train::{AdamW, AdamWConfig, GradAccumulator};
@@ -146,6 +146,7 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
         );
     }
     let (model, store) = Gpt2::init(&cfg, &device, 0)?;
+    let model = CausalModel::Gpt2(model);
     let mut rng = Rng::new(1);
     let prompt: Vec<u32> = (0..a.prompt_tokens)
         .map(|_| rng.below(cfg.vocab_size as u64) as u32)
@@ -161,7 +162,7 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
     for i in 0..=a.repeats {
         let t0 = Instant::now();
         let mut first: Option<f64> = None;
-        let ids = generate_ids(&model, &prompt, &greedy, None, &mut |_| {
+        let ids = generate_ids(&model, &prompt, &greedy, &[], &mut |_| {
             // The first token's time is the prompt's (prefill) time.
             first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
             Ok(())
@@ -200,6 +201,7 @@ fn train(a: TrainArgs, c: &Common) -> Result<()> {
     let device = c.device()?;
     let cfg = config(&a)?;
     let (model, store) = Gpt2::init(&cfg, &device, 0)?;
+    let model = CausalModel::Gpt2(model);
     let mut opt = AdamW::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,

@@ -16,9 +16,13 @@ pub enum EvalCmd {
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
-    /// Model directory.
+    /// Model: a Hugging Face directory, a llama.cpp .gguf file, or an asset name such as
+    /// smollm2-135m-instruct.
     #[arg(long)]
     pub model: String,
+    /// Keep a GGUF model's matrices quantized (quantized matmuls) [default: dequantize to f32].
+    #[arg(long, default_value_t = false)]
+    pub quantized: bool,
     /// UTF-8 text file.
     #[arg(long)]
     pub text: PathBuf,
@@ -30,10 +34,10 @@ pub struct PerplexityArgs {
 pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
     match cmd {
         EvalCmd::Perplexity(a) => {
-            let device = c.device()?;
-            let (model, tokenizer) = load_model(&a.model, &device)?;
+            let p = load_model(&a.model, c, a.quantized)?;
+            let model = &p.model;
             let text = read_text(&a.text)?;
-            let ids = tokenizer.encode(&text)?;
+            let ids = p.tokenizer.encode(&text)?;
             let context = a.context.unwrap_or(model.max_positions());
             let windows = ids.len().div_ceil(context.max(1));
             let bar = if c.progress() {
@@ -41,7 +45,7 @@ pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
             } else {
                 indicatif::ProgressBar::hidden()
             };
-            let r = perplexity(&model, &ids, context, &mut |n| bar.set_position(n as u64))
+            let r = perplexity(model, &ids, context, &mut |n| bar.set_position(n as u64))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
             bar.finish_and_clear();
             if c.json {

@@ -1,22 +1,18 @@
-//! `ferroformer generate`: stream text from a model.
+//! `ferroformer generate`: stream text from a model, or one chat turn with `--chat`.
 
 use super::{load_model, print_flush, Common};
 use anyhow::Result;
 use clap::Args;
-use ferroformer::generate::{generate, SamplingConfig};
+use ferroformer::chat::Message;
+use ferroformer::generate::{generate_stream, SamplingConfig};
 
-#[derive(Args, Debug)]
-pub struct GenerateArgs {
-    /// Model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    pub model: String,
-    /// Text to continue.
-    #[arg(long, default_value = "")]
-    pub prompt: String,
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 picks the most likely token every time (greedy).
+    /// Sampling temperature; 0 picks the most likely token every time (greedy, deterministic).
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
     /// Sample only among the K most likely tokens [default: all].
@@ -27,23 +23,68 @@ pub struct GenerateArgs {
     pub top_p: Option<f64>,
 }
 
+impl SamplingArgs {
+    pub fn config(&self, c: &Common) -> Result<SamplingConfig> {
+        let cfg = SamplingConfig {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: c.seed.unwrap_or(0),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json), a
+    /// llama.cpp .gguf file, or an asset name such as smollm2-135m-instruct.
+    #[arg(long)]
+    pub model: String,
+    /// Text to continue (with --chat: the user's message).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Treat --prompt as a user message: render it with the model's chat template, generate
+    /// the assistant's reply, stop at the end of the turn.
+    #[arg(long, default_value_t = false)]
+    pub chat: bool,
+    /// With --chat: a system message [default: the template's own, if any].
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Keep a GGUF model's matrices quantized (less memory, quantized matmuls) [default: dequantize to f32].
+    #[arg(long, default_value_t = false)]
+    pub quantized: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
 pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
-    let cfg = SamplingConfig {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: c.seed.unwrap_or(0),
+    let cfg = a.sampling.config(c)?;
+    let p = load_model(&a.model, c, a.quantized)?;
+    let (prompt_ids, stop) = if a.chat {
+        let mut messages = vec![];
+        if let Some(s) = &a.system {
+            messages.push(Message::new("system", s));
+        }
+        messages.push(Message::new("user", &a.prompt));
+        let text = p.chat()?.render(&messages, true)?;
+        (p.tokenizer.encode(&text)?, p.stop_tokens())
+    } else {
+        let mut ids = p.encode_prompt(&a.prompt)?;
+        if ids.is_empty() {
+            // Nothing to condition on: start from the beginning-of-sequence token.
+            ids.extend(p.special.bos.or(p.special.eos));
+        }
+        (ids, p.stop_tokens())
     };
-    cfg.validate()?;
-    let device = c.device()?;
-    let (model, tokenizer) = load_model(&a.model, &device)?;
     let start = std::time::Instant::now();
     let mut text = String::new();
-    if !c.json {
+    if !c.json && !a.chat {
         print_flush(&a.prompt);
     }
-    let ids = generate(&model, &tokenizer, &a.prompt, &cfg, &mut |t| {
+    let ids = generate_stream(&p.model, &p.tokenizer, &prompt_ids, &cfg, &stop, &mut |t| {
         if c.json {
             text.push_str(t);
         } else {
@@ -54,7 +95,7 @@ pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
     if c.json {
         println!(
             "{}",
-            serde_json::json!({"prompt": a.prompt, "text": text, "tokens": ids.len(), "seconds": secs})
+            serde_json::json!({"prompt": a.prompt, "text": text, "ids": ids, "tokens": ids.len(), "prompt_tokens": prompt_ids.len(), "seconds": secs})
         );
     } else {
         println!();

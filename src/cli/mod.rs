@@ -1,6 +1,8 @@
 //! The command line: one file per verb, parsing and printing only.
 
 pub mod bench;
+pub mod chat;
+pub mod convert;
 pub mod demo;
 pub mod eval;
 pub mod fetch;
@@ -55,8 +57,13 @@ pub enum Command {
     Tokenizer(tokenizer::TokenizerCmd),
     /// Pre-train a model as a recipe describes (causal LM).
     Pretrain(pretrain::PretrainArgs),
-    /// Generate text from a model.
+    /// Generate text from a model (one chat turn with --chat).
     Generate(generate::GenerateArgs),
+    /// Chat with an instruction-tuned model in the terminal, using its chat template.
+    Chat(chat::ChatArgs),
+    /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
+    /// directory.
+    Convert(convert::ConvertArgs),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(eval::EvalCmd),
@@ -102,24 +109,35 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(a) => tokenizer::run(a, c),
         Command::Pretrain(a) => pretrain::run(a, c),
         Command::Generate(a) => generate::run(a, c),
+        Command::Chat(a) => chat::run(a, c),
+        Command::Convert(a) => convert::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),
     }
 }
 
-/// Loads a model directory (or `asset:NAME`) for inference.
+/// Loads `--model` for inference, with a note on stderr of what was loaded.
 pub fn load_model(
     arg: &str,
-    device: &Device,
-) -> Result<(ferroformer::models::Gpt2, ferroformer::tokenizer::Tokenizer)> {
-    let dir = ferroformer::assets::resolve(arg)?;
-    if !dir.is_dir() {
-        bail!("{}: not a model directory", dir.display());
+    c: &Common,
+    quantized: bool,
+) -> Result<ferroformer::pretrained::Pretrained> {
+    let device = c.device()?;
+    let start = std::time::Instant::now();
+    let p = ferroformer::pretrained::Pretrained::load(arg, &device, quantized)?;
+    if c.progress() {
+        eprintln!(
+            "loaded {} ({} model, {}{} parameters{}) in {:.1} s",
+            p.source.display(),
+            p.model.config().model_type(),
+            ferroformer::params::size_name(p.store.numel() + p.quantized_numel),
+            if p.quantized { " quantized" } else { "" },
+            if p.quantized { "" } else { ", f32" },
+            start.elapsed().as_secs_f64()
+        );
     }
-    let (model, _store) = ferroformer::models::gpt2::load_dir(&dir, device)?;
-    let tokenizer = ferroformer::tokenizer::Tokenizer::load(&dir.join("tokenizer.json"))?;
-    Ok((model, tokenizer))
+    Ok(p)
 }
 
 /// Installs the Ctrl-C handler: the first press asks training to checkpoint and stop; the

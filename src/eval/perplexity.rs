@@ -5,7 +5,7 @@
 //! tokens before it in that window. `tokens` counts predicted positions; `mean_nll` is their
 //! mean negative log-likelihood in nats; perplexity is `exp(mean_nll)`.
 
-use crate::models::Gpt2;
+use crate::models::CausalModel;
 use crate::objective::clm::token_nll;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -24,7 +24,7 @@ const BATCH: usize = 8;
 
 /// Perplexity of `model` on `ids`; `on_progress` receives the number of windows done.
 pub fn perplexity(
-    model: &Gpt2,
+    model: &CausalModel,
     ids: &[u32],
     context: usize,
     on_progress: &mut dyn FnMut(usize),
@@ -42,7 +42,7 @@ pub fn perplexity(
     }
     if let Some(&bad) = ids
         .iter()
-        .find(|&&id| id as usize >= model.config.vocab_size)
+        .find(|&&id| id as usize >= model.vocab_size())
     {
         return Err(Error::Data(format!(
             "token id {bad} is outside the model's vocabulary"
@@ -55,7 +55,7 @@ pub fn perplexity(
             ids.len()
         )));
     }
-    let device = model.wte.weight.device();
+    let device = model.device();
     let mut total = 0f64;
     let mut count = 0usize;
     let mut done = 0;
@@ -80,7 +80,7 @@ pub fn perplexity(
         let y = Tensor::from_vec(y, b * (len - 1), device)?;
         let logits = model.forward(&x, None, None)?;
         let nll = token_nll(
-            &logits.reshape((b * (len - 1), model.config.vocab_size))?,
+            &logits.reshape((b * (len - 1), model.vocab_size()))?,
             &y,
         )?;
         let nll: Vec<f32> = nll.to_vec1()?;

@@ -3,7 +3,7 @@
 //! projection tied to the token embedding. Weight names, shapes (including the `[in, out]`
 //! Conv1D orientation) and `config.json` are those of transformers' `GPT2LMHeadModel`.
 
-use crate::io::{read_json, safetensors, write_json_atomic};
+use crate::io::read_json;
 use crate::nn::{
     sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
     FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
@@ -379,7 +379,7 @@ impl Gpt2 {
 /// Maps the key variants found in real GPT-2 checkpoints onto ours: original OpenAI-converted
 /// files lack the `transformer.` prefix and carry `attn.bias`/`attn.masked_bias` mask buffers,
 /// which are not parameters.
-fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+pub(crate) fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     tensors
         .into_iter()
         .filter(|(k, _)| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias")))
@@ -395,42 +395,16 @@ fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor>
 
 /// Loads a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
-    let cfg_path = dir.join("config.json");
-    let config = Gpt2Config::load(&cfg_path)?;
-    let weights = dir.join("model.safetensors");
-    if !weights.exists() {
-        return Err(Error::format(
+    match super::load_dir(dir, device)? {
+        (super::CausalModel::Gpt2(m), store) => Ok((m, store)),
+        (other, _) => Err(Error::format(
             dir,
-            "no model.safetensors in this model directory",
-        ));
-    }
-    let mut tensors = normalize_keys(safetensors::load(&weights, device)?);
-    if config.tie_word_embeddings {
-        // transformers may save the tied head as well; it is the same tensor as wte.
-        tensors.remove("lm_head.weight");
-    }
-    let mut store = ParamStore::from_tensors(tensors, device, Some(&weights))?;
-    let model = Gpt2::new(&config, &mut store).map_err(|e| match e {
-        Error::Format { path, msg } => Error::format(
-            path,
-            format!("{msg} (does {} match these weights?)", cfg_path.display()),
-        ),
-        e => e,
-    })?;
-    let used: Vec<String> = param_shapes(&config)?.into_keys().collect();
-    let unused = store.unused(&used);
-    if !unused.is_empty() {
-        return Err(Error::format(
-            &weights,
             format!(
-                "{} tensors not used by the model described in {} (first: {}); the config does not match the weights",
-                unused.len(),
-                cfg_path.display(),
-                unused[0]
+                "holds a {} model, not GPT-2",
+                other.config().model_type()
             ),
-        ));
+        )),
     }
-    Ok((model, store))
 }
 
 /// The parameter names and shapes of a GPT-2 model with this config, without allocating it.
@@ -442,7 +416,5 @@ pub fn param_shapes(config: &Gpt2Config) -> Result<BTreeMap<String, Vec<usize>>>
 
 /// Saves `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
 pub fn save_dir(dir: &Path, config: &Gpt2Config, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
-    write_json_atomic(&dir.join("config.json"), &config.to_json())
+    super::save_dir(dir, &super::ArchConfig::Gpt2(config.clone()), store)
 }

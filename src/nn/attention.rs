@@ -44,6 +44,32 @@ pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, (t, total), device)?)
 }
 
+/// Scaled dot-product attention of queries `q` `[b, h, t, d]` over keys and values
+/// `[b, kv_heads, s, d]`, where `kv_heads` divides `h` (grouped-query attention, Ainslie et al.
+/// 2023: head `i` reads key/value head `i / (h / kv_heads)`, as transformers' `repeat_kv`).
+/// With `causal = Some(offset)`, query `i` sees keys `0 ..= offset + i`. Output `[b, h, t, d]`.
+/// The key/value heads are shared by reshaping the queries, not by copying keys and values.
+pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: Option<usize>,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, kvh, s, _) = k.dims4()?;
+    if kvh == 0 || h % kvh != 0 {
+        return Err(crate::Error::Config(format!(
+            "{h} query heads cannot share {kvh} key/value heads"
+        )));
+    }
+    let g = h / kvh;
+    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+    let att = attn_softmax(&scores, 1.0 / (d as f64).sqrt(), causal)?;
+    let y = att.reshape((b, kvh, g * t, s))?.matmul(&v.contiguous()?)?;
+    Ok(y.reshape((b, h, t, d))?)
+}
+
 /// Causal multi-head self-attention with a fused query/key/value projection (`c_attn` in GPT-2).
 #[derive(Clone, Debug)]
 pub struct CausalSelfAttention {

@@ -74,3 +74,65 @@ impl Linear {
         Ok(y.reshape(out_dims)?)
     }
 }
+
+/// A projection whose weight is either a dense (trainable) [`Linear`] or a frozen matrix kept
+/// in a llama.cpp quantized format (Q4_0, Q8_0, K-quants, ...) and multiplied without being
+/// dequantized, for inference on quantized checkpoints.
+#[derive(Clone, Debug)]
+pub enum Projection {
+    Dense(Linear),
+    Quantized {
+        /// `[out, in]`, as `nn.Linear`.
+        weight: candle_core::quantized::QMatMul,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Projection {
+    /// A `nn.Linear`-oriented dense projection: weight `{prefix}.weight` `[out, in]`, and
+    /// `{prefix}.bias` when `bias`.
+    pub fn linear(
+        store: &mut ParamStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Result<Self> {
+        Ok(Projection::Dense(Linear {
+            weight: store.get(
+                &format!("{prefix}.weight"),
+                &[d_out, d_in],
+                Init::Normal(std),
+            )?,
+            bias: if bias {
+                Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+            } else {
+                None
+            },
+            in_out: false,
+        }))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projection::Dense(l) => l.forward(x),
+            Projection::Quantized { weight, bias } => {
+                use candle_core::Module;
+                let y = weight.forward(x)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+        }
+    }
+
+    /// The dense weight, if this projection has one.
+    pub fn dense(&self) -> Option<&Linear> {
+        match self {
+            Projection::Dense(l) => Some(l),
+            Projection::Quantized { .. } => None,
+        }
+    }
+}

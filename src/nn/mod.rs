@@ -11,14 +11,16 @@ pub mod linear;
 pub mod norm;
 pub mod ops;
 pub mod position;
+pub mod rope;
 pub mod store;
 
-pub use attention::{CausalSelfAttention, KvCache};
+pub use attention::{grouped_attention, CausalSelfAttention, KvCache};
 pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use feed_forward::{Activation, FeedForward};
-pub use linear::Linear;
+pub use linear::{Linear, Projection};
 pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{Rope, RopeScaling};
 pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};
 pub use store::{Init, ParamStore};

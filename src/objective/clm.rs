@@ -1,6 +1,6 @@
 //! Causal language modelling: predict each next token from the tokens before it.
 
-use crate::models::Gpt2;
+use crate::models::CausalModel;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::rng::Rng;
 use crate::Result;
@@ -24,31 +24,30 @@ impl CausalLm {
     /// and cross-entropy run as one op that produces the gradients in its forward pass (so
     /// use [`CausalLm::loss`] when no backward follows).
     pub fn train_loss(
-        model: &Gpt2,
+        model: &CausalModel,
         inputs: &Tensor,
         targets: &Tensor,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let h = model.hidden(inputs, None, rng)?;
         let (b, t, c) = h.dims3()?;
-        let w = model.lm_head.as_ref().unwrap_or(&model.wte.weight);
         let h2 = h.reshape((b * t, c))?;
         let y = targets.reshape(b * t)?;
-        match crate::nn::kernels::cross_entropy::head_cross_entropy(&h2, w, &y)? {
-            Some(loss) => Ok(loss),
-            None => cross_entropy(
-                &model
-                    .logits(&h)?
-                    .reshape((b * t, model.config.vocab_size))?,
-                &y,
-            ),
+        if let Some(w) = model.head_weight() {
+            if let Some(loss) = crate::nn::kernels::cross_entropy::head_cross_entropy(&h2, w, &y)? {
+                return Ok(loss);
+            }
         }
+        cross_entropy(
+            &model.logits(&h)?.reshape((b * t, model.vocab_size()))?,
+            &y,
+        )
     }
 
     /// Loss of predicting `targets` `[b, t]` from `inputs` `[b, t]` (targets are inputs shifted by
     /// one). `rng` enables dropout.
     pub fn loss(
-        model: &Gpt2,
+        model: &CausalModel,
         inputs: &Tensor,
         targets: &Tensor,
         rng: Option<&mut Rng>,

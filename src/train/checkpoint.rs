@@ -7,7 +7,7 @@
 //! complete or absent.
 
 use crate::io::{read_json, write_atomic, write_json_atomic};
-use crate::models::gpt2;
+use crate::models::{self, ArchConfig};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
@@ -54,7 +54,7 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
 
 /// What a checkpoint holds.
 pub struct Checkpoint<'a> {
-    pub config: &'a gpt2::Gpt2Config,
+    pub config: &'a ArchConfig,
     pub store: &'a ParamStore,
     pub tokenizer: &'a Tokenizer,
     pub optimizer: &'a AdamW,
@@ -94,11 +94,11 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
 /// Writes a Hugging Face model directory: config, weights, tokenizer.
 pub fn write_model_dir(
     dir: &Path,
-    config: &gpt2::Gpt2Config,
+    config: &ArchConfig,
     store: &ParamStore,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
-    gpt2::save_dir(dir, config, store)?;
+    models::save_dir(dir, config, store)?;
     tokenizer.save(&dir.join("tokenizer.json"))
 }
 

@@ -26,6 +26,12 @@ fn d_true() -> bool {
 fn d_pos() -> String {
     "learned".into()
 }
+fn d_arch() -> String {
+    "gpt2".into()
+}
+fn d_theta() -> f64 {
+    10000.0
+}
 fn d_eps_ln() -> f64 {
     1e-5
 }
@@ -102,13 +108,26 @@ pub struct DataConfig {
     pub val_fraction: f64,
 }
 
-/// The GPT model to build (ignored sizes when `init` names an existing model).
+/// The model to build (sizes are ignored when `init` names an existing model).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Start from this Hugging Face model directory instead of random weights.
     #[serde(default)]
     pub init: Option<String>,
+    /// `gpt2` (LayerNorm, GELU, learned or sinusoidal positions) or `llama` (RMSNorm,
+    /// SwiGLU, rotary positions, grouped-query attention).
+    #[serde(default = "d_arch")]
+    pub architecture: String,
+    /// Llama: key/value heads for grouped-query attention; defaults to `n_head`.
+    #[serde(default)]
+    pub n_kv_head: Option<usize>,
+    /// Llama: feed-forward width; defaults to about 8/3 `n_embd` rounded up to 64.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    /// Llama: rotary base.
+    #[serde(default = "d_theta")]
+    pub rope_theta: f64,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_embd: usize,
@@ -308,6 +327,12 @@ impl Recipe {
         }
         if self.data.corpus.is_empty() {
             return Err(Error::Config("data.corpus is empty".into()));
+        }
+        if !matches!(self.model.architecture.as_str(), "gpt2" | "llama") {
+            return Err(Error::Config(format!(
+                "model.architecture {:?} is not supported (known: gpt2, llama)",
+                self.model.architecture
+            )));
         }
         if let Some(n) = self.model.n_positions {
             if n < t.context {

@@ -4,7 +4,7 @@
 use crate::assets;
 use crate::data::corpus::for_each_chunk;
 use crate::data::{corpus_files, Split, TokenShard};
-use crate::models::gpt2::{self, Gpt2, Gpt2Config};
+use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::CausalLm;
 use crate::rng::Rng;
@@ -56,7 +56,7 @@ pub enum Outcome {
 /// A prepared training run.
 pub struct Trainer {
     pub recipe: Recipe,
-    pub model: Gpt2,
+    pub model: CausalModel,
     pub store: ParamStore,
     pub tokenizer: Tokenizer,
     pub optimizer: AdamW,
@@ -89,8 +89,31 @@ fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
     Tokenizer::train_char([s.as_str()])
 }
 
-fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> Gpt2Config {
+fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
     let m = &recipe.model;
+    let eot = tokenizer.token_id(EOT);
+    if m.architecture == "llama" {
+        // SwiGLU's usual width: 8/3 of the model width (same parameters as a 4x GELU MLP),
+        // rounded up to a multiple of 64.
+        let ffn = m
+            .intermediate_size
+            .unwrap_or((8 * m.n_embd / 3).div_ceil(64) * 64);
+        let mut c = LlamaConfig::new(
+            tokenizer.vocab_size(),
+            m.n_embd,
+            ffn,
+            m.n_layer,
+            m.n_head,
+            m.n_kv_head.unwrap_or(m.n_head),
+            m.n_positions.unwrap_or(recipe.train.context),
+        );
+        c.rope_theta = Some(m.rope_theta);
+        c.tie_word_embeddings = m.tie_word_embeddings;
+        c.rms_norm_eps = m.layer_norm_epsilon;
+        c.extra.insert("bos_token_id".into(), json!(eot));
+        c.extra.insert("eos_token_id".into(), json!(eot));
+        return ArchConfig::Llama(c);
+    }
     let mut c = Gpt2Config::new(
         tokenizer.vocab_size(),
         m.n_positions.unwrap_or(recipe.train.context),
@@ -104,10 +127,9 @@ fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> Gpt2Config {
     c.position_encoding = m.position_encoding.clone();
     c.layer_norm_epsilon = m.layer_norm_epsilon;
     // Written even when absent (null): transformers otherwise assumes GPT-2's 50256.
-    let eot = tokenizer.token_id(EOT);
     c.extra.insert("bos_token_id".into(), json!(eot));
     c.extra.insert("eos_token_id".into(), json!(eot));
-    c
+    ArchConfig::Gpt2(c)
 }
 
 impl Trainer {
@@ -160,25 +182,26 @@ impl Trainer {
             data.split(recipe.data.val_fraction, recipe.train.context)?;
 
         let (model, store) = match (&resume_from, &recipe.model.init) {
-            (Some((_, ck)), _) => gpt2::load_dir(ck, device)?,
-            (None, Some(init)) => gpt2::load_dir(&assets::resolve(init)?, device)?,
-            (None, None) => Gpt2::init(
+            (Some((_, ck)), _) => models::load_dir(ck, device)?,
+            (None, Some(init)) => models::load_dir(&assets::resolve(init)?, device)?,
+            (None, None) => CausalModel::init(
                 &model_config(&recipe, &tokenizer),
                 device,
                 recipe.train.seed,
             )?,
         };
-        if model.config.vocab_size < tokenizer.vocab_size() {
+        if model.vocab_size() < tokenizer.vocab_size() {
             return Err(Error::Config(format!(
                 "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
-                model.config.vocab_size,
+                model.vocab_size(),
                 tokenizer.vocab_size()
             )));
         }
-        if model.config.n_positions < recipe.train.context {
+        if model.max_positions() < recipe.train.context {
             return Err(Error::Config(format!(
-                "train.context ({}) exceeds the model's n_positions ({})",
-                recipe.train.context, model.config.n_positions
+                "train.context ({}) exceeds the model's maximum positions ({})",
+                recipe.train.context,
+                model.max_positions()
             )));
         }
 
@@ -250,9 +273,12 @@ impl Trainer {
         let accum = t.grad_accum;
         let mut acc = GradAccumulator::default();
         let mut loss_sum = 0f64;
-        let dropout = self.model.config.resid_pdrop > 0.0
-            || self.model.config.attn_pdrop > 0.0
-            || self.model.config.embd_pdrop > 0.0;
+        let dropout = match &self.model {
+            CausalModel::Gpt2(m) => {
+                m.config.resid_pdrop > 0.0 || m.config.attn_pdrop > 0.0 || m.config.embd_pdrop > 0.0
+            }
+            CausalModel::Llama(_) => false,
+        };
         for _ in 0..accum {
             let mut rng = self.state.data_rng;
             let (x, y) = self.batch(self.train_split, &mut rng)?;
@@ -328,7 +354,7 @@ impl Trainer {
         checkpoint::save(
             &self.out_dir,
             &Checkpoint {
-                config: &self.model.config,
+                config: &self.model.config(),
                 store: &self.store,
                 tokenizer: &self.tokenizer,
                 optimizer: &self.optimizer,

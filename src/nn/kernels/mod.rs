@@ -17,6 +17,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod math;
 pub mod rms_norm;
+pub mod rope;
 pub mod softmax;
 
 use candle_core::{CpuStorage, Device, Layout};

@@ -1,0 +1,423 @@
+//! GGUF, llama.cpp's single-file format: metadata (architecture sizes, the tokenizer's
+//! vocabulary and merges, the chat template) and tensors, most of them quantized. Read through
+//! candle's GGUF parser; tensor names are mapped to Hugging Face keys and the rotary row order
+//! of the query/key projections is restored, so a GGUF model is the same [`Llama`] as one
+//! loaded from a Hugging Face directory.
+//!
+//! [`Llama`]: crate::models::Llama
+
+use crate::models::llama::{unpermute_rotary_rows, LlamaConfig, QuantWeights};
+use crate::{Error, Result};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An open GGUF file.
+pub struct Gguf {
+    pub path: PathBuf,
+    pub content: Content,
+    reader: BufReader<File>,
+}
+
+/// Special tokens named in the metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+    pub unk: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`: whether a BOS starts every encoded text.
+    pub add_bos: bool,
+}
+
+/// How a tensor's data is kept after loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything dequantized to f32 (trainable, exact reference path).
+    F32,
+    /// Matrices stay in their quantized format (inference); 1-D tensors become f32.
+    Quantized,
+}
+
+impl Gguf {
+    /// Opens and parses the header; errors name the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::format(&self.path, msg)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn str(&self, key: &str) -> Result<&str> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(self.err(format!("metadata {key} is not a string"))),
+            None => Err(self.err(format!("metadata {key} is missing"))),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| self.err(format!("metadata {key} is missing")))?;
+        let n = match v {
+            Value::U8(x) => *x as i64,
+            Value::I8(x) => *x as i64,
+            Value::U16(x) => *x as i64,
+            Value::I16(x) => *x as i64,
+            Value::U32(x) => *x as i64,
+            Value::I32(x) => *x as i64,
+            Value::U64(x) => *x as i64,
+            Value::I64(x) => *x,
+            _ => return Err(self.err(format!("metadata {key} is not an integer"))),
+        };
+        usize::try_from(n).map_err(|_| self.err(format!("metadata {key} is negative ({n})")))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.usize(key).map(Some),
+        }
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        Ok(match self.get(key) {
+            None => None,
+            Some(Value::F32(x)) => Some(*x as f64),
+            Some(Value::F64(x)) => Some(*x),
+            Some(_) => return Err(self.err(format!("metadata {key} is not a float"))),
+        })
+    }
+
+    fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn str_array(&self, key: &str) -> Result<Vec<String>> {
+        match self.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(self.err(format!("metadata {key} holds a non-string"))),
+                })
+                .collect(),
+            Some(_) => Err(self.err(format!("metadata {key} is not an array"))),
+            None => Err(self.err(format!("metadata {key} is missing"))),
+        }
+    }
+
+    fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        match self.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::I32(x) => Ok(*x as i64),
+                    Value::U32(x) => Ok(*x as i64),
+                    Value::I8(x) => Ok(*x as i64),
+                    Value::U8(x) => Ok(*x as i64),
+                    Value::I64(x) => Ok(*x),
+                    _ => Err(self.err(format!("metadata {key} holds a non-integer"))),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.err(format!("metadata {key} is not an array"))),
+            None => Ok(None),
+        }
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str> {
+        self.str("general.architecture")
+    }
+
+    /// The Hugging Face `LlamaConfig` the metadata describes.
+    pub fn llama_config(&self) -> Result<LlamaConfig> {
+        let arch = self.architecture()?;
+        if arch != "llama" {
+            return Err(self.err(format!(
+                "architecture {arch:?} is not supported (supported GGUF architectures: llama)"
+            )));
+        }
+        let k = |name: &str| format!("{arch}.{name}");
+        let heads = self.usize(&k("attention.head_count"))?;
+        let hidden = self.usize(&k("embedding_length"))?;
+        let vocab = match self.opt_usize(&k("vocab_size"))? {
+            Some(v) => v,
+            None => self.str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let mut c = LlamaConfig::new(
+            vocab,
+            hidden,
+            self.usize(&k("feed_forward_length"))?,
+            self.usize(&k("block_count"))?,
+            heads,
+            self.opt_usize(&k("attention.head_count_kv"))?
+                .unwrap_or(heads),
+            self.usize(&k("context_length"))?,
+        );
+        if let Some(d) = self.opt_usize(&k("rope.dimension_count"))? {
+            if d != hidden / heads.max(1) {
+                return Err(self.err(format!(
+                    "rotary dimension {d} differs from the head dimension {}; partial rotary embedding is not supported",
+                    hidden / heads.max(1)
+                )));
+            }
+        }
+        c.rope_theta = Some(self.f64(&k("rope.freq_base"))?.unwrap_or(10000.0));
+        c.rms_norm_eps = self
+            .f64(&k("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5);
+        if let Ok(kind) = self.str(&k("rope.scaling.type")) {
+            match kind {
+                "none" => {}
+                "linear" => {
+                    let factor = self.f64(&k("rope.scaling.factor"))?.ok_or_else(|| {
+                        self.err("linear rope scaling without rope.scaling.factor")
+                    })?;
+                    c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": factor}));
+                }
+                other => {
+                    return Err(self.err(format!("rope scaling type {other:?} is not supported")))
+                }
+            }
+        }
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(self.err(
+                "per-frequency rotary factors (rope_freqs, Llama 3.1 scaling) are not supported yet",
+            ));
+        }
+        c.tie_word_embeddings = !self.content.tensor_infos.contains_key("output.weight");
+        c.attention_bias = self.content.tensor_infos.contains_key("blk.0.attn_q.bias");
+        c.mlp_bias = self.content.tensor_infos.contains_key("blk.0.ffn_up.bias");
+        let special = self.special_tokens()?;
+        for (name, id) in [
+            ("bos_token_id", special.bos),
+            ("eos_token_id", special.eos),
+            ("pad_token_id", special.pad),
+        ] {
+            if let Some(id) = id {
+                c.extra.insert(name.into(), serde_json::json!(id));
+            }
+        }
+        c.validate().map_err(|e| self.err(e.to_string()))?;
+        Ok(c)
+    }
+
+    /// Special token ids from `tokenizer.ggml.*_token_id`.
+    pub fn special_tokens(&self) -> Result<SpecialTokens> {
+        let id = |name: &str| -> Result<Option<u32>> {
+            Ok(self
+                .opt_usize(&format!("tokenizer.ggml.{name}_token_id"))?
+                .map(|v| v as u32))
+        };
+        Ok(SpecialTokens {
+            bos: id("bos")?,
+            eos: id("eos")?,
+            pad: id("padding")?,
+            unk: id("unknown")?,
+            add_bos: self.bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
+        })
+    }
+
+    /// `tokenizer.chat_template`, when present.
+    pub fn chat_template(&self) -> Option<String> {
+        match self.get("tokenizer.chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// The byte-level BPE tokenizer the metadata describes: `tokenizer.ggml.tokens`,
+    /// `.merges`, `.token_type` (3 = control, 4 = user-defined become added tokens) and the
+    /// pre-tokenizer named by `tokenizer.ggml.pre`.
+    pub fn tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
+        let model = self.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(self.err(format!(
+                "tokenizer model {model:?} is not supported (supported: gpt2, byte-level BPE)"
+            )));
+        }
+        let tokens = self.str_array("tokenizer.ggml.tokens")?;
+        let merges = self.str_array("tokenizer.ggml.merges")?;
+        let types = self
+            .int_array("tokenizer.ggml.token_type")?
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(self.err(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let pre = self.str("tokenizer.ggml.pre").unwrap_or("default");
+        crate::tokenizer::Tokenizer::from_bpe_parts(
+            &tokens,
+            &merges,
+            &types,
+            pre,
+            &self.special_tokens()?,
+        )
+        .map_err(|e| self.err(e.to_string()))
+    }
+
+    /// Reads tensor `name` (a llama.cpp name).
+    pub fn qtensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        let path = self.path.clone();
+        self.content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| Error::format(&path, format!("tensor {name}: {e}")))
+    }
+
+    /// The model's weights under Hugging Face keys: with [`Precision::F32`] all dequantized in
+    /// the returned map; with [`Precision::Quantized`], 2-D matrices in `QuantWeights` (the
+    /// embedding table also dequantized in the map, for lookups) and the rest in the map.
+    pub fn llama_weights(
+        &mut self,
+        config: &LlamaConfig,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<(BTreeMap<String, Tensor>, QuantWeights)> {
+        let mut names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        names.sort();
+        let mut dense = BTreeMap::new();
+        let mut quant = QuantWeights::new();
+        for name in names {
+            let hf = hf_name(&name).ok_or_else(|| {
+                self.err(format!("tensor {name} is not part of a llama.cpp Llama model"))
+            })?;
+            let mut q = self.qtensor(&name, device)?;
+            let heads = if hf.ends_with("self_attn.q_proj.weight") {
+                Some(config.num_attention_heads)
+            } else if hf.ends_with("self_attn.k_proj.weight") {
+                Some(config.kv_heads())
+            } else {
+                None
+            };
+            if let Some(heads) = heads {
+                q = unpermute_qtensor(&q, heads, device).map_err(|e| {
+                    self.err(format!("tensor {name}: {e}"))
+                })?;
+            }
+            let keep_quantized = precision == Precision::Quantized
+                && q.shape().rank() == 2
+                && q.dtype() != GgmlDType::F32;
+            if keep_quantized {
+                if hf == "model.embed_tokens.weight" {
+                    dense.insert(hf.clone(), q.dequantize(device)?);
+                }
+                quant.insert(hf, Arc::new(q));
+            } else {
+                dense.insert(hf, q.dequantize(device)?);
+            }
+        }
+        Ok((dense, quant))
+    }
+}
+
+/// Restores the rotary row order of a query/key matrix (see [`unpermute_rotary_rows`]).
+fn unpermute_qtensor(q: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let (rows, cols) = match dims.as_slice() {
+        [r, c] => (*r, *c),
+        _ => return Err(Error::Config(format!("expected a matrix, got shape {dims:?}"))),
+    };
+    let dtype = q.dtype();
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return Err(Error::Config(format!(
+            "{rows} rows do not split into {heads} heads of even size"
+        )));
+    }
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let out = unpermute_rotary_rows(&data, rows, row_bytes, heads);
+    Ok(qtensor_from_ggml(dtype, &out, dims, device)?)
+}
+
+/// The Hugging Face key of a llama.cpp tensor name.
+pub fn hf_name(name: &str) -> Option<String> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").unwrap(),
+            "model.layers.12.self_attn.q_proj.weight"
+        );
+        assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
+        assert!(hf_name("blk.x.attn_q.weight").is_none());
+        assert!(hf_name("rope_freqs.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, d/2, in).swapaxes(1, 2).reshape(rows, in), rows of 1 byte.
+        let (heads, d) = (2, 6);
+        let hf: Vec<u8> = (0..(heads * d) as u8).collect();
+        let mut gguf = vec![0u8; hf.len()];
+        for h in 0..heads {
+            for j in 0..d / 2 {
+                for s in 0..2 {
+                    gguf[h * d + j * 2 + s] = hf[h * d + s * (d / 2) + j];
+                }
+            }
+        }
+        assert_eq!(unpermute_rotary_rows(&gguf, heads * d, 1, heads), hf);
+    }
+}

@@ -1,0 +1,334 @@
+//! Pretrained causal language models as users have them: a Hugging Face directory
+//! (`config.json`, `model.safetensors` or shards, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`), a llama.cpp `.gguf` file, or an asset name from `assets.toml`.
+//! [`Pretrained`] bundles the model with its tokenizer, special tokens and chat template, and
+//! writes itself back as a Hugging Face directory.
+
+use crate::chat::ChatTemplate;
+use crate::io::gguf::{Gguf, Precision, SpecialTokens};
+use crate::io::{read_json, write_json_atomic};
+use crate::models::{self, ArchConfig, CausalModel, Llama};
+use crate::nn::ParamStore;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use candle_core::Device;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// A loaded model with everything needed to prompt it.
+pub struct Pretrained {
+    pub model: CausalModel,
+    pub store: ParamStore,
+    pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
+    /// The chat template's source, when the model has one.
+    pub chat_template: Option<String>,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+    /// Whether projections are kept quantized (inference only; cannot be saved).
+    pub quantized: bool,
+    /// Parameters held in quantized matrices (not in `store`).
+    pub quantized_numel: usize,
+}
+
+/// Resolves a `--model` argument: an existing path; `asset:NAME` or a bare asset name (fetched
+/// if needed). An asset folder holding a single `.gguf` and no `config.json` resolves to the
+/// file.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let path = Path::new(arg);
+    let dir = if path.exists() {
+        path.to_path_buf()
+    } else {
+        let name = arg.strip_prefix("asset:").unwrap_or(arg);
+        if crate::assets::manifest()?.contains_key(name) {
+            crate::assets::ensure(name)?
+        } else {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory, and not an asset name (see assets.toml)",
+                ),
+            ));
+        }
+    };
+    if dir.is_dir() && !dir.join("config.json").exists() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        if ggufs.len() == 1 {
+            return Ok(ggufs[0].clone());
+        }
+    }
+    Ok(dir)
+}
+
+/// A token named in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_str(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// An id or the first of a list of ids.
+fn ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        _ => vec![],
+    }
+}
+
+impl Pretrained {
+    /// Loads a model by `--model` argument (see [`resolve_model`]); `quantized` keeps GGUF
+    /// matrices quantized.
+    pub fn load(arg: &str, device: &Device, quantized: bool) -> Result<Self> {
+        let path = resolve_model(arg)?;
+        if path.is_dir() {
+            if quantized {
+                return Err(Error::format(
+                    &path,
+                    "--quantized applies to GGUF files; this is a safetensors model directory",
+                ));
+            }
+            Self::from_dir(&path, device)
+        } else if path.extension().is_some_and(|x| x == "gguf") {
+            Self::from_gguf(&path, device, quantized)
+        } else {
+            Err(Error::format(
+                &path,
+                "expected a Hugging Face model directory or a .gguf file",
+            ))
+        }
+    }
+
+    /// Loads a Hugging Face directory.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let (model, store) = models::load_dir(dir, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::load(&tok_path).map_err(|e| match e {
+            Error::Io { .. } => Error::format(dir, "no tokenizer.json in this model directory"),
+            e => e,
+        })?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc: Value = if tc_path.exists() {
+            read_json(&tc_path)?
+        } else {
+            json!({})
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
+        } else {
+            match tc.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                // A list of named templates: the "default" one.
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+                _ => None,
+            }
+        };
+        let cfg = model.config().to_json();
+        let gen_path = dir.join("generation_config.json");
+        let gen: Value = if gen_path.exists() {
+            read_json(&gen_path)?
+        } else {
+            json!({})
+        };
+        let id_of = |key: &str, token_key: &str| -> Option<u32> {
+            ids(gen.get(key))
+                .first()
+                .copied()
+                .or_else(|| ids(cfg.get(key)).first().copied())
+                .or_else(|| token_str(tc.get(token_key)).and_then(|t| tokenizer.token_id(&t)))
+        };
+        let special = SpecialTokens {
+            bos: id_of("bos_token_id", "bos_token"),
+            eos: id_of("eos_token_id", "eos_token"),
+            pad: id_of("pad_token_id", "pad_token"),
+            unk: token_str(tc.get("unk_token")).and_then(|t| tokenizer.token_id(&t)),
+            add_bos: tc
+                .get("add_bos_token")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
+        };
+        Ok(Pretrained {
+            model,
+            store,
+            tokenizer,
+            special,
+            chat_template,
+            source: dir.to_path_buf(),
+            quantized: false,
+            quantized_numel: 0,
+        })
+    }
+
+    /// Loads a llama.cpp GGUF file: f32 (dequantized, trainable) or with its matrices kept
+    /// quantized.
+    pub fn from_gguf(path: &Path, device: &Device, quantized: bool) -> Result<Self> {
+        let mut g = Gguf::open(path)?;
+        let config = g.llama_config()?;
+        let tokenizer = g.tokenizer()?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the tokenizer has {} tokens but the model {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            ));
+        }
+        let special = g.special_tokens()?;
+        let chat_template = g.chat_template();
+        let precision = if quantized {
+            Precision::Quantized
+        } else {
+            Precision::F32
+        };
+        let (dense, quant) = g.llama_weights(&config, precision, device)?;
+        let mut store = ParamStore::from_tensors(dense, device, Some(path))?;
+        let model = if quant.is_empty() {
+            Llama::new(&config, &mut store)?
+        } else {
+            Llama::new_quantized(&config, &mut store, &quant)?
+        };
+        // A tied head shares the (dequantized) embedding table counted in the store.
+        let quantized_numel = quant
+            .iter()
+            .filter(|(k, _)| k.as_str() != "model.embed_tokens.weight")
+            .map(|(_, q)| q.shape().elem_count())
+            .sum();
+        let arch = ArchConfig::Llama(config);
+        let mut used: Vec<String> = arch.param_shapes()?.into_keys().collect();
+        used.extend(quant.keys().cloned());
+        let unused = store.unused(&used);
+        if let Some(first) = unused.first() {
+            return Err(Error::format(
+                path,
+                format!("{} tensors are not used by the model (first: {first})", unused.len()),
+            ));
+        }
+        Ok(Pretrained {
+            model: CausalModel::Llama(model),
+            store,
+            tokenizer,
+            special,
+            chat_template,
+            source: path.to_path_buf(),
+            quantized: !quant.is_empty(),
+            quantized_numel,
+        })
+    }
+
+    fn token_text(&self, id: Option<u32>) -> Option<String> {
+        id.and_then(|i| self.tokenizer.inner.id_to_token(i))
+    }
+
+    /// The chat template, ready to render.
+    pub fn chat(&self) -> Result<ChatTemplate> {
+        let src = self.chat_template.as_deref().ok_or_else(|| {
+            Error::format(&self.source, "this model has no chat template")
+        })?;
+        ChatTemplate::new(
+            src,
+            self.token_text(self.special.bos),
+            self.token_text(self.special.eos),
+        )
+    }
+
+    /// Tokens that end generation: the end-of-sequence token and, for chat, the template's
+    /// end-of-turn marker.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop: Vec<u32> = self.special.eos.into_iter().collect();
+        if let Ok(t) = self.chat() {
+            for m in t.end_of_turn_markers() {
+                if let Some(id) = self.tokenizer.token_id(m) {
+                    if !stop.contains(&id) {
+                        stop.push(id);
+                    }
+                }
+            }
+        }
+        stop
+    }
+
+    /// Token ids of a plain prompt, with the beginning-of-sequence token when the tokenizer
+    /// adds one (`add_bos_token`).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text)?;
+        if self.special.add_bos {
+            if let Some(bos) = self.special.bos {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes a Hugging Face directory transformers loads: `config.json`,
+    /// `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (special tokens and
+    /// chat template) and `generation_config.json`.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        if self.quantized {
+            return Err(Error::Config(
+                "a model loaded with quantized weights cannot be saved as safetensors; load it without --quantized".into(),
+            ));
+        }
+        let mut config = self.model.config();
+        let extra = config.extra_mut();
+        for (key, id) in [
+            ("bos_token_id", self.special.bos),
+            ("eos_token_id", self.special.eos),
+            ("pad_token_id", self.special.pad),
+        ] {
+            if let Some(id) = id {
+                extra.insert(key.into(), json!(id));
+            }
+        }
+        models::save_dir(dir, &config, &self.store)?;
+        self.tokenizer.save(&dir.join("tokenizer.json"))?;
+        let mut tc = serde_json::Map::new();
+        tc.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        tc.insert("add_bos_token".into(), json!(self.special.add_bos));
+        tc.insert("add_eos_token".into(), json!(false));
+        tc.insert("clean_up_tokenization_spaces".into(), json!(false));
+        tc.insert(
+            "model_max_length".into(),
+            json!(self.model.max_positions()),
+        );
+        for (key, id) in [
+            ("bos_token", self.special.bos),
+            ("eos_token", self.special.eos),
+            ("pad_token", self.special.pad),
+            ("unk_token", self.special.unk),
+        ] {
+            if let Some(t) = self.token_text(id) {
+                tc.insert(key.into(), json!(t));
+            }
+        }
+        if let Some(t) = &self.chat_template {
+            tc.insert("chat_template".into(), json!(t));
+        }
+        write_json_atomic(&dir.join("tokenizer_config.json"), &Value::Object(tc))?;
+        let mut gen = serde_json::Map::new();
+        for (key, id) in [
+            ("bos_token_id", self.special.bos),
+            ("eos_token_id", self.special.eos),
+            ("pad_token_id", self.special.pad),
+        ] {
+            if let Some(id) = id {
+                gen.insert(key.into(), json!(id));
+            }
+        }
+        write_json_atomic(&dir.join("generation_config.json"), &Value::Object(gen))
+    }
+}
