@@ -14,7 +14,7 @@ use crate::nn::{
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -345,10 +345,7 @@ impl Source<'_> {
             } else {
                 None
             };
-            return Ok(Projection::Quantized {
-                weight: QMatMul::QTensor(q.clone()),
-                bias,
-            });
+            return Projection::quantized(q.clone(), bias);
         }
         Projection::linear(self.store, prefix, d_in, d_out, bias, std)
     }
@@ -427,10 +424,7 @@ impl Llama {
         let norm = RmsNorm::new(src.store, "model.norm", hs, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings {
             match quant.and_then(|q| q.get("model.embed_tokens.weight")) {
-                Some(q) => Projection::Quantized {
-                    weight: QMatMul::QTensor(q.clone()),
-                    bias: None,
-                },
+                Some(q) => Projection::quantized(q.clone(), None)?,
                 None => Projection::Dense(crate::nn::Linear {
                     weight: embed_tokens.weight.clone(),
                     bias: None,

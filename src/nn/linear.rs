@@ -3,7 +3,7 @@
 
 use crate::nn::store::{Init, ParamStore};
 use crate::Result;
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// `y = x W + b`. The weight is kept in the orientation of the checkpoint it came from:
 /// `[in, out]` for GPT-2's Conv1D, `[out, in]` for PyTorch's `nn.Linear`.
@@ -84,6 +84,8 @@ pub enum Projection {
     Quantized {
         /// `[out, in]`, as `nn.Linear`.
         weight: candle_core::quantized::QMatMul,
+        /// The same weight repacked for our SIMD kernel, for the types it covers.
+        fast: Option<std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>>,
         bias: Option<Tensor>,
     },
 }
@@ -114,12 +116,32 @@ impl Projection {
         }))
     }
 
+    /// A frozen quantized projection.
+    pub fn quantized(
+        q: std::sync::Arc<candle_core::quantized::QTensor>,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        let fast = crate::nn::kernels::qmatmul::QWeight::from_qtensor(&q)?.map(std::sync::Arc::new);
+        Ok(Projection::Quantized {
+            weight: candle_core::quantized::QMatMul::QTensor(q),
+            fast,
+            bias,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projection::Dense(l) => l.forward(x),
-            Projection::Quantized { weight, bias } => {
+            Projection::Quantized { weight, fast, bias } => {
                 use candle_core::Module;
-                let y = weight.forward(x)?;
+                let y = match fast {
+                    Some(w) if crate::nn::kernels::fused(x.device()) && x.dtype() == DType::F32 => {
+                        x.contiguous()?.apply_op1_no_bwd(&crate::nn::kernels::qmatmul::QMatMulOp {
+                            weight: w.clone(),
+                        })?
+                    }
+                    _ => weight.forward(x)?,
+                };
                 Ok(match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,

@@ -16,6 +16,7 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod math;
+pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
