@@ -5,14 +5,14 @@ mod common;
 use candle_core::{DType, Device};
 use common::{assert_close, fixture};
 use ferroformer::io::safetensors;
-use ferroformer::models::gpt2;
+use ferroformer::models;
 use ferroformer::objective::CausalLm;
 use ferroformer::train::{AdamW, AdamWConfig, GradAccumulator};
 
 fn check(name: &str) {
     let dev = Device::Cpu;
     let dir = fixture(name);
-    let (model, store) = gpt2::load_dir(&dir, &dev).unwrap();
+    let (model, store) = models::load_dir(&dir, &dev).unwrap();
     let reference = safetensors::load(&dir.join("reference.safetensors"), &dev).unwrap();
     let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
     let (b, t) = ids.dims2().unwrap();

@@ -131,10 +131,16 @@ fn smollm2_gguf_matches_transformers() {
     let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     assert_close("smollm2 logits", &got, &want, 1e-4, 1e-4 * scale);
 
-    // Tokenizer: identical ids and decoding on varied text.
+    // Tokenizer: identical ids and decoding on varied text. The reference is llama.cpp's
+    // tokenization, which applies the GGUF's `tokenizer.ggml.pre = "smollm"` (digits split
+    // one by one, as SmolLM2's own tokenizer.json does); transformers' GGUF converter ignores
+    // it and differs only where a space precedes a non-ASCII numeral (one case, recorded).
     for case in json("smollm2/tokenizer_cases.json").as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids_llamacpp"].clone()).unwrap();
+        if case["same_as_llamacpp"].as_bool().unwrap() {
+            assert_eq!(case["ids"], case["ids_llamacpp"]);
+        }
         assert_eq!(p.tokenizer.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(
             p.tokenizer.decode(&want).unwrap(),

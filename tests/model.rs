@@ -8,6 +8,7 @@ use ferroformer::eval::perplexity;
 use ferroformer::generate::logits_no_cache;
 use ferroformer::io::safetensors;
 use ferroformer::models::gpt2::{self, Gpt2, Gpt2Config};
+use ferroformer::models::{self, CausalModel};
 use std::collections::BTreeMap;
 
 fn copy_fixture(name: &str, to: &std::path::Path) {
@@ -20,7 +21,7 @@ fn copy_fixture(name: &str, to: &std::path::Path) {
 fn perplexity_matches_transformers() {
     let dev = Device::Cpu;
     for name in ["gpt2-tiny", "gpt2-tiny-untied"] {
-        let (model, _) = gpt2::load_dir(&fixture(name), &dev).unwrap();
+        let (model, _) = models::load_dir(&fixture(name), &dev).unwrap();
         let r = safetensors::load(&fixture(name).join("reference.safetensors"), &dev).unwrap();
         let ids: Vec<u32> = r["ppl_ids"]
             .to_dtype(DType::U32)
@@ -43,7 +44,7 @@ fn perplexity_matches_transformers() {
 #[test]
 fn kv_cache_gives_the_same_logits_as_full_recompute() {
     let dev = Device::Cpu;
-    let (model, _) = gpt2::load_dir(&fixture("gpt2-tiny"), &dev).unwrap();
+    let (model, _) = models::load_dir(&fixture("gpt2-tiny"), &dev).unwrap();
     let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 96).collect();
     let mut caches = model.new_caches();
     // Prompt of 5 in one go, then one token at a time.
@@ -85,8 +86,8 @@ fn loads_original_checkpoint_key_layout() {
         dir.path().join("config.json"),
     )
     .unwrap();
-    let (a, _) = gpt2::load_dir(dir.path(), &dev).unwrap();
-    let (b, _) = gpt2::load_dir(&fixture("gpt2-tiny"), &dev).unwrap();
+    let (a, _) = models::load_dir(dir.path(), &dev).unwrap();
+    let (b, _) = models::load_dir(&fixture("gpt2-tiny"), &dev).unwrap();
     let ids = [1u32, 2, 3, 4];
     let la = Tensor::new(logits_no_cache(&a, &ids).unwrap().as_slice(), &dev).unwrap();
     let lb = Tensor::new(logits_no_cache(&b, &ids).unwrap().as_slice(), &dev).unwrap();
@@ -100,10 +101,11 @@ fn save_then_load_round_trips_and_keeps_unknown_config_keys() {
     cfg.position_encoding = "sinusoidal".into();
     cfg.extra.insert("my_key".into(), serde_json::json!("kept"));
     let (model, store) = Gpt2::init(&cfg, &dev, 3).unwrap();
+    let model = CausalModel::Gpt2(model);
     let dir = tempfile::tempdir().unwrap();
     gpt2::save_dir(dir.path(), &cfg, &store).unwrap();
-    let (loaded, _) = gpt2::load_dir(dir.path(), &dev).unwrap();
-    assert_eq!(loaded.config.to_json(), cfg.to_json());
+    let (loaded, _) = models::load_dir(dir.path(), &dev).unwrap();
+    assert_eq!(loaded.config().to_json(), cfg.to_json());
     let ids = [5u32, 9, 1];
     let a = Tensor::new(logits_no_cache(&model, &ids).unwrap().as_slice(), &dev).unwrap();
     let b = Tensor::new(logits_no_cache(&loaded, &ids).unwrap().as_slice(), &dev).unwrap();

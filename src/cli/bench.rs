@@ -15,16 +15,27 @@ use std::time::Instant;
 pub enum BenchCmd {
     /// Full training steps (forward, backward, AdamW) and forward passes of a GPT.
     Train(TrainArgs),
-    /// Greedy generation with the KV cache: a random prompt, then new tokens one at a time.
+    /// Greedy generation with the KV cache: a prompt, then new tokens one at a time (a random
+    /// GPT, or a real model with --model).
     Generate(GenerateArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Model size, as for `bench train` [default: 6 layers, 6 heads, 384 dims, vocab 8192,
-    /// 1024 positions].
+    /// 1024 positions]. Ignored with --model.
     #[arg(long)]
     pub config: Option<String>,
+    /// A real model (Hugging Face directory, .gguf file or asset name); its prompt is
+    /// --prompt-text cut to --prompt-tokens tokens [default: a random GPT, random prompt].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model: keep GGUF matrices quantized.
+    #[arg(long, default_value_t = false)]
+    pub quantized: bool,
+    /// With --model: the text whose first --prompt-tokens tokens form the prompt.
+    #[arg(long, default_value = BENCH_TEXT)]
+    pub prompt_text: String,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 32)]
     pub prompt_tokens: usize,
@@ -132,25 +143,45 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
     }
 }
 
+/// The benchmark prompt for real models (bench/llamacpp_generate.py uses the same text).
+const BENCH_TEXT: &str = "The old lighthouse keeper climbed the spiral stairs every evening, carrying a lantern and a thermos of sweet tea. From the top he could see the whole bay: fishing boats returning home, gulls circling over the harbour, and the distant hills turning purple as the sun went down.";
+
 fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
     use ferroformer::generate::{generate_ids, SamplingConfig};
     if a.prompt_tokens == 0 || a.new_tokens == 0 || a.repeats == 0 {
         bail!("--prompt-tokens, --new-tokens and --repeats must be positive");
     }
     let device = c.device()?;
-    let cfg = parse_config(a.config.as_deref(), 1024, 1)?;
-    if a.prompt_tokens + a.new_tokens > cfg.n_positions {
+    let (model, params, prompt) = match &a.model {
+        Some(m) => {
+            let p = super::load_model(m, c, a.quantized)?;
+            let mut ids = p.tokenizer.encode(&a.prompt_text)?;
+            if ids.len() < a.prompt_tokens {
+                bail!(
+                    "--prompt-text has {} tokens, fewer than --prompt-tokens {}",
+                    ids.len(),
+                    a.prompt_tokens
+                );
+            }
+            ids.truncate(a.prompt_tokens);
+            (p.model, p.store.numel() + p.quantized_numel, ids)
+        }
+        None => {
+            let cfg = parse_config(a.config.as_deref(), 1024, 1)?;
+            let (model, store) = Gpt2::init(&cfg, &device, 0)?;
+            let mut rng = Rng::new(1);
+            let prompt: Vec<u32> = (0..a.prompt_tokens)
+                .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+                .collect();
+            (CausalModel::Gpt2(model), store.numel(), prompt)
+        }
+    };
+    if a.prompt_tokens + a.new_tokens > model.max_positions() {
         bail!(
-            "prompt + new tokens exceed the config's {} positions",
-            cfg.n_positions
+            "prompt + new tokens exceed the model's {} positions",
+            model.max_positions()
         );
     }
-    let (model, store) = Gpt2::init(&cfg, &device, 0)?;
-    let model = CausalModel::Gpt2(model);
-    let mut rng = Rng::new(1);
-    let prompt: Vec<u32> = (0..a.prompt_tokens)
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
     let greedy = SamplingConfig {
         max_tokens: a.new_tokens,
         temperature: 0.0,
@@ -179,7 +210,8 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
         "prompt_tokens_per_s": a.prompt_tokens as f64 / median(prefill),
         "tokens_per_s": 1.0 / median(decode),
         "peak_rss_mb": peak_rss_mb(),
-        "params": store.numel(),
+        "params": params,
+        "quantized": a.quantized,
     });
     if c.json {
         println!("{report}");

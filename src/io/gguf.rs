@@ -327,11 +327,15 @@ impl Gguf {
                 && q.dtype() != GgmlDType::F32;
             if keep_quantized {
                 if hf == "model.embed_tokens.weight" {
-                    dense.insert(hf.clone(), q.dequantize(device)?);
+                    let var = candle_core::Var::from_tensor(&q.dequantize(device)?)?;
+                    dense.insert(hf.clone(), var.as_tensor().clone());
                 }
                 quant.insert(hf, Arc::new(q));
             } else {
-                dense.insert(hf, q.dequantize(device)?);
+                // Made a variable here, one tensor at a time, so the parameter store takes it
+                // without a second copy of the whole model.
+                let var = candle_core::Var::from_tensor(&q.dequantize(device)?)?;
+                dense.insert(hf, var.as_tensor().clone());
             }
         }
         Ok((dense, quant))

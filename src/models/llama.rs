@@ -259,12 +259,7 @@ impl LlamaAttention {
         let mut k = k.transpose(1, 2)?.contiguous()?;
         let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
-            if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.k = Some(k.clone());
-            cache.v = Some(v.clone());
+            (k, v) = cache.append(&k, &v)?;
         }
         let y = grouped_attention(&q, &k, &v, Some(offset))?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;

@@ -8,21 +8,52 @@ use crate::rng::Rng;
 use crate::Result;
 use candle_core::{Device, Tensor};
 
-/// Keys and values of the positions seen so far, `[batch, heads, seen, head_dim]` each.
+/// Keys and values of the positions seen so far, in buffers `[batch, heads, capacity,
+/// head_dim]` written in place and grown by doubling. (Concatenating a one-token-longer copy
+/// at every step costs a copy of the whole cache per token and, as every new block is larger
+/// than any freed one, fragments the heap: measured +600 MB over 500 tokens of SmolLM2.)
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
 }
 
 impl KvCache {
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map(|k| k.dims()[2]).unwrap_or(0)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// Appends keys and values `[b, h, t, d]` (contiguous) and returns all cached ones,
+    /// `[b, h, len, d]` views of the buffers.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, d) = k.dims4()?;
+        let need = self.len + t;
+        let cap = self.k.as_ref().map(|k| k.dims()[2]).unwrap_or(0);
+        if need > cap {
+            let new_cap = need.max(2 * cap).max(64);
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, h, new_cap, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (kb, vb) = (self.k.as_ref().expect("grown"), self.v.as_ref().expect("grown"));
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 }
 
@@ -127,12 +158,7 @@ impl CausalSelfAttention {
         let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(cache) = cache {
-            if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.k = Some(k.clone());
-            cache.v = Some(v.clone());
+            (k, v) = cache.append(&k, &v)?;
         }
         let scale = 1.0 / (hd as f64).sqrt();
         let att = attn_softmax(&q.matmul(&k.t()?)?, scale, Some(offset))?;

@@ -83,11 +83,18 @@ pub enum Projection {
     Dense(Linear),
     Quantized {
         /// `[out, in]`, as `nn.Linear`.
-        weight: candle_core::quantized::QMatMul,
-        /// The same weight repacked for our SIMD kernel, for the types it covers.
-        fast: Option<std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>>,
+        weight: QuantizedWeight,
         bias: Option<Tensor>,
     },
+}
+
+/// A quantized weight in the form its device multiplies fastest.
+#[derive(Clone, Debug)]
+pub enum QuantizedWeight {
+    /// Repacked for our CPU kernel (Q4_0, Q4_1, Q8_0).
+    Cpu(std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>),
+    /// candle's quantized matmul (other types, other devices).
+    Candle(candle_core::quantized::QMatMul),
 }
 
 impl Projection {
@@ -116,31 +123,34 @@ impl Projection {
         }))
     }
 
-    /// A frozen quantized projection.
+    /// A frozen quantized projection. On CPU, types our kernel covers are repacked for it
+    /// (and candle's copy dropped, so the weight is held once).
     pub fn quantized(
         q: std::sync::Arc<candle_core::quantized::QTensor>,
         bias: Option<Tensor>,
     ) -> Result<Self> {
-        let fast = crate::nn::kernels::qmatmul::QWeight::from_qtensor(&q)?.map(std::sync::Arc::new);
-        Ok(Projection::Quantized {
-            weight: candle_core::quantized::QMatMul::QTensor(q),
-            fast,
-            bias,
-        })
+        let cpu = if q.device().is_cpu() {
+            crate::nn::kernels::qmatmul::QWeight::from_qtensor(&q)?
+        } else {
+            None
+        };
+        let weight = match cpu {
+            Some(w) => QuantizedWeight::Cpu(std::sync::Arc::new(w)),
+            None => QuantizedWeight::Candle(candle_core::quantized::QMatMul::QTensor(q)),
+        };
+        Ok(Projection::Quantized { weight, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projection::Dense(l) => l.forward(x),
-            Projection::Quantized { weight, fast, bias } => {
+            Projection::Quantized { weight, bias } => {
                 use candle_core::Module;
-                let y = match fast {
-                    Some(w) if crate::nn::kernels::fused(x.device()) && x.dtype() == DType::F32 => {
-                        x.contiguous()?.apply_op1_no_bwd(&crate::nn::kernels::qmatmul::QMatMulOp {
-                            weight: w.clone(),
-                        })?
-                    }
-                    _ => weight.forward(x)?,
+                let y = match weight {
+                    QuantizedWeight::Cpu(w) => x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(
+                        &crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
+                    )?,
+                    QuantizedWeight::Candle(w) => w.forward(x)?,
                 };
                 Ok(match bias {
                     Some(b) => y.broadcast_add(b)?,

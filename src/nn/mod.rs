@@ -19,7 +19,7 @@ pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use feed_forward::{Activation, FeedForward};
-pub use linear::{Linear, Projection};
+pub use linear::{Linear, Projection, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{Rope, RopeScaling};
 pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};

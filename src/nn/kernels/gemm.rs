@@ -76,6 +76,73 @@ impl<'a> ViewMut<'a> {
     }
 }
 
+crate::multiversion! {
+    /// `out[j] (+)= a . b_j` for the contiguous rows `b_j` of `b` (`k` wide).
+    fn dot_rows(a: &[f32], b: &[f32], k: usize, out: &mut [f32], accumulate: bool) {
+        for (o, row) in out.iter_mut().zip(b.chunks(k)) {
+            let v = super::math::dot(a, &row[..k]);
+            *o = if accumulate { *o + v } else { v };
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `out (+)= sum_i a_i b_i` over the rows `b_i` of `b` (row stride `rs`, `out.len()` wide).
+    fn axpy_rows(a: &[f32], b: &[f32], rs: usize, out: &mut [f32], accumulate: bool) {
+        if !accumulate {
+            out.iter_mut().for_each(|o| *o = 0.0);
+        }
+        let n = out.len();
+        for (i, &ai) in a.iter().enumerate() {
+            let row = &b[i * rs..i * rs + n];
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += ai * v;
+            }
+        }
+    }
+}
+
+/// Matrix-vector products (a few rows of `a`, as in generation one token at a time): the
+/// weight is streamed once, in place, split over threads by output columns. The general
+/// kernel would first pack all of `b`, which for a large output projection costs more than
+/// the product itself.
+fn small_m(dst: &mut ViewMut, a: View, b: View, accumulate: bool, parallel: bool) -> bool {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m > 4 || a.cs != 1 || dst.cs != 1 || !(b.rs == 1 || b.cs == 1) {
+        return false;
+    }
+    let chunk = if parallel {
+        n.div_ceil(rayon::current_num_threads() * 4).max(64)
+    } else {
+        n
+    };
+    let drs = dst.rs;
+    for i in 0..m {
+        let ai = &a.data[i * a.rs..i * a.rs + k];
+        let out = &mut dst.data[i * drs..i * drs + n];
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+            let j0 = c * chunk;
+            if b.rs == 1 {
+                // Column j of b is the contiguous row j of a [n, k] matrix.
+                let rows = &b.data[j0 * b.cs..];
+                if b.cs == k {
+                    dot_rows(ai, rows, k, out, accumulate);
+                } else {
+                    for (jj, o) in out.iter_mut().enumerate() {
+                        let r = &rows[jj * b.cs..jj * b.cs + k];
+                        let v = super::math::dot(ai, r);
+                        *o = if accumulate { *o + v } else { v };
+                    }
+                }
+            } else {
+                axpy_rows(ai, &b.data[j0..], b.rs, out, accumulate);
+            }
+        });
+    }
+    true
+}
+
 /// `dst = a @ b` (or `dst += a @ b` with `accumulate`). Multi-threaded when `parallel`.
 pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
@@ -104,6 +171,10 @@ pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) 
                 }
             }
         }
+        return;
+    }
+    let mut dst = dst;
+    if small_m(&mut dst, a, b, accumulate, parallel) {
         return;
     }
     let threads = rayon::current_num_threads();
@@ -156,6 +227,48 @@ mod tests {
             for j in 0..5 {
                 let want: f32 = 1.0 + (0..4).map(|p| a[i * 6 + p] * b[j * 4 + p]).sum::<f32>();
                 assert!((c[i * 5 + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod small_m_tests {
+    use super::*;
+
+    /// The matrix-vector path equals a naive product, for both weight orientations, with and
+    /// without accumulation.
+    #[test]
+    fn small_m_matches_naive() {
+        let (m, k, n) = (3, 37, 130);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let av = View::rows(&a, m, k, k);
+        for transposed in [true, false] {
+            // b = w^T with w [n, k] row-major, or b = w' [k, n] row-major.
+            let wt: Vec<f32> = if transposed {
+                w.clone()
+            } else {
+                (0..k * n).map(|i| w[(i % n) * k + i / n]).collect()
+            };
+            let b = if transposed {
+                View::rows(&wt, n, k, k).t()
+            } else {
+                View::rows(&wt, k, n, n)
+            };
+            for accumulate in [false, true] {
+                for parallel in [false, true] {
+                    let mut out = vec![1f32; m * n];
+                    assert!(small_m(&mut ViewMut::rows(&mut out, m, n, n), av, b, accumulate, parallel));
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f32 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>()
+                                + if accumulate { 1.0 } else { 0.0 };
+                            let got = out[i * n + j];
+                            assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+                        }
+                    }
+                }
             }
         }
     }
