@@ -200,11 +200,11 @@ impl Pretrained {
         } else {
             Llama::new_quantized(&config, &mut store, &quant)?
         };
-        // A tied head shares the (dequantized) embedding table counted in the store.
         let quantized_numel = quant
             .iter()
-            .filter(|(k, _)| k.as_str() != "model.embed_tokens.weight")
-            .map(|(_, q)| q.shape().elem_count())
+            // A table also dequantized into the store is counted there.
+            .filter(|(k, _)| !store.vars().contains_key(*k))
+            .map(|(_, q)| q.dims().iter().product::<usize>())
             .sum();
         let arch = ArchConfig::Llama(config);
         let mut used: Vec<String> = arch.param_shapes()?.into_keys().collect();

@@ -144,7 +144,7 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
 }
 
 /// The benchmark prompt for real models (bench/llamacpp_generate.py uses the same text).
-const BENCH_TEXT: &str = "The old lighthouse keeper climbed the spiral stairs every evening, carrying a lantern and a thermos of sweet tea. From the top he could see the whole bay: fishing boats returning home, gulls circling over the harbour, and the distant hills turning purple as the sun went down.";
+const BENCH_TEXT: &str = "The old lighthouse keeper climbed the spiral stairs every evening, carrying a lantern and a thermos of sweet tea. From the top he could see the whole bay: fishing boats returning home, gulls circling over the harbour, and the distant hills turning purple.";
 
 fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
     use ferroformer::generate::{generate_ids, SamplingConfig};

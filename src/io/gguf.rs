@@ -10,13 +10,13 @@ use crate::models::llama::{unpermute_rotary_rows, LlamaConfig, QuantWeights};
 use crate::{Error, Result};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use crate::nn::QuantizedWeight;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// An open GGUF file.
 pub struct Gguf {
@@ -326,11 +326,17 @@ impl Gguf {
                 && q.shape().rank() == 2
                 && q.dtype() != GgmlDType::F32;
             if keep_quantized {
-                if hf == "model.embed_tokens.weight" {
+                // Repacked as it is read, so only one copy of the model is ever in memory.
+                let w = QuantizedWeight::new(q)?;
+                if hf == "model.embed_tokens.weight" && !matches!(w, QuantizedWeight::Cpu(_)) {
+                    // Lookups need rows; only our repacked types dequantize by row.
+                    let QuantizedWeight::Candle(QMatMul::QTensor(q)) = &w else {
+                        unreachable!("QuantizedWeight::new keeps a QTensor")
+                    };
                     let var = candle_core::Var::from_tensor(&q.dequantize(device)?)?;
                     dense.insert(hf.clone(), var.as_tensor().clone());
                 }
-                quant.insert(hf, Arc::new(q));
+                quant.insert(hf, w);
             } else {
                 // Made a variable here, one tensor at a time, so the parameter store takes it
                 // without a second copy of the whole model.

@@ -9,17 +9,15 @@
 use crate::io::read_json;
 use crate::nn::kernels::attention::causal_attention;
 use crate::nn::{
-    grouped_attention, Activation, Embedding, Init, KvCache, ParamStore, Projection, RmsNorm,
-    Rope, RopeScaling,
+    grouped_attention, Activation, Embedding, Init, KvCache, ParamStore, Projection,
+    QuantizedWeight, RmsNorm, Rope, RopeScaling, TokenEmbedding,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
-use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 fn d_llama() -> String {
     "llama".into()
@@ -222,6 +220,8 @@ pub struct LlamaAttention {
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub rope: Rope,
+    /// For frozen quantized weights: q, k and v stacked into one product.
+    pub qkv_stacked: Option<Projection>,
 }
 
 impl LlamaAttention {
@@ -230,9 +230,24 @@ impl LlamaAttention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, kvh, d))?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, kvh, d))?;
+        let (q, k, v) = match &self.qkv_stacked {
+            Some(p) => {
+                let y = p.forward(x)?;
+                (
+                    y.narrow(2, 0, h * d)?,
+                    y.narrow(2, h * d, kvh * d)?,
+                    y.narrow(2, (h + kvh) * d, kvh * d)?,
+                )
+            }
+            None => (
+                self.q_proj.forward(x)?,
+                self.k_proj.forward(x)?,
+                self.v_proj.forward(x)?,
+            ),
+        };
+        let q = q.reshape((b, t, h, d))?;
+        let k = k.reshape((b, t, kvh, d))?;
+        let v = v.reshape((b, t, kvh, d))?;
         let q = self.rope.forward(&q, offset)?;
         let k = self.rope.forward(&k, offset)?;
         if cache.is_none() && crate::nn::kernels::fused(x.device()) {
@@ -273,12 +288,21 @@ pub struct LlamaMlp {
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
+    /// For frozen quantized weights: gate and up stacked into one product.
+    pub gate_up_stacked: Option<Projection>,
 }
 
 impl LlamaMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
-        let u = self.up_proj.forward(x)?;
+        let (g, u) = match &self.gate_up_stacked {
+            Some(p) => {
+                let y = p.forward(x)?;
+                let n = y.dim(D::Minus1)? / 2;
+                (y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)
+            }
+            None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
+        };
+        let g = g.silu()?;
         self.down_proj.forward(&(g * u)?)
     }
 }
@@ -306,12 +330,12 @@ impl LlamaBlock {
 }
 
 /// Quantized weights by Hugging Face key (`...q_proj.weight`), for inference-only models.
-pub type QuantWeights = BTreeMap<String, Arc<QTensor>>;
+pub type QuantWeights = BTreeMap<String, QuantizedWeight>;
 
 /// The Llama causal language model.
 pub struct Llama {
     pub config: LlamaConfig,
-    pub embed_tokens: Embedding,
+    pub embed_tokens: TokenEmbedding,
     pub layers: Vec<LlamaBlock>,
     pub norm: RmsNorm,
     /// The output projection (the embedding table itself when tied).
@@ -328,10 +352,10 @@ impl Source<'_> {
     fn proj(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Result<Projection> {
         let key = format!("{prefix}.weight");
         if let Some(q) = self.quant.and_then(|q| q.get(&key)) {
-            if q.shape().dims() != [d_out, d_in] {
+            if q.dims() != [d_out, d_in] {
                 return Err(Error::Config(format!(
                     "quantized parameter {key} has shape {:?} but the configuration needs {:?}",
-                    q.shape().dims(),
+                    q.dims(),
                     [d_out, d_in]
                 )));
             }
@@ -340,7 +364,10 @@ impl Source<'_> {
             } else {
                 None
             };
-            return Projection::quantized(q.clone(), bias);
+            return Ok(Projection::Quantized {
+                weight: q.clone(),
+                bias,
+            });
         }
         Projection::linear(self.store, prefix, d_in, d_out, bias, std)
     }
@@ -378,7 +405,23 @@ impl Llama {
             &c.scaling()?,
             store.device(),
         )?;
-        let embed_tokens = Embedding::new(store, "model.embed_tokens.weight", c.vocab_size, hs, std)?;
+        let embed_key = "model.embed_tokens.weight";
+        let quant_embed = match quant.and_then(|q| q.get(embed_key)) {
+            Some(QuantizedWeight::Cpu(w)) if !store.vars().contains_key(embed_key) => {
+                if (w.rows, w.cols) != (c.vocab_size, hs) {
+                    return Err(Error::Config(format!(
+                        "quantized parameter {embed_key} has shape [{}, {}] but the configuration needs [{}, {hs}]",
+                        w.rows, w.cols, c.vocab_size
+                    )));
+                }
+                Some(w.clone())
+            }
+            _ => None,
+        };
+        let embed_tokens = match &quant_embed {
+            Some(w) => TokenEmbedding::Quantized(w.clone(), store.device().clone()),
+            None => TokenEmbedding::Dense(Embedding::new(store, embed_key, c.vocab_size, hs, std)?),
+        };
         let mut src = Source { store, quant };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -402,6 +445,7 @@ impl Llama {
                     n_kv_head: kvh,
                     head_dim: d,
                     rope: rope.clone(),
+                    qkv_stacked: None,
                 },
                 post_attention_layernorm: RmsNorm::new(
                     src.store,
@@ -413,18 +457,33 @@ impl Llama {
                     gate_proj: src.proj(&format!("{p}.mlp.gate_proj"), hs, ffn, mb, std)?,
                     up_proj: src.proj(&format!("{p}.mlp.up_proj"), hs, ffn, mb, std)?,
                     down_proj: src.proj(&format!("{p}.mlp.down_proj"), ffn, hs, mb, std)?,
+                    gate_up_stacked: None,
                 },
             });
+            if quant.is_some() {
+                // Fewer, larger products per token: less thread hand-off than compute at
+                // this size.
+                let l = layers.last_mut().expect("pushed");
+                let a = &mut l.self_attn;
+                a.qkv_stacked =
+                    Projection::stack(&mut [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj]);
+                let m = &mut l.mlp;
+                m.gate_up_stacked = Projection::stack(&mut [&mut m.gate_proj, &mut m.up_proj]);
+            }
         }
         let norm = RmsNorm::new(src.store, "model.norm", hs, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings {
-            match quant.and_then(|q| q.get("model.embed_tokens.weight")) {
-                Some(q) => Projection::quantized(q.clone(), None)?,
-                None => Projection::Dense(crate::nn::Linear {
-                    weight: embed_tokens.weight.clone(),
+            match (quant.and_then(|q| q.get(embed_key)), embed_tokens.dense()) {
+                (Some(q), _) => Projection::Quantized {
+                    weight: q.clone(),
+                    bias: None,
+                },
+                (None, Some(e)) => Projection::Dense(crate::nn::Linear {
+                    weight: e.weight.clone(),
                     bias: None,
                     in_out: false,
                 }),
+                (None, None) => unreachable!("a quantized table comes from `quant`"),
             }
         } else {
             src.proj("lm_head", hs, c.vocab_size, false, std)?

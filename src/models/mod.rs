@@ -215,7 +215,7 @@ impl CausalModel {
     pub fn device(&self) -> &Device {
         match self {
             CausalModel::Gpt2(m) => m.wte.weight.device(),
-            CausalModel::Llama(m) => m.embed_tokens.weight.device(),
+            CausalModel::Llama(m) => m.norm.weight.device(),
         }
     }
 }

@@ -20,10 +20,55 @@ impl Embedding {
 
     /// Looks up `ids` (u32, any shape) and returns `[..ids.shape, dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Self::lookup(&self.weight, ids)
+    }
+
+    fn lookup(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         let flat = ids.flatten_all()?;
-        let out = self.weight.index_select(&flat, 0)?;
-        dims.push(self.weight.dim(1)?);
+        let out = weight.index_select(&flat, 0)?;
+        dims.push(weight.dim(1)?);
         Ok(out.reshape(dims)?)
+    }
+}
+
+/// A token table that is either dense (trainable) or kept quantized (frozen, inference): rows
+/// are dequantized as they are looked up.
+#[derive(Clone, Debug)]
+pub enum TokenEmbedding {
+    Dense(Embedding),
+    Quantized(std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>, candle_core::Device),
+}
+
+impl TokenEmbedding {
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            TokenEmbedding::Dense(e) => e.forward(ids),
+            TokenEmbedding::Quantized(w, device) => {
+                let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                let dim = w.cols;
+                let mut out = vec![0f32; flat.len() * dim];
+                for (&id, o) in flat.iter().zip(out.chunks_exact_mut(dim)) {
+                    if id as usize >= w.rows {
+                        return Err(crate::Error::Config(format!(
+                            "token id {id} is outside the embedding table ({} rows)",
+                            w.rows
+                        )));
+                    }
+                    w.dequantize_row(id as usize, o);
+                }
+                let mut dims = ids.dims().to_vec();
+                dims.push(dim);
+                Ok(Tensor::from_vec(out, dims, device)?)
+            }
+        }
+    }
+
+    /// The dense table, if there is one.
+    pub fn dense(&self) -> Option<&Embedding> {
+        match self {
+            TokenEmbedding::Dense(e) => Some(e),
+            TokenEmbedding::Quantized(..) => None,
+        }
     }
 }

@@ -97,6 +97,36 @@ pub enum QuantizedWeight {
     Candle(candle_core::quantized::QMatMul),
 }
 
+impl QuantizedWeight {
+    /// On CPU, types our kernel covers are repacked for it (candle's copy can then be
+    /// dropped, so the weight is held once); others stay candle's.
+    pub fn new(q: candle_core::quantized::QTensor) -> Result<Self> {
+        let cpu = if q.device().is_cpu() {
+            crate::nn::kernels::qmatmul::QWeight::from_qtensor(&q)?
+        } else {
+            None
+        };
+        Ok(match cpu {
+            Some(w) => QuantizedWeight::Cpu(std::sync::Arc::new(w)),
+            None => QuantizedWeight::Candle(candle_core::quantized::QMatMul::from_qtensor(q)?),
+        })
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            QuantizedWeight::Cpu(w) => vec![w.rows, w.cols],
+            QuantizedWeight::Candle(candle_core::quantized::QMatMul::QTensor(q)) => {
+                q.shape().dims().to_vec()
+            }
+            QuantizedWeight::Candle(
+                candle_core::quantized::QMatMul::Tensor(t)
+                | candle_core::quantized::QMatMul::TensorF16(t),
+            ) => t.dims().to_vec(),
+        }
+    }
+}
+
 impl Projection {
     /// A `nn.Linear`-oriented dense projection: weight `{prefix}.weight` `[out, in]`, and
     /// `{prefix}.bias` when `bias`.
@@ -123,23 +153,7 @@ impl Projection {
         }))
     }
 
-    /// A frozen quantized projection. On CPU, types our kernel covers are repacked for it
-    /// (and candle's copy dropped, so the weight is held once).
-    pub fn quantized(
-        q: std::sync::Arc<candle_core::quantized::QTensor>,
-        bias: Option<Tensor>,
-    ) -> Result<Self> {
-        let cpu = if q.device().is_cpu() {
-            crate::nn::kernels::qmatmul::QWeight::from_qtensor(&q)?
-        } else {
-            None
-        };
-        let weight = match cpu {
-            Some(w) => QuantizedWeight::Cpu(std::sync::Arc::new(w)),
-            None => QuantizedWeight::Candle(candle_core::quantized::QMatMul::QTensor(q)),
-        };
-        Ok(Projection::Quantized { weight, bias })
-    }
+
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -158,6 +172,39 @@ impl Projection {
                 })
             }
         }
+    }
+
+    /// Several bias-free CPU-quantized projections of the same input as one (their outputs
+    /// side by side), and each part re-pointed to its rows of the stacked matrix (so the
+    /// weights are held once); `None` if they are not all of that kind.
+    pub fn stack(parts: &mut [&mut Projection]) -> Option<Projection> {
+        let ws: Vec<&crate::nn::kernels::qmatmul::QWeight> = parts
+            .iter()
+            .map(|p| match &**p {
+                Projection::Quantized {
+                    weight: QuantizedWeight::Cpu(w),
+                    bias: None,
+                } => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let w = crate::nn::kernels::qmatmul::QWeight::concat_rows(&ws)?;
+        let mut start = 0;
+        for p in parts.iter_mut() {
+            if let Projection::Quantized {
+                weight: QuantizedWeight::Cpu(part),
+                ..
+            } = &mut **p
+            {
+                let n = part.rows;
+                *part = std::sync::Arc::new(w.row_range(start, n).expect("rows in range"));
+                start += n;
+            }
+        }
+        Some(Projection::Quantized {
+            weight: QuantizedWeight::Cpu(std::sync::Arc::new(w)),
+            bias: None,
+        })
     }
 
     /// The dense weight, if this projection has one.

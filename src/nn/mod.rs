@@ -17,7 +17,7 @@ pub mod store;
 pub use attention::{grouped_attention, CausalSelfAttention, KvCache};
 pub use block::DecoderBlock;
 pub use dropout::Dropout;
-pub use embedding::Embedding;
+pub use embedding::{Embedding, TokenEmbedding};
 pub use feed_forward::{Activation, FeedForward};
 pub use linear::{Linear, Projection, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};

@@ -55,7 +55,10 @@ enum Blocks {
 pub struct QWeight {
     pub rows: usize,
     pub cols: usize,
-    blocks: Blocks,
+    /// Shared, so row ranges of a stacked matrix are views, not copies.
+    blocks: Arc<Blocks>,
+    /// This matrix's first row within `blocks`.
+    first_row: usize,
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -119,7 +122,98 @@ impl QWeight {
         if len != n {
             candle_core::bail!("quantized data holds {len} blocks, expected {n}");
         }
-        Ok(Some(QWeight { rows, cols, blocks }))
+        Ok(Some(QWeight {
+            rows,
+            cols,
+            blocks: Arc::new(blocks),
+            first_row: 0,
+        }))
+    }
+
+    /// The matrices stacked by rows (one product instead of several, for projections that
+    /// read the same input); `None` unless all have the same width and block type.
+    pub fn concat_rows(parts: &[&QWeight]) -> Option<QWeight> {
+        let cols = parts.first()?.cols;
+        if parts.iter().any(|p| p.cols != cols) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let nb = cols / QK;
+        let range = |p: &QWeight| p.first_row * nb..(p.first_row + p.rows) * nb;
+        let blocks = match parts[0].blocks.as_ref() {
+            Blocks::Four(_) => Blocks::Four(
+                parts
+                    .iter()
+                    .map(|p| match p.blocks.as_ref() {
+                        Blocks::Four(b) => Some(b[range(p)].iter().copied()),
+                        Blocks::Eight(_) => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
+            Blocks::Eight(_) => Blocks::Eight(
+                parts
+                    .iter()
+                    .map(|p| match p.blocks.as_ref() {
+                        Blocks::Eight(b) => Some(b[range(p)].iter().copied()),
+                        Blocks::Four(_) => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
+        };
+        Some(QWeight {
+            rows,
+            cols,
+            blocks: Arc::new(blocks),
+            first_row: 0,
+        })
+    }
+
+    /// Row `r`, dequantized into `out` (`cols` values): embedding lookups from a quantized
+    /// table.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / QK;
+        let w = (self.first_row + r) * nb..(self.first_row + r + 1) * nb;
+        match self.blocks.as_ref() {
+            Blocks::Four(b) => {
+                for (blk, o) in b[w].iter().zip(out.chunks_exact_mut(QK)) {
+                    for j in 0..16 {
+                        o[j] = (blk.qs[j] & 15) as f32 * blk.d + blk.m;
+                        o[j + 16] = (blk.qs[j] >> 4) as f32 * blk.d + blk.m;
+                    }
+                }
+            }
+            Blocks::Eight(b) => {
+                for (blk, o) in b[w].iter().zip(out.chunks_exact_mut(QK)) {
+                    for (o, &q) in o.iter_mut().zip(&blk.qs) {
+                        *o = q as f32 * blk.d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes held (the whole shared buffer).
+    pub fn nbytes(&self) -> usize {
+        match self.blocks.as_ref() {
+            Blocks::Four(b) => b.len() * std::mem::size_of::<B4>(),
+            Blocks::Eight(b) => b.len() * std::mem::size_of::<B8>(),
+        }
+    }
+
+    /// Rows `start .. start + n` as a view sharing this matrix's data.
+    pub fn row_range(&self, start: usize, n: usize) -> Option<QWeight> {
+        (start + n <= self.rows).then(|| QWeight {
+            rows: n,
+            cols: self.cols,
+            blocks: self.blocks.clone(),
+            first_row: self.first_row + start,
+        })
     }
 
     /// `x` `[m, cols]` times the transposed weight: `[m, rows]`, with the SIMD kernel when
@@ -145,11 +239,12 @@ impl QWeight {
                 let r1 = (r0 + per_task).min(self.rows);
                 let mut part = vec![0f32; (r1 - r0) * m];
                 for r in r0..r1 {
+                    let w = (self.first_row + r) * nb..(self.first_row + r + 1) * nb;
                     for i in 0..m {
                         let xr = &xq[i * nb..(i + 1) * nb];
-                        part[(r - r0) * m + i] = match &self.blocks {
-                            Blocks::Four(b) => kernel.four(&b[r * nb..(r + 1) * nb], xr),
-                            Blocks::Eight(b) => kernel.eight(&b[r * nb..(r + 1) * nb], xr),
+                        part[(r - r0) * m + i] = match self.blocks.as_ref() {
+                            Blocks::Four(b) => kernel.four(&b[w.clone()], xr),
+                            Blocks::Eight(b) => kernel.eight(&b[w.clone()], xr),
                         };
                     }
                 }
@@ -172,9 +267,10 @@ impl QWeight {
         for i in 0..m {
             for r in 0..self.rows {
                 let xr = &xq[i * nb..(i + 1) * nb];
-                out[i * self.rows + r] = match &self.blocks {
-                    Blocks::Four(b) => scalar_four(&b[r * nb..(r + 1) * nb], xr),
-                    Blocks::Eight(b) => scalar_eight(&b[r * nb..(r + 1) * nb], xr),
+                let w = (self.first_row + r) * nb..(self.first_row + r + 1) * nb;
+                out[i * self.rows + r] = match self.blocks.as_ref() {
+                    Blocks::Four(b) => scalar_four(&b[w], xr),
+                    Blocks::Eight(b) => scalar_eight(&b[w], xr),
                 };
             }
         }
