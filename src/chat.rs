@@ -89,10 +89,16 @@ impl ChatTemplate {
     /// Tokens that end an assistant turn in well-known template families and appear in this
     /// template (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3, `<end_of_turn>`, `</s>`).
     pub fn end_of_turn_markers(&self) -> Vec<&'static str> {
-        ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>"]
-            .into_iter()
-            .filter(|m| self.source.contains(m))
-            .collect()
+        [
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end|>",
+            "<end_of_turn>",
+            "</s>",
+        ]
+        .into_iter()
+        .filter(|m| self.source.contains(m))
+        .collect()
     }
 }
 
@@ -121,7 +127,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(t.render(&[Message::new("user", "  hi ")], false).unwrap(), "<s>HI");
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")], false).unwrap(),
+            "<s>HI"
+        );
         let err = t.render(&[Message::new("system", "x")], false).unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
         assert!(ChatTemplate::new("{% if %}", None, None).is_err());

@@ -97,7 +97,11 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
 
 /// Logits of the last of `ids`, run through the cache (only that position is projected onto
 /// the vocabulary).
-fn last_logits(model: &CausalModel, ids: &[u32], caches: &mut [crate::nn::KvCache]) -> Result<Vec<f32>> {
+fn last_logits(
+    model: &CausalModel,
+    ids: &[u32],
+    caches: &mut [crate::nn::KvCache],
+) -> Result<Vec<f32>> {
     let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let h = model.hidden(&x, Some(caches), None)?;
     let last = h.narrow(1, ids.len() - 1, 1)?;
@@ -118,10 +122,7 @@ pub fn generate_ids(
     if prompt.is_empty() {
         return Err(Error::Config("the prompt is empty".into()));
     }
-    if let Some(&bad) = prompt
-        .iter()
-        .find(|&&id| id as usize >= model.vocab_size())
-    {
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.vocab_size()) {
         return Err(Error::Config(format!(
             "token id {bad} is outside the model's vocabulary"
         )));

@@ -78,7 +78,11 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -213,7 +217,10 @@ impl Pretrained {
         if let Some(first) = unused.first() {
             return Err(Error::format(
                 path,
-                format!("{} tensors are not used by the model (first: {first})", unused.len()),
+                format!(
+                    "{} tensors are not used by the model (first: {first})",
+                    unused.len()
+                ),
             ));
         }
         Ok(Pretrained {
@@ -234,9 +241,10 @@ impl Pretrained {
 
     /// The chat template, ready to render.
     pub fn chat(&self) -> Result<ChatTemplate> {
-        let src = self.chat_template.as_deref().ok_or_else(|| {
-            Error::format(&self.source, "this model has no chat template")
-        })?;
+        let src = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::format(&self.source, "this model has no chat template"))?;
         ChatTemplate::new(
             src,
             self.token_text(self.special.bos),
@@ -301,10 +309,7 @@ impl Pretrained {
         tc.insert("add_bos_token".into(), json!(self.special.add_bos));
         tc.insert("add_eos_token".into(), json!(false));
         tc.insert("clean_up_tokenization_spaces".into(), json!(false));
-        tc.insert(
-            "model_max_length".into(),
-            json!(self.model.max_positions()),
-        );
+        tc.insert("model_max_length".into(), json!(self.model.max_positions()));
         for (key, id) in [
             ("bos_token", self.special.bos),
             ("eos_token", self.special.eos),

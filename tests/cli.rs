@@ -376,10 +376,21 @@ fn gguf_chat_convert_and_eval() {
     assert_eq!(j["text"], "The capital of France is Paris.");
     // Quantized matmuls: the same answer.
     let out = stdout_of(ff().args([
-        "--quiet", "--json", "generate", "--model", model, "--quantized", "--chat", "--system",
-        "You are a helpful assistant.", "--prompt",
-        "What is the capital of France? Answer in one sentence.", "--max-tokens", "32",
-        "--temperature", "0",
+        "--quiet",
+        "--json",
+        "generate",
+        "--model",
+        model,
+        "--quantized",
+        "--chat",
+        "--system",
+        "You are a helpful assistant.",
+        "--prompt",
+        "What is the capital of France? Answer in one sentence.",
+        "--max-tokens",
+        "32",
+        "--temperature",
+        "0",
     ]));
     assert_eq!(last_json(&out)["text"], "The capital of France is Paris.");
 
@@ -388,8 +399,17 @@ fn gguf_chat_convert_and_eval() {
     // question with a French word list; the f32 model answers it.)
     let out = stdout_of(
         ff().args([
-            "--quiet", "chat", "--model", model, "--quantized", "--temperature", "0",
-            "--max-tokens", "24", "--system", "You are a helpful assistant.",
+            "--quiet",
+            "chat",
+            "--model",
+            model,
+            "--quantized",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--system",
+            "You are a helpful assistant.",
         ])
         .write_stdin("What is the capital of France?\nAnd of Italy?\n/reset\n/exit\n"),
     );
@@ -399,7 +419,10 @@ fn gguf_chat_convert_and_eval() {
     // Convert, then the directory scores a text exactly as the GGUF does.
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("smollm2-hf");
-    stdout_of(ff().args(["--quiet", "convert", "--from", model, "--to"]).arg(&dir));
+    stdout_of(
+        ff().args(["--quiet", "convert", "--from", model, "--to"])
+            .arg(&dir),
+    );
     fails_with(
         ff().args(["convert", "--from", model, "--to"]).arg(&dir),
         &["already holds a model", "--force"],
@@ -408,10 +431,19 @@ fn gguf_chat_convert_and_eval() {
     std::fs::write(&text, small_corpus(40)).unwrap();
     let ppl = |m: &str, extra: &[&str]| -> f64 {
         let out = stdout_of(
-            ff().args(["--quiet", "--json", "eval", "perplexity", "--model", m, "--context", "128"])
-                .args(extra)
-                .arg("--text")
-                .arg(&text),
+            ff().args([
+                "--quiet",
+                "--json",
+                "eval",
+                "perplexity",
+                "--model",
+                m,
+                "--context",
+                "128",
+            ])
+            .args(extra)
+            .arg("--text")
+            .arg(&text),
         );
         last_json(&out)["perplexity"].as_f64().unwrap()
     };
@@ -419,12 +451,21 @@ fn gguf_chat_convert_and_eval() {
     let hf = ppl(dir.to_str().unwrap(), &[]);
     let quant = ppl(model, &["--quantized"]);
     assert!((gguf - hf).abs() < 1e-6 * gguf, "{gguf} vs {hf}");
-    assert!((gguf - quant).abs() < 0.05 * gguf, "{gguf} vs quantized {quant}");
+    assert!(
+        (gguf - quant).abs() < 0.05 * gguf,
+        "{gguf} vs quantized {quant}"
+    );
     assert!(gguf > 1.0 && gguf < 100.0, "{gguf}");
 
     // Bad input.
     fails_with(
-        ff().args(["generate", "--model", "/no/such/model.gguf", "--prompt", "x"]),
+        ff().args([
+            "generate",
+            "--model",
+            "/no/such/model.gguf",
+            "--prompt",
+            "x",
+        ]),
         &["/no/such/model.gguf"],
     );
     fails_with(

@@ -68,7 +68,10 @@ fn llama_trains_fused_equals_plain() {
     let expected = safetensors::load(&dir.join("expected.safetensors"), &dev).unwrap();
     let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
     let t = ids.dim(1).unwrap();
-    let (x, y) = (ids.narrow(1, 0, t - 1).unwrap(), ids.narrow(1, 1, t - 1).unwrap());
+    let (x, y) = (
+        ids.narrow(1, 0, t - 1).unwrap(),
+        ids.narrow(1, 1, t - 1).unwrap(),
+    );
     let mut results = vec![];
     for plain in [false, true] {
         ferroformer::nn::kernels::set_plain(plain);
@@ -86,7 +89,13 @@ fn llama_trains_fused_equals_plain() {
     let ((l0, g0), (l1, g1)) = (&results[0], &results[1]);
     assert!((l0 - l1).abs() < 1e-5 * l1.abs(), "loss {l0} vs {l1}");
     for ((k, a), (_, b)) in g0.iter().zip(g1) {
-        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         assert_close(&format!("grad {k}"), a, b, 1e-3, 1e-5 * scale.max(1e-6));
     }
 }
@@ -109,7 +118,11 @@ fn json(rel: &str) -> serde_json::Value {
 fn sampled_logits(model: &CausalModel) -> (Tensor, Tensor) {
     let dev = Device::Cpu;
     let e = safetensors::load(&fixture("smollm2/expected.safetensors"), &dev).unwrap();
-    let ids = e["input_ids"].to_dtype(DType::U32).unwrap().unsqueeze(0).unwrap();
+    let ids = e["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let logits = model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
     let pos = e["positions"].to_dtype(DType::U32).unwrap();
     let vocab = e["vocab_idx"].to_dtype(DType::U32).unwrap();
@@ -128,7 +141,13 @@ fn smollm2_gguf_matches_transformers() {
     // Logits of the dequantized f32 model within 1e-4 relative (absolute floor 1e-4 of the
     // logit scale, for entries near zero).
     let (got, want) = sampled_logits(&p.model);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     assert_close("smollm2 logits", &got, &want, 1e-4, 1e-4 * scale);
 
     // Tokenizer: identical ids and decoding on varied text. The reference is llama.cpp's
@@ -166,8 +185,8 @@ fn smollm2_gguf_matches_transformers() {
         top_p: None,
         seed: 0,
     };
-    let got = ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(()))
-        .unwrap();
+    let got =
+        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(())).unwrap();
     assert_eq!(got, want);
     // With the model's stop tokens, the reply ends at the end of the turn.
     let stop = p.stop_tokens();
@@ -218,8 +237,17 @@ fn smollm2_quantized_path_tracks_f32() {
     assert!(q.quantized);
     let (got, want) = sampled_logits(&q.model);
     let (max_abs, _) = compare(&got, &want, 0.0, 1.0);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    assert!(max_abs < 0.1 * scale, "max |diff| {max_abs} vs scale {scale}");
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    assert!(
+        max_abs < 0.1 * scale,
+        "max |diff| {max_abs} vs scale {scale}"
+    );
     // Same top token at every stored position.
     let top = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     assert_eq!(top(&got), top(&want));
@@ -258,7 +286,11 @@ fn bad_gguf_and_directories_give_clear_errors() {
         .position(|w| w == name.as_bytes())
         .unwrap();
     // name, n_dims (u32), dims (u64 each), then the type (u32).
-    let n_dims = u32::from_le_bytes(bytes[at + name.len()..at + name.len() + 4].try_into().unwrap());
+    let n_dims = u32::from_le_bytes(
+        bytes[at + name.len()..at + name.len() + 4]
+            .try_into()
+            .unwrap(),
+    );
     let ty = at + name.len() + 4 + 8 * n_dims as usize;
     let mut bad = bytes.clone();
     bad[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());

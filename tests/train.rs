@@ -111,12 +111,17 @@ fn llama_trains_and_resumes() {
     let d = tempfile::tempdir().unwrap();
     let corpus = d.path().join("corpus.txt");
     std::fs::write(&corpus, small_corpus(400)).unwrap();
-    let set: Vec<String> = ["model.architecture=\"llama\"", "model.n_kv_head=1", "model.dropout=0.0"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let set: Vec<String> = [
+        "model.architecture=\"llama\"",
+        "model.n_kv_head=1",
+        "model.dropout=0.0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let run = |dir: &Path, steps: usize, resume: bool| {
-        let r = Recipe::parse(&tiny_recipe(&corpus, dir, steps), &set, Path::new("t.toml")).unwrap();
+        let r =
+            Recipe::parse(&tiny_recipe(&corpus, dir, steps), &set, Path::new("t.toml")).unwrap();
         let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
         assert_eq!(t.run(false, &mut |_| {}).unwrap(), Outcome::Finished);
         t
@@ -135,5 +140,8 @@ fn llama_trains_and_resumes() {
     assert_eq!(cfg["model_type"], "llama");
     assert_eq!(cfg["num_key_value_heads"], 1);
     let p = ferroformer::pretrained::Pretrained::from_dir(&b_dir, &Device::Cpu).unwrap();
-    assert!(matches!(p.model, ferroformer::models::CausalModel::Llama(_)));
+    assert!(matches!(
+        p.model,
+        ferroformer::models::CausalModel::Llama(_)
+    ));
 }

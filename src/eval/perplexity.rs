@@ -40,10 +40,7 @@ pub fn perplexity(
             model.max_positions()
         )));
     }
-    if let Some(&bad) = ids
-        .iter()
-        .find(|&&id| id as usize >= model.vocab_size())
-    {
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= model.vocab_size()) {
         return Err(Error::Data(format!(
             "token id {bad} is outside the model's vocabulary"
         )));
@@ -79,10 +76,7 @@ pub fn perplexity(
         let x = Tensor::from_vec(x, (b, len - 1), device)?;
         let y = Tensor::from_vec(y, b * (len - 1), device)?;
         let logits = model.forward(&x, None, None)?;
-        let nll = token_nll(
-            &logits.reshape((b * (len - 1), model.vocab_size()))?,
-            &y,
-        )?;
+        let nll = token_nll(&logits.reshape((b * (len - 1), model.vocab_size()))?, &y)?;
         let nll: Vec<f32> = nll.to_vec1()?;
         total += nll.iter().map(|v| *v as f64).sum::<f64>();
         count += nll.len();

@@ -7,10 +7,10 @@
 //! [`Llama`]: crate::models::Llama
 
 use crate::models::llama::{unpermute_rotary_rows, LlamaConfig, QuantWeights};
+use crate::nn::QuantizedWeight;
 use crate::{Error, Result};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
-use crate::nn::QuantizedWeight;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -198,7 +198,8 @@ impl Gguf {
                     let factor = self.f64(&k("rope.scaling.factor"))?.ok_or_else(|| {
                         self.err("linear rope scaling without rope.scaling.factor")
                     })?;
-                    c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": factor}));
+                    c.rope_scaling =
+                        Some(serde_json::json!({"rope_type": "linear", "factor": factor}));
                 }
                 other => {
                     return Err(self.err(format!("rope scaling type {other:?} is not supported")))
@@ -307,7 +308,9 @@ impl Gguf {
         let mut quant = QuantWeights::new();
         for name in names {
             let hf = hf_name(&name).ok_or_else(|| {
-                self.err(format!("tensor {name} is not part of a llama.cpp Llama model"))
+                self.err(format!(
+                    "tensor {name} is not part of a llama.cpp Llama model"
+                ))
             })?;
             let mut q = self.qtensor(&name, device)?;
             let heads = if hf.ends_with("self_attn.q_proj.weight") {
@@ -318,9 +321,8 @@ impl Gguf {
                 None
             };
             if let Some(heads) = heads {
-                q = unpermute_qtensor(&q, heads, device).map_err(|e| {
-                    self.err(format!("tensor {name}: {e}"))
-                })?;
+                q = unpermute_qtensor(&q, heads, device)
+                    .map_err(|e| self.err(format!("tensor {name}: {e}")))?;
             }
             let keep_quantized = precision == Precision::Quantized
                 && q.shape().rank() == 2
@@ -353,10 +355,14 @@ fn unpermute_qtensor(q: &QTensor, heads: usize, device: &Device) -> Result<QTens
     let dims = q.shape().dims().to_vec();
     let (rows, cols) = match dims.as_slice() {
         [r, c] => (*r, *c),
-        _ => return Err(Error::Config(format!("expected a matrix, got shape {dims:?}"))),
+        _ => {
+            return Err(Error::Config(format!(
+                "expected a matrix, got shape {dims:?}"
+            )))
+        }
     };
     let dtype = q.dtype();
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::Config(format!(
             "{rows} rows do not split into {heads} heads of even size"
         )));

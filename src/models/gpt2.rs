@@ -399,10 +399,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
         (super::CausalModel::Gpt2(m), store) => Ok((m, store)),
         (other, _) => Err(Error::format(
             dir,
-            format!(
-                "holds a {} model, not GPT-2",
-                other.config().model_type()
-            ),
+            format!("holds a {} model, not GPT-2", other.config().model_type()),
         )),
     }
 }

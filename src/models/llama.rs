@@ -263,7 +263,11 @@ impl LlamaAttention {
                 })
             };
             let qkv = Tensor::cat(
-                &[q.reshape((b, t, h * d))?, repeat(k.clone())?, repeat(v.clone())?],
+                &[
+                    q.reshape((b, t, h * d))?,
+                    repeat(k.clone())?,
+                    repeat(v.clone())?,
+                ],
                 2,
             )?;
             if let Some(y) = causal_attention(&qkv, h)? {
@@ -349,7 +353,14 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn proj(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Result<Projection> {
+    fn proj(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Result<Projection> {
         let key = format!("{prefix}.weight");
         if let Some(q) = self.quant.and_then(|q| q.get(&key)) {
             if q.dims() != [d_out, d_in] {
@@ -360,7 +371,10 @@ impl Source<'_> {
                 )));
             }
             let bias = if bias {
-                Some(self.store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+                Some(
+                    self.store
+                        .get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?,
+                )
             } else {
                 None
             };
@@ -397,7 +411,12 @@ impl Llama {
         config.validate()?;
         let c = config;
         let std = c.initializer_range;
-        let (hs, h, kvh, d) = (c.hidden_size, c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let (hs, h, kvh, d) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.head_dim(),
+        );
         let rope = Rope::new(
             d,
             c.max_position_embeddings,

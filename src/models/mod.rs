@@ -271,7 +271,10 @@ pub fn load_weights(dir: &Path, device: &Device) -> Result<BTreeMap<String, Tens
     for f in weight_files(dir)? {
         for (k, t) in safetensors::load(&f, device)? {
             if all.insert(k.clone(), t).is_some() {
-                return Err(Error::format(&f, format!("tensor {k} appears in two shards")));
+                return Err(Error::format(
+                    &f,
+                    format!("tensor {k} appears in two shards"),
+                ));
             }
         }
     }
@@ -303,7 +306,10 @@ pub fn from_tensors(
     let model = CausalModel::new(config, &mut store).map_err(|e| match e {
         Error::Format { path, msg } => Error::format(
             path,
-            format!("{msg} (does {} match these weights?)", config_path.display()),
+            format!(
+                "{msg} (does {} match these weights?)",
+                config_path.display()
+            ),
         ),
         e => e,
     })?;

@@ -49,7 +49,10 @@ impl KvCache {
             self.k = Some(grow(&self.k)?);
             self.v = Some(grow(&self.v)?);
         }
-        let (kb, vb) = (self.k.as_ref().expect("grown"), self.v.as_ref().expect("grown"));
+        let (kb, vb) = (
+            self.k.as_ref().expect("grown"),
+            self.v.as_ref().expect("grown"),
+        );
         kb.slice_set(&k.contiguous()?, 2, self.len)?;
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;

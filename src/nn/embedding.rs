@@ -37,7 +37,10 @@ impl Embedding {
 #[derive(Clone, Debug)]
 pub enum TokenEmbedding {
     Dense(Embedding),
-    Quantized(std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>, candle_core::Device),
+    Quantized(
+        std::sync::Arc<crate::nn::kernels::qmatmul::QWeight>,
+        candle_core::Device,
+    ),
 }
 
 impl TokenEmbedding {

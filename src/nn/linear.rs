@@ -153,17 +153,17 @@ impl Projection {
         }))
     }
 
-
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projection::Dense(l) => l.forward(x),
             Projection::Quantized { weight, bias } => {
                 use candle_core::Module;
                 let y = match weight {
-                    QuantizedWeight::Cpu(w) => x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(
-                        &crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
-                    )?,
+                    QuantizedWeight::Cpu(w) => {
+                        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(
+                            &crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
+                        )?
+                    }
                     QuantizedWeight::Candle(w) => w.forward(x)?,
                 };
                 Ok(match bias {

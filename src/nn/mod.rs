@@ -21,6 +21,6 @@ pub use embedding::{Embedding, TokenEmbedding};
 pub use feed_forward::{Activation, FeedForward};
 pub use linear::{Linear, Projection, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};
-pub use rope::{Rope, RopeScaling};
 pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};
+pub use rope::{Rope, RopeScaling};
 pub use store::{Init, ParamStore};

@@ -23,7 +23,9 @@ pub struct Rope {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 {
         factor: f64,
@@ -46,7 +48,9 @@ impl RopeScaling {
             .unwrap_or("default");
         let num = |k: &str| -> Result<f64> {
             v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
-                Error::Config(format!("rope_scaling of type {kind:?} needs a number {k:?}"))
+                Error::Config(format!(
+                    "rope_scaling of type {kind:?} needs a number {k:?}"
+                ))
             })
         };
         Ok(match kind {
@@ -62,8 +66,8 @@ impl RopeScaling {
             },
             other => {
                 return Err(Error::Config(format!(
-                    "rope_scaling type {other:?} is not supported (supported: default, linear, llama3)"
-                )))
+                "rope_scaling type {other:?} is not supported (supported: default, linear, llama3)"
+            )))
             }
         })
     }
@@ -78,7 +82,7 @@ impl Rope {
         scaling: &RopeScaling,
         device: &Device,
     ) -> Result<Self> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "rotary embedding needs an even head dimension, got {head_dim}"
             )));
@@ -107,8 +111,8 @@ impl Rope {
                     } else if wavelen < high_wavelen {
                         freq
                     } else {
-                        let smooth =
-                            (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * freq / factor + smooth * freq
                     };
                     *f = new as f32;

@@ -38,10 +38,7 @@ impl CausalLm {
                 return Ok(loss);
             }
         }
-        cross_entropy(
-            &model.logits(&h)?.reshape((b * t, model.vocab_size()))?,
-            &y,
-        )
+        cross_entropy(&model.logits(&h)?.reshape((b * t, model.vocab_size()))?, &y)
     }
 
     /// Loss of predicting `targets` `[b, t]` from `inputs` `[b, t]` (targets are inputs shifted by

@@ -241,8 +241,12 @@ mod small_m_tests {
     #[test]
     fn small_m_matches_naive() {
         let (m, k, n) = (3, 37, 130);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
         let av = View::rows(&a, m, k, k);
         for transposed in [true, false] {
             // b = w^T with w [n, k] row-major, or b = w' [k, n] row-major.
@@ -259,13 +263,23 @@ mod small_m_tests {
             for accumulate in [false, true] {
                 for parallel in [false, true] {
                     let mut out = vec![1f32; m * n];
-                    assert!(small_m(&mut ViewMut::rows(&mut out, m, n, n), av, b, accumulate, parallel));
+                    assert!(small_m(
+                        &mut ViewMut::rows(&mut out, m, n, n),
+                        av,
+                        b,
+                        accumulate,
+                        parallel
+                    ));
                     for i in 0..m {
                         for j in 0..n {
-                            let want: f32 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>()
-                                + if accumulate { 1.0 } else { 0.0 };
+                            let want: f32 =
+                                (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>()
+                                    + if accumulate { 1.0 } else { 0.0 };
                             let got = out[i * n + j];
-                            assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+                            assert!(
+                                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                                "{got} vs {want}"
+                            );
                         }
                     }
                 }

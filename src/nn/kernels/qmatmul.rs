@@ -316,14 +316,18 @@ fn scalar_four(w: &[B4], x: &[XBlock]) -> f32 {
 fn scalar_eight(w: &[B8], x: &[XBlock]) -> f32 {
     let mut acc = 0f32;
     for (w, x) in w.iter().zip(x) {
-        let isum: i32 = w.qs.iter().zip(&x.q).map(|(&a, &b)| a as i32 * b as i32).sum();
+        let isum: i32 =
+            w.qs.iter()
+                .zip(&x.q)
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
         acc += w.d * x.d * isum as f32;
     }
     acc
 }
 
 mod simd {
-    use super::{scalar_eight, scalar_four, B4, B8, XBlock};
+    use super::{scalar_eight, scalar_four, XBlock, B4, B8};
 
     /// The best row-dot implementation for this CPU.
     #[derive(Clone, Copy)]
@@ -380,7 +384,7 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     mod x86 {
-        use super::{B4, B8, XBlock};
+        use super::{XBlock, B4, B8};
         use std::arch::x86_64::*;
 
         /// `sum` over groups of four of `a_u8 * b_i8`, as eight i32.
@@ -443,7 +447,12 @@ mod simd {
             };
         }
 
-        row_kernels!(four_vnni, eight_vnni, dot_vnni, "avx2,fma,avx512vnni,avx512vl");
+        row_kernels!(
+            four_vnni,
+            eight_vnni,
+            dot_vnni,
+            "avx2,fma,avx512vnni,avx512vl"
+        );
         row_kernels!(four_avx2, eight_avx2, dot_avx2, "avx2,fma");
     }
 }
@@ -503,13 +512,18 @@ mod tests {
             let reference = w.matmul_reference(&x, m);
             let mut kernels = vec![simd::kernel()];
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 kernels.push(simd::Kernel::Avx2);
             }
             for k in kernels {
                 let fast = w.matmul_with(k, &x, m);
                 for (a, b) in fast.iter().zip(&reference) {
-                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{dtype:?}: {a} vs {b}"
+                    );
                 }
             }
             let deq: Vec<f32> = q
@@ -524,7 +538,10 @@ mod tests {
                     let exact: f32 = (0..cols).map(|k| x[i * cols + k] * deq[r * cols + k]).sum();
                     let got = reference[i * rows + r];
                     // 8-bit activations: relative error about 1/254 per term.
-                    assert!((got - exact).abs() < 0.05 * (cols as f32).sqrt(), "{dtype:?}: {got} vs {exact}");
+                    assert!(
+                        (got - exact).abs() < 0.05 * (cols as f32).sqrt(),
+                        "{dtype:?}: {got} vs {exact}"
+                    );
                 }
             }
         }

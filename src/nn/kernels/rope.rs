@@ -40,7 +40,7 @@ impl CustomOp1 for RopeOp {
         let x = f32s(s, l, self.name())?;
         let (_b, t, h, d) = l.shape().dims4()?;
         let half = d / 2;
-        if d % 2 != 0 || (self.offset + t) * half > self.cos.len() {
+        if !d.is_multiple_of(2) || (self.offset + t) * half > self.cos.len() {
             candle_core::bail!(
                 "fused-rope: head dim {d} odd, or positions {} beyond the table",
                 self.offset + t
@@ -63,7 +63,12 @@ impl CustomOp1 for RopeOp {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let op = RopeOp {
             inverse: !self.inverse,
             ..self.clone()
