@@ -341,3 +341,147 @@ fn bad_gguf_and_directories_give_clear_errors() {
     ));
     assert!(e.contains("quantized"), "{e}");
 }
+
+/// llama.cpp's layout, built here from a random Llama: names mapped to llama.cpp's, query and
+/// key rows permuted as its converter does, matrices quantized to K-quants (Q4_K, Q6_K) and
+/// Q8_0, norms F32, a minimal tokenizer in the metadata. Loading it must give exactly the
+/// model built from the same dequantized weights in transformers' layout (f32 path), and
+/// close logits on the quantized path (candle's K-quant matmuls).
+#[test]
+fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use ferroformer::models::{ArchConfig, LlamaConfig};
+    let dev = Device::Cpu;
+    let (vocab, hidden, ffn, heads, kv) = (64usize, 256usize, 512usize, 4usize, 2usize);
+    let mut cfg = LlamaConfig::new(vocab, hidden, ffn, 2, heads, kv, 64);
+    cfg.tie_word_embeddings = true;
+    let arch = ArchConfig::Llama(cfg);
+    let (_, store) = CausalModel::init(&arch, &dev, 5).unwrap();
+    let d = hidden / heads;
+    let gguf_name = |hf: &str| -> String {
+        let map = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+        ];
+        if let Some((_, g)) = map.iter().find(|(h, _)| *h == hf) {
+            return g.to_string();
+        }
+        let rest = hf.strip_prefix("model.layers.").unwrap();
+        let (layer, part) = rest.split_once('.').unwrap();
+        let part = part.strip_suffix(".weight").unwrap();
+        let g = match part {
+            "input_layernorm" => "attn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "post_attention_layernorm" => "ffn_norm",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            other => panic!("{other}"),
+        };
+        format!("blk.{layer}.{g}.weight")
+    };
+    // llama.cpp's convert: w.reshape(h, 2, d/2, in).swapaxes(1, 2).reshape(rows, in).
+    let permute = |w: &Tensor, h: usize| -> Tensor {
+        let (rows, cols) = w.dims2().unwrap();
+        w.reshape((h, 2, d / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let mut qtensors: Vec<(String, QTensor)> = vec![];
+    let mut reference = std::collections::BTreeMap::new();
+    for (i, (name, var)) in store.vars().iter().enumerate() {
+        let w = var.as_tensor().clone();
+        let dtype = if w.rank() == 1 {
+            GgmlDType::F32
+        } else if name.contains("embed") {
+            GgmlDType::Q8_0
+        } else if i % 2 == 0 {
+            GgmlDType::Q4K
+        } else {
+            GgmlDType::Q6K
+        };
+        // Row permutation commutes with row-wise quantization: the reference quantizes the
+        // transformers layout, the file the permuted one.
+        let q_ref = QTensor::quantize(&w, dtype).unwrap();
+        reference.insert(name.clone(), q_ref.dequantize(&dev).unwrap());
+        let stored = if name.ends_with("q_proj.weight") {
+            permute(&w, heads)
+        } else if name.ends_with("k_proj.weight") {
+            permute(&w, kv)
+        } else {
+            w
+        };
+        qtensors.push((gguf_name(name), QTensor::quantize(&stored, dtype).unwrap()));
+    }
+    use gguf_file::Value as V;
+    let tokens: Vec<V> = (0..vocab).map(|i| V::String(format!("t{i}"))).collect();
+    let meta: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.context_length", V::U32(64)),
+        ("llama.embedding_length", V::U32(hidden as u32)),
+        ("llama.block_count", V::U32(2)),
+        ("llama.feed_forward_length", V::U32(ffn as u32)),
+        ("llama.attention.head_count", V::U32(heads as u32)),
+        ("llama.attention.head_count_kv", V::U32(kv as u32)),
+        ("llama.rope.freq_base", V::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", V::Array(tokens)),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", V::U32(0)),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny-kquants.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, q)| (k.as_str(), q)).collect();
+    gguf_file::write(&mut f, &meta_refs, &t_refs).unwrap();
+    drop(f);
+
+    let ids = Tensor::new(&[[3u32, 17, 42, 5, 63, 0, 9, 21]], &dev).unwrap();
+    let (want_model, _) = models::from_tensors(
+        &arch,
+        reference,
+        &dev,
+        std::path::Path::new("reference"),
+        std::path::Path::new("config"),
+    )
+    .unwrap();
+    let want = want_model.forward(&ids, None, None).unwrap();
+
+    let p = Pretrained::from_gguf(&path, &dev, false).unwrap();
+    let ArchConfig::Llama(c) = p.model.config() else {
+        panic!("not llama")
+    };
+    assert_eq!(
+        (c.num_key_value_heads, c.tie_word_embeddings),
+        (Some(kv), true)
+    );
+    assert_eq!(p.special.eos, Some(0));
+    let got = p.model.forward(&ids, None, None).unwrap();
+    assert_close("GGUF (K-quants, f32 path) logits", &got, &want, 1e-5, 1e-6);
+
+    let q = Pretrained::from_gguf(&path, &dev, true).unwrap();
+    assert!(q.quantized);
+    let got = q.model.forward(&ids, None, None).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let (max_abs, _) = compare(&got, &want, 0.0, 1.0);
+    assert!(
+        max_abs < 0.05 * scale,
+        "quantized path: max |diff| {max_abs}, scale {scale}"
+    );
+}
