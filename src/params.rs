@@ -1,7 +1,7 @@
 //! Parameter accounting: counts per module, a "124M"-style size name, the memory a training
 //! run needs and the FLOPs per token.
 
-use crate::models::gpt2::{param_shapes, Gpt2Config};
+use crate::models::{ArchConfig, Gpt2Config};
 use crate::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -13,9 +13,11 @@ pub struct ParamReport {
     pub trainable: usize,
     /// Human size name, e.g. "124M", "1.6B".
     pub size: String,
-    /// Count per top-level module (`transformer.wte`, `transformer.h.0`, ..., `lm_head`).
+    /// Count per top-level module (`transformer.wte`, `transformer.h.0`, ..., `lm_head`; for
+    /// Llama `model.embed_tokens`, `model.layers.0`, ...).
     pub modules: BTreeMap<String, usize>,
-    /// Count per kind of sub-module inside one block (`attn`, `mlp`, `ln_1`, `ln_2`).
+    /// Count per kind of sub-module inside one block (`attn`, `mlp`, `ln_1`, `ln_2`; for Llama
+    /// `self_attn`, `mlp`, `input_layernorm`, `post_attention_layernorm`).
     pub per_block: BTreeMap<String, usize>,
     /// Parameters that take part in matrix multiplies (the weights of every linear map and the
     /// output projection), the `N` of the `6N` FLOPs rule.
@@ -66,7 +68,8 @@ fn module_of(name: &str) -> String {
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         ["transformer", "h", i, ..] => format!("transformer.h.{i}"),
-        ["transformer", m, ..] => format!("transformer.{m}"),
+        ["model", "layers", i, ..] => format!("model.layers.{i}"),
+        [top @ ("transformer" | "model"), m, ..] => format!("{top}.{m}"),
         [m, ..] => m.to_string(),
         [] => String::new(),
     }
@@ -80,7 +83,28 @@ pub fn gpt2_report(
     context: Option<usize>,
     frozen: &dyn Fn(&str) -> bool,
 ) -> Result<ParamReport> {
-    let shapes = param_shapes(config)?;
+    report(&ArchConfig::Gpt2(config.clone()), batch, context, frozen)
+}
+
+/// Counts the parameters of any causal-LM config (nothing is allocated).
+pub fn report(
+    config: &ArchConfig,
+    batch: usize,
+    context: Option<usize>,
+    frozen: &dyn Fn(&str) -> bool,
+) -> Result<ParamReport> {
+    let shapes = config.param_shapes()?;
+    // (block prefix, layers, width, heads)
+    let (block, n_layer, n_embd, n_head) = match config {
+        ArchConfig::Gpt2(c) => ("transformer.h.", c.n_layer, c.n_embd, c.n_head),
+        ArchConfig::Llama(c) => (
+            "model.layers.",
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+        ),
+    };
+    let first_block = format!("{block}0.");
     let mut modules = BTreeMap::new();
     let mut per_block = BTreeMap::new();
     let (mut total, mut trainable, mut matmul) = (0usize, 0usize, 0usize);
@@ -91,26 +115,26 @@ pub fn gpt2_report(
             trainable += n;
         }
         *modules.entry(module_of(name)).or_insert(0) += n;
-        if let Some(rest) = name.strip_prefix("transformer.h.0.") {
+        if let Some(rest) = name.strip_prefix(first_block.as_str()) {
             let kind = rest.split('.').next().unwrap_or(rest).to_string();
             *per_block.entry(kind).or_insert(0) += n;
         }
-        if dims.len() == 2 && name.starts_with("transformer.h.") {
+        if dims.len() == 2 && name.starts_with(block) {
             matmul += n;
         }
     }
     // The output projection is a matmul whether or not it shares the embedding's weights.
-    matmul += config.vocab_size * config.n_embd;
-    let t = context.unwrap_or(config.n_positions);
-    let (l, c) = (config.n_layer as f64, config.n_embd as f64);
+    matmul += config.vocab_size() * n_embd;
+    let t = context.unwrap_or(config.max_positions());
+    let (l, c) = (n_layer as f64, n_embd as f64);
     let forward = 2.0 * matmul as f64 + 4.0 * l * c * t as f64;
     let weights = 4 * total as u64;
     let trainable_bytes = 4 * trainable as u64;
     // Per layer and token, about 34 C values plus 5 h T attention values (Korthikanti et al.,
     // 2022, counted in 2-byte units; doubled here for f32), plus the logits.
-    let per_layer = (34.0 * c + 5.0 * config.n_head as f64 * t as f64) * 2.0;
+    let per_layer = (34.0 * c + 5.0 * n_head as f64 * t as f64) * 2.0;
     let activations =
-        (batch as f64 * t as f64 * (l * per_layer + 8.0 * config.vocab_size as f64)) as u64;
+        (batch as f64 * t as f64 * (l * per_layer + 8.0 * config.vocab_size() as f64)) as u64;
     let memory = Memory {
         batch,
         context: t,
@@ -154,6 +178,19 @@ mod tests {
             assert_eq!(r.size, size);
             assert_eq!(r.modules.values().sum::<usize>(), want);
         }
+    }
+
+    /// SmolLM2-135M (Llama, GQA, tied): transformers' `sum(p.numel() for p in
+    /// model.parameters())` is 134,515,008.
+    #[test]
+    fn llama_count_matches_transformers() {
+        let mut c = crate::models::LlamaConfig::new(49152, 576, 1536, 30, 9, 3, 8192);
+        c.tie_word_embeddings = true;
+        let r = report(&ArchConfig::Llama(c), 1, Some(2048), &|_| false).unwrap();
+        assert_eq!(r.total, 134_515_008);
+        assert_eq!(r.size, "135M");
+        assert!(r.modules.contains_key("model.layers.29"));
+        assert_eq!(r.per_block["self_attn"], 2 * 576 * 576 + 2 * 576 * 192);
     }
 
     #[test]

@@ -289,7 +289,7 @@ fn bad_input_gives_clear_errors() {
     fails_with(
         ff().args(["params", "--model"])
             .arg(d.path().join("nothing")),
-        &["nothing", "config.json"],
+        &["nothing", "no such file or directory"],
     );
     // Bad sampling options are usage errors of the work, not panics.
     fails_with(

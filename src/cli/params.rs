@@ -3,16 +3,18 @@
 use super::Common;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferroformer::models::Gpt2Config;
-use ferroformer::params::{gpt2_report, size_name};
+use ferroformer::models::{ArchConfig, Gpt2Config};
+use ferroformer::params::{report, size_name};
 use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct ParamsArgs {
-    /// A model directory (reads its config.json).
+    /// A model: a Hugging Face directory (reads its config.json), a .gguf file (reads its
+    /// metadata), or an asset name such as smollm2-135m-instruct.
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
     pub model: Option<String>,
-    /// A named config (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a config.json path, or inline JSON.
+    /// A named config (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a config.json path, or inline
+    /// JSON (`model_type` gpt2 when absent).
     #[arg(long)]
     pub config: Option<String>,
     /// Batch size for the training memory estimate.
@@ -23,19 +25,25 @@ pub struct ParamsArgs {
     pub context: Option<usize>,
 }
 
-fn load_config(a: &ParamsArgs) -> Result<Gpt2Config> {
+fn load_config(a: &ParamsArgs) -> Result<ArchConfig> {
     if let Some(m) = &a.model {
-        let dir = ferroformer::assets::resolve(m)?;
-        return Ok(Gpt2Config::load(&dir.join("config.json"))?);
+        let p = ferroformer::pretrained::resolve_model(m)?;
+        if p.extension().is_some_and(|x| x == "gguf") {
+            let g = ferroformer::io::gguf::Gguf::open(&p)?;
+            return Ok(ArchConfig::Llama(g.llama_config()?));
+        }
+        return Ok(ArchConfig::load(&p.join("config.json"))?);
     }
     let c = a.config.as_deref().unwrap_or_default();
     if let Some(cfg) = Gpt2Config::named(c) {
-        return Ok(cfg);
+        return Ok(ArchConfig::Gpt2(cfg));
     }
     if c.trim_start().starts_with('{') {
-        let cfg: Gpt2Config = serde_json::from_str(c).context("--config: invalid JSON")?;
-        cfg.validate()?;
-        return Ok(cfg);
+        let mut v: serde_json::Value = serde_json::from_str(c).context("--config: invalid JSON")?;
+        if let Some(o) = v.as_object_mut() {
+            o.entry("model_type").or_insert_with(|| "gpt2".into());
+        }
+        return Ok(ArchConfig::from_json(v)?);
     }
     let p = Path::new(c);
     if p.exists() {
@@ -44,7 +52,7 @@ fn load_config(a: &ParamsArgs) -> Result<Gpt2Config> {
         } else {
             p.to_path_buf()
         };
-        return Ok(Gpt2Config::load(&p)?);
+        return Ok(ArchConfig::load(&p)?);
     }
     bail!("--config {c:?}: not a known name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a file, or JSON")
 }
@@ -55,7 +63,7 @@ fn gib(b: u64) -> String {
 
 pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
     let cfg = load_config(&a)?;
-    let r = gpt2_report(&cfg, a.batch, a.context, &|_| false)?;
+    let r = report(&cfg, a.batch, a.context, &|_| false)?;
     if c.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
@@ -73,10 +81,11 @@ pub fn run(a: ParamsArgs, c: &Common) -> Result<()> {
     modules.sort_by_key(|(m, _)| {
         let block = m
             .strip_prefix("transformer.h.")
+            .or_else(|| m.strip_prefix("model.layers."))
             .and_then(|i| i.parse::<usize>().ok());
         match (block, m.as_str()) {
             (Some(i), _) => (1, i),
-            (None, "transformer.wte") => (0, 0),
+            (None, "transformer.wte" | "model.embed_tokens") => (0, 0),
             (None, "transformer.wpe") => (0, 1),
             (None, "lm_head") => (3, 0),
             _ => (2, 0),
