@@ -3,6 +3,7 @@
 //! ferroformer and transformers unchanged. [`CausalModel`] is any of the causal language models,
 //! chosen by `config.json`'s `model_type`.
 
+pub mod bert;
 pub mod gpt2;
 pub mod llama;
 

@@ -1,0 +1,498 @@
+//! BERT (Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for
+//! Language Understanding"): word, position and token-type embeddings, a stack of post-norm
+//! encoder layers that read the whole input at once (padding masked out), an optional pooler
+//! and the masked-language-model head with its decoder tied to the word embeddings. Weight
+//! names and `config.json` are those of transformers' `BertModel` / `BertForMaskedLM`, so
+//! BERT-family directories (all-MiniLM-L6-v2, bert-base, ...) load unchanged.
+
+use crate::io::{read_json, safetensors, write_json_atomic};
+use crate::models::weight_files;
+use crate::nn::{
+    Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore, Projection,
+};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn d_bert() -> String {
+    "bert".into()
+}
+fn d_gelu() -> String {
+    "gelu".into()
+}
+fn d_drop() -> f64 {
+    0.1
+}
+fn d_eps() -> f64 {
+    1e-12
+}
+fn d_range() -> f64 {
+    0.02
+}
+fn d_types() -> usize {
+    2
+}
+fn d_positions() -> usize {
+    512
+}
+fn d_absolute() -> String {
+    "absolute".into()
+}
+
+/// `config.json` of a BERT model, with transformers' names and defaults; other keys are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    #[serde(default = "d_bert")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_drop")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d_drop")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_types")]
+    pub type_vocab_size: usize,
+    #[serde(default = "d_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "d_absolute")]
+    pub position_embedding_type: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BertConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.model_type != "bert" {
+            return Err(Error::Config(format!(
+                "model_type is {:?}, expected \"bert\"",
+                self.model_type
+            )));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::Config(format!(
+                "hidden_size ({}) must be divisible by num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::Config(format!(
+                "position_embedding_type {:?} is not supported (supported: absolute)",
+                self.position_embedding_type
+            )));
+        }
+        Activation::from_hf(&self.hidden_act)?;
+        Dropout::new(self.hidden_dropout_prob)?;
+        Dropout::new(self.attention_probs_dropout_prob)?;
+        Ok(())
+    }
+
+    /// Reads `config.json`, naming the file in any error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: BertConfig = read_json(path)?;
+        cfg.validate()
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// The JSON transformers reads; `architectures` says whether the MLM head is there.
+    pub fn to_json(&self, mlm: bool) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let arch = if mlm { "BertForMaskedLM" } else { "BertModel" };
+        v.as_object_mut()
+            .expect("object")
+            .insert("architectures".into(), serde_json::json!([arch]));
+        v
+    }
+}
+
+/// Bidirectional multi-head self-attention with separate query/key/value projections, then
+/// the output projection, dropout, residual and LayerNorm (post-norm).
+#[derive(Clone, Debug)]
+pub struct BertAttention {
+    pub query: Projection,
+    pub key: Projection,
+    pub value: Projection,
+    pub output: Projection,
+    pub norm: LayerNorm,
+    pub n_head: usize,
+    pub probs_dropout: Dropout,
+    pub hidden_dropout: Dropout,
+}
+
+impl BertAttention {
+    /// `x` `[b, t, c]`; `mask` additive `[b, 1, 1, t]` (0 for tokens, a large negative number
+    /// for padding).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (h, d) = (self.n_head, c / self.n_head);
+        let split = |p: &Projection| -> Result<Tensor> {
+            Ok(p.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = crate::nn::ops::softmax(&scores)?;
+        let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = self.hidden_dropout.forward(&self.output.forward(&y)?, rng)?;
+        self.norm.forward(&(y + x)?)
+    }
+}
+
+/// One encoder layer: attention, then `LayerNorm(x + dropout(out(act(inter(x)))))`.
+#[derive(Clone, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub intermediate: Projection,
+    pub output: Projection,
+    pub norm: LayerNorm,
+    pub act: Activation,
+    pub dropout: Dropout,
+}
+
+impl BertLayer {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let a = self.attention.forward(x, mask, rng.as_deref_mut())?;
+        let m = self
+            .output
+            .forward(&self.act.forward(&self.intermediate.forward(&a)?)?)?;
+        let m = self.dropout.forward(&m, rng)?;
+        self.norm.forward(&(m + a)?)
+    }
+}
+
+/// The masked-language-model head: `dense -> act -> LayerNorm`, then the decoder (the word
+/// embedding matrix) plus a bias.
+#[derive(Clone, Debug)]
+pub struct MlmHead {
+    pub dense: Projection,
+    pub norm: LayerNorm,
+    pub act: Activation,
+    /// `[vocab, hidden]`: the word embeddings (tied).
+    pub decoder: Tensor,
+    pub bias: Tensor,
+}
+
+/// Which heads a BERT model carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BertHeads {
+    pub pooler: bool,
+    pub mlm: bool,
+}
+
+/// A BERT encoder with its optional pooler and MLM head.
+pub struct Bert {
+    pub config: BertConfig,
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub embeddings_norm: LayerNorm,
+    pub embeddings_dropout: Dropout,
+    pub layers: Vec<BertLayer>,
+    /// `tanh(dense(h[CLS]))`.
+    pub pooler: Option<Projection>,
+    pub mlm: Option<MlmHead>,
+}
+
+impl Bert {
+    /// Builds the model from `store` (initialising what it does not hold, if it may).
+    pub fn new(config: &BertConfig, store: &mut ParamStore, heads: BertHeads) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let std = c.initializer_range;
+        let hs = c.hidden_size;
+        let ln = |store: &mut ParamStore, p: &str| LayerNorm::new(store, p, hs, c.layer_norm_eps, true);
+        let act = Activation::from_hf(&c.hidden_act)?;
+        let hidden_dropout = Dropout::new(c.hidden_dropout_prob)?;
+        let word_embeddings = Embedding::new(
+            store,
+            "bert.embeddings.word_embeddings.weight",
+            c.vocab_size,
+            hs,
+            std,
+        )?;
+        let position_embeddings = Embedding::new(
+            store,
+            "bert.embeddings.position_embeddings.weight",
+            c.max_position_embeddings,
+            hs,
+            std,
+        )?;
+        let token_type_embeddings = Embedding::new(
+            store,
+            "bert.embeddings.token_type_embeddings.weight",
+            c.type_vocab_size,
+            hs,
+            std,
+        )?;
+        let embeddings_norm = ln(store, "bert.embeddings.LayerNorm")?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            let lin = |store: &mut ParamStore, name: &str, d_in: usize, d_out: usize| {
+                Projection::linear(store, &format!("{p}.{name}"), d_in, d_out, true, std)
+            };
+            layers.push(BertLayer {
+                attention: BertAttention {
+                    query: lin(store, "attention.self.query", hs, hs)?,
+                    key: lin(store, "attention.self.key", hs, hs)?,
+                    value: lin(store, "attention.self.value", hs, hs)?,
+                    output: lin(store, "attention.output.dense", hs, hs)?,
+                    norm: ln(store, &format!("{p}.attention.output.LayerNorm"))?,
+                    n_head: c.num_attention_heads,
+                    probs_dropout: Dropout::new(c.attention_probs_dropout_prob)?,
+                    hidden_dropout: hidden_dropout.clone(),
+                },
+                intermediate: lin(store, "intermediate.dense", hs, c.intermediate_size)?,
+                output: lin(store, "output.dense", c.intermediate_size, hs)?,
+                norm: ln(store, &format!("{p}.output.LayerNorm"))?,
+                act,
+                dropout: hidden_dropout.clone(),
+            });
+        }
+        let pooler = if heads.pooler {
+            Some(Projection::linear(store, "bert.pooler.dense", hs, hs, true, std)?)
+        } else {
+            None
+        };
+        let mlm = if heads.mlm {
+            Some(MlmHead {
+                dense: Projection::linear(store, "cls.predictions.transform.dense", hs, hs, true, std)?,
+                norm: ln(store, "cls.predictions.transform.LayerNorm")?,
+                act,
+                decoder: word_embeddings.weight.clone(),
+                bias: store.get("cls.predictions.bias", &[c.vocab_size], Init::Zeros)?,
+            })
+        } else {
+            None
+        };
+        Ok(Bert {
+            config: c.clone(),
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            embeddings_dropout: hidden_dropout,
+            layers,
+            pooler,
+            mlm,
+        })
+    }
+
+    /// A freshly initialised model and its parameter store.
+    pub fn init(
+        config: &BertConfig,
+        heads: BertHeads,
+        device: &Device,
+        seed: u64,
+    ) -> Result<(Self, ParamStore)> {
+        let mut store = ParamStore::new_init(device, seed);
+        let model = Bert::new(config, &mut store, heads)?;
+        Ok((model, store))
+    }
+
+    pub fn device(&self) -> &Device {
+        self.word_embeddings.weight.device()
+    }
+
+    /// The additive attention mask `[b, 1, 1, t]` of a `[b, t]` 0/1 mask (transformers uses
+    /// the dtype's minimum for padding, so padded keys get exactly zero probability).
+    pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+        let m = attention_mask.to_dtype(DType::F32)?;
+        let (b, t) = m.dims2()?;
+        Ok(((1.0 - m)? * f32::MIN as f64)?.reshape((b, 1, 1, t))?)
+    }
+
+    /// Hidden states `[b, t, hidden]` for token ids `[b, t]` (u32), with optional token types
+    /// `[b, t]` and a 0/1 attention mask `[b, t]` (1 for tokens, 0 for padding). `rng` enables
+    /// dropout.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::Config(format!(
+                "{t} tokens exceed the model's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let words = self.word_embeddings.forward(ids)?;
+        let pos_ids = Tensor::arange(0u32, t as u32, ids.device())?;
+        let pos = self.position_embeddings.forward(&pos_ids)?;
+        let types = match token_type_ids {
+            Some(tt) => self.token_type_embeddings.forward(&tt.to_dtype(DType::U32)?)?,
+            None => self
+                .token_type_embeddings
+                .forward(&Tensor::zeros((b, t), DType::U32, ids.device())?)?,
+        };
+        let x = words.broadcast_add(&pos)?.add(&types)?;
+        let mut x = self.embeddings_norm.forward(&x)?;
+        x = self.embeddings_dropout.forward(&x, rng.as_deref_mut())?;
+        let mask = attention_mask.map(Self::additive_mask).transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref(), rng.as_deref_mut())?;
+        }
+        Ok(x)
+    }
+
+    /// The pooler's output `[b, hidden]`: `tanh(dense(h[:, 0]))`.
+    pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
+        let p = self
+            .pooler
+            .as_ref()
+            .ok_or_else(|| Error::Config("this model has no pooler".into()))?;
+        Ok(p.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)
+    }
+
+    /// MLM logits `[.., vocab]` of hidden states `[.., hidden]`.
+    pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self
+            .mlm
+            .as_ref()
+            .ok_or_else(|| Error::Config("this model has no masked-LM head (cls.predictions)".into()))?;
+        let h = head.norm.forward(&head.act.forward(&head.dense.forward(hidden)?)?)?;
+        let dec = Linear {
+            weight: head.decoder.clone(),
+            bias: Some(head.bias.clone()),
+            in_out: false,
+        };
+        dec.forward(&h)
+    }
+}
+
+/// Maps the key variants of BERT checkpoints onto ours: a bare `BertModel` lacks the `bert.`
+/// prefix; a tied MLM decoder may be saved (`cls.predictions.decoder.weight` equals the word
+/// embeddings, `.decoder.bias` equals `cls.predictions.bias`); older files carry
+/// `position_ids` buffers and the next-sentence head.
+fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter(|(k, _)| {
+            !(k.ends_with("position_ids")
+                || k == "cls.predictions.decoder.weight"
+                || k == "cls.predictions.decoder.bias"
+                || k.starts_with("cls.seq_relationship"))
+        })
+        .map(|(k, t)| {
+            if k.starts_with("bert.") || k.starts_with("cls.") {
+                (k, t)
+            } else {
+                (format!("bert.{k}"), t)
+            }
+        })
+        .collect()
+}
+
+/// Loads a Hugging Face BERT directory; the heads present in the weights are built.
+pub fn load_dir(dir: &Path, device: &Device) -> Result<(Bert, ParamStore)> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(Error::format(dir, "no config.json in this model directory"));
+    }
+    let config = BertConfig::load(&cfg_path)?;
+    let files = weight_files(dir)?;
+    let mut tensors = BTreeMap::new();
+    for f in &files {
+        tensors.extend(safetensors::load(f, device)?);
+    }
+    let tensors = normalize_keys(tensors);
+    let heads = BertHeads {
+        pooler: tensors.contains_key("bert.pooler.dense.weight"),
+        mlm: tensors.contains_key("cls.predictions.bias"),
+    };
+    let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
+    let model = Bert::new(&config, &mut store, heads).map_err(|e| match e {
+        Error::Format { path, msg } => Error::format(
+            path,
+            format!("{msg} (does {} match these weights?)", cfg_path.display()),
+        ),
+        e => e,
+    })?;
+    let used: Vec<String> = param_shapes(&config, heads)?.into_keys().collect();
+    let unused = store.unused(&used);
+    if let Some(first) = unused.first() {
+        return Err(Error::format(
+            &files[0],
+            format!(
+                "{} tensors not used by the model described in {} (first: {first}); the config does not match the weights",
+                unused.len(),
+                cfg_path.display()
+            ),
+        ));
+    }
+    Ok((model, store))
+}
+
+/// Parameter names and shapes, without allocating.
+pub fn param_shapes(config: &BertConfig, heads: BertHeads) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut store = ParamStore::new_shapes();
+    Bert::new(config, &mut store, heads)?;
+    Ok(store.shapes().cloned().unwrap_or_default())
+}
+
+/// Saves `config.json` and `model.safetensors` (keys with the `bert.` prefix, which both
+/// `BertModel` and `BertForMaskedLM` load).
+pub fn save_dir(dir: &Path, model: &Bert, store: &ParamStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
+    write_json_atomic(
+        &dir.join("config.json"),
+        &model.config.to_json(model.mlm.is_some()),
+    )
+}
+
+/// Mean of the hidden states `[b, t, c]` over the tokens where `mask` `[b, t]` is 1.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+    // sentence-transformers clamps the count at 1e-9.
+    let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    Ok(sum.broadcast_div(&count)?)
+}
+
+/// Rows scaled to unit L2 norm (sentence-transformers' `Normalize`: eps 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&n)?)
+}
