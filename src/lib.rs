@@ -8,6 +8,7 @@
 pub mod assets;
 pub mod chat;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod generate;

@@ -39,7 +39,14 @@ impl Tokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(Some(path), e))?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(Some(path), e))?;
+        // Some files carry fixed padding/truncation (all-MiniLM-L6-v2's pads every text to
+        // 128); ferroformer pads batches and truncates to the model's limit itself.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| tok_err(Some(path), e))?;
         Ok(Tokenizer { inner })
     }
 
@@ -247,6 +254,15 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode_fast(text, false)
+            .map_err(|e| tok_err(None, e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with the tokenizer's special tokens (BERT's `[CLS] ... [SEP]`).
+    pub fn encode_special(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, true)
             .map_err(|e| tok_err(None, e))?;
         Ok(enc.get_ids().to_vec())
     }

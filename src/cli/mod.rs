@@ -4,6 +4,7 @@ pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod demo;
+pub mod embed;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
@@ -61,6 +62,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with an instruction-tuned model in the terminal, using its chat template.
     Chat(chat::ChatArgs),
+    /// Sentence embeddings of each line of a file (BERT-family encoders, e.g. all-MiniLM-L6-v2).
+    Embed(embed::EmbedArgs),
     /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
     /// directory.
     Convert(convert::ConvertArgs),
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a, c),
         Command::Chat(a) => chat::run(a, c),
         Command::Convert(a) => convert::run(a, c),
+        Command::Embed(a) => embed::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),

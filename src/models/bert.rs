@@ -7,9 +7,7 @@
 
 use crate::io::{read_json, safetensors, write_json_atomic};
 use crate::models::weight_files;
-use crate::nn::{
-    Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore, Projection,
-};
+use crate::nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore, Projection};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -156,7 +154,10 @@ impl BertAttention {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.n_head, c / self.n_head);
         let split = |p: &Projection| -> Result<Tensor> {
-            Ok(p.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(p.forward(x)?
+                .reshape((b, t, h, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
@@ -166,7 +167,9 @@ impl BertAttention {
         let probs = crate::nn::ops::softmax(&scores)?;
         let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        let y = self.hidden_dropout.forward(&self.output.forward(&y)?, rng)?;
+        let y = self
+            .hidden_dropout
+            .forward(&self.output.forward(&y)?, rng)?;
         self.norm.forward(&(y + x)?)
     }
 }
@@ -238,7 +241,8 @@ impl Bert {
         let c = config;
         let std = c.initializer_range;
         let hs = c.hidden_size;
-        let ln = |store: &mut ParamStore, p: &str| LayerNorm::new(store, p, hs, c.layer_norm_eps, true);
+        let ln =
+            |store: &mut ParamStore, p: &str| LayerNorm::new(store, p, hs, c.layer_norm_eps, true);
         let act = Activation::from_hf(&c.hidden_act)?;
         let hidden_dropout = Dropout::new(c.hidden_dropout_prob)?;
         let word_embeddings = Embedding::new(
@@ -288,13 +292,27 @@ impl Bert {
             });
         }
         let pooler = if heads.pooler {
-            Some(Projection::linear(store, "bert.pooler.dense", hs, hs, true, std)?)
+            Some(Projection::linear(
+                store,
+                "bert.pooler.dense",
+                hs,
+                hs,
+                true,
+                std,
+            )?)
         } else {
             None
         };
         let mlm = if heads.mlm {
             Some(MlmHead {
-                dense: Projection::linear(store, "cls.predictions.transform.dense", hs, hs, true, std)?,
+                dense: Projection::linear(
+                    store,
+                    "cls.predictions.transform.dense",
+                    hs,
+                    hs,
+                    true,
+                    std,
+                )?,
                 norm: ln(store, "cls.predictions.transform.LayerNorm")?,
                 act,
                 decoder: word_embeddings.weight.clone(),
@@ -361,10 +379,14 @@ impl Bert {
         let pos_ids = Tensor::arange(0u32, t as u32, ids.device())?;
         let pos = self.position_embeddings.forward(&pos_ids)?;
         let types = match token_type_ids {
-            Some(tt) => self.token_type_embeddings.forward(&tt.to_dtype(DType::U32)?)?,
-            None => self
+            Some(tt) => self
                 .token_type_embeddings
-                .forward(&Tensor::zeros((b, t), DType::U32, ids.device())?)?,
+                .forward(&tt.to_dtype(DType::U32)?)?,
+            None => self.token_type_embeddings.forward(&Tensor::zeros(
+                (b, t),
+                DType::U32,
+                ids.device(),
+            )?)?,
         };
         let x = words.broadcast_add(&pos)?.add(&types)?;
         let mut x = self.embeddings_norm.forward(&x)?;
@@ -387,11 +409,12 @@ impl Bert {
 
     /// MLM logits `[.., vocab]` of hidden states `[.., hidden]`.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self
-            .mlm
-            .as_ref()
-            .ok_or_else(|| Error::Config("this model has no masked-LM head (cls.predictions)".into()))?;
-        let h = head.norm.forward(&head.act.forward(&head.dense.forward(hidden)?)?)?;
+        let head = self.mlm.as_ref().ok_or_else(|| {
+            Error::Config("this model has no masked-LM head (cls.predictions)".into())
+        })?;
+        let h = head
+            .norm
+            .forward(&head.act.forward(&head.dense.forward(hidden)?)?)?;
         let dec = Linear {
             weight: head.decoder.clone(),
             bias: Some(head.bias.clone()),
@@ -493,6 +516,10 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Rows scaled to unit L2 norm (sentence-transformers' `Normalize`: eps 1e-12).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let n = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&n)?)
 }
