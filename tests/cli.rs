@@ -473,3 +473,60 @@ fn gguf_chat_convert_and_eval() {
         &["gpt2", "asset"],
     );
 }
+
+/// `embed` and `similar` on all-MiniLM-L6-v2 (asset): one JSON vector per line in order,
+/// semantic ranking, and bad input (empty lines, over-long lines with --no-truncate).
+#[test]
+fn embed_and_similar() {
+    let model = "all-minilm-l6-v2";
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.txt");
+    std::fs::write(
+        &input,
+        "The cat sits on the mat.\nStock markets fell sharply today.\nA kitten is resting on a rug.\n",
+    )
+    .unwrap();
+    let out = stdout_of(
+        ff().args(["--quiet", "embed", "--model", model, "--input"])
+            .arg(&input),
+    );
+    let vecs: Vec<Vec<f32>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(vecs.len(), 3);
+    assert!(vecs.iter().all(|v| v.len() == 384));
+    let cos = ferroformer::embed::cosine;
+    assert!(cos(&vecs[0], &vecs[2]) > cos(&vecs[0], &vecs[1]) + 0.3);
+
+    let out = stdout_of(
+        ff().args([
+            "--quiet", "--json", "similar", "--model", model, "--top-k", "1", "--query",
+        ])
+        .arg("a small cat lying on a carpet")
+        .arg("--corpus")
+        .arg(&input),
+    );
+    assert_eq!(last_json(&out)["line"], 3);
+
+    std::fs::write(&input, "one\n\nthree\n").unwrap();
+    fails_with(
+        ff().args(["embed", "--model", model, "--input"])
+            .arg(&input),
+        &["in.txt", "line 2 is empty"],
+    );
+    std::fs::write(&input, "word ".repeat(400)).unwrap();
+    fails_with(
+        ff().args(["embed", "--no-truncate", "--model", model, "--input"])
+            .arg(&input),
+        &["in.txt", "line 1", "402 tokens", "256"],
+    );
+    // Truncation (the default) warns and still embeds.
+    let out = ff()
+        .args(["embed", "--model", model, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated to 256 tokens"));
+}

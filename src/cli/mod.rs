@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod generate;
 pub mod params;
 pub mod pretrain;
+pub mod similar;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
@@ -64,6 +65,8 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Sentence embeddings of each line of a file (BERT-family encoders, e.g. all-MiniLM-L6-v2).
     Embed(embed::EmbedArgs),
+    /// Semantic search: rank the lines of a corpus by similarity to a query.
+    Similar(similar::SimilarArgs),
     /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
     /// directory.
     Convert(convert::ConvertArgs),
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a, c),
         Command::Convert(a) => convert::run(a, c),
         Command::Embed(a) => embed::run(a, c),
+        Command::Similar(a) => similar::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),
