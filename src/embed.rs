@@ -143,7 +143,7 @@ impl SentenceEncoder {
         }
         let ids = Tensor::from_vec(ids, (batch.len(), t), dev)?;
         let mask = Tensor::from_vec(mask, (batch.len(), t), dev)?;
-        let h = self.model.forward(&ids, None, Some(&mask), None)?;
+        let h = self.model.encode(&ids, None, Some(&mask))?;
         let mut e = match self.pooling {
             Pooling::Mean => bert::mean_pool(&h, &mask)?,
             Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
@@ -160,9 +160,29 @@ impl SentenceEncoder {
             .iter()
             .map(|t| self.tokenize(t).map(|t| t.ids))
             .collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in toks.chunks(batch.max(1)) {
-            out.extend(self.embed_ids(chunk)?);
+        self.embed_all(&toks, batch, &mut |_| {})
+    }
+
+    /// Embeddings of tokenized inputs in order. Batches are formed from inputs of similar
+    /// length (as sentence-transformers does), so little compute goes to padding;
+    /// `on_progress` gets the number of inputs done.
+    pub fn embed_all(
+        &self,
+        toks: &[Vec<u32>],
+        batch: usize,
+        on_progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..toks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(toks[i].len()));
+        let mut out = vec![vec![]; toks.len()];
+        let mut done = 0;
+        for idx in order.chunks(batch.max(1)) {
+            let chunk: Vec<Vec<u32>> = idx.iter().map(|&i| toks[i].clone()).collect();
+            for (&i, e) in idx.iter().zip(self.embed_ids(&chunk)?) {
+                out[i] = e;
+            }
+            done += idx.len();
+            on_progress(done);
         }
         Ok(out)
     }

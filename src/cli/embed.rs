@@ -97,12 +97,10 @@ pub fn run(a: EmbedArgs, c: &Common) -> Result<()> {
         indicatif::ProgressBar::hidden()
     };
     let start = std::time::Instant::now();
+    let embeddings = enc.embed_all(&toks, a.batch, &mut |n| bar.set_position(n as u64))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for chunk in toks.chunks(a.batch) {
-        for e in enc.embed_ids(chunk)? {
-            writeln!(out, "{}", serde_json::to_string(&e)?)?;
-        }
-        bar.inc(chunk.len() as u64);
+    for e in embeddings {
+        writeln!(out, "{}", serde_json::to_string(&e)?)?;
     }
     out.flush()?;
     bar.finish_and_clear();
