@@ -1,5 +1,6 @@
 //! Training objectives: what the model is asked to predict, and the loss that measures it.
 
 pub mod clm;
+pub mod mlm;
 
 pub use clm::{cross_entropy, CausalLm};
