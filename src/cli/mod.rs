@@ -75,7 +75,7 @@ pub enum Command {
     Eval(eval::EvalCmd),
     /// Count a model's parameters; estimate training memory and FLOPs.
     Params(params::ParamsArgs),
-    /// Measure training and forward throughput on random tokens.
+    /// Measure training, forward and generation throughput (random GPTs, or real models for generation).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
 }
