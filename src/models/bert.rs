@@ -7,7 +7,10 @@
 
 use crate::io::{read_json, safetensors, write_json_atomic};
 use crate::models::weight_files;
-use crate::nn::{Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore, Projection};
+use crate::nn::{
+    grouped_attention, Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore,
+    Projection,
+};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -160,13 +163,16 @@ impl BertAttention {
                 .contiguous()?)
         };
         let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = crate::nn::ops::softmax(&scores)?;
-        let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = grouped_attention(
+            &q,
+            &k,
+            &v,
+            None,
+            mask,
+            &self.probs_dropout,
+            rng.as_deref_mut(),
+        )?;
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self
             .hidden_dropout
             .forward(&self.output.forward(&y)?, rng)?;

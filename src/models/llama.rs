@@ -9,7 +9,7 @@
 use crate::io::read_json;
 use crate::nn::kernels::attention::causal_attention;
 use crate::nn::{
-    grouped_attention, Activation, Embedding, Init, KvCache, ParamStore, Projection,
+    grouped_attention, Activation, Dropout, Embedding, Init, KvCache, ParamStore, Projection,
     QuantizedWeight, RmsNorm, Rope, RopeScaling, TokenEmbedding,
 };
 use crate::rng::Rng;
@@ -280,7 +280,8 @@ impl LlamaAttention {
         if let Some(cache) = cache {
             (k, v) = cache.append(&k, &v)?;
         }
-        let y = grouped_attention(&q, &k, &v, Some(offset))?;
+        // Llama has no attention dropout.
+        let y = grouped_attention(&q, &k, &v, Some(offset), None, &Dropout::default(), None)?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }

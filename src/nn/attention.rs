@@ -81,13 +81,18 @@ pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
 /// Scaled dot-product attention of queries `q` `[b, h, t, d]` over keys and values
 /// `[b, kv_heads, s, d]`, where `kv_heads` divides `h` (grouped-query attention, Ainslie et al.
 /// 2023: head `i` reads key/value head `i / (h / kv_heads)`, as transformers' `repeat_kv`).
-/// With `causal = Some(offset)`, query `i` sees keys `0 ..= offset + i`. Output `[b, h, t, d]`.
-/// The key/value heads are shared by reshaping the queries, not by copying keys and values.
+/// With `causal = Some(offset)`, query `i` sees keys `0 ..= offset + i`; `mask` is an additive
+/// mask broadcastable to `[b, h, t, s]` (BERT's padding mask `[b, 1, 1, s]`); `dropout` applies
+/// to the probabilities when `rng` is given. Output `[b, h, t, d]`. The key/value heads are
+/// shared by reshaping the queries, not by copying keys and values.
 pub fn grouped_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     causal: Option<usize>,
+    mask: Option<&Tensor>,
+    dropout: &Dropout,
+    rng: Option<&mut Rng>,
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kvh, s, _) = k.dims4()?;
@@ -99,7 +104,13 @@ pub fn grouped_attention(
     let g = h / kvh;
     let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
     let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
-    let att = attn_softmax(&scores, 1.0 / (d as f64).sqrt(), causal)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let att = match mask {
+        // The mask is added after scaling, so the softmax runs unscaled.
+        Some(m) => attn_softmax(&(scores * scale)?.broadcast_add(m)?, 1.0, causal)?,
+        None => attn_softmax(&scores, scale, causal)?,
+    };
+    let att = dropout.forward(&att, rng)?;
     let y = att.reshape((b, kvh, g * t, s))?.matmul(&v.contiguous()?)?;
     Ok(y.reshape((b, h, t, d))?)
 }
@@ -163,9 +174,7 @@ impl CausalSelfAttention {
         if let Some(cache) = cache {
             (k, v) = cache.append(&k, &v)?;
         }
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = attn_softmax(&q.matmul(&k.t()?)?, scale, Some(offset))?;
-        let att = self.attn_dropout.forward(&att, rng)?;
-        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?)
+        let y = grouped_attention(&q, &k, &v, Some(offset), None, &self.attn_dropout, rng)?;
+        Ok(y.transpose(1, 2)?.reshape((b, t, c))?)
     }
 }

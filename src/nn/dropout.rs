@@ -6,7 +6,8 @@ use crate::{Error, Result};
 use candle_core::Tensor;
 
 /// Zeroes each element with probability `p` in training and scales the rest by `1/(1-p)`.
-#[derive(Clone, Copy, Debug)]
+/// The default, `p = 0`, is the identity.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Dropout {
     pub p: f64,
 }
