@@ -213,16 +213,7 @@ impl Pretrained {
         let arch = ArchConfig::Llama(config);
         let mut used: Vec<String> = arch.param_shapes()?.into_keys().collect();
         used.extend(quant.keys().cloned());
-        let unused = store.unused(&used);
-        if let Some(first) = unused.first() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "{} tensors are not used by the model (first: {first})",
-                    unused.len()
-                ),
-            ));
-        }
+        models::check_all_used(&store, &used, path, "the file's metadata")?;
         Ok(Pretrained {
             model: CausalModel::Llama(model),
             store,

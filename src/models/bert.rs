@@ -5,7 +5,7 @@
 //! names and `config.json` are those of transformers' `BertModel` / `BertForMaskedLM`, so
 //! BERT-family directories (all-MiniLM-L6-v2, bert-base, ...) load unchanged.
 
-use crate::io::{read_json, safetensors, write_json_atomic};
+use crate::io::{safetensors, write_json_atomic};
 use crate::models::weight_files;
 use crate::nn::{
     grouped_attention, Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore,
@@ -114,20 +114,13 @@ impl BertConfig {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        let cfg: BertConfig = read_json(path)?;
-        cfg.validate()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(cfg)
+        super::read_config(path, Self::validate)
     }
 
     /// The JSON transformers reads; `architectures` says whether the MLM head is there.
     pub fn to_json(&self, mlm: bool) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
         let arch = if mlm { "BertForMaskedLM" } else { "BertModel" };
-        v.as_object_mut()
-            .expect("object")
-            .insert("architectures".into(), serde_json::json!([arch]));
-        v
+        super::config_json(self, arch, true)
     }
 }
 
@@ -498,25 +491,9 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Bert, ParamStore)> {
         mlm: tensors.contains_key("cls.predictions.bias"),
     };
     let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
-    let model = Bert::new(&config, &mut store, heads).map_err(|e| match e {
-        Error::Format { path, msg } => Error::format(
-            path,
-            format!("{msg} (does {} match these weights?)", cfg_path.display()),
-        ),
-        e => e,
-    })?;
+    let model = Bert::new(&config, &mut store, heads).map_err(|e| super::mismatch(e, &cfg_path))?;
     let used: Vec<String> = param_shapes(&config, heads)?.into_keys().collect();
-    let unused = store.unused(&used);
-    if let Some(first) = unused.first() {
-        return Err(Error::format(
-            &files[0],
-            format!(
-                "{} tensors not used by the model described in {} (first: {first}); the config does not match the weights",
-                unused.len(),
-                cfg_path.display()
-            ),
-        ));
-    }
+    super::check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;
     Ok((model, store))
 }
 

@@ -3,7 +3,6 @@
 //! projection tied to the token embedding. Weight names, shapes (including the `[in, out]`
 //! Conv1D orientation) and `config.json` are those of transformers' `GPT2LMHeadModel`.
 
-use crate::io::read_json;
 use crate::nn::{
     sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
     FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
@@ -169,19 +168,12 @@ impl Gpt2Config {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        let cfg: Gpt2Config = read_json(path)?;
-        cfg.validate()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(cfg)
+        super::read_config(path, Self::validate)
     }
 
     /// The JSON transformers expects (with `architectures`).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
-        let obj = v.as_object_mut().expect("object");
-        obj.entry("architectures")
-            .or_insert_with(|| serde_json::json!(["GPT2LMHeadModel"]));
-        v
+        super::config_json(self, "GPT2LMHeadModel", false)
     }
 }
 

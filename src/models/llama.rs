@@ -6,7 +6,6 @@
 //! Every projection is a [`Projection`]: dense and trainable when the weights come from
 //! safetensors, or kept in a llama.cpp quantized format for inference on GGUF checkpoints.
 
-use crate::io::read_json;
 use crate::nn::kernels::attention::causal_attention;
 use crate::nn::{
     grouped_attention, Activation, Dropout, Embedding, Init, KvCache, ParamStore, Projection,
@@ -193,19 +192,12 @@ impl LlamaConfig {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        let cfg: LlamaConfig = read_json(path)?;
-        cfg.validate()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(cfg)
+        super::read_config(path, Self::validate)
     }
 
     /// The JSON transformers expects (with `architectures`).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
-        let obj = v.as_object_mut().expect("object");
-        obj.entry("architectures")
-            .or_insert_with(|| serde_json::json!(["LlamaForCausalLM"]));
-        v
+        super::config_json(self, "LlamaForCausalLM", false)
     }
 }
 

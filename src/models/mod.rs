@@ -221,6 +221,66 @@ impl CausalModel {
     }
 }
 
+/// Reads a `config.json` into `T` and validates it, naming the file in any error.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<()>,
+) -> Result<T> {
+    let cfg: T = read_json(path)?;
+    validate(&cfg).map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// `config` as the JSON transformers reads, with `architectures` (kept if the config already
+/// names one, unless `replace`).
+pub(crate) fn config_json<T: serde::Serialize>(
+    config: &T,
+    architecture: &str,
+    replace: bool,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).expect("config serialises");
+    let obj = v.as_object_mut().expect("a config is an object");
+    if replace || !obj.contains_key("architectures") {
+        obj.insert("architectures".into(), serde_json::json!([architecture]));
+    }
+    v
+}
+
+/// After building a model from loaded tensors: an error naming both files when an error says
+/// the weights do not fit the config.
+pub(crate) fn mismatch(e: Error, config_path: &Path) -> Error {
+    match e {
+        Error::Format { path, msg } => Error::format(
+            path,
+            format!(
+                "{msg} (does {} match these weights?)",
+                config_path.display()
+            ),
+        ),
+        e => e,
+    }
+}
+
+/// Fails when `store` holds tensors the model did not ask for (`used`).
+pub(crate) fn check_all_used(
+    store: &ParamStore,
+    used: &[String],
+    source: &Path,
+    described_by: &str,
+) -> Result<()> {
+    let unused = store.unused(used);
+    match unused.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::format(
+            source,
+            format!(
+                "{} tensors not used by the model described in {described_by} (first: {first}); the config does not match the weights",
+                unused.len()
+            ),
+        )),
+    }
+}
+
 /// The weight files of a model directory: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -304,29 +364,9 @@ pub fn from_tensors(
         tensors.remove("lm_head.weight");
     }
     let mut store = ParamStore::from_tensors(tensors, device, Some(source))?;
-    let model = CausalModel::new(config, &mut store).map_err(|e| match e {
-        Error::Format { path, msg } => Error::format(
-            path,
-            format!(
-                "{msg} (does {} match these weights?)",
-                config_path.display()
-            ),
-        ),
-        e => e,
-    })?;
+    let model = CausalModel::new(config, &mut store).map_err(|e| mismatch(e, config_path))?;
     let used: Vec<String> = config.param_shapes()?.into_keys().collect();
-    let unused = store.unused(&used);
-    if !unused.is_empty() {
-        return Err(Error::format(
-            source,
-            format!(
-                "{} tensors not used by the model described in {} (first: {}); the config does not match the weights",
-                unused.len(),
-                config_path.display(),
-                unused[0]
-            ),
-        ));
-    }
+    check_all_used(&store, &used, source, &config_path.display().to_string())?;
     Ok((model, store))
 }
 
