@@ -283,16 +283,7 @@ impl Pretrained {
             ));
         }
         let mut config = self.model.config();
-        let extra = config.extra_mut();
-        for (key, id) in [
-            ("bos_token_id", self.special.bos),
-            ("eos_token_id", self.special.eos),
-            ("pad_token_id", self.special.pad),
-        ] {
-            if let Some(id) = id {
-                extra.insert(key.into(), json!(id));
-            }
-        }
+        config.extra_mut().extend(self.special.id_entries());
         models::save_dir(dir, &config, &self.store)?;
         self.tokenizer.save(&dir.join("tokenizer.json"))?;
         let mut tc = serde_json::Map::new();
@@ -315,16 +306,7 @@ impl Pretrained {
             tc.insert("chat_template".into(), json!(t));
         }
         write_json_atomic(&dir.join("tokenizer_config.json"), &Value::Object(tc))?;
-        let mut gen = serde_json::Map::new();
-        for (key, id) in [
-            ("bos_token_id", self.special.bos),
-            ("eos_token_id", self.special.eos),
-            ("pad_token_id", self.special.pad),
-        ] {
-            if let Some(id) = id {
-                gen.insert(key.into(), json!(id));
-            }
-        }
+        let gen = self.special.id_entries();
         write_json_atomic(&dir.join("generation_config.json"), &Value::Object(gen))
     }
 }

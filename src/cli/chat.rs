@@ -3,7 +3,7 @@
 //! end-of-turn token. Commands: `/reset` forgets the history, `/exit` (or end of input) quits.
 
 use super::generate::SamplingArgs;
-use super::{load_model, print_flush, Common};
+use super::{print_flush, Common, ModelArgs};
 use anyhow::Result;
 use clap::Args;
 use ferroformer::chat::Message;
@@ -12,23 +12,18 @@ use std::io::{BufRead, Write};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    /// Model: a Hugging Face directory, a llama.cpp .gguf file, or an asset name such as
-    /// smollm2-135m-instruct.
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// A system message for the whole conversation [default: the template's own, if any].
     #[arg(long)]
     pub system: Option<String>,
-    /// Keep a GGUF model's matrices quantized [default: dequantize to f32].
-    #[arg(long, default_value_t = false)]
-    pub quantized: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
 pub fn run(a: ChatArgs, c: &Common) -> Result<()> {
     let cfg = a.sampling.config(c)?;
-    let p = load_model(&a.model, c, a.quantized)?;
+    let p = a.model.load(c)?;
     let template = p.chat()?;
     let stop = p.stop_tokens();
     let mut history: Vec<Message> = vec![];

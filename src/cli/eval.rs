@@ -1,6 +1,6 @@
 //! `ferroformer eval`: measure a model.
 
-use super::{load_model, Common};
+use super::{Common, ModelArgs};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use ferroformer::data::read_text;
@@ -16,13 +16,8 @@ pub enum EvalCmd {
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
-    /// Model: a Hugging Face directory, a llama.cpp .gguf file, or an asset name such as
-    /// smollm2-135m-instruct.
-    #[arg(long)]
-    pub model: String,
-    /// Keep a GGUF model's matrices quantized (quantized matmuls) [default: dequantize to f32].
-    #[arg(long, default_value_t = false)]
-    pub quantized: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// UTF-8 text file.
     #[arg(long)]
     pub text: PathBuf,
@@ -34,7 +29,7 @@ pub struct PerplexityArgs {
 pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
     match cmd {
         EvalCmd::Perplexity(a) => {
-            let p = load_model(&a.model, c, a.quantized)?;
+            let p = a.model.load(c)?;
             let model = &p.model;
             let text = read_text(&a.text)?;
             let ids = p.tokenizer.encode(&text)?;

@@ -1,6 +1,6 @@
 //! `ferroformer generate`: stream text from a model, or one chat turn with `--chat`.
 
-use super::{load_model, print_flush, Common};
+use super::{print_flush, Common, ModelArgs};
 use anyhow::Result;
 use clap::Args;
 use ferroformer::chat::Message;
@@ -39,10 +39,8 @@ impl SamplingArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json), a
-    /// llama.cpp .gguf file, or an asset name such as smollm2-135m-instruct.
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Text to continue (with --chat: the user's message).
     #[arg(long, default_value = "")]
     pub prompt: String,
@@ -53,16 +51,13 @@ pub struct GenerateArgs {
     /// With --chat: a system message [default: the template's own, if any].
     #[arg(long)]
     pub system: Option<String>,
-    /// Keep a GGUF model's matrices quantized (less memory, quantized matmuls) [default: dequantize to f32].
-    #[arg(long, default_value_t = false)]
-    pub quantized: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
 pub fn run(a: GenerateArgs, c: &Common) -> Result<()> {
     let cfg = a.sampling.config(c)?;
-    let p = load_model(&a.model, c, a.quantized)?;
+    let p = a.model.load(c)?;
     let (prompt_ids, stop) = if a.chat {
         let mut messages = vec![];
         if let Some(s) = &a.system {

@@ -125,6 +125,25 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--model` and `--quantized`, as every verb that runs a pretrained causal LM takes them.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json), a
+    /// llama.cpp .gguf file, or an asset name such as smollm2-135m-instruct.
+    #[arg(long)]
+    pub model: String,
+    /// Keep a GGUF model's matrices quantized (quantized matmuls, about a quarter of the
+    /// memory; inference only) [default: dequantize to f32].
+    #[arg(long, default_value_t = false)]
+    pub quantized: bool,
+}
+
+impl ModelArgs {
+    pub fn load(&self, c: &Common) -> Result<ferroformer::pretrained::Pretrained> {
+        load_model(&self.model, c, self.quantized)
+    }
+}
+
 /// Loads `--model` for inference, with a note on stderr of what was loaded.
 pub fn load_model(
     arg: &str,

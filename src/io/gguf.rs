@@ -36,6 +36,21 @@ pub struct SpecialTokens {
     pub add_bos: bool,
 }
 
+impl SpecialTokens {
+    /// `bos_token_id`, `eos_token_id`, `pad_token_id` (those known), as `config.json` and
+    /// `generation_config.json` write them.
+    pub fn id_entries(&self) -> serde_json::Map<String, serde_json::Value> {
+        [
+            ("bos_token_id", self.bos),
+            ("eos_token_id", self.eos),
+            ("pad_token_id", self.pad),
+        ]
+        .into_iter()
+        .filter_map(|(k, id)| id.map(|id| (k.to_string(), serde_json::json!(id))))
+        .collect()
+    }
+}
+
 /// How a tensor's data is kept after loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -214,16 +229,7 @@ impl Gguf {
         c.tie_word_embeddings = !self.content.tensor_infos.contains_key("output.weight");
         c.attention_bias = self.content.tensor_infos.contains_key("blk.0.attn_q.bias");
         c.mlp_bias = self.content.tensor_infos.contains_key("blk.0.ffn_up.bias");
-        let special = self.special_tokens()?;
-        for (name, id) in [
-            ("bos_token_id", special.bos),
-            ("eos_token_id", special.eos),
-            ("pad_token_id", special.pad),
-        ] {
-            if let Some(id) = id {
-                c.extra.insert(name.into(), serde_json::json!(id));
-            }
-        }
+        c.extra.extend(self.special_tokens()?.id_entries());
         c.validate().map_err(|e| self.err(e.to_string()))?;
         Ok(c)
     }
