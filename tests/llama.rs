@@ -6,7 +6,7 @@
 
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, compare, fixture};
+use common::{assert_close, compare, fixture, max_abs};
 use ferroformer::chat::Message;
 use ferroformer::io::safetensors;
 use ferroformer::models::{self, CausalModel};
@@ -49,6 +49,7 @@ fn tiny(name: &str) {
     );
 }
 
+/// The kernel mode is process-wide, so everything that switches it runs in this one test.
 #[test]
 fn tiny_llama_matches_transformers_fused_and_plain() {
     for plain in [false, true] {
@@ -56,13 +57,13 @@ fn tiny_llama_matches_transformers_fused_and_plain() {
         tiny("llama-tiny");
         tiny("llama-tiny-tied");
     }
+    fused_and_plain_gradients_agree();
     ferroformer::nn::kernels::set_plain(false);
 }
 
 /// Gradients of the fused path (RoPE kernel, packed GQA attention, fused head + loss) equal
 /// those of the plain composition of candle ops.
-#[test]
-fn llama_trains_fused_equals_plain() {
+fn fused_and_plain_gradients_agree() {
     let dev = Device::Cpu;
     let dir = fixture("llama-tiny");
     let expected = safetensors::load(&dir.join("expected.safetensors"), &dev).unwrap();
@@ -89,14 +90,8 @@ fn llama_trains_fused_equals_plain() {
     let ((l0, g0), (l1, g1)) = (&results[0], &results[1]);
     assert!((l0 - l1).abs() < 1e-5 * l1.abs(), "loss {l0} vs {l1}");
     for ((k, a), (_, b)) in g0.iter().zip(g1) {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
-        assert_close(&format!("grad {k}"), a, b, 1e-3, 1e-5 * scale.max(1e-6));
+        let scale = max_abs(&b);
+        assert_close(&format!("grad {k}"), a, b, 1e-4, 1e-5 * scale.max(1e-6));
     }
 }
 
@@ -138,17 +133,11 @@ fn sampled_logits(model: &CausalModel) -> (Tensor, Tensor) {
 fn smollm2_gguf_matches_transformers() {
     let p = Pretrained::from_gguf(&smollm2_path(), &Device::Cpu, false).unwrap();
 
-    // Logits of the dequantized f32 model within 1e-4 relative (absolute floor 1e-4 of the
+    // Logits of the dequantized f32 model within 1e-4 relative (absolute floor 1e-5 of the
     // logit scale, for entries near zero).
     let (got, want) = sampled_logits(&p.model);
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    assert_close("smollm2 logits", &got, &want, 1e-4, 1e-4 * scale);
+    let scale = max_abs(&want);
+    assert_close("smollm2 logits", &got, &want, 1e-4, 1e-5 * scale);
 
     // Tokenizer: identical ids and decoding on varied text. The reference is llama.cpp's
     // tokenization, which applies the GGUF's `tokenizer.ggml.pre = "smollm"` (digits split
@@ -225,13 +214,7 @@ fn smollm2_round_trip_through_hf_directory() {
     }
     let (a, _) = sampled_logits(&p.model);
     let (b, _) = sampled_logits(&q.model);
-    let scale = a
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
+    let scale = max_abs(&a);
     assert_close("round-trip logits", &b, &a, 1e-4, 1e-5 * scale);
     assert_eq!(q.chat_template, p.chat_template);
     assert_eq!(q.special, p.special);
@@ -250,18 +233,11 @@ fn smollm2_quantized_path_tracks_f32() {
     let q = Pretrained::from_gguf(&smollm2_path(), &dev, true).unwrap();
     assert!(q.quantized);
     let (got, want) = sampled_logits(&q.model);
-    let (max_abs, _) = compare(&got, &want, 0.0, 1.0);
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    assert!(
-        max_abs < 0.1 * scale,
-        "max |diff| {max_abs} vs scale {scale}"
-    );
+    let scale = max_abs(&want);
+    let (diff, _) = compare(&got, &want, 0.0, 1.0);
+    // 8-bit activations: llama.cpp on this file differs from transformers by up to 2% of
+    // the scale (0.57 of 27.4).
+    assert!(diff < 0.03 * scale, "max |diff| {diff} vs scale {scale}");
     // Same top token at every stored position.
     let top = |t: &Tensor| t.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     assert_eq!(top(&got), top(&want));
@@ -357,8 +333,8 @@ fn bad_gguf_and_directories_give_clear_errors() {
 }
 
 /// llama.cpp's layout, built here from a random Llama: names mapped to llama.cpp's, query and
-/// key rows permuted as its converter does, matrices quantized to K-quants (Q4_K, Q6_K) and
-/// Q8_0, norms F32, a minimal tokenizer in the metadata. Loading it must give exactly the
+/// key rows permuted as its converter does, matrices in F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and
+/// the K-quants Q2_K..Q6_K, norms F32, a minimal tokenizer in the metadata. Loading it must give exactly the
 /// model built from the same dequantized weights in transformers' layout (f32 path), and
 /// close logits on the quantized path (candle's K-quant matmuls).
 #[test]
@@ -411,16 +387,30 @@ fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
     };
     let mut qtensors: Vec<(String, QTensor)> = vec![];
     let mut reference = std::collections::BTreeMap::new();
-    for (i, (name, var)) in store.vars().iter().enumerate() {
+    // Every matrix type llama.cpp files commonly hold, one per matrix in turn.
+    let types = [
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::F16,
+        GgmlDType::Q5K,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+    ];
+    let mut matrices = 0;
+    for (name, var) in store.vars() {
         let w = var.as_tensor().clone();
         let dtype = if w.rank() == 1 {
             GgmlDType::F32
         } else if name.contains("embed") {
             GgmlDType::Q8_0
-        } else if i % 2 == 0 {
-            GgmlDType::Q4K
         } else {
-            GgmlDType::Q6K
+            matrices += 1;
+            types[(matrices - 1) % types.len()]
         };
         // Row permutation commutes with row-wise quantization: the reference quantizes the
         // transformers layout, the file the permuted one.
@@ -460,6 +450,7 @@ fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
     gguf_file::write(&mut f, &meta_refs, &t_refs).unwrap();
     drop(f);
 
+    assert!(matrices >= types.len(), "every type is used");
     let ids = Tensor::new(&[[3u32, 17, 42, 5, 63, 0, 9, 21]], &dev).unwrap();
     let (want_model, _) = models::from_tensors(
         &arch,
@@ -486,16 +477,10 @@ fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
     let q = Pretrained::from_gguf(&path, &dev, true).unwrap();
     assert!(q.quantized);
     let got = q.model.forward(&ids, None, None).unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    let (max_abs, _) = compare(&got, &want, 0.0, 1.0);
+    let scale = max_abs(&want);
+    let (diff, _) = compare(&got, &want, 0.0, 1.0);
     assert!(
-        max_abs < 0.05 * scale,
-        "quantized path: max |diff| {max_abs}, scale {scale}"
+        diff < 0.05 * scale,
+        "quantized path: max |diff| {diff}, scale {scale}"
     );
 }

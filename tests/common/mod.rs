@@ -27,6 +27,16 @@ pub fn compare(a: &Tensor, b: &Tensor, rtol: f64, atol: f64) -> (f64, f64) {
     (max_abs, worst)
 }
 
+/// The largest absolute value of a tensor (the scale for absolute tolerances).
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64
+}
+
 /// Asserts `a` equals `b` within `rtol` relative (plus a tiny absolute floor for zeros).
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f64, atol: f64) {
     let (max_abs, worst) = compare(a, b, rtol, atol);
