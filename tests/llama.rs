@@ -90,7 +90,7 @@ fn fused_and_plain_gradients_agree() {
     let ((l0, g0), (l1, g1)) = (&results[0], &results[1]);
     assert!((l0 - l1).abs() < 1e-5 * l1.abs(), "loss {l0} vs {l1}");
     for ((k, a), (_, b)) in g0.iter().zip(g1) {
-        let scale = max_abs(&b);
+        let scale = max_abs(b);
         assert_close(&format!("grad {k}"), a, b, 1e-4, 1e-5 * scale.max(1e-6));
     }
 }
