@@ -206,12 +206,4 @@ impl Projection {
             bias: None,
         })
     }
-
-    /// The dense weight, if this projection has one.
-    pub fn dense(&self) -> Option<&Linear> {
-        match self {
-            Projection::Dense(l) => Some(l),
-            Projection::Quantized { .. } => None,
-        }
-    }
 }

@@ -137,10 +137,6 @@ impl Rope {
         })
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
     /// Rotates `x` `[b, t, heads, head_dim]` for positions `offset .. offset + t`.
     pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(1)?;

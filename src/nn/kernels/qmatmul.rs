@@ -198,14 +198,6 @@ impl QWeight {
         }
     }
 
-    /// Bytes held (the whole shared buffer).
-    pub fn nbytes(&self) -> usize {
-        match self.blocks.as_ref() {
-            Blocks::Four(b) => b.len() * std::mem::size_of::<B4>(),
-            Blocks::Eight(b) => b.len() * std::mem::size_of::<B8>(),
-        }
-    }
-
     /// Rows `start .. start + n` as a view sharing this matrix's data.
     pub fn row_range(&self, start: usize, n: usize) -> Option<QWeight> {
         (start + n <= self.rows).then(|| QWeight {
