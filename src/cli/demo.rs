@@ -64,7 +64,10 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
     }
     let mut text = String::new();
     generate(
-        &trainer.model,
+        trainer
+            .model
+            .causal()
+            .ok_or_else(|| anyhow::anyhow!("the demo recipe must train a causal LM"))?,
         &trainer.tokenizer,
         &s.prompt,
         &cfg,

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod fetch;
+pub mod fill_mask;
 pub mod generate;
 pub mod params;
 pub mod pretrain;
@@ -57,7 +58,7 @@ pub enum Command {
     /// Train a tokenizer on a corpus.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCmd),
-    /// Pre-train a model as a recipe describes (causal LM).
+    /// Pre-train a model as a recipe describes (causal LM: GPT-2, Llama; masked LM: BERT).
     Pretrain(pretrain::PretrainArgs),
     /// Generate text from a model (one chat turn with --chat).
     Generate(generate::GenerateArgs),
@@ -67,6 +68,8 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Semantic search: rank the lines of a corpus by similarity to a query.
     Similar(similar::SimilarArgs),
+    /// Predict the tokens hidden behind [MASK] in a text with a masked language model (BERT).
+    FillMask(fill_mask::FillMaskArgs),
     /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
     /// directory.
     Convert(convert::ConvertArgs),
@@ -119,6 +122,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert::run(a, c),
         Command::Embed(a) => embed::run(a, c),
         Command::Similar(a) => similar::run(a, c),
+        Command::FillMask(a) => fill_mask::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),

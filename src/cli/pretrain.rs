@@ -60,18 +60,23 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
     let outcome = trainer.run(c.progress(), &mut |ev| match ev {
         Event::Eval(e) => {
             if json {
-                println!(
-                    "{}",
-                    json!({"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss})
-                );
-            } else {
-                match e.val_loss {
-                    Some(v) => println!(
-                        "step {:>6}: train loss {:.4}, val loss {:.4}",
-                        e.step, e.train_loss, v
-                    ),
-                    None => println!("step {:>6}: train loss {:.4}", e.step, e.train_loss),
+                let mut v =
+                    json!({"step": e.step, "train_loss": e.train_loss, "val_loss": e.val_loss});
+                if e.train_accuracy.is_some() {
+                    v["train_accuracy"] = json!(e.train_accuracy);
+                    v["val_accuracy"] = json!(e.val_accuracy);
                 }
+                println!("{v}");
+            } else {
+                let mut line = format!("step {:>6}: train loss {:.4}", e.step, e.train_loss);
+                if let Some(v) = e.val_loss {
+                    line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp());
+                }
+                if let Some(a) = e.val_accuracy.or(e.train_accuracy) {
+                    let which = if e.val_accuracy.is_some() { "val" } else { "train" };
+                    line += &format!(", {which} masked-token accuracy {:.2}%", 100.0 * a);
+                }
+                println!("{line}");
             }
         }
         Event::Checkpoint(p) => {

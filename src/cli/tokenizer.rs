@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum TokenizerCmd {
-    /// Train a char-level or byte-level BPE tokenizer and write tokenizer.json.
+    /// Train a char-level, byte-level BPE or BERT WordPiece tokenizer and write tokenizer.json.
     Train(TrainArgs),
 }
 
@@ -18,15 +18,21 @@ pub struct TrainArgs {
     /// Corpus files or folders, or asset:NAME (repeatable).
     #[arg(long, required = true)]
     pub corpus: Vec<String>,
-    /// Vocabulary kind: char or bpe.
+    /// Vocabulary kind: char, bpe (byte-level, GPT-2 style) or wordpiece (BERT: [PAD] [UNK]
+    /// [CLS] [SEP] [MASK], ## continuation pieces).
     #[arg(long, default_value = "bpe")]
     pub kind: String,
-    /// Vocabulary size for bpe (256 byte tokens and <|endoftext|> included).
+    /// Vocabulary size for bpe (256 byte tokens and <|endoftext|> included) or wordpiece
+    /// (the 5 special tokens included).
     #[arg(long, default_value_t = 8192)]
     pub vocab_size: usize,
-    /// Minimum pair frequency for a BPE merge.
+    /// Minimum frequency of a merged pair (bpe) or piece (wordpiece).
     #[arg(long, default_value_t = 2)]
     pub min_frequency: u64,
+    /// wordpiece: keep case and accents (a "cased" vocabulary); by default text is lowercased
+    /// and accents stripped.
+    #[arg(long, default_value_t = false)]
+    pub cased: bool,
     /// Output file.
     #[arg(long, default_value = "tokenizer.json")]
     pub out: PathBuf,
@@ -42,6 +48,7 @@ pub fn run(cmd: TokenizerCmd, c: &Common) -> Result<()> {
     let files = corpus_files(&paths)?;
     let tok = match a.kind.as_str() {
         "bpe" => Tokenizer::train_bpe(&files, a.vocab_size, a.min_frequency)?,
+        "wordpiece" => Tokenizer::train_wordpiece(&files, a.vocab_size, a.min_frequency, !a.cased)?,
         "char" => {
             let texts: Vec<String> = files
                 .iter()
@@ -49,7 +56,7 @@ pub fn run(cmd: TokenizerCmd, c: &Common) -> Result<()> {
                 .collect::<Result<_, _>>()?;
             Tokenizer::train_char(texts.iter().map(|s| s.as_str()))?
         }
-        k => bail!("--kind {k:?}: expected char or bpe"),
+        k => bail!("--kind {k:?}: expected char, bpe or wordpiece"),
     };
     tok.save(&a.out)?;
     if c.json {

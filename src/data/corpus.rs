@@ -1,5 +1,6 @@
 //! Text corpora: files or folders of UTF-8 text, read in a fixed order.
 
+use crate::data::wiki;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -46,31 +47,46 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Reads a whole file as UTF-8, with an error naming the file and the byte offset of the first
-/// invalid sequence.
+/// Reads a whole corpus file as text (see [`for_each_chunk`] for the formats), with an error
+/// naming the file and the byte offset of the first invalid UTF-8 sequence.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        Error::format(
-            path,
-            format!(
-                "not valid UTF-8 (first bad byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
+    let mut out = String::new();
+    for_each_chunk(path, 1 << 20, |s| {
+        out.push_str(s);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
-/// Streams a file as UTF-8 chunks of roughly `chunk` bytes, each ending at a line break that
-/// is followed by a non-space character, so tokenizers that split on whitespace see the same
-/// pieces as they would in the whole text.
+/// Streams a corpus file as UTF-8 chunks of roughly `chunk` bytes, each ending at a line break
+/// that is followed by a non-space character, so tokenizers that split on whitespace see the
+/// same pieces as they would in the whole text. `.bz2` files are decompressed; a MediaWiki XML
+/// export (a Wikipedia dump) yields the plain text of its articles, separated by blank lines.
 pub fn for_each_chunk(
     path: &Path,
     chunk: usize,
     mut f: impl FnMut(&str) -> Result<()>,
 ) -> Result<()> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if wiki::is_mediawiki(path)? {
+        let mut buf = String::with_capacity(chunk * 2);
+        wiki::for_each_article(path, |_, text| {
+            if !buf.is_empty() {
+                buf.push('\n');
+            }
+            buf.push_str(text);
+            if buf.len() >= chunk {
+                f(&buf)?;
+                buf.clear();
+            }
+            Ok(())
+        })?;
+        if buf.is_empty() {
+            return Err(Error::format(path, "this MediaWiki export has no article text"));
+        }
+        return f(&buf);
+    }
+    let mut file = wiki::open_text(path)?;
     let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
     let mut offset = 0usize; // bytes of the file already handed out, for error messages
     let mut eof = false;

@@ -2,6 +2,7 @@
 
 pub mod corpus;
 pub mod shards;
+pub mod wiki;
 
 pub use corpus::{corpus_files, read_text};
 pub use shards::{Split, TokenShard};

@@ -232,11 +232,16 @@ impl TokenShard {
         let mut x = Vec::with_capacity(batch * context);
         let mut y = Vec::with_capacity(batch * context);
         for _ in 0..batch {
-            let i = split.start + rng.below((split.len() - context) as u64) as usize;
-            let w = self.window(i, context + 1);
+            let w = self.random_window(split, context + 1, rng);
             x.extend_from_slice(&w[..context]);
             y.extend_from_slice(&w[1..]);
         }
         (x, y)
+    }
+
+    /// `len` consecutive tokens of `split` from a uniformly chosen start (`split.len() >= len`).
+    pub fn random_window(&self, split: Split, len: usize, rng: &mut Rng) -> Vec<u32> {
+        let i = split.start + rng.below((split.len() + 1 - len) as u64) as usize;
+        self.window(i, len)
     }
 }

@@ -475,6 +475,16 @@ fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor>
 
 /// Loads a Hugging Face BERT directory; the heads present in the weights are built.
 pub fn load_dir(dir: &Path, device: &Device) -> Result<(Bert, ParamStore)> {
+    load(dir, device, None)
+}
+
+/// Loads a BERT directory to (continue) masked-LM training: when the weights have no MLM head
+/// (a bare `BertModel` such as all-MiniLM-L6-v2), a fresh one is initialised from `seed`.
+pub fn load_dir_for_mlm(dir: &Path, device: &Device, seed: u64) -> Result<(Bert, ParamStore)> {
+    load(dir, device, Some(seed))
+}
+
+fn load(dir: &Path, device: &Device, init_mlm: Option<u64>) -> Result<(Bert, ParamStore)> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(Error::format(dir, "no config.json in this model directory"));
@@ -486,11 +496,18 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Bert, ParamStore)> {
         tensors.extend(safetensors::load(f, device)?);
     }
     let tensors = normalize_keys(tensors);
+    let has_mlm = tensors.contains_key("cls.predictions.bias");
     let heads = BertHeads {
         pooler: tensors.contains_key("bert.pooler.dense.weight"),
-        mlm: tensors.contains_key("cls.predictions.bias"),
+        mlm: has_mlm || init_mlm.is_some(),
     };
     let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
+    if let (Some(seed), false) = (init_mlm, has_mlm) {
+        // Only the head may be missing: everything else is checked against the file first.
+        let body = BertHeads { mlm: false, ..heads };
+        Bert::new(&config, &mut store, body).map_err(|e| super::mismatch(e, &cfg_path))?;
+        store.allow_init(seed);
+    }
     let model = Bert::new(&config, &mut store, heads).map_err(|e| super::mismatch(e, &cfg_path))?;
     let used: Vec<String> = param_shapes(&config, heads)?.into_keys().collect();
     super::check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;

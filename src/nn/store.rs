@@ -79,6 +79,13 @@ impl ParamStore {
         })
     }
 
+    /// From now on, parameters the store does not hold are initialised (from `seed`) instead
+    /// of being an error: for adding a new head to a loaded model.
+    pub fn allow_init(&mut self, seed: u64) {
+        self.allow_init = true;
+        self.rng = Rng::new(seed);
+    }
+
     fn err(&self, msg: String) -> Error {
         match &self.source {
             Some(p) => Error::format(p, msg),

@@ -5,13 +5,18 @@
 //! drawn from the whole vocabulary. With whole-word masking a word's pieces are chosen
 //! together (WordPiece continuations start with `##`). Seeded, so a batch is reproducible.
 
+use crate::data::{Split, TokenShard};
+use crate::models::bert::Bert;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-/// Masking probabilities.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Masking probabilities (the `[mlm]` section of a recipe).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MaskingConfig {
     /// Fraction of tokens chosen for prediction.
     pub probability: f64,
@@ -140,6 +145,143 @@ pub fn mlm_loss(logits: &Tensor, labels: &[Option<u32>]) -> Result<MlmLoss> {
         count: targets.len(),
         correct,
     })
+}
+
+/// A masked batch: inputs `[b, t]` and one optional label per position (row-major).
+pub struct MlmBatch {
+    pub inputs: Tensor,
+    pub labels: Vec<Option<u32>>,
+}
+
+/// The masked-LM objective for one tokenizer: which ids are special, which continue a word,
+/// and how sequences are framed.
+pub struct MaskedLm {
+    pub config: MaskingConfig,
+    special: Vec<bool>,
+    continues: Vec<bool>,
+    mask_id: u32,
+    cls_id: u32,
+    sep_id: u32,
+    vocab_size: usize,
+}
+
+impl MaskedLm {
+    /// The objective for `tokenizer`, which must have `[CLS]`, `[SEP]` and `[MASK]`. Its
+    /// special tokens (`[PAD]`, `[UNK]`, ...) are never chosen; pieces starting with `##`
+    /// continue a word.
+    pub fn new(tokenizer: &Tokenizer, config: MaskingConfig) -> Result<Self> {
+        config.validate()?;
+        let id = |t: &str| {
+            tokenizer.token_id(t).ok_or_else(|| {
+                Error::Config(format!(
+                    "masked LM needs a tokenizer with {t} (train one with data.tokenizer = \"wordpiece\")"
+                ))
+            })
+        };
+        let (mask_id, cls_id, sep_id) = (id("[MASK]")?, id("[CLS]")?, id("[SEP]")?);
+        let vocab_size = tokenizer.vocab_size();
+        let mut special = vec![false; vocab_size];
+        for id in tokenizer.special_ids() {
+            if let Some(s) = special.get_mut(id as usize) {
+                *s = true;
+            }
+        }
+        let continues = (0..vocab_size as u32)
+            .map(|i| {
+                tokenizer
+                    .id_token(i)
+                    .is_some_and(|t| t.starts_with("##"))
+            })
+            .collect();
+        Ok(MaskedLm {
+            config,
+            special,
+            continues,
+            mask_id,
+            cls_id,
+            sep_id,
+            vocab_size,
+        })
+    }
+
+    /// Masks one framed sequence (`[CLS] ... [SEP]`); at least one token is always chosen, so
+    /// every sequence contributes to the loss.
+    pub fn mask(&self, ids: &[u32], rng: &mut Rng) -> Masked {
+        let special = |id: u32| self.special.get(id as usize).copied().unwrap_or(false);
+        let continues = |i: usize| {
+            self.continues
+                .get(ids[i] as usize)
+                .copied()
+                .unwrap_or(false)
+        };
+        let mut m = mask_tokens(
+            ids,
+            &special,
+            &continues,
+            self.vocab_size,
+            self.mask_id,
+            &self.config,
+            rng,
+        );
+        if m.labels.iter().all(|l| l.is_none()) {
+            let eligible: Vec<usize> = (0..ids.len()).filter(|&i| !special(ids[i])).collect();
+            if !eligible.is_empty() {
+                let i = eligible[rng.below(eligible.len() as u64) as usize];
+                m.labels[i] = Some(ids[i]);
+                m.inputs[i] = self.mask_id;
+            }
+        }
+        m
+    }
+
+    /// `batch` random windows of `split`, each framed as `[CLS]` + `context - 2` tokens +
+    /// `[SEP]` (documents are packed back to back, as RoBERTa's full-sentence inputs), then
+    /// masked.
+    pub fn batch(
+        &self,
+        data: &TokenShard,
+        split: Split,
+        batch: usize,
+        context: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<MlmBatch> {
+        if context < 3 {
+            return Err(Error::Config(format!(
+                "masked LM needs train.context >= 3 ([CLS], a token, [SEP]), got {context}"
+            )));
+        }
+        let mut inputs = Vec::with_capacity(batch * context);
+        let mut labels = Vec::with_capacity(batch * context);
+        for _ in 0..batch {
+            let mut ids = Vec::with_capacity(context);
+            ids.push(self.cls_id);
+            ids.extend(data.random_window(split, context - 2, rng));
+            ids.push(self.sep_id);
+            let m = self.mask(&ids, rng);
+            inputs.extend(m.inputs);
+            labels.extend(m.labels);
+        }
+        Ok(MlmBatch {
+            inputs: Tensor::from_vec(inputs, (batch, context), device)?,
+            labels,
+        })
+    }
+
+    /// The loss over a batch: the encoder runs on every token, the MLM head only on the chosen
+    /// positions (a sixth of the tokens, so the vocabulary projection costs a sixth).
+    /// `rng` enables dropout.
+    pub fn loss(&self, model: &Bert, batch: &MlmBatch, rng: Option<&mut Rng>) -> Result<MlmLoss> {
+        let h = model.forward(&batch.inputs, None, None, rng)?;
+        let (b, t, c) = h.dims3()?;
+        let rows: Vec<u32> = (0..(b * t) as u32)
+            .filter(|&i| batch.labels[i as usize].is_some())
+            .collect();
+        let labels: Vec<Option<u32>> = batch.labels.iter().filter(|l| l.is_some()).copied().collect();
+        let idx = Tensor::new(rows.as_slice(), h.device())?;
+        let chosen = h.reshape((b * t, c))?.index_select(&idx, 0)?;
+        mlm_loss(&model.mlm_logits(&chosen)?, &labels)
+    }
 }
 
 #[cfg(test)]

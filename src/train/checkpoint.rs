@@ -7,10 +7,10 @@
 //! complete or absent.
 
 use crate::io::{read_json, write_atomic, write_json_atomic};
-use crate::models::{self, ArchConfig};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
+use crate::train::trainer::TrainModel;
 use crate::train::AdamW;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
 
 /// What a checkpoint holds.
 pub struct Checkpoint<'a> {
-    pub config: &'a ArchConfig,
+    pub model: &'a TrainModel,
     pub store: &'a ParamStore,
     pub tokenizer: &'a Tokenizer,
     pub optimizer: &'a AdamW,
@@ -69,7 +69,7 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let final_dir = run.join(format!("checkpoint-{step}"));
     let tmp = run.join(format!(".checkpoint-{step}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    write_model_dir(&tmp, ck.config, ck.store, ck.tokenizer)?;
+    ck.model.save_dir(&tmp, ck.store, ck.tokenizer)?;
     ck.optimizer
         .save(&tmp.join("optimizer.safetensors"), ck.store)?;
     write_json_atomic(&tmp.join("trainer_state.json"), ck.state)?;
@@ -81,7 +81,7 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     if let Ok(d) = std::fs::File::open(run) {
         let _ = d.sync_all();
     }
-    write_model_dir(run, ck.config, ck.store, ck.tokenizer)?;
+    ck.model.save_dir(run, ck.store, ck.tokenizer)?;
     let all = list_checkpoints(run)?;
     if all.len() > keep {
         for (_, old) in &all[..all.len() - keep] {
@@ -89,17 +89,6 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
         }
     }
     Ok(final_dir)
-}
-
-/// Writes a Hugging Face model directory: config, weights, tokenizer.
-pub fn write_model_dir(
-    dir: &Path,
-    config: &ArchConfig,
-    store: &ParamStore,
-    tokenizer: &Tokenizer,
-) -> Result<()> {
-    models::save_dir(dir, config, store)?;
-    tokenizer.save(&dir.join("tokenizer.json"))
 }
 
 /// Reads a checkpoint's trainer state.

@@ -1,6 +1,7 @@
 //! Recipes: a TOML file describing one training job (data, model, training, sampling), with
 //! any key overridable from the command line as `--set section.key=value`.
 
+use crate::objective::mlm::MaskingConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -81,7 +82,8 @@ fn d_temp() -> f64 {
 pub struct Recipe {
     /// Short name, used in logs.
     pub name: String,
-    /// Training objective: `clm` (causal language modelling).
+    /// Training objective: `clm` (causal language modelling: GPT-2, Llama) or `mlm` (masked
+    /// language modelling: BERT).
     #[serde(default = "d_objective")]
     pub objective: String,
     pub data: DataConfig,
@@ -89,6 +91,9 @@ pub struct Recipe {
     pub train: TrainConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    /// Masking for the `mlm` objective.
+    #[serde(default)]
+    pub mlm: MaskingConfig,
 }
 
 /// Where the text comes from and how it is tokenized.
@@ -97,12 +102,16 @@ pub struct Recipe {
 pub struct DataConfig {
     /// Files or folders (read recursively, in name order), or `asset:NAME`.
     pub corpus: Vec<String>,
-    /// `char` (one token per character), `bpe` (train byte-level BPE), or a `tokenizer.json` path.
+    /// `char` (one token per character), `bpe` (train byte-level BPE), `wordpiece` (train a
+    /// BERT WordPiece vocabulary), or a `tokenizer.json` path.
     #[serde(default = "d_tokenizer")]
     pub tokenizer: String,
-    /// Vocabulary size when training BPE.
+    /// Vocabulary size when training BPE or WordPiece.
     #[serde(default = "d_vocab")]
     pub vocab_size: usize,
+    /// WordPiece: lowercase and strip accents (an "uncased" vocabulary).
+    #[serde(default = "d_true")]
+    pub lowercase: bool,
     /// Fraction of the tokens (the last ones) held out for validation.
     #[serde(default = "d_val")]
     pub val_fraction: f64,
@@ -115,14 +124,16 @@ pub struct ModelConfig {
     /// Start from this Hugging Face model directory instead of random weights.
     #[serde(default)]
     pub init: Option<String>,
-    /// `gpt2` (LayerNorm, GELU, learned or sinusoidal positions) or `llama` (RMSNorm,
-    /// SwiGLU, rotary positions, grouped-query attention).
+    /// `gpt2` (LayerNorm, GELU, learned or sinusoidal positions), `llama` (RMSNorm,
+    /// SwiGLU, rotary positions, grouped-query attention) or `bert` (bidirectional post-norm
+    /// encoder with the masked-LM head; objective `mlm`).
     #[serde(default = "d_arch")]
     pub architecture: String,
     /// Llama: key/value heads for grouped-query attention; defaults to `n_head`.
     #[serde(default)]
     pub n_kv_head: Option<usize>,
-    /// Llama: feed-forward width; defaults to about 8/3 `n_embd` rounded up to 64.
+    /// Feed-forward width. Llama: defaults to about 8/3 `n_embd` rounded up to 64; BERT: to
+    /// 4 `n_embd`.
     #[serde(default)]
     pub intermediate_size: Option<usize>,
     /// Llama: rotary base.
@@ -287,12 +298,27 @@ impl Recipe {
     /// Checks values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
-        if self.objective != "clm" {
+        if !matches!(self.model.architecture.as_str(), "gpt2" | "llama" | "bert") {
             return Err(Error::Config(format!(
-                "objective {:?} is not supported yet (known: clm)",
-                self.objective
+                "model.architecture {:?} is not supported (known: gpt2, llama, bert)",
+                self.model.architecture
             )));
         }
+        match (self.objective.as_str(), self.model.architecture.as_str()) {
+            ("clm", "gpt2" | "llama") | ("mlm", "bert") => {}
+            ("clm" | "mlm", arch) => {
+                return Err(Error::Config(format!(
+                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert)",
+                    self.objective
+                )))
+            }
+            (other, _) => {
+                return Err(Error::Config(format!(
+                    "objective {other:?} is not supported (known: clm, mlm)"
+                )))
+            }
+        }
+        self.mlm.validate()?;
         for (k, v) in [
             ("train.steps", t.steps),
             ("train.batch_size", t.batch_size),
@@ -327,12 +353,6 @@ impl Recipe {
         }
         if self.data.corpus.is_empty() {
             return Err(Error::Config("data.corpus is empty".into()));
-        }
-        if !matches!(self.model.architecture.as_str(), "gpt2" | "llama") {
-            return Err(Error::Config(format!(
-                "model.architecture {:?} is not supported (known: gpt2, llama)",
-                self.model.architecture
-            )));
         }
         if let Some(n) = self.model.n_positions {
             if n < t.context {

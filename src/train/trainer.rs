@@ -4,8 +4,10 @@
 use crate::assets;
 use crate::data::corpus::for_each_chunk;
 use crate::data::{corpus_files, Split, TokenShard};
+use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
+use crate::objective::mlm::MaskedLm;
 use crate::objective::CausalLm;
 use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, EOT};
@@ -32,12 +34,109 @@ pub struct StepStats {
     pub grad_norm: f64,
 }
 
-/// Mean loss over fixed evaluation batches.
+/// Mean loss over fixed evaluation batches (for the masked LM, over the masked positions),
+/// and for the masked LM the fraction of masked positions predicted right.
 #[derive(Debug, Clone, Copy)]
 pub struct EvalStats {
     pub step: usize,
     pub train_loss: f64,
     pub val_loss: Option<f64>,
+    pub train_accuracy: Option<f64>,
+    pub val_accuracy: Option<f64>,
+}
+
+/// The model a run trains, with its objective.
+pub enum TrainModel {
+    /// A causal LM (GPT-2, Llama), trained to predict the next token.
+    Causal(CausalModel),
+    /// BERT, trained with masked language modelling.
+    Masked { model: Bert, objective: MaskedLm },
+}
+
+impl TrainModel {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TrainModel::Causal(m) => m.vocab_size(),
+            TrainModel::Masked { model, .. } => model.config.vocab_size,
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        match self {
+            TrainModel::Causal(m) => m.max_positions(),
+            TrainModel::Masked { model, .. } => model.config.max_position_embeddings,
+        }
+    }
+
+    /// The causal LM, for sampling after training.
+    pub fn causal(&self) -> Option<&CausalModel> {
+        match self {
+            TrainModel::Causal(m) => Some(m),
+            TrainModel::Masked { .. } => None,
+        }
+    }
+
+    fn uses_dropout(&self) -> bool {
+        match self {
+            TrainModel::Causal(CausalModel::Gpt2(m)) => {
+                m.config.resid_pdrop > 0.0 || m.config.attn_pdrop > 0.0 || m.config.embd_pdrop > 0.0
+            }
+            TrainModel::Causal(CausalModel::Llama(_)) => false,
+            TrainModel::Masked { model, .. } => {
+                model.config.hidden_dropout_prob > 0.0
+                    || model.config.attention_probs_dropout_prob > 0.0
+            }
+        }
+    }
+
+    /// Writes the Hugging Face model directory: config, weights, tokenizer (and for BERT the
+    /// tokenizer config naming `[MASK]` and the other special tokens).
+    pub fn save_dir(&self, dir: &Path, store: &ParamStore, tokenizer: &Tokenizer) -> Result<()> {
+        match self {
+            TrainModel::Causal(m) => models::save_dir(dir, &m.config(), store)?,
+            TrainModel::Masked { model, .. } => {
+                bert::save_dir(dir, model, store)?;
+                tokenizer.save_bert_config(
+                    &dir.join("tokenizer_config.json"),
+                    model.config.max_position_embeddings,
+                )?;
+            }
+        }
+        tokenizer.save(&dir.join("tokenizer.json"))
+    }
+
+    /// Loss (and for the masked LM, masked positions and correct predictions) of one batch
+    /// drawn from `split`. `dropout` enables dropout.
+    fn batch_loss(
+        &self,
+        data: &TokenShard,
+        split: Split,
+        recipe: &Recipe,
+        device: &Device,
+        rng: &mut Rng,
+        dropout: Option<&mut Rng>,
+        train: bool,
+    ) -> Result<(Tensor, Option<(usize, usize)>)> {
+        let (b, t) = (recipe.train.batch_size, recipe.train.context);
+        match self {
+            TrainModel::Causal(m) => {
+                let (x, y) = data.sample_batch(split, b, t, rng);
+                let x = Tensor::from_vec(x, (b, t), device)?;
+                let y = Tensor::from_vec(y, (b, t), device)?;
+                let loss = if train {
+                    CausalLm::train_loss(m, &x, &y, dropout)?
+                } else {
+                    CausalLm::loss(m, &x, &y, dropout)?
+                };
+                Ok((loss, None))
+            }
+            TrainModel::Masked { model, objective } => {
+                let batch = objective.batch(data, split, b, t, rng, device)?;
+                let l = objective.loss(model, &batch, dropout)?;
+                Ok((l.loss, Some((l.count, l.correct))))
+            }
+        }
+    }
 }
 
 /// What the loop reports as it goes.
@@ -56,7 +155,7 @@ pub enum Outcome {
 /// A prepared training run.
 pub struct Trainer {
     pub recipe: Recipe,
-    pub model: CausalModel,
+    pub model: TrainModel,
     pub store: ParamStore,
     pub tokenizer: Tokenizer,
     pub optimizer: AdamW,
@@ -87,6 +186,60 @@ fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
         )));
     }
     Tokenizer::train_char([s.as_str()])
+}
+
+/// A BERT of the recipe's sizes, for `tokenizer`'s vocabulary.
+fn bert_config(recipe: &Recipe, tokenizer: &Tokenizer) -> BertConfig {
+    let m = &recipe.model;
+    let mut extra = serde_json::Map::new();
+    if let Some(pad) = tokenizer.token_id("[PAD]") {
+        extra.insert("pad_token_id".into(), json!(pad));
+    }
+    BertConfig {
+        model_type: "bert".into(),
+        vocab_size: tokenizer.vocab_size(),
+        hidden_size: m.n_embd,
+        num_hidden_layers: m.n_layer,
+        num_attention_heads: m.n_head,
+        intermediate_size: m.intermediate_size.unwrap_or(4 * m.n_embd),
+        hidden_act: m.activation_function.clone(),
+        hidden_dropout_prob: m.dropout,
+        attention_probs_dropout_prob: m.dropout,
+        max_position_embeddings: m.n_positions.unwrap_or(recipe.train.context),
+        type_vocab_size: 2,
+        initializer_range: 0.02,
+        layer_norm_eps: m.layer_norm_epsilon,
+        position_embedding_type: "absolute".into(),
+        extra,
+    }
+}
+
+/// The model a run starts from: its checkpoint, `model.init`, or fresh weights.
+fn build_model(
+    recipe: &Recipe,
+    tokenizer: &Tokenizer,
+    from: Option<&Path>,
+    device: &Device,
+) -> Result<(TrainModel, ParamStore)> {
+    if recipe.objective == "mlm" {
+        let objective = MaskedLm::new(tokenizer, recipe.mlm)?;
+        let (model, store) = match from {
+            Some(dir) => bert::load_dir_for_mlm(dir, device, recipe.train.seed)?,
+            None => {
+                let heads = BertHeads {
+                    pooler: false,
+                    mlm: true,
+                };
+                Bert::init(&bert_config(recipe, tokenizer), heads, device, recipe.train.seed)?
+            }
+        };
+        return Ok((TrainModel::Masked { model, objective }, store));
+    }
+    let (model, store) = match from {
+        Some(dir) => models::load_dir(dir, device)?,
+        None => CausalModel::init(&model_config(recipe, tokenizer), device, recipe.train.seed)?,
+    };
+    Ok((TrainModel::Causal(model), store))
 }
 
 fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
@@ -169,9 +322,11 @@ impl Trainer {
         } else if let Some(init) = &recipe.model.init {
             Tokenizer::load(&assets::resolve(init)?.join("tokenizer.json"))?
         } else {
-            match recipe.data.tokenizer.as_str() {
+            let d = &recipe.data;
+            match d.tokenizer.as_str() {
                 "char" => char_tokenizer(&files)?,
-                "bpe" => Tokenizer::train_bpe(&files, recipe.data.vocab_size, 2)?,
+                "bpe" => Tokenizer::train_bpe(&files, d.vocab_size, 2)?,
+                "wordpiece" => Tokenizer::train_wordpiece(&files, d.vocab_size, 2, d.lowercase)?,
                 path => Tokenizer::load(Path::new(path))?,
             }
         };
@@ -181,15 +336,12 @@ impl Trainer {
         let (train_split, val_split) =
             data.split(recipe.data.val_fraction, recipe.train.context)?;
 
-        let (model, store) = match (&resume_from, &recipe.model.init) {
-            (Some((_, ck)), _) => models::load_dir(ck, device)?,
-            (None, Some(init)) => models::load_dir(&assets::resolve(init)?, device)?,
-            (None, None) => CausalModel::init(
-                &model_config(&recipe, &tokenizer),
-                device,
-                recipe.train.seed,
-            )?,
+        let from = match (&resume_from, &recipe.model.init) {
+            (Some((_, ck)), _) => Some(ck.clone()),
+            (None, Some(init)) => Some(assets::resolve(init)?),
+            (None, None) => None,
         };
+        let (model, store) = build_model(&recipe, &tokenizer, from.as_deref(), device)?;
         if model.vocab_size() < tokenizer.vocab_size() {
             return Err(Error::Config(format!(
                 "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
@@ -258,37 +410,30 @@ impl Trainer {
         })
     }
 
-    fn batch(&self, split: Split, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
-        let (b, t) = (self.recipe.train.batch_size, self.recipe.train.context);
-        let (x, y) = self.data.sample_batch(split, b, t, rng);
-        Ok((
-            Tensor::from_vec(x, (b, t), &self.device)?,
-            Tensor::from_vec(y, (b, t), &self.device)?,
-        ))
-    }
-
     /// One optimizer step (over `grad_accum` micro-batches).
     pub fn train_step(&mut self) -> Result<StepStats> {
         let t = &self.recipe.train;
         let accum = t.grad_accum;
         let mut acc = GradAccumulator::default();
         let mut loss_sum = 0f64;
-        let dropout = match &self.model {
-            CausalModel::Gpt2(m) => {
-                m.config.resid_pdrop > 0.0 || m.config.attn_pdrop > 0.0 || m.config.embd_pdrop > 0.0
-            }
-            CausalModel::Llama(_) => false,
-        };
+        let dropout = self.model.uses_dropout();
         for _ in 0..accum {
             let mut rng = self.state.data_rng;
-            let (x, y) = self.batch(self.train_split, &mut rng)?;
-            self.state.data_rng = rng;
             let drop_rng = if dropout {
                 Some(&mut self.state.dropout_rng)
             } else {
                 None
             };
-            let loss = CausalLm::train_loss(&self.model, &x, &y, drop_rng)?;
+            let (loss, _) = self.model.batch_loss(
+                &self.data,
+                self.train_split,
+                &self.recipe,
+                &self.device,
+                &mut rng,
+                drop_rng,
+                true,
+            )?;
+            self.state.data_rng = rng;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::Training(format!(
@@ -322,29 +467,40 @@ impl Trainer {
         })
     }
 
-    /// Mean loss over `eval_iters` batches of each split. The batches are the same at every
+    /// Mean loss over `eval_iters` batches of each split (for the masked LM also the accuracy
+    /// over all masked positions). The batches, and their masks, are the same at every
     /// evaluation (a fixed seed), so the numbers are comparable across steps.
     pub fn evaluate(&self) -> Result<EvalStats> {
         let t = &self.recipe.train;
-        let mean = |split: Split, stream: u64| -> Result<f64> {
+        let mean = |split: Split, stream: u64| -> Result<(f64, Option<f64>)> {
             let mut rng = Rng::new(t.seed).fork(stream);
-            let mut sum = 0f64;
+            let (mut sum, mut count, mut correct) = (0f64, 0usize, 0usize);
             for _ in 0..t.eval_iters {
-                let (x, y) = self.batch(split, &mut rng)?;
-                sum += CausalLm::loss(&self.model, &x, &y, None)?.to_scalar::<f32>()? as f64;
+                let (loss, hits) =
+                    self.model
+                        .batch_loss(&self.data, split, &self.recipe, &self.device, &mut rng, None, false)?;
+                sum += loss.to_scalar::<f32>()? as f64;
+                if let Some((n, c)) = hits {
+                    count += n;
+                    correct += c;
+                }
             }
-            Ok(sum / t.eval_iters as f64)
+            let accuracy = (count > 0).then(|| correct as f64 / count as f64);
+            Ok((sum / t.eval_iters as f64, accuracy))
         };
-        let train_loss = mean(self.train_split, 100)?;
-        let val_loss = if self.val_split.len() > t.context {
-            Some(mean(self.val_split, 101)?)
+        let (train_loss, train_accuracy) = mean(self.train_split, 100)?;
+        let (val_loss, val_accuracy) = if self.val_split.len() > t.context {
+            let (l, a) = mean(self.val_split, 101)?;
+            (Some(l), a)
         } else {
-            None
+            (None, None)
         };
         Ok(EvalStats {
             step: self.state.step,
             train_loss,
             val_loss,
+            train_accuracy,
+            val_accuracy,
         })
     }
 
@@ -354,7 +510,7 @@ impl Trainer {
         checkpoint::save(
             &self.out_dir,
             &Checkpoint {
-                config: &self.model.config(),
+                model: &self.model,
                 store: &self.store,
                 tokenizer: &self.tokenizer,
                 optimizer: &self.optimizer,
@@ -411,10 +567,15 @@ impl Trainer {
                         self.state.best_val_loss = Some(v);
                     }
                 }
-                self.metrics.log(json!({
+                let mut rec = json!({
                     "step": step, "train_loss": ev.train_loss, "val_loss": ev.val_loss,
                     "val_perplexity": ev.val_loss.map(f64::exp), "elapsed_s": self.state.elapsed_s,
-                }))?;
+                });
+                if ev.val_accuracy.is_some() || ev.train_accuracy.is_some() {
+                    rec["train_accuracy"] = json!(ev.train_accuracy);
+                    rec["val_accuracy"] = json!(ev.val_accuracy);
+                }
+                self.metrics.log(rec)?;
                 plot_losses(self.metrics.path(), &self.out_dir.join("loss.png"))?;
                 bar.suspend(|| on_event(Event::Eval(&ev)));
                 last_eval = Some(ev);
