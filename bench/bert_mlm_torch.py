@@ -232,7 +232,8 @@ if not a.skip_train:
     log(f"torch eval: {ev} ({time.perf_counter() - t0:.1f}s)")
     out["torch"] = {
         "steps": steps, "train_seconds": round(train_s, 2), "train_minutes": round(train_s / 60, 2),
-        "tokens_per_s": round(tokens / train_s, 1), "final_train_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
+        "tokens_per_s": round(tokens / train_s, 1),
+        "final_train_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
         "attn": a.attn, "head": a.head, "threads": a.threads, "parameters": n_params, "eval": ev,
     }
     del model, opt

@@ -66,7 +66,10 @@ impl FillMask {
             "[MASK]".to_string()
         };
         let mask_id = tokenizer.token_id(&mask_token).ok_or_else(|| {
-            Error::format(&tok_path, format!("the vocabulary has no mask token {mask_token}"))
+            Error::format(
+                &tok_path,
+                format!("the vocabulary has no mask token {mask_token}"),
+            )
         })?;
         Ok(FillMask {
             model,

@@ -49,9 +49,9 @@ where
             Ok(())
         });
         let trained = tk.train(trainer, rx.into_iter());
-        let read = reader.join().unwrap_or_else(|_| {
-            Err(Error::Data("the corpus reader thread panicked".into()))
-        });
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Data("the corpus reader thread panicked".into())));
         read?;
         trained.map_err(|e| tok_err(files.first().map(|p| p.as_path()), e))?;
         Ok(())
@@ -62,31 +62,51 @@ where
 /// `BertWordPieceTokenizer`'s default).
 const ALPHABET_LIMIT: usize = 1000;
 
-/// The `limit` most frequent non-space characters of the normalised text of `files`, ties
-/// broken by code point. Given to the trainer as its initial alphabet so the cut is
-/// reproducible: the trainer's own cut sorts a hash map's entries unstably, and with many
-/// characters seen equally often (rare scripts in Wikipedia) two runs kept different ones.
-fn frequent_chars(
+/// What a WordPiece training needs to know of the characters of `files` before it starts:
+/// the `limit` most frequent characters of the normalised words (ties broken by code point),
+/// and which of those occur inside a word (so `##c` pieces exist).
+struct Alphabet {
+    chars: std::collections::HashSet<char>,
+    continuations: Vec<char>,
+}
+
+fn scan_alphabet(
     files: &[PathBuf],
     normalizer: &impl tokenizers::Normalizer,
+    pre_tokenizer: &impl tokenizers::PreTokenizer,
     limit: usize,
-) -> Result<std::collections::HashSet<char>> {
+) -> Result<Alphabet> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString};
     let mut counts: std::collections::HashMap<char, u64> = Default::default();
+    let mut inner: std::collections::HashSet<char> = Default::default();
     for f in files {
         crate::data::corpus::for_each_chunk(f, 1 << 20, |text| {
+            let err = |e| tok_err(Some(f), e);
             let mut n = tokenizers::NormalizedString::from(text);
-            normalizer
-                .normalize(&mut n)
-                .map_err(|e| tok_err(Some(f), e))?;
-            for c in n.get().chars().filter(|c| !c.is_whitespace()) {
-                *counts.entry(c).or_default() += 1;
+            normalizer.normalize(&mut n).map_err(err)?;
+            let mut pts = PreTokenizedString::from(n);
+            pre_tokenizer.pre_tokenize(&mut pts).map_err(err)?;
+            for (word, _, _) in pts.get_splits(OffsetReferential::Normalized, OffsetType::None) {
+                for (i, c) in word.chars().enumerate() {
+                    *counts.entry(c).or_default() += 1;
+                    if i > 0 {
+                        inner.insert(c);
+                    }
+                }
             }
             Ok(())
         })?;
     }
     let mut all: Vec<(char, u64)> = counts.into_iter().collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(all.into_iter().take(limit).map(|(c, _)| c).collect())
+    let chars: std::collections::HashSet<char> =
+        all.into_iter().take(limit).map(|(c, _)| c).collect();
+    let mut continuations: Vec<char> = inner.into_iter().filter(|c| chars.contains(c)).collect();
+    continuations.sort_unstable();
+    Ok(Alphabet {
+        chars,
+        continuations,
+    })
 }
 
 /// A loaded tokenizer.
@@ -344,6 +364,10 @@ impl Tokenizer {
     /// `[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, with `[CLS] A [SEP]` (and
     /// `[CLS] A [SEP] B [SEP]` for pairs) added on encoding. As `BertWordPieceTokenizer` of
     /// Python's `tokenizers`, so the result loads as transformers' `BertTokenizerFast`.
+    ///
+    /// Reproducible: the same files give the same vocabulary (Python's trainer does not: two
+    /// of its runs share about 99% of their tokens). Ids differ from Python's in order only:
+    /// the specials, then the `##` pieces, the characters, the merged pieces.
     pub fn train_wordpiece(
         files: &[PathBuf],
         vocab_size: usize,
@@ -362,19 +386,30 @@ impl Tokenizer {
             )));
         }
         let normalizer = BertNormalizer::new(true, true, None, lowercase);
+        // The library's trainer is not reproducible as it stands: it cuts the alphabet by
+        // sorting a hash map's entries unstably, and numbers the `##c` pieces in hash-map order,
+        // which then breaks ties between equally frequent merges. So the alphabet is chosen
+        // here and given as the initial one, and the `##c` pieces are numbered in code-point
+        // order by passing them first, as if special; they become ordinary pieces below.
+        let alphabet = scan_alphabet(files, &normalizer, &BertPreTokenizer, ALPHABET_LIMIT)?;
+        let mut first: Vec<AddedToken> = BERT_SPECIAL
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        first.extend(
+            alphabet
+                .continuations
+                .iter()
+                .map(|c| AddedToken::from(format!("##{c}"), true)),
+        );
         let mut trainer = WordPieceTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(min_frequency)
             .show_progress(false)
             .limit_alphabet(ALPHABET_LIMIT)
-            .initial_alphabet(frequent_chars(files, &normalizer, ALPHABET_LIMIT)?)
+            .initial_alphabet(alphabet.chars)
             .continuing_subword_prefix("##".into())
-            .special_tokens(
-                BERT_SPECIAL
-                    .iter()
-                    .map(|t| AddedToken::from(*t, true))
-                    .collect(),
-            )
+            .special_tokens(first)
             .build();
         let model = WordPiece::builder()
             .unk_token("[UNK]".into())
@@ -395,17 +430,37 @@ impl Tokenizer {
         .build()
         .map_err(|e| tok_err(None, e))?;
         train_streaming(&mut tk, &mut trainer, files)?;
-        let mut inner: tokenizers::Tokenizer = tk
-            .to_string(false)
-            .map_err(|e| tok_err(None, e))?
-            .parse()
+        // Rebuilt from the trained vocabulary with only BERT's special tokens added.
+        let vocab = tokenizers::Model::get_vocab(tk.get_model());
+        let model = WordPiece::builder()
+            .vocab(
+                vocab
+                    .into_iter()
+                    .collect::<tokenizers::models::bpe::Vocab>(),
+            )
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .build()
             .map_err(|e| tok_err(None, e))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner.with_normalizer(Some(normalizer));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_decoder(Some(WordPieceDecoder::default()));
+        inner.add_special_tokens(
+            &BERT_SPECIAL
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect::<Vec<_>>(),
+        );
         let id = |t: &str| {
             inner
                 .token_to_id(t)
                 .ok_or_else(|| tok_err(None, format!("{t} missing after training")))
         };
-        let processor = BertProcessing::new(("[SEP]".into(), id("[SEP]")?), ("[CLS]".into(), id("[CLS]")?));
+        let processor = BertProcessing::new(
+            ("[SEP]".into(), id("[SEP]")?),
+            ("[CLS]".into(), id("[CLS]")?),
+        );
         inner.with_post_processor(Some(processor));
         Ok(Tokenizer { inner })
     }

@@ -67,8 +67,9 @@ fn mlm_loss_and_gradients_match_transformers() {
             .map(|&l| (l >= 0).then_some(l as u32))
             .collect(),
     };
-    let tok = ferroformer::tokenizer::Tokenizer::load(&fixture("bert-tiny-fillmask/tokenizer.json"))
-        .unwrap();
+    let tok =
+        ferroformer::tokenizer::Tokenizer::load(&fixture("bert-tiny-fillmask/tokenizer.json"))
+            .unwrap();
     let objective = MaskedLm::new(&tok, MaskingConfig::default()).unwrap();
     for plain in [false, true] {
         ferroformer::nn::kernels::set_plain(plain);
@@ -76,7 +77,10 @@ fn mlm_loss_and_gradients_match_transformers() {
         assert_eq!(out.count, 5);
         let got = out.loss.to_scalar::<f32>().unwrap() as f64;
         let want = e["loss"].to_vec1::<f32>().unwrap()[0] as f64;
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "loss {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "loss {got} vs {want}"
+        );
         let grads = out.loss.backward().unwrap();
         let mut n = 0;
         for (name, var) in store.vars() {
@@ -108,8 +112,7 @@ fn fill_mask_matches_transformers_pipeline() {
     let dir = fixture("bert-tiny-fillmask");
     let fm = FillMask::load(&dir, &Device::Cpu).unwrap();
     let want: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let k = want["top_k"].as_u64().unwrap() as usize;
     for case in want["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
@@ -142,7 +145,11 @@ fn fill_mask_matches_transformers_pipeline() {
                 assert_eq!(c.token_str, x["token_str"].as_str().unwrap());
                 assert_eq!(c.sequence, x["sequence"].as_str().unwrap());
                 let s = x["score"].as_f64().unwrap();
-                assert!((c.score as f64 - s).abs() <= 1e-5 * s, "{text}: {} vs {s}", c.score);
+                assert!(
+                    (c.score as f64 - s).abs() <= 1e-5 * s,
+                    "{text}: {} vs {s}",
+                    c.score
+                );
             }
         }
     }

@@ -38,7 +38,10 @@ pub fn run(a: FillMaskArgs, c: &Common) -> Result<()> {
             println!("{} {}:", fm.mask_token, i + 1);
         }
         for cand in cands {
-            println!("{:>7.4}  {:<14} {}", cand.score, cand.token_str, cand.sequence);
+            println!(
+                "{:>7.4}  {:<14} {}",
+                cand.score, cand.token_str, cand.sequence
+            );
         }
     }
     Ok(())

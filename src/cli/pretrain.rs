@@ -73,7 +73,11 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
                     line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp());
                 }
                 if let Some(a) = e.val_accuracy.or(e.train_accuracy) {
-                    let which = if e.val_accuracy.is_some() { "val" } else { "train" };
+                    let which = if e.val_accuracy.is_some() {
+                        "val"
+                    } else {
+                        "train"
+                    };
                     line += &format!(", {which} masked-token accuracy {:.2}%", 100.0 * a);
                 }
                 println!("{line}");

@@ -82,7 +82,10 @@ pub fn for_each_chunk(
             Ok(())
         })?;
         if buf.is_empty() {
-            return Err(Error::format(path, "this MediaWiki export has no article text"));
+            return Err(Error::format(
+                path,
+                "this MediaWiki export has no article text",
+            ));
         }
         return f(&buf);
     }

@@ -51,7 +51,8 @@ pub fn is_mediawiki(path: &Path) -> Result<bool> {
 /// Calls `f` with every page of the export at `path`, in order.
 pub fn for_each_page(path: &Path, mut f: impl FnMut(WikiPage) -> Result<()>) -> Result<()> {
     use quick_xml::events::Event;
-    let bad = |e: &dyn std::fmt::Display| Error::format(path, format!("invalid MediaWiki XML: {e}"));
+    let bad =
+        |e: &dyn std::fmt::Display| Error::format(path, format!("invalid MediaWiki XML: {e}"));
     let mut reader = quick_xml::Reader::from_reader(BufReader::new(open_text(path)?));
     let mut buf = Vec::new();
     // The element whose text is being collected, and the page being built.
@@ -110,7 +111,10 @@ pub fn for_each_page(path: &Path, mut f: impl FnMut(WikiPage) -> Result<()>) -> 
                             "title" => p.title = v,
                             "ns" => {
                                 p.namespace = v.trim().parse().map_err(|_| {
-                                    bad(&format!("namespace {v:?} of {:?} is not a number", p.title))
+                                    bad(&format!(
+                                        "namespace {v:?} of {:?} is not a number",
+                                        p.title
+                                    ))
                                 })?
                             }
                             _ => p.text = v,
@@ -410,9 +414,11 @@ fn replace_external_links(s: &str) -> String {
     while let Some(i) = rest.find('[') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let is_url = ["http://", "https://", "ftp://", "//"]
-            .iter()
-            .any(|p| after.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)));
+        let is_url = ["http://", "https://", "ftp://", "//"].iter().any(|p| {
+            after
+                .get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        });
         match after.find(']') {
             Some(j) if is_url && !after[..j].contains('\n') => {
                 if let Some((_, label)) = after[..j].split_once(' ') {
@@ -600,8 +606,21 @@ Legacy\nKept.\n";
     #[test]
     fn unclosed_markup_does_not_panic() {
         for s in [
-            "{{open", "[[open", "<ref>open", "<!-- open", "[http://x", "&amp", "a }} b |}", "==",
-            "<", "'''", "[[a|[[b]]", "&#99999999;", "[ɑjbubɛn]", "[é", "&é;",
+            "{{open",
+            "[[open",
+            "<ref>open",
+            "<!-- open",
+            "[http://x",
+            "&amp",
+            "a }} b |}",
+            "==",
+            "<",
+            "'''",
+            "[[a|[[b]]",
+            "&#99999999;",
+            "[ɑjbubɛn]",
+            "[é",
+            "&é;",
         ] {
             let _ = strip_markup(s);
         }
@@ -648,14 +667,21 @@ Legacy\nKept.\n";
             .unwrap();
             assert_eq!(
                 arts,
-                vec![("A".to_string(), "A is a letter & sound.\nSecond line.\n".to_string())]
+                vec![(
+                    "A".to_string(),
+                    "A is a letter & sound.\nSecond line.\n".to_string()
+                )]
             );
         }
         let txt = dir.path().join("x.txt");
         std::fs::write(&txt, "<mediawiki").unwrap();
         assert!(!is_mediawiki(&txt).unwrap());
         let broken = dir.path().join("broken.xml");
-        std::fs::write(&broken, "<mediawiki><page><title>A</title><ns>zero</ns></page>").unwrap();
+        std::fs::write(
+            &broken,
+            "<mediawiki><page><title>A</title><ns>zero</ns></page>",
+        )
+        .unwrap();
         let e = for_each_page(&broken, |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("broken.xml") && e.contains("namespace"), "{e}");
         let mut head = String::new();

@@ -120,7 +120,12 @@ impl BertConfig {
     /// The JSON transformers reads; `architectures` says whether the MLM head is there.
     pub fn to_json(&self, mlm: bool) -> serde_json::Value {
         let arch = if mlm { "BertForMaskedLM" } else { "BertModel" };
-        super::config_json(self, arch, true)
+        let mut v = super::config_json(self, arch, true);
+        // Our MLM decoder is always the word embeddings; say so rather than rely on the default.
+        if mlm {
+            v["tie_word_embeddings"] = serde_json::json!(true);
+        }
+        v
     }
 }
 
@@ -504,7 +509,10 @@ fn load(dir: &Path, device: &Device, init_mlm: Option<u64>) -> Result<(Bert, Par
     let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
     if let (Some(seed), false) = (init_mlm, has_mlm) {
         // Only the head may be missing: everything else is checked against the file first.
-        let body = BertHeads { mlm: false, ..heads };
+        let body = BertHeads {
+            mlm: false,
+            ..heads
+        };
         Bert::new(&config, &mut store, body).map_err(|e| super::mismatch(e, &cfg_path))?;
         store.allow_init(seed);
     }

@@ -187,11 +187,7 @@ impl MaskedLm {
             }
         }
         let continues = (0..vocab_size as u32)
-            .map(|i| {
-                tokenizer
-                    .id_token(i)
-                    .is_some_and(|t| t.starts_with("##"))
-            })
+            .map(|i| tokenizer.id_token(i).is_some_and(|t| t.starts_with("##")))
             .collect();
         Ok(MaskedLm {
             config,
@@ -277,7 +273,12 @@ impl MaskedLm {
         let rows: Vec<u32> = (0..(b * t) as u32)
             .filter(|&i| batch.labels[i as usize].is_some())
             .collect();
-        let labels: Vec<Option<u32>> = batch.labels.iter().filter(|l| l.is_some()).copied().collect();
+        let labels: Vec<Option<u32>> = batch
+            .labels
+            .iter()
+            .filter(|l| l.is_some())
+            .copied()
+            .collect();
         let idx = Tensor::new(rows.as_slice(), h.device())?;
         let chosen = h.reshape((b * t, c))?.index_select(&idx, 0)?;
         mlm_loss(&model.mlm_logits(&chosen)?, &labels)

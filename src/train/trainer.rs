@@ -104,39 +104,6 @@ impl TrainModel {
         }
         tokenizer.save(&dir.join("tokenizer.json"))
     }
-
-    /// Loss (and for the masked LM, masked positions and correct predictions) of one batch
-    /// drawn from `split`. `dropout` enables dropout.
-    fn batch_loss(
-        &self,
-        data: &TokenShard,
-        split: Split,
-        recipe: &Recipe,
-        device: &Device,
-        rng: &mut Rng,
-        dropout: Option<&mut Rng>,
-        train: bool,
-    ) -> Result<(Tensor, Option<(usize, usize)>)> {
-        let (b, t) = (recipe.train.batch_size, recipe.train.context);
-        match self {
-            TrainModel::Causal(m) => {
-                let (x, y) = data.sample_batch(split, b, t, rng);
-                let x = Tensor::from_vec(x, (b, t), device)?;
-                let y = Tensor::from_vec(y, (b, t), device)?;
-                let loss = if train {
-                    CausalLm::train_loss(m, &x, &y, dropout)?
-                } else {
-                    CausalLm::loss(m, &x, &y, dropout)?
-                };
-                Ok((loss, None))
-            }
-            TrainModel::Masked { model, objective } => {
-                let batch = objective.batch(data, split, b, t, rng, device)?;
-                let l = objective.loss(model, &batch, dropout)?;
-                Ok((l.loss, Some((l.count, l.correct))))
-            }
-        }
-    }
 }
 
 /// What the loop reports as it goes.
@@ -230,7 +197,12 @@ fn build_model(
                     pooler: false,
                     mlm: true,
                 };
-                Bert::init(&bert_config(recipe, tokenizer), heads, device, recipe.train.seed)?
+                Bert::init(
+                    &bert_config(recipe, tokenizer),
+                    heads,
+                    device,
+                    recipe.train.seed,
+                )?
             }
         };
         return Ok((TrainModel::Masked { model, objective }, store));
@@ -410,6 +382,38 @@ impl Trainer {
         })
     }
 
+    /// Loss (and for the masked LM, masked positions and correct predictions) of one batch
+    /// drawn from `split`. `dropout` enables dropout; `train` picks the causal LM's fused
+    /// training loss.
+    fn batch_loss(
+        &self,
+        split: Split,
+        rng: &mut Rng,
+        dropout: Option<&mut Rng>,
+        train: bool,
+    ) -> Result<(Tensor, Option<(usize, usize)>)> {
+        let (b, t) = (self.recipe.train.batch_size, self.recipe.train.context);
+        let device = &self.device;
+        match &self.model {
+            TrainModel::Causal(m) => {
+                let (x, y) = self.data.sample_batch(split, b, t, rng);
+                let x = Tensor::from_vec(x, (b, t), device)?;
+                let y = Tensor::from_vec(y, (b, t), device)?;
+                let loss = if train {
+                    CausalLm::train_loss(m, &x, &y, dropout)?
+                } else {
+                    CausalLm::loss(m, &x, &y, dropout)?
+                };
+                Ok((loss, None))
+            }
+            TrainModel::Masked { model, objective } => {
+                let batch = objective.batch(&self.data, split, b, t, rng, device)?;
+                let l = objective.loss(model, &batch, dropout)?;
+                Ok((l.loss, Some((l.count, l.correct))))
+            }
+        }
+    }
+
     /// One optimizer step (over `grad_accum` micro-batches).
     pub fn train_step(&mut self) -> Result<StepStats> {
         let t = &self.recipe.train;
@@ -419,21 +423,15 @@ impl Trainer {
         let dropout = self.model.uses_dropout();
         for _ in 0..accum {
             let mut rng = self.state.data_rng;
-            let drop_rng = if dropout {
-                Some(&mut self.state.dropout_rng)
-            } else {
-                None
-            };
-            let (loss, _) = self.model.batch_loss(
-                &self.data,
+            let mut drop_rng = self.state.dropout_rng;
+            let (loss, _) = self.batch_loss(
                 self.train_split,
-                &self.recipe,
-                &self.device,
                 &mut rng,
-                drop_rng,
+                dropout.then_some(&mut drop_rng),
                 true,
             )?;
             self.state.data_rng = rng;
+            self.state.dropout_rng = drop_rng;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(Error::Training(format!(
@@ -476,9 +474,7 @@ impl Trainer {
             let mut rng = Rng::new(t.seed).fork(stream);
             let (mut sum, mut count, mut correct) = (0f64, 0usize, 0usize);
             for _ in 0..t.eval_iters {
-                let (loss, hits) =
-                    self.model
-                        .batch_loss(&self.data, split, &self.recipe, &self.device, &mut rng, None, false)?;
+                let (loss, hits) = self.batch_loss(split, &mut rng, None, false)?;
                 sum += loss.to_scalar::<f32>()? as f64;
                 if let Some((n, c)) = hits {
                     count += n;
