@@ -392,6 +392,13 @@ impl Tokenizer {
         // here and given as the initial one, and the `##c` pieces are numbered in code-point
         // order by passing them first, as if special; they become ordinary pieces below.
         let alphabet = scan_alphabet(files, &normalizer, &BertPreTokenizer, ALPHABET_LIMIT)?;
+        if alphabet.chars.is_empty() {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            return Err(Error::Data(format!(
+                "no text to train a vocabulary on in {}",
+                names.join(", ")
+            )));
+        }
         let mut first: Vec<AddedToken> = BERT_SPECIAL
             .iter()
             .map(|t| AddedToken::from(*t, true))

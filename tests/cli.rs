@@ -530,3 +530,85 @@ fn embed_and_similar() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated to 256 tokens"));
 }
+
+/// `fill-mask` prints transformers' fill-mask pipeline output (fixture bert-tiny-fillmask);
+/// `tokenizer train --kind wordpiece` writes a BERT vocabulary; bad input fails clearly.
+#[test]
+fn fill_mask_and_wordpiece() {
+    let dir = common::fixture("bert-tiny-fillmask");
+    let model = dir.to_str().unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let case = &want["cases"][0];
+    let out = stdout_of(ff().args([
+        "--json",
+        "fill-mask",
+        "--model",
+        model,
+        case["text"].as_str().unwrap(),
+    ]));
+    let got = last_json(&out);
+    let (g, w) = (got.as_array().unwrap(), case["result"].as_array().unwrap());
+    assert_eq!(g.len(), w.len());
+    for (g, w) in g.iter().zip(w) {
+        assert_eq!(g["token"], w["token"]);
+        assert_eq!(g["sequence"], w["sequence"]);
+        let (a, b) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5 * b, "{a} vs {b}");
+    }
+    // Two masks: a list per mask; plain output lists the candidates.
+    let out = stdout_of(ff().args([
+        "--json",
+        "fill-mask",
+        "--model",
+        model,
+        "[MASK] cat is [MASK].",
+    ]));
+    assert_eq!(last_json(&out).as_array().unwrap().len(), 2);
+    let out = stdout_of(ff().args(["fill-mask", "--top-k", "2", "--model", model, "a [MASK]."]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    fails_with(
+        ff().args(["fill-mask", "--model", model, "no mask here"]),
+        &["[MASK]"],
+    );
+    fails_with(
+        ff().args(["fill-mask", "--top-k", "0", "--model", model, "a [MASK]"]),
+        &["top-k"],
+    );
+    let pooler = common::fixture("bert-tiny-pooler");
+    fails_with(
+        ff().args(["fill-mask", "--model", pooler.to_str().unwrap(), "a [MASK]"]),
+        &["no masked-LM head"],
+    );
+
+    let d = tempfile::tempdir().unwrap();
+    let out_tok = d.path().join("wp.json");
+    let corpus = common::fixture("wordpiece/corpus.txt");
+    let out = stdout_of(
+        ff().args([
+            "--json",
+            "tokenizer",
+            "train",
+            "--kind",
+            "wordpiece",
+            "--vocab-size",
+            "300",
+            "--corpus",
+        ])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out_tok),
+    );
+    assert_eq!(last_json(&out)["vocab_size"], 300);
+    let tok = ferroformer::tokenizer::Tokenizer::load(&out_tok).unwrap();
+    assert_eq!(tok.token_id("[MASK]"), Some(4));
+    let empty = d.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(
+        ff().args(["tokenizer", "train", "--kind", "wordpiece", "--corpus"])
+            .arg(&empty)
+            .arg("--out")
+            .arg(d.path().join("x.json")),
+        &["empty.txt", "no text"],
+    );
+}

@@ -412,6 +412,14 @@ eval_interval = 5
             .unwrap_err()
             .to_string();
         assert!(e.contains("train.steps"), "{e}");
+        let e = Recipe::parse(R, &["objective=\"mlm\"".into()], p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mlm trains bert"), "{e}");
+        let e = Recipe::parse(R, &["mlm.probability=0".into()], p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("probability"), "{e}");
         // Round trip through the resolved form.
         assert_eq!(Recipe::parse(&r.to_toml(), &[], p).unwrap(), r);
     }
