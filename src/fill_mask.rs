@@ -46,10 +46,7 @@ impl FillMask {
             ));
         }
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::load(&tok_path).map_err(|e| match e {
-            Error::Io { .. } => Error::format(dir, "no tokenizer.json in this model directory"),
-            e => e,
-        })?;
+        let tokenizer = Tokenizer::load_dir(dir)?;
         let tc = dir.join("tokenizer_config.json");
         let mask_token = if tc.exists() {
             let v: serde_json::Value = read_json(&tc)?;

@@ -113,11 +113,7 @@ impl Pretrained {
     /// Loads a Hugging Face directory.
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
         let (model, store) = models::load_dir(dir, device)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::load(&tok_path).map_err(|e| match e {
-            Error::Io { .. } => Error::format(dir, "no tokenizer.json in this model directory"),
-            e => e,
-        })?;
+        let tokenizer = Tokenizer::load_dir(dir)?;
         let tc_path = dir.join("tokenizer_config.json");
         let tc: Value = if tc_path.exists() {
             read_json(&tc_path)?

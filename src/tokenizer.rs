@@ -142,6 +142,15 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// Loads the `tokenizer.json` of a model directory, with an error naming the directory
+    /// when there is none.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        Self::load(&dir.join("tokenizer.json")).map_err(|e| match e {
+            Error::Io { .. } => Error::format(dir, "no tokenizer.json in this model directory"),
+            e => e,
+        })
+    }
+
     /// Writes `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let s = self

@@ -16,6 +16,24 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Asserts two trainers hold bit-identical parameters.
+fn assert_same_weights(a: &Trainer, b: &Trainer) {
+    for (k, v) in a.store.vars() {
+        let w = &b.store.vars()[k];
+        let diff = (v.as_tensor() - w.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            diff.to_scalar::<f32>().unwrap(),
+            0.0,
+            "{k} differs after resume"
+        );
+    }
+}
+
 fn train(recipe: &str, resume: bool) -> Trainer {
     let r = Recipe::parse(recipe, &[], Path::new("test.toml")).unwrap();
     let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
@@ -56,20 +74,7 @@ fn resumed_run_equals_uninterrupted_run() {
             b.state.tokens_seen
         )
     );
-    for (k, v) in a.store.vars() {
-        let w = &b.store.vars()[k];
-        let diff = (v.as_tensor() - w.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(
-            diff.to_scalar::<f32>().unwrap(),
-            0.0,
-            "{k} differs after resume"
-        );
-    }
+    assert_same_weights(&a, &b);
     // Loss fell, checkpoints rotated to the newest two, run dir is a model dir.
     assert!(la[11].1 < la[0].1, "{la:?}");
     let ck: Vec<usize> = checkpoint::list_checkpoints(&b_dir)
@@ -209,18 +214,7 @@ log_interval = 1
     let (la, lb) = (losses(&a_dir), losses(&b_dir));
     assert_eq!(la.len(), 400);
     assert_eq!(la, lb, "loss sequences differ");
-    for (k, v) in a.store.vars() {
-        let w = &b.store.vars()[k];
-        let diff = (v.as_tensor() - w.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(diff, 0.0, "{k} differs after resume");
-    }
+    assert_same_weights(&a, &b);
     let evals: Vec<serde_json::Value> = read_records(&a_dir.join("metrics.jsonl"))
         .unwrap()
         .into_iter()
