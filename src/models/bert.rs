@@ -8,7 +8,7 @@
 use crate::io::{safetensors, write_json_atomic};
 use crate::models::weight_files;
 use crate::nn::{
-    grouped_attention, Activation, Dropout, Embedding, Init, LayerNorm, Linear, ParamStore,
+    Activation, Dropout, Embedding, Init, LayerNorm, Linear, MultiHeadAttention, ParamStore,
     Projection,
 };
 use crate::rng::Rng;
@@ -129,17 +129,13 @@ impl BertConfig {
     }
 }
 
-/// Bidirectional multi-head self-attention with separate query/key/value projections, then
-/// the output projection, dropout, residual and LayerNorm (post-norm).
+/// Bidirectional multi-head self-attention, then the output projection's dropout, residual and
+/// LayerNorm (post-norm).
 #[derive(Clone, Debug)]
 pub struct BertAttention {
-    pub query: Projection,
-    pub key: Projection,
-    pub value: Projection,
-    pub output: Projection,
+    /// `attention.self.{query,key,value}` and `attention.output.dense`.
+    pub attn: MultiHeadAttention,
     pub norm: LayerNorm,
-    pub n_head: usize,
-    pub probs_dropout: Dropout,
     pub hidden_dropout: Dropout,
 }
 
@@ -152,28 +148,10 @@ impl BertAttention {
         mask: Option<&Tensor>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let (h, d) = (self.n_head, c / self.n_head);
-        let split = |p: &Projection| -> Result<Tensor> {
-            Ok(p.forward(x)?
-                .reshape((b, t, h, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
-        let y = grouped_attention(
-            &q,
-            &k,
-            &v,
-            None,
-            mask,
-            &self.probs_dropout,
-            rng.as_deref_mut(),
-        )?;
-        let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         let y = self
-            .hidden_dropout
-            .forward(&self.output.forward(&y)?, rng)?;
+            .attn
+            .self_attention(x, false, mask, None, rng.as_deref_mut())?;
+        let y = self.hidden_dropout.forward(&y, rng)?;
         self.norm.forward(&(y + x)?)
     }
 }
@@ -279,13 +257,20 @@ impl Bert {
             };
             layers.push(BertLayer {
                 attention: BertAttention {
-                    query: lin(store, "attention.self.query", hs, hs)?,
-                    key: lin(store, "attention.self.key", hs, hs)?,
-                    value: lin(store, "attention.self.value", hs, hs)?,
-                    output: lin(store, "attention.output.dense", hs, hs)?,
+                    attn: MultiHeadAttention::new(
+                        store,
+                        [
+                            &format!("{p}.attention.self.query"),
+                            &format!("{p}.attention.self.key"),
+                            &format!("{p}.attention.self.value"),
+                            &format!("{p}.attention.output.dense"),
+                        ],
+                        hs,
+                        c.num_attention_heads,
+                        Dropout::new(c.attention_probs_dropout_prob)?,
+                        std,
+                    )?,
                     norm: ln(store, &format!("{p}.attention.output.LayerNorm"))?,
-                    n_head: c.num_attention_heads,
-                    probs_dropout: Dropout::new(c.attention_probs_dropout_prob)?,
                     hidden_dropout,
                 },
                 intermediate: lin(store, "intermediate.dense", hs, c.intermediate_size)?,

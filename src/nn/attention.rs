@@ -3,7 +3,8 @@
 
 use crate::nn::dropout::Dropout;
 use crate::nn::kernels::softmax::attn_softmax;
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, Projection};
+use crate::nn::store::ParamStore;
 use crate::rng::Rng;
 use crate::Result;
 use candle_core::{Device, Tensor};
@@ -113,6 +114,100 @@ pub fn grouped_attention(
     let att = dropout.forward(&att, rng)?;
     let y = att.reshape((b, kvh, g * t, s))?.matmul(&v.contiguous()?)?;
     Ok(y.reshape((b, h, t, d))?)
+}
+
+/// Multi-head attention with separate query, key, value and output projections (BERT, Marian,
+/// BART, the original Transformer): self-attention when keys and values come from the queries'
+/// own sequence, cross-attention when they come from another (the encoder's output).
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention {
+    pub q: Projection,
+    pub k: Projection,
+    pub v: Projection,
+    pub out: Projection,
+    pub n_head: usize,
+    /// On the attention probabilities.
+    pub dropout: Dropout,
+}
+
+impl MultiHeadAttention {
+    /// Projections `[dim, dim]` with biases named by `names` (query, key, value, output
+    /// prefixes, e.g. `layers.0.self_attn.q_proj`).
+    pub fn new(
+        store: &mut ParamStore,
+        names: [&str; 4],
+        dim: usize,
+        n_head: usize,
+        dropout: Dropout,
+        std: f64,
+    ) -> Result<Self> {
+        if n_head == 0 || !dim.is_multiple_of(n_head) {
+            return Err(crate::Error::Config(format!(
+                "the width {dim} is not divisible by {n_head} attention heads"
+            )));
+        }
+        let mut lin = |name: &str| Projection::linear(store, name, dim, dim, true, std);
+        Ok(MultiHeadAttention {
+            q: lin(names[0])?,
+            k: lin(names[1])?,
+            v: lin(names[2])?,
+            out: lin(names[3])?,
+            n_head,
+            dropout,
+        })
+    }
+
+    /// `[b, t, c]` projected by `p` and split into heads `[b, h, t, c / h]`.
+    fn heads(&self, p: &Projection, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        Ok(p.forward(x)?
+            .reshape((b, t, self.n_head, c / self.n_head))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Keys and values `[b, h, s, d]` of `src` `[b, s, c]`: computed once per source sequence
+    /// for cross-attention.
+    pub fn keys_values(&self, src: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.heads(&self.k, src)?, self.heads(&self.v, src)?))
+    }
+
+    /// The queries of `x` `[b, t, c]` attend over `k`, `v` `[b, h, s, d]`; `causal` and the
+    /// additive `mask` as in [`grouped_attention`]. Output `[b, t, c]`, projected.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: Option<usize>,
+        mask: Option<&Tensor>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let q = self.heads(&self.q, x)?;
+        let y = grouped_attention(&q, k, v, causal, mask, &self.dropout, rng)?;
+        self.out.forward(&y.transpose(1, 2)?.reshape((b, t, c))?)
+    }
+
+    /// Self-attention over `x` `[b, t, c]`. With `cache`, the new keys and values are appended
+    /// and the queries (positions after the cached ones) attend over all of them; `causal`
+    /// hides later positions.
+    pub fn self_attention(
+        &self,
+        x: &Tensor,
+        causal: bool,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (k, v) = self.keys_values(x)?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        self.attend(x, &k, &v, causal.then_some(offset), mask, rng)
+    }
 }
 
 /// Causal multi-head self-attention with a fused query/key/value projection (`c_attn` in GPT-2).

@@ -17,6 +17,31 @@ pub struct Linear {
 
 impl Linear {
     /// A GPT-2 Conv1D: weight `{prefix}.weight` of shape `[in, out]`, bias `{prefix}.bias`.
+    /// A `nn.Linear`: weight `{prefix}.weight` `[out, in]` (initialised N(0, std)), and
+    /// `{prefix}.bias` (zeros) when `bias`.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f64,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: store.get(
+                &format!("{prefix}.weight"),
+                &[d_out, d_in],
+                Init::Normal(std),
+            )?,
+            bias: if bias {
+                Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+            } else {
+                None
+            },
+            in_out: false,
+        })
+    }
+
     pub fn conv1d(
         store: &mut ParamStore,
         prefix: &str,
@@ -138,19 +163,9 @@ impl Projection {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        Ok(Projection::Dense(Linear {
-            weight: store.get(
-                &format!("{prefix}.weight"),
-                &[d_out, d_in],
-                Init::Normal(std),
-            )?,
-            bias: if bias {
-                Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
-            } else {
-                None
-            },
-            in_out: false,
-        }))
+        Ok(Projection::Dense(Linear::new(
+            store, prefix, d_in, d_out, bias, std,
+        )?))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -14,13 +14,15 @@ pub mod position;
 pub mod rope;
 pub mod store;
 
-pub use attention::{grouped_attention, CausalSelfAttention, KvCache};
+pub use attention::{grouped_attention, CausalSelfAttention, KvCache, MultiHeadAttention};
 pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::{Embedding, TokenEmbedding};
 pub use feed_forward::{Activation, FeedForward};
 pub use linear::{Linear, Projection, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};
-pub use position::{sinusoidal_encoding, LearnedPosition, PositionEncoding};
+pub use position::{
+    sinusoidal_encoding, sinusoidal_table, LearnedPosition, PositionEncoding, SinusoidLayout,
+};
 pub use rope::{Rope, RopeScaling};
 pub use store::{Init, ParamStore};

@@ -10,20 +10,45 @@ use crate::nn::store::ParamStore;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
-/// The `[max_len, dim]` table of fixed sinusoidal encodings (`dim` must be even).
+/// Where the sine and cosine of each frequency go in a sinusoidal encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinusoidLayout {
+    /// `sin` at `2i`, `cos` at `2i + 1` (the paper; GPT-2-style models here).
+    Interleaved,
+    /// `sin` in the first half, `cos` in the second (fairseq, Marian, BART's sinusoidal).
+    Halves,
+}
+
+/// The `[max_len, dim]` table of fixed sinusoidal encodings (`dim` must be even), interleaved.
 pub fn sinusoidal_encoding(max_len: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    sinusoidal_table(max_len, dim, SinusoidLayout::Interleaved, device)
+}
+
+/// The `[max_len, dim]` table of fixed sinusoidal encodings in `layout` (`dim` must be even).
+pub fn sinusoidal_table(
+    max_len: usize,
+    dim: usize,
+    layout: SinusoidLayout,
+    device: &Device,
+) -> Result<Tensor> {
     if !dim.is_multiple_of(2) {
         return Err(Error::Config(format!(
             "sinusoidal positional encoding needs an even dimension, got {dim}"
         )));
     }
+    let half = dim / 2;
     let mut data = vec![0f32; max_len * dim];
     for pos in 0..max_len {
-        for i in 0..dim / 2 {
-            // Computed in f64 so long positions keep full f32 accuracy.
+        for i in 0..half {
+            // Computed in f64 so long positions keep full f32 accuracy (and match
+            // transformers' numpy tables bit for bit).
             let angle = pos as f64 / 10000f64.powf(2.0 * i as f64 / dim as f64);
-            data[pos * dim + 2 * i] = angle.sin() as f32;
-            data[pos * dim + 2 * i + 1] = angle.cos() as f32;
+            let (s, c) = match layout {
+                SinusoidLayout::Interleaved => (2 * i, 2 * i + 1),
+                SinusoidLayout::Halves => (i, half + i),
+            };
+            data[pos * dim + s] = angle.sin() as f32;
+            data[pos * dim + c] = angle.cos() as f32;
         }
     }
     Ok(Tensor::from_vec(data, (max_len, dim), device)?)
