@@ -22,5 +22,6 @@ pub mod pretrained;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;
+pub mod translate;
 
 pub use error::{Error, Result};

@@ -30,6 +30,17 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Keeps, as row `i`, the cached row `idx[i]` (`idx` u32 on the cache's device): beam
+    /// search follows the beams it keeps.
+    pub fn reorder(&mut self, idx: &Tensor) -> Result<()> {
+        for buf in [&mut self.k, &mut self.v] {
+            if let Some(t) = buf.as_ref() {
+                *buf = Some(t.index_select(idx, 0)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Appends keys and values `[b, h, t, d]` (contiguous) and returns all cached ones,
     /// `[b, h, len, d]` views of the buffers.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
