@@ -109,6 +109,10 @@ fn scan_alphabet(
     })
 }
 
+/// The special tokens of sequence-to-sequence vocabularies, as Marian names them: padding (also
+/// the decoder's start token), end of sequence, unknown; ids 0, 1, 2.
+pub const SEQ2SEQ_SPECIAL: [&str; 3] = ["<pad>", "</s>", "<unk>"];
+
 /// A loaded tokenizer.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -295,6 +299,56 @@ impl Tokenizer {
                 inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
             }
         }
+        Ok(Tokenizer { inner })
+    }
+
+    /// A vocabulary of [`SEQ2SEQ_SPECIAL`] then `symbols` (deduplicated, in the given order):
+    /// with `chars`, one token per character (spellings; decoding joins them), else one token
+    /// per whitespace-separated word (phoneme strings; decoding joins them with spaces).
+    /// Anything else becomes `<unk>`.
+    pub fn from_symbols(symbols: &[String], chars: bool) -> Result<Self> {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+        let mut vocab: Vec<String> = SEQ2SEQ_SPECIAL.iter().map(|s| s.to_string()).collect();
+        for s in symbols {
+            if !vocab.contains(s) {
+                vocab.push(s.clone());
+            }
+        }
+        if vocab.len() == SEQ2SEQ_SPECIAL.len() {
+            return Err(Error::Data("no symbols to build a vocabulary from".into()));
+        }
+        let map: tokenizers::models::bpe::Vocab = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let unk = SEQ2SEQ_SPECIAL[2].to_string();
+        let mut inner = if chars {
+            let bpe = BPE::builder()
+                .vocab_and_merges(map, vec![])
+                .unk_token(unk)
+                .build()
+                .map_err(|e| tok_err(None, e))?;
+            let mut t = tokenizers::Tokenizer::new(bpe);
+            t.with_decoder(Some(Fuse::new()));
+            t
+        } else {
+            let wl = WordLevel::builder()
+                .vocab(map.into_iter().collect())
+                .unk_token(unk)
+                .build()
+                .map_err(|e| tok_err(None, e))?;
+            let mut t = tokenizers::Tokenizer::new(wl);
+            t.with_pre_tokenizer(Some(WhitespaceSplit));
+            t
+        };
+        inner.add_special_tokens(
+            &SEQ2SEQ_SPECIAL
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect::<Vec<_>>(),
+        );
         Ok(Tokenizer { inner })
     }
 

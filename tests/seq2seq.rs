@@ -109,7 +109,11 @@ fn decoding_matches_transformers_generate() {
         let got = check(&opts, &format!("generated_{name}"), 1);
         let scores: Vec<f32> = e[&format!("sequences_scores_{name}")].to_vec1().unwrap();
         for (g, s) in got.iter().zip(&scores) {
-            assert!((g.score - s).abs() < 1e-4, "{name}: score {} vs {s}", g.score);
+            assert!(
+                (g.score - s).abs() < 1e-4,
+                "{name}: score {} vs {s}",
+                g.score
+            );
         }
     }
     // Beam 1 is greedy; a wider beam never finds a worse (length-normalised) hypothesis.
@@ -130,6 +134,76 @@ fn decoding_matches_transformers_generate() {
     );
     for (bm, g) in one.iter().zip(&greedy) {
         let greedy_norm = g.score / g.tokens.len() as f32;
-        assert!(bm.score >= greedy_norm - 1e-5, "{} < {greedy_norm}", bm.score);
+        assert!(
+            bm.score >= greedy_norm - 1e-5,
+            "{} < {greedy_norm}",
+            bm.score
+        );
     }
+}
+
+/// The teacher-forced loss against transformers' `MarianMTModel(..., labels=...)` (-100 at a
+/// padded position) and PyTorch's `cross_entropy(..., label_smoothing=0.1)`; our padded batch
+/// of the same pairs gives the same decoder inputs.
+#[test]
+fn loss_matches_transformers_with_label_smoothing() {
+    use ferroformer::objective::seq2seq::{pad_batch, pair_loss, Pair, PairBatch};
+    let (model, e) = load();
+    let labels: Vec<Vec<i64>> = e["labels"].to_vec2().unwrap();
+    let batch = PairBatch {
+        src: e["input_ids"].to_dtype(DType::U32).unwrap(),
+        src_mask: e["attention_mask"].to_dtype(DType::U32).unwrap(),
+        dec_in: e["decoder_input_ids"].to_dtype(DType::U32).unwrap(),
+        labels: labels
+            .iter()
+            .flatten()
+            .map(|&l| (l >= 0).then_some(l as u32))
+            .collect(),
+    };
+    for (eps, key) in [(0.0, "loss"), (0.1, "loss_ls01")] {
+        let (loss, n) = pair_loss(&model, &batch, eps, None).unwrap();
+        assert_eq!(n, 9);
+        let got = loss.to_scalar::<f32>().unwrap();
+        let want = e[key].to_vec1::<f32>().unwrap()[0];
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{key}: {got} vs {want}"
+        );
+    }
+    // The same pairs through pad_batch.
+    let src: Vec<Vec<u32>> = e["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let mask: Vec<Vec<u32>> = e["attention_mask"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let pairs: Vec<Pair> = (0..2)
+        .map(|i| Pair {
+            src: src[i]
+                .iter()
+                .zip(&mask[i])
+                .filter(|(_, &m)| m == 1)
+                .map(|(&s, _)| s)
+                .collect(),
+            tgt: labels[i]
+                .iter()
+                .filter(|&&l| l >= 0)
+                .map(|&l| l as u32)
+                .collect(),
+        })
+        .collect();
+    let ours = pad_batch(&[&pairs[0], &pairs[1]], 0, 0, &Device::Cpu).unwrap();
+    assert_eq!(
+        ours.dec_in.to_vec2::<u32>().unwrap(),
+        e["decoder_input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2::<u32>()
+            .unwrap()
+    );
+    assert_eq!(ours.labels, batch.labels);
 }

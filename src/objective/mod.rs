@@ -2,5 +2,6 @@
 
 pub mod clm;
 pub mod mlm;
+pub mod seq2seq;
 
 pub use clm::{cross_entropy, CausalLm};

@@ -1,0 +1,212 @@
+//! Sequence-to-sequence training: source/target pairs batched with padding, teacher forcing
+//! (the decoder reads the target shifted right behind the start token), and the
+//! cross-entropy of the next target token with optional label smoothing; plus the error
+//! rates of sequence outputs against one or more references.
+
+use crate::models::seq2seq::Seq2Seq;
+use crate::nn::kernels::cross_entropy::nll_rows;
+use crate::nn::ops::log_softmax;
+use crate::rng::Rng;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor, D};
+
+/// One training example: source ids (ending with end-of-sequence) and target ids (ending with
+/// end-of-sequence, without the start token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub src: Vec<u32>,
+    pub tgt: Vec<u32>,
+}
+
+/// A padded batch.
+pub struct PairBatch {
+    /// `[b, s]` source ids, padded.
+    pub src: Tensor,
+    /// `[b, s]` 1 for tokens, 0 for padding.
+    pub src_mask: Tensor,
+    /// `[b, t]` decoder inputs: the start token, then the target without its last token.
+    pub dec_in: Tensor,
+    /// `[b * t]` the target token to predict at each decoder position, `None` at padding.
+    pub labels: Vec<Option<u32>>,
+}
+
+/// Pads `pairs` into a batch (`pad` fills; `start` begins every decoder input).
+pub fn pad_batch(pairs: &[&Pair], pad: u32, start: u32, device: &Device) -> Result<PairBatch> {
+    if pairs.is_empty() {
+        return Err(Error::Data("an empty batch".into()));
+    }
+    let b = pairs.len();
+    let s = pairs.iter().map(|p| p.src.len()).max().unwrap_or(0);
+    let t = pairs.iter().map(|p| p.tgt.len()).max().unwrap_or(0);
+    let mut src = Vec::with_capacity(b * s);
+    let mut mask = Vec::with_capacity(b * s);
+    let mut dec = Vec::with_capacity(b * t);
+    let mut labels = Vec::with_capacity(b * t);
+    for p in pairs {
+        src.extend(
+            p.src
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, s - p.src.len())),
+        );
+        mask.extend((0..s).map(|i| if i < p.src.len() { 1u32 } else { 0 }));
+        dec.push(start);
+        dec.extend(p.tgt.iter().take(t - 1).copied());
+        dec.extend(std::iter::repeat_n(pad, t - p.tgt.len().min(t - 1) - 1));
+        labels.extend((0..t).map(|i| p.tgt.get(i).copied()));
+    }
+    Ok(PairBatch {
+        src: Tensor::from_vec(src, (b, s), device)?,
+        src_mask: Tensor::from_vec(mask, (b, s), device)?,
+        dec_in: Tensor::from_vec(dec, (b, t), device)?,
+        labels,
+    })
+}
+
+/// Mean over rows of `(1 - eps) * nll(target) + eps * mean_j(-log p_j)` for logits `[n, v]`
+/// and targets `[n]` (PyTorch's `cross_entropy(..., label_smoothing=eps)`).
+pub fn smoothed_cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Tensor> {
+    let nll = nll_rows(logits, targets)?;
+    if eps == 0.0 {
+        return Ok(nll.mean_all()?);
+    }
+    let smooth = log_softmax(logits)?.mean(D::Minus1)?.neg()?;
+    Ok(((nll * (1.0 - eps))? + (smooth * eps)?)?.mean_all()?)
+}
+
+/// The teacher-forced loss of a batch over its non-padding target positions, and how many
+/// positions that is. `rng` enables dropout.
+pub fn pair_loss(
+    model: &Seq2Seq,
+    batch: &PairBatch,
+    label_smoothing: f64,
+    mut rng: Option<&mut Rng>,
+) -> Result<(Tensor, usize)> {
+    let mask = Seq2Seq::source_mask(&batch.src_mask)?;
+    let enc = model.encode(&batch.src, Some(&mask), rng.as_deref_mut())?;
+    let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, rng)?;
+    let (b, t, d) = h.dims3()?;
+    let rows: Vec<u32> = (0..(b * t) as u32)
+        .filter(|&i| batch.labels[i as usize].is_some())
+        .collect();
+    let targets: Vec<u32> = batch.labels.iter().filter_map(|l| *l).collect();
+    let idx = Tensor::new(rows.as_slice(), h.device())?;
+    let chosen = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+    let logits = model.logits(&chosen)?;
+    let y = Tensor::new(targets.as_slice(), h.device())?;
+    Ok((
+        smoothed_cross_entropy(&logits, &y, label_smoothing)?,
+        targets.len(),
+    ))
+}
+
+/// Levenshtein distance between two sequences.
+pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, x) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// Word and phoneme (token) error rates.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ErrorRates {
+    /// Fraction of outputs that equal none of their references.
+    pub wer: f64,
+    /// Edit distance to the closest reference, summed, over that reference's length, summed.
+    pub per: f64,
+    pub n: usize,
+}
+
+/// Error rates of `outputs` against their references (several per input allowed: an output
+/// is right if it equals any of them).
+pub fn error_rates<T: PartialEq>(outputs: &[Vec<T>], references: &[Vec<Vec<T>>]) -> ErrorRates {
+    let (mut wrong, mut edits, mut len) = (0usize, 0usize, 0usize);
+    for (out, refs) in outputs.iter().zip(references) {
+        let best = refs
+            .iter()
+            .map(|r| (edit_distance(out, r), r.len()))
+            .min()
+            .unwrap_or((out.len(), 0));
+        if best.0 > 0 {
+            wrong += 1;
+        }
+        edits += best.0;
+        len += best.1;
+    }
+    let n = outputs.len();
+    ErrorRates {
+        wer: if n > 0 { wrong as f64 / n as f64 } else { 0.0 },
+        per: if len > 0 {
+            edits as f64 / len as f64
+        } else {
+            0.0
+        },
+        n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_pad_and_shift() {
+        let p1 = Pair {
+            src: vec![5, 6, 1],
+            tgt: vec![7, 8, 9, 1],
+        };
+        let p2 = Pair {
+            src: vec![5, 1],
+            tgt: vec![7, 1],
+        };
+        let b = pad_batch(&[&p1, &p2], 0, 0, &Device::Cpu).unwrap();
+        assert_eq!(
+            b.src.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 1], vec![5, 1, 0]]
+        );
+        assert_eq!(
+            b.src_mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 1, 0]]
+        );
+        assert_eq!(
+            b.dec_in.to_vec2::<u32>().unwrap(),
+            vec![vec![0, 7, 8, 9], vec![0, 7, 1, 0]]
+        );
+        let l: Vec<Option<u32>> = vec![
+            Some(7),
+            Some(8),
+            Some(9),
+            Some(1),
+            Some(7),
+            Some(1),
+            None,
+            None,
+        ];
+        assert_eq!(b.labels, l);
+    }
+
+    #[test]
+    fn error_rates_take_the_closest_reference() {
+        assert_eq!(edit_distance(&[1, 2, 3], &[1, 3]), 1);
+        assert_eq!(edit_distance::<u8>(&[], &[1, 2]), 2);
+        assert_eq!(edit_distance("kitten".as_bytes(), "sitting".as_bytes()), 3);
+        let out = vec![vec!["K", "AE1", "T"], vec!["D", "AO1", "G"]];
+        let refs = vec![
+            vec![vec!["K", "AH0", "T"], vec!["K", "AE1", "T"]],
+            vec![vec!["D", "AA1", "G"]],
+        ];
+        let r = error_rates(&out, &refs);
+        assert_eq!(r.n, 2);
+        assert!((r.wer - 0.5).abs() < 1e-12);
+        assert!((r.per - 1.0 / 6.0).abs() < 1e-12);
+    }
+}
