@@ -41,13 +41,12 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
     let mut trainer = Trainer::prepare(recipe, resume, &device)?;
     if !c.quiet {
         let n = trainer.store.numel();
+        let (train_n, val_n, unit) = trainer.data.sizes();
         eprintln!(
-            "model: {} parameters ({}), vocabulary {}, {} training / {} validation tokens{}",
+            "model: {} parameters ({}), vocabulary {}, {train_n} training / {val_n} validation {unit}{}",
             n,
             ferroformer::params::size_name(n),
             trainer.tokenizer.vocab_size(),
-            trainer.train_split.len(),
-            trainer.val_split.len(),
             if resume {
                 format!(", resuming at step {}", trainer.state.step)
             } else {
@@ -66,11 +65,23 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
                     v["train_accuracy"] = json!(e.train_accuracy);
                     v["val_accuracy"] = json!(e.val_accuracy);
                 }
+                if let Some(r) = e.val_error_rates {
+                    v["val_wer"] = json!(r.wer);
+                    v["val_per"] = json!(r.per);
+                }
                 println!("{v}");
             } else {
                 let mut line = format!("step {:>6}: train loss {:.4}", e.step, e.train_loss);
                 if let Some(v) = e.val_loss {
                     line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp());
+                }
+                if let Some(r) = e.val_error_rates {
+                    line += &format!(
+                        ", val WER {:.2}% PER {:.2}% ({} words, greedy)",
+                        100.0 * r.wer,
+                        100.0 * r.per,
+                        r.n
+                    );
                 }
                 if let Some(a) = e.val_accuracy.or(e.train_accuracy) {
                     let which = if e.val_accuracy.is_some() {

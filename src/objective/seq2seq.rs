@@ -3,10 +3,12 @@
 //! cross-entropy of the next target token with optional label smoothing; plus the error
 //! rates of sequence outputs against one or more references.
 
+use crate::data::lexicon::{LexEntry, Lexicon, Part};
 use crate::models::seq2seq::Seq2Seq;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::nn::ops::log_softmax;
 use crate::rng::Rng;
+use crate::tokenizer::{Tokenizer, SEQ2SEQ_SPECIAL};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, D};
 
@@ -16,6 +18,145 @@ use candle_core::{Device, Tensor, D};
 pub struct Pair {
     pub src: Vec<u32>,
     pub tgt: Vec<u32>,
+}
+
+/// The pairs of a sequence-to-sequence run, encoded.
+pub struct PairData {
+    /// Turns target ids back into text (the source tokenizer is the run's `tokenizer.json`).
+    pub target_tokenizer: Tokenizer,
+    /// Every (input, output) pair of the training part; an input with several outputs gives
+    /// several pairs.
+    pub train: Vec<Pair>,
+    /// The same for the validation part (teacher-forced loss).
+    pub valid: Vec<Pair>,
+    /// Each validation input once, with all its outputs (error rates).
+    pub valid_refs: Vec<(Vec<u32>, Vec<Vec<u32>>)>,
+}
+
+/// Source ids of `text` (one token per character) followed by end-of-sequence; an error names
+/// characters outside the vocabulary unless `allow_unk`.
+pub fn encode_source(tok: &Tokenizer, text: &str, allow_unk: bool) -> Result<Vec<u32>> {
+    encode_with(tok, text, allow_unk, "character")
+}
+
+/// Target ids of space-separated `text` followed by end-of-sequence.
+pub fn encode_target(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    encode_with(tok, text, false, "symbol")
+}
+
+fn encode_with(tok: &Tokenizer, text: &str, allow_unk: bool, what: &str) -> Result<Vec<u32>> {
+    let unk = tok.token_id(SEQ2SEQ_SPECIAL[2]);
+    let eos = tok
+        .token_id(SEQ2SEQ_SPECIAL[1])
+        .ok_or_else(|| Error::Config(format!("the vocabulary has no {}", SEQ2SEQ_SPECIAL[1])))?;
+    let mut ids = tok.encode(text)?;
+    if !allow_unk {
+        if let Some(i) = ids.iter().position(|&id| Some(id) == unk) {
+            let bad: String = if what == "character" {
+                text.chars().nth(i).map(String::from).unwrap_or_default()
+            } else {
+                text.split_whitespace()
+                    .nth(i)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Err(Error::Data(format!(
+                "{what} {bad:?} of {text:?} is not in the model's vocabulary"
+            )));
+        }
+    }
+    ids.push(eos);
+    Ok(ids)
+}
+
+impl PairData {
+    /// Grapheme-to-phoneme pairs from a lexicon split by word: the source vocabulary is the
+    /// characters, the target vocabulary the phonemes, of the training words (given tokenizers
+    /// are used as they are: a resumed run keeps its own). Sequences longer than `max_len`
+    /// (end-of-sequence included) are an error naming the word.
+    pub fn from_lexicon(
+        lex: &Lexicon,
+        seed: u64,
+        fractions: [f64; 2],
+        tokenizers: Option<(Tokenizer, Tokenizer)>,
+        max_len: usize,
+    ) -> Result<(Tokenizer, PairData)> {
+        let train_words = lex.split(seed, fractions, Part::Train);
+        let valid_words = lex.split(seed, fractions, Part::Valid);
+        let (src_tok, tgt_tok) = match tokenizers {
+            Some(t) => t,
+            None => {
+                let chars: std::collections::BTreeSet<String> = train_words
+                    .iter()
+                    .flat_map(|e| e.word.chars().map(String::from))
+                    .collect();
+                let phones: std::collections::BTreeSet<String> = train_words
+                    .iter()
+                    .flat_map(|e| e.prons.iter().flatten().cloned())
+                    .collect();
+                (
+                    Tokenizer::from_symbols(&chars.into_iter().collect::<Vec<_>>(), true)?,
+                    Tokenizer::from_symbols(&phones.into_iter().collect::<Vec<_>>(), false)?,
+                )
+            }
+        };
+        let encode = |e: &LexEntry, allow_unk: bool| -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+            let src = encode_source(&src_tok, &e.word, allow_unk)?;
+            let tgts: Vec<Vec<u32>> = e
+                .prons
+                .iter()
+                .map(|p| encode_with(&tgt_tok, &p.join(" "), allow_unk, "phoneme"))
+                .collect::<Result<_>>()?;
+            let longest = tgts
+                .iter()
+                .map(|t| t.len())
+                .chain([src.len()])
+                .max()
+                .unwrap_or(0);
+            if longest > max_len {
+                return Err(Error::Data(format!(
+                    "{:?}: {longest} tokens exceed the model's {max_len} positions",
+                    e.word
+                )));
+            }
+            Ok((src, tgts))
+        };
+        let mut train = vec![];
+        for e in &train_words {
+            let (src, tgts) = encode(e, false)?;
+            train.extend(tgts.into_iter().map(|tgt| Pair {
+                src: src.clone(),
+                tgt,
+            }));
+        }
+        // Validation words may hold characters or phonemes training never saw: <unk>.
+        let mut valid = vec![];
+        let mut valid_refs = vec![];
+        for e in &valid_words {
+            let (src, tgts) = encode(e, true)?;
+            valid.extend(tgts.iter().map(|tgt| Pair {
+                src: src.clone(),
+                tgt: tgt.clone(),
+            }));
+            valid_refs.push((src, tgts));
+        }
+        Ok((
+            src_tok,
+            PairData {
+                target_tokenizer: tgt_tok,
+                train,
+                valid,
+                valid_refs,
+            },
+        ))
+    }
+}
+
+/// `batch` pairs drawn uniformly (with replacement) from `pairs`.
+pub fn sample<'a>(pairs: &'a [Pair], batch: usize, rng: &mut Rng) -> Vec<&'a Pair> {
+    (0..batch)
+        .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
+        .collect()
 }
 
 /// A padded batch.

@@ -112,9 +112,16 @@ pub struct DataConfig {
     /// WordPiece: lowercase and strip accents (an "uncased" vocabulary).
     #[serde(default = "d_true")]
     pub lowercase: bool,
-    /// Fraction of the tokens (the last ones) held out for validation.
+    /// Fraction of the tokens (the last ones) held out for validation; for a
+    /// sequence-to-sequence lexicon, the fraction of its words.
     #[serde(default = "d_val")]
     pub val_fraction: f64,
+    /// Sequence-to-sequence: the fraction of words held out for the test split.
+    #[serde(default)]
+    pub test_fraction: f64,
+    /// Sequence-to-sequence: the seed of the split by word.
+    #[serde(default = "d_seed")]
+    pub split_seed: u64,
 }
 
 /// The model to build (sizes are ignored when `init` names an existing model).
@@ -190,6 +197,9 @@ pub struct TrainConfig {
     pub beta2: f64,
     #[serde(default = "d_adam_eps")]
     pub eps: f64,
+    /// Label smoothing of the sequence-to-sequence loss (0 disables).
+    #[serde(default)]
+    pub label_smoothing: f64,
     /// Clip the global gradient norm to this (0 disables).
     #[serde(default = "d_clip")]
     pub grad_clip: f64,
@@ -298,23 +308,26 @@ impl Recipe {
     /// Checks values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
-        if !matches!(self.model.architecture.as_str(), "gpt2" | "llama" | "bert") {
+        if !matches!(
+            self.model.architecture.as_str(),
+            "gpt2" | "llama" | "bert" | "marian"
+        ) {
             return Err(Error::Config(format!(
-                "model.architecture {:?} is not supported (known: gpt2, llama, bert)",
+                "model.architecture {:?} is not supported (known: gpt2, llama, bert, marian)",
                 self.model.architecture
             )));
         }
         match (self.objective.as_str(), self.model.architecture.as_str()) {
-            ("clm", "gpt2" | "llama") | ("mlm", "bert") => {}
-            ("clm" | "mlm", arch) => {
+            ("clm", "gpt2" | "llama") | ("mlm", "bert") | ("seq2seq", "marian") => {}
+            ("clm" | "mlm" | "seq2seq", arch) => {
                 return Err(Error::Config(format!(
-                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert)",
+                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian)",
                     self.objective
                 )))
             }
             (other, _) => {
                 return Err(Error::Config(format!(
-                    "objective {other:?} is not supported (known: clm, mlm)"
+                    "objective {other:?} is not supported (known: clm, mlm, seq2seq)"
                 )))
             }
         }

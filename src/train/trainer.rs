@@ -3,11 +3,14 @@
 
 use crate::assets;
 use crate::data::corpus::for_each_chunk;
+use crate::data::lexicon::Lexicon;
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
+use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
 use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
+use crate::objective::seq2seq::{pad_batch, pair_loss, sample, PairData};
 use crate::objective::CausalLm;
 use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, EOT};
@@ -43,6 +46,30 @@ pub struct EvalStats {
     pub val_loss: Option<f64>,
     pub train_accuracy: Option<f64>,
     pub val_accuracy: Option<f64>,
+    /// Sequence-to-sequence: error rates of greedy outputs on validation inputs.
+    pub val_error_rates: Option<crate::objective::seq2seq::ErrorRates>,
+}
+
+/// What a run trains on.
+pub enum TrainData {
+    /// A token stream (language modelling): training and validation ranges.
+    Tokens {
+        shard: TokenShard,
+        train: Split,
+        val: Split,
+    },
+    /// Source/target pairs (sequence-to-sequence).
+    Pairs(Box<PairData>),
+}
+
+impl TrainData {
+    /// Training and validation sizes, and their unit.
+    pub fn sizes(&self) -> (usize, usize, &'static str) {
+        match self {
+            TrainData::Tokens { train, val, .. } => (train.len(), val.len(), "tokens"),
+            TrainData::Pairs(p) => (p.train.len(), p.valid.len(), "pairs"),
+        }
+    }
 }
 
 /// The model a run trains, with its objective.
@@ -51,6 +78,11 @@ pub enum TrainModel {
     Causal(CausalModel),
     /// BERT, trained with masked language modelling.
     Masked { model: Bert, objective: MaskedLm },
+    /// An encoder-decoder model, trained on pairs with teacher forcing.
+    Seq2Seq {
+        model: Box<Seq2Seq>,
+        target_tokenizer: Box<Tokenizer>,
+    },
 }
 
 impl TrainModel {
@@ -58,6 +90,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => m.vocab_size(),
             TrainModel::Masked { model, .. } => model.config.vocab_size,
+            TrainModel::Seq2Seq { model, .. } => model.config.vocab_size,
         }
     }
 
@@ -65,6 +98,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => m.max_positions(),
             TrainModel::Masked { model, .. } => model.config.max_position_embeddings,
+            TrainModel::Seq2Seq { model, .. } => model.config.max_position_embeddings,
         }
     }
 
@@ -72,7 +106,7 @@ impl TrainModel {
     pub fn causal(&self) -> Option<&CausalModel> {
         match self {
             TrainModel::Causal(m) => Some(m),
-            TrainModel::Masked { .. } => None,
+            TrainModel::Masked { .. } | TrainModel::Seq2Seq { .. } => None,
         }
     }
 
@@ -85,6 +119,10 @@ impl TrainModel {
             TrainModel::Masked { model, .. } => {
                 model.config.hidden_dropout_prob > 0.0
                     || model.config.attention_probs_dropout_prob > 0.0
+            }
+            TrainModel::Seq2Seq { model, .. } => {
+                let c = &model.config;
+                c.dropout > 0.0 || c.attention_dropout > 0.0 || c.activation_dropout > 0.0
             }
         }
     }
@@ -100,6 +138,13 @@ impl TrainModel {
                     &dir.join("tokenizer_config.json"),
                     model.config.max_position_embeddings,
                 )?;
+            }
+            TrainModel::Seq2Seq {
+                model,
+                target_tokenizer,
+            } => {
+                seq2seq::save_dir(dir, model, store)?;
+                target_tokenizer.save(&dir.join("target_tokenizer.json"))?;
             }
         }
         tokenizer.save(&dir.join("tokenizer.json"))
@@ -127,9 +172,7 @@ pub struct Trainer {
     pub tokenizer: Tokenizer,
     pub optimizer: AdamW,
     pub schedule: LrSchedule,
-    pub data: TokenShard,
-    pub train_split: Split,
-    pub val_split: Split,
+    pub data: TrainData,
     pub state: TrainerState,
     pub out_dir: PathBuf,
     metrics: MetricsLog,
@@ -185,6 +228,7 @@ fn bert_config(recipe: &Recipe, tokenizer: &Tokenizer) -> BertConfig {
 fn build_model(
     recipe: &Recipe,
     tokenizer: &Tokenizer,
+    target: Option<&Tokenizer>,
     from: Option<&Path>,
     device: &Device,
 ) -> Result<(TrainModel, ParamStore)> {
@@ -207,11 +251,64 @@ fn build_model(
         };
         return Ok((TrainModel::Masked { model, objective }, store));
     }
+    if recipe.objective == "seq2seq" {
+        let target_tokenizer = target.cloned().ok_or_else(|| {
+            Error::Config("a sequence-to-sequence run needs a target vocabulary".into())
+        })?;
+        let (model, store) = match from {
+            Some(dir) => seq2seq::load_dir(dir, device)?,
+            None => Seq2Seq::init(
+                &seq2seq_config(recipe, tokenizer, &target_tokenizer),
+                device,
+                recipe.train.seed,
+            )?,
+        };
+        return Ok((
+            TrainModel::Seq2Seq {
+                model: Box::new(model),
+                target_tokenizer: Box::new(target_tokenizer),
+            },
+            store,
+        ));
+    }
     let (model, store) = match from {
         Some(dir) => models::load_dir(dir, device)?,
         None => CausalModel::init(&model_config(recipe, tokenizer), device, recipe.train.seed)?,
     };
     Ok((TrainModel::Causal(model), store))
+}
+
+/// An encoder-decoder model of the recipe's sizes (`n_layer` layers on each side) with
+/// separate source and target vocabularies, the output projection tied to the target
+/// embeddings, Marian's ids (`<pad>` 0 also starts the decoder, `</s>` 1).
+fn seq2seq_config(recipe: &Recipe, source: &Tokenizer, target: &Tokenizer) -> Seq2SeqConfig {
+    let m = &recipe.model;
+    let ffn = m.intermediate_size.unwrap_or(4 * m.n_embd);
+    Seq2SeqConfig {
+        model_type: "marian".into(),
+        vocab_size: source.vocab_size(),
+        decoder_vocab_size: Some(target.vocab_size()),
+        d_model: m.n_embd,
+        encoder_layers: m.n_layer,
+        decoder_layers: m.n_layer,
+        encoder_attention_heads: m.n_head,
+        decoder_attention_heads: m.n_head,
+        encoder_ffn_dim: ffn,
+        decoder_ffn_dim: ffn,
+        max_position_embeddings: m.n_positions.unwrap_or(recipe.train.context),
+        activation_function: m.activation_function.clone(),
+        dropout: m.dropout,
+        attention_dropout: m.dropout,
+        activation_dropout: m.dropout,
+        init_std: 0.02,
+        scale_embedding: true,
+        pad_token_id: 0,
+        eos_token_id: 1,
+        decoder_start_token_id: 0,
+        share_encoder_decoder_embeddings: false,
+        tie_word_embeddings: m.tie_word_embeddings,
+        extra: serde_json::Map::new(),
+    }
 }
 
 fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
@@ -289,31 +386,56 @@ impl Trainer {
             .collect::<Result<_>>()?;
         let files = corpus_files(&corpus)?;
 
-        let tokenizer = if let Some((_, ck)) = &resume_from {
-            Tokenizer::load(&ck.join("tokenizer.json"))?
-        } else if let Some(init) = &recipe.model.init {
-            Tokenizer::load(&assets::resolve(init)?.join("tokenizer.json"))?
-        } else {
-            let d = &recipe.data;
-            match d.tokenizer.as_str() {
-                "char" => char_tokenizer(&files)?,
-                "bpe" => Tokenizer::train_bpe(&files, d.vocab_size, 2)?,
-                "wordpiece" => Tokenizer::train_wordpiece(&files, d.vocab_size, 2, d.lowercase)?,
-                path => Tokenizer::load(Path::new(path))?,
-            }
-        };
-        tokenizer.save(&out_dir.join("tokenizer.json"))?;
-
-        let data = TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
-        let (train_split, val_split) =
-            data.split(recipe.data.val_fraction, recipe.train.context)?;
-
         let from = match (&resume_from, &recipe.model.init) {
             (Some((_, ck)), _) => Some(ck.clone()),
             (None, Some(init)) => Some(assets::resolve(init)?),
             (None, None) => None,
         };
-        let (model, store) = build_model(&recipe, &tokenizer, from.as_deref(), device)?;
+        let (tokenizer, data) = if recipe.objective == "seq2seq" {
+            let lex = Lexicon::read_cmudict(&corpus[0])?;
+            let tokenizers = match &from {
+                Some(dir) => Some((
+                    Tokenizer::load_dir(dir)?,
+                    Tokenizer::load(&dir.join("target_tokenizer.json"))?,
+                )),
+                None => None,
+            };
+            let d = &recipe.data;
+            let max_len = recipe.model.n_positions.unwrap_or(recipe.train.context);
+            let (tok, pairs) = PairData::from_lexicon(
+                &lex,
+                d.split_seed,
+                [1.0 - d.val_fraction - d.test_fraction, d.val_fraction],
+                tokenizers,
+                max_len,
+            )?;
+            (tok, TrainData::Pairs(Box::new(pairs)))
+        } else {
+            let tokenizer = if let Some(dir) = &from {
+                Tokenizer::load_dir(dir)?
+            } else {
+                let d = &recipe.data;
+                match d.tokenizer.as_str() {
+                    "char" => char_tokenizer(&files)?,
+                    "bpe" => Tokenizer::train_bpe(&files, d.vocab_size, 2)?,
+                    "wordpiece" => {
+                        Tokenizer::train_wordpiece(&files, d.vocab_size, 2, d.lowercase)?
+                    }
+                    path => Tokenizer::load(Path::new(path))?,
+                }
+            };
+            let shard =
+                TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
+            let (train, val) = shard.split(recipe.data.val_fraction, recipe.train.context)?;
+            (tokenizer, TrainData::Tokens { shard, train, val })
+        };
+        tokenizer.save(&out_dir.join("tokenizer.json"))?;
+
+        let target = match &data {
+            TrainData::Pairs(p) => Some(&p.target_tokenizer),
+            TrainData::Tokens { .. } => None,
+        };
+        let (model, store) = build_model(&recipe, &tokenizer, target, from.as_deref(), device)?;
         if model.vocab_size() < tokenizer.vocab_size() {
             return Err(Error::Config(format!(
                 "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
@@ -321,7 +443,8 @@ impl Trainer {
                 tokenizer.vocab_size()
             )));
         }
-        if model.max_positions() < recipe.train.context {
+        if matches!(data, TrainData::Tokens { .. }) && model.max_positions() < recipe.train.context
+        {
             return Err(Error::Config(format!(
                 "train.context ({}) exceeds the model's maximum positions ({})",
                 recipe.train.context,
@@ -373,8 +496,6 @@ impl Trainer {
             optimizer,
             schedule,
             data,
-            train_split,
-            val_split,
             state,
             out_dir,
             metrics,
@@ -383,20 +504,28 @@ impl Trainer {
     }
 
     /// Loss (and for the masked LM, masked positions and correct predictions) of one batch
-    /// drawn from `split`. `dropout` enables dropout; `train` picks the causal LM's fused
-    /// training loss.
+    /// drawn from the training (`val` false) or validation data. `dropout` enables dropout;
+    /// `train` picks the causal LM's fused training loss.
     fn batch_loss(
         &self,
-        split: Split,
+        val: bool,
         rng: &mut Rng,
         dropout: Option<&mut Rng>,
         train: bool,
     ) -> Result<(Tensor, Option<(usize, usize)>)> {
         let (b, t) = (self.recipe.train.batch_size, self.recipe.train.context);
         let device = &self.device;
-        match &self.model {
-            TrainModel::Causal(m) => {
-                let (x, y) = self.data.sample_batch(split, b, t, rng);
+        match (&self.model, &self.data) {
+            (
+                TrainModel::Causal(m),
+                TrainData::Tokens {
+                    shard,
+                    train: tr,
+                    val: va,
+                },
+            ) => {
+                let split = if val { *va } else { *tr };
+                let (x, y) = shard.sample_batch(split, b, t, rng);
                 let x = Tensor::from_vec(x, (b, t), device)?;
                 let y = Tensor::from_vec(y, (b, t), device)?;
                 let loss = if train {
@@ -406,12 +535,83 @@ impl Trainer {
                 };
                 Ok((loss, None))
             }
-            TrainModel::Masked { model, objective } => {
-                let batch = objective.batch(&self.data, split, b, t, rng, device)?;
+            (
+                TrainModel::Masked { model, objective },
+                TrainData::Tokens {
+                    shard,
+                    train: tr,
+                    val: va,
+                },
+            ) => {
+                let split = if val { *va } else { *tr };
+                let batch = objective.batch(shard, split, b, t, rng, device)?;
                 let l = objective.loss(model, &batch, dropout)?;
                 Ok((l.loss, Some((l.count, l.correct))))
             }
+            (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) => {
+                let pairs = if val { &p.valid } else { &p.train };
+                let c = &model.config;
+                let batch = pad_batch(
+                    &sample(pairs, b, rng),
+                    c.pad_token_id,
+                    c.decoder_start_token_id,
+                    device,
+                )?;
+                let (loss, _) =
+                    pair_loss(model, &batch, self.recipe.train.label_smoothing, dropout)?;
+                Ok((loss, None))
+            }
+            _ => Err(Error::Config(
+                "this model cannot be trained on this kind of data".into(),
+            )),
         }
+    }
+
+    /// Error rates of greedy outputs for the first `eval_iters * batch_size` validation inputs
+    /// (sequence-to-sequence runs).
+    pub fn error_rates(
+        &self,
+        limit: usize,
+    ) -> Result<Option<crate::objective::seq2seq::ErrorRates>> {
+        let (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) = (&self.model, &self.data)
+        else {
+            return Ok(None);
+        };
+        let refs = &p.valid_refs[..limit.min(p.valid_refs.len())];
+        let eos = model.config.eos_token_id;
+        let opts = crate::translate::DecodeOptions {
+            max_new_tokens: model.config.max_position_embeddings,
+            ..Default::default()
+        };
+        let mut outputs = Vec::with_capacity(refs.len());
+        for chunk in refs.chunks(self.recipe.train.batch_size.max(1) * 4) {
+            let srcs: Vec<crate::objective::seq2seq::Pair> = chunk
+                .iter()
+                .map(|(s, _)| crate::objective::seq2seq::Pair {
+                    src: s.clone(),
+                    tgt: vec![eos],
+                })
+                .collect();
+            let refs: Vec<&crate::objective::seq2seq::Pair> = srcs.iter().collect();
+            let batch = pad_batch(&refs, model.config.pad_token_id, 0, &self.device)?;
+            let hyps = crate::translate::decode(model, &batch.src, Some(&batch.src_mask), &opts)?;
+            outputs.extend(
+                hyps.into_iter()
+                    .map(|h| crate::translate::strip_eos(&h.tokens, eos).to_vec()),
+            );
+        }
+        let references: Vec<Vec<Vec<u32>>> = refs
+            .iter()
+            .map(|(_, r)| {
+                r.iter()
+                    .map(|t| crate::translate::strip_eos(t, eos).to_vec())
+                    .collect()
+            })
+            .collect();
+        Ok(Some(crate::objective::seq2seq::error_rates(
+            &outputs,
+            &references,
+        )))
     }
 
     /// One optimizer step (over `grad_accum` micro-batches).
@@ -424,12 +624,8 @@ impl Trainer {
         for _ in 0..accum {
             let mut rng = self.state.data_rng;
             let mut drop_rng = self.state.dropout_rng;
-            let (loss, _) = self.batch_loss(
-                self.train_split,
-                &mut rng,
-                dropout.then_some(&mut drop_rng),
-                true,
-            )?;
+            let (loss, _) =
+                self.batch_loss(false, &mut rng, dropout.then_some(&mut drop_rng), true)?;
             self.state.data_rng = rng;
             self.state.dropout_rng = drop_rng;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -470,11 +666,11 @@ impl Trainer {
     /// evaluation (a fixed seed), so the numbers are comparable across steps.
     pub fn evaluate(&self) -> Result<EvalStats> {
         let t = &self.recipe.train;
-        let mean = |split: Split, stream: u64| -> Result<(f64, Option<f64>)> {
+        let mean = |val: bool, stream: u64| -> Result<(f64, Option<f64>)> {
             let mut rng = Rng::new(t.seed).fork(stream);
             let (mut sum, mut count, mut correct) = (0f64, 0usize, 0usize);
             for _ in 0..t.eval_iters {
-                let (loss, hits) = self.batch_loss(split, &mut rng, None, false)?;
+                let (loss, hits) = self.batch_loss(val, &mut rng, None, false)?;
                 sum += loss.to_scalar::<f32>()? as f64;
                 if let Some((n, c)) = hits {
                     count += n;
@@ -484,9 +680,13 @@ impl Trainer {
             let accuracy = (count > 0).then(|| correct as f64 / count as f64);
             Ok((sum / t.eval_iters as f64, accuracy))
         };
-        let (train_loss, train_accuracy) = mean(self.train_split, 100)?;
-        let (val_loss, val_accuracy) = if self.val_split.len() > t.context {
-            let (l, a) = mean(self.val_split, 101)?;
+        let (train_loss, train_accuracy) = mean(false, 100)?;
+        let has_val = match &self.data {
+            TrainData::Tokens { val, .. } => val.len() > t.context,
+            TrainData::Pairs(p) => !p.valid.is_empty(),
+        };
+        let (val_loss, val_accuracy) = if has_val {
+            let (l, a) = mean(true, 101)?;
             (Some(l), a)
         } else {
             (None, None)
@@ -497,6 +697,7 @@ impl Trainer {
             val_loss,
             train_accuracy,
             val_accuracy,
+            val_error_rates: self.error_rates(t.eval_iters * t.batch_size)?,
         })
     }
 
@@ -570,6 +771,11 @@ impl Trainer {
                 if ev.val_accuracy.is_some() || ev.train_accuracy.is_some() {
                     rec["train_accuracy"] = json!(ev.train_accuracy);
                     rec["val_accuracy"] = json!(ev.val_accuracy);
+                }
+                if let Some(r) = ev.val_error_rates {
+                    rec["val_wer"] = json!(r.wer);
+                    rec["val_per"] = json!(r.per);
+                    rec["val_words"] = json!(r.n);
                 }
                 self.metrics.log(rec)?;
                 plot_losses(self.metrics.path(), &self.out_dir.join("loss.png"))?;
