@@ -347,3 +347,90 @@ pub fn strip_eos(tokens: &[u32], eos: u32) -> &[u32] {
         None => tokens,
     }
 }
+
+/// A trained sequence-to-sequence model with its source and target vocabularies (a run
+/// directory of a `seq2seq` recipe: `tokenizer.json` for the source, `target_tokenizer.json`
+/// for the target; a shared vocabulary when the latter is absent).
+pub struct Translator {
+    pub model: Seq2Seq,
+    pub source: crate::tokenizer::Tokenizer,
+    pub target: crate::tokenizer::Tokenizer,
+}
+
+impl Translator {
+    pub fn load(dir: &std::path::Path, device: &candle_core::Device) -> Result<Self> {
+        let (model, _) = crate::models::seq2seq::load_dir(dir, device)?;
+        let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
+        let tgt_path = dir.join("target_tokenizer.json");
+        let target = if tgt_path.exists() {
+            crate::tokenizer::Tokenizer::load(&tgt_path)?
+        } else {
+            source.clone()
+        };
+        Ok(Translator {
+            model,
+            source,
+            target,
+        })
+    }
+
+    /// Source ids of one input (characters, then end-of-sequence). Characters outside the
+    /// vocabulary are an error naming them unless `allow_unk` (then `<unk>`); an input longer
+    /// than the model's positions is an error.
+    pub fn encode(&self, text: &str, allow_unk: bool) -> Result<Vec<u32>> {
+        let ids = crate::objective::seq2seq::encode_source(&self.source, text, allow_unk)?;
+        let max = self.model.config.max_position_embeddings;
+        if ids.len() > max {
+            return Err(Error::Data(format!(
+                "{text:?} is {} tokens long (end of sequence included); the model takes at most {max}",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Decodes already-encoded inputs in one batch; returns the output token ids (without
+    /// end-of-sequence) and the hypotheses' scores.
+    pub fn translate_ids(
+        &self,
+        inputs: &[Vec<u32>],
+        opts: &DecodeOptions,
+    ) -> Result<Vec<(Vec<u32>, f32)>> {
+        let c = &self.model.config;
+        let pairs: Vec<crate::objective::seq2seq::Pair> = inputs
+            .iter()
+            .map(|s| crate::objective::seq2seq::Pair {
+                src: s.clone(),
+                tgt: vec![c.eos_token_id],
+            })
+            .collect();
+        let refs: Vec<&crate::objective::seq2seq::Pair> = pairs.iter().collect();
+        let batch = crate::objective::seq2seq::pad_batch(
+            &refs,
+            c.pad_token_id,
+            c.decoder_start_token_id,
+            self.model.device(),
+        )?;
+        let hyps = decode(&self.model, &batch.src, Some(&batch.src_mask), opts)?;
+        Ok(hyps
+            .into_iter()
+            .map(|h| (strip_eos(&h.tokens, c.eos_token_id).to_vec(), h.score))
+            .collect())
+    }
+
+    /// The text of target ids (symbols joined by spaces).
+    pub fn target_text(&self, ids: &[u32]) -> Result<String> {
+        self.target.decode_with(ids, true)
+    }
+
+    /// Decoding options from the model: at most as many tokens as it has positions, the pad
+    /// token banned.
+    pub fn options(&self, num_beams: usize, length_penalty: f64) -> DecodeOptions {
+        DecodeOptions {
+            max_new_tokens: self.model.config.max_position_embeddings,
+            num_beams,
+            length_penalty,
+            ..Default::default()
+        }
+    }
+}

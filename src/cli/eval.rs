@@ -12,6 +12,32 @@ pub enum EvalCmd {
     /// Perplexity of a causal LM on a text file: consecutive non-overlapping windows of
     /// --context tokens, each token after a window's first predicted from those before it.
     Perplexity(PerplexityArgs),
+    /// Word and phoneme error rates of a sequence-to-sequence model on a split of its lexicon
+    /// (the split its recipe.toml describes): an output is right if it equals any of the
+    /// word's pronunciations.
+    Seq2seq(Seq2seqArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Seq2seqArgs {
+    /// A run directory (or checkpoint folder) of a seq2seq recipe.
+    #[arg(long)]
+    pub model: String,
+    /// The lexicon [default: the recipe's data.corpus].
+    #[arg(long)]
+    pub data: Option<String>,
+    /// train, valid or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// Beam search length penalty exponent.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Words decoded together.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
 }
 
 #[derive(Args, Debug)]
@@ -26,8 +52,95 @@ pub struct PerplexityArgs {
     pub context: Option<usize>,
 }
 
+fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
+    use ferroformer::data::lexicon::{Lexicon, Part};
+    use ferroformer::translate::{strip_eos, Translator};
+    if a.beam == 0 || a.batch == 0 {
+        anyhow::bail!("--beam and --batch must be positive");
+    }
+    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let recipe = ferroformer::train::Recipe::load(&dir.join("recipe.toml"), &[])?;
+    let part: Part = a.split.parse()?;
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => recipe
+            .data
+            .corpus
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("the recipe names no corpus; pass --data"))?,
+    };
+    let lex = Lexicon::read_cmudict(&ferroformer::assets::resolve(&data)?)?;
+    let d = &recipe.data;
+    let words = lex.split(
+        d.split_seed,
+        [1.0 - d.val_fraction - d.test_fraction, d.val_fraction],
+        part,
+    );
+    if words.is_empty() {
+        anyhow::bail!("the {} split is empty", a.split);
+    }
+    let t = Translator::load(&dir, &c.device()?)?;
+    let opts = t.options(a.beam, a.length_penalty);
+    let eos = t.model.config.eos_token_id;
+    let bar = if c.progress() {
+        indicatif::ProgressBar::new(words.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let start = std::time::Instant::now();
+    let (mut outputs, mut refs) = (vec![], vec![]);
+    for chunk in words.chunks(a.batch) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|e| t.encode(&e.word, true))
+            .collect::<Result<_, _>>()?;
+        for (toks, _) in t.translate_ids(&ids, &opts)? {
+            outputs.push(toks);
+        }
+        for e in chunk {
+            let r: Vec<Vec<u32>> = e
+                .prons
+                .iter()
+                .map(|p| {
+                    ferroformer::objective::seq2seq::encode_target(&t.target, &p.join(" "))
+                        .or_else(|_| -> anyhow::Result<Vec<u32>> {
+                            // A phoneme the model never saw: it cannot be produced, so any
+                            // id that is not an output token keeps the reference unmatched.
+                            Ok(p.iter().map(|_| u32::MAX).chain([eos]).collect())
+                        })
+                        .map(|v| strip_eos(&v, eos).to_vec())
+                })
+                .collect::<Result<_>>()?;
+            refs.push(r);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let r = ferroformer::objective::seq2seq::error_rates(&outputs, &refs);
+    if c.json {
+        println!("{}", serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n}));
+    } else {
+        println!(
+            "{} words ({} split): WER {:.2}%, PER {:.2}% ({}, {:.1} s)",
+            r.n,
+            a.split,
+            100.0 * r.wer,
+            100.0 * r.per,
+            if a.beam > 1 {
+                format!("beam {}", a.beam)
+            } else {
+                "greedy".into()
+            },
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
     match cmd {
+        EvalCmd::Seq2seq(a) => seq2seq(a, c),
         EvalCmd::Perplexity(a) => {
             let p = a.model.load(c)?;
             let model = &p.model;

@@ -13,6 +13,7 @@ pub mod params;
 pub mod pretrain;
 pub mod similar;
 pub mod tokenizer;
+pub mod translate;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -70,6 +71,9 @@ pub enum Command {
     Similar(similar::SimilarArgs),
     /// Predict the tokens hidden behind [MASK] in a text with a masked language model (BERT).
     FillMask(fill_mask::FillMaskArgs),
+    /// Sequence to sequence (e.g. spelling to phonemes): one input per line on stdin, one
+    /// output per line on stdout; greedy or beam search.
+    Translate(translate::TranslateArgs),
     /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
     /// directory.
     Convert(convert::ConvertArgs),
@@ -123,6 +127,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => embed::run(a, c),
         Command::Similar(a) => similar::run(a, c),
         Command::FillMask(a) => fill_mask::run(a, c),
+        Command::Translate(a) => translate::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),

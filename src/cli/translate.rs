@@ -1,0 +1,71 @@
+//! `ferroformer translate`: one input per line on stdin, one output per line on stdout.
+
+use super::Common;
+use anyhow::{bail, Result};
+use clap::Args;
+use ferroformer::translate::Translator;
+use std::io::{BufRead, Write};
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    /// Sequence-to-sequence model: a run directory of a seq2seq recipe (e.g. g2p-cmudict) or a
+    /// Marian directory with tokenizer.json (and target_tokenizer.json).
+    #[arg(long)]
+    pub model: String,
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// Beam search: a hypothesis' score is its log-probability / length^this.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// Inputs decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Map characters outside the vocabulary to <unk> instead of failing.
+    #[arg(long, default_value_t = false)]
+    pub allow_unk: bool,
+}
+
+pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
+    if a.beam == 0 || a.batch == 0 {
+        bail!("--beam and --batch must be positive");
+    }
+    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let t = Translator::load(&dir, &c.device()?)?;
+    let opts = t.options(a.beam, a.length_penalty);
+    let stdin = std::io::stdin();
+    let mut lines = vec![];
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("stdin line {}: {e}", i + 1))?;
+        lines.push(line.trim().to_string());
+    }
+    let mut out = std::io::stdout().lock();
+    for (ci, chunk) in lines.chunks(a.batch).enumerate() {
+        let mut ids = vec![];
+        let mut which = vec![];
+        for (j, line) in chunk.iter().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let n = ci * a.batch + j + 1;
+            ids.push(
+                t.encode(line, a.allow_unk)
+                    .map_err(|e| anyhow::anyhow!("stdin line {n}: {e}"))?,
+            );
+            which.push(j);
+        }
+        let mut texts = vec![String::new(); chunk.len()];
+        if !ids.is_empty() {
+            for (j, (toks, _)) in which.iter().zip(t.translate_ids(&ids, &opts)?) {
+                texts[*j] = t.target_text(&toks)?;
+            }
+        }
+        for (j, text) in texts.iter().enumerate() {
+            if chunk[j].is_empty() && !c.quiet {
+                eprintln!("note: stdin line {} is empty; its output line is empty", ci * a.batch + j + 1);
+            }
+            writeln!(out, "{text}")?;
+        }
+    }
+    Ok(())
+}
