@@ -612,3 +612,55 @@ fn fill_mask_and_wordpiece() {
         &["empty.txt", "no text"],
     );
 }
+
+/// `pretrain` a tiny seq2seq recipe, then `translate` (greedy and beam, stdin to stdout, empty
+/// lines kept, unknown characters an error or <unk> by flag, over-long input an error) and
+/// `eval seq2seq --json`.
+#[test]
+fn seq2seq_pretrain_translate_eval() {
+    let d = tempfile::tempdir().unwrap();
+    let lex = d.path().join("lex");
+    common::letter_sound_lexicon(&lex);
+    let run = d.path().join("run");
+    let recipe = d.path().join("r.toml");
+    std::fs::write(&recipe, common::tiny_seq2seq_recipe(&lex, &run, 400)).unwrap();
+    stdout_of(ff().args(["--quiet", "pretrain", "--recipe"]).arg(&recipe));
+    let model = run.to_str().unwrap();
+    for beam in ["1", "3"] {
+        let out = stdout_of(
+            ff().args(["--quiet", "translate", "--beam", beam, "--model", model])
+                .write_stdin("cab\n\nhead\n"),
+        );
+        assert_eq!(out, "K AA1 B\n\nHH EH1 AA1 D\n", "beam {beam}");
+    }
+    fails_with(
+        ff().args(["translate", "--model", model])
+            .write_stdin("cab\nc4t\n"),
+        &["line 2", "\"4\"", "not in the model's vocabulary"],
+    );
+    let out = stdout_of(
+        ff().args(["--quiet", "translate", "--allow-unk", "--model", model])
+            .write_stdin("c4t\n"),
+    );
+    assert_eq!(out.lines().count(), 1);
+    fails_with(
+        ff().args(["translate", "--model", model])
+            .write_stdin("abcdefghabcdefghabcdefgh\n"),
+        &["line 1", "at most 16"],
+    );
+    let out = stdout_of(ff().args([
+        "--json", "--quiet", "eval", "seq2seq", "--model", model, "--split", "test",
+    ]));
+    let r = last_json(&out);
+    // A tenth of the 800 words, less the few drawn twice (merged as one word).
+    let n = r["n"].as_u64().unwrap();
+    assert!((70..=80).contains(&n), "{r}");
+    assert!(
+        r["wer"].as_f64().unwrap() < 0.1 && r["per"].as_f64().unwrap() < 0.05,
+        "{r}"
+    );
+    fails_with(
+        ff().args(["eval", "seq2seq", "--model", model, "--split", "dev2"]),
+        &["dev2"],
+    );
+}

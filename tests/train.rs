@@ -3,7 +3,7 @@
 
 mod common;
 use candle_core::Device;
-use common::{small_corpus, tiny_recipe};
+use common::{letter_sound_lexicon, small_corpus, tiny_recipe, tiny_seq2seq_recipe};
 use ferroformer::train::metrics::read_records;
 use ferroformer::train::{checkpoint, Outcome, Recipe, Trainer};
 use std::path::Path;
@@ -247,69 +247,8 @@ log_interval = 1
 fn seq2seq_trains_resumes_and_decodes() {
     let d = tempfile::tempdir().unwrap();
     let lex = d.path().join("lex");
-    std::fs::create_dir_all(&lex).unwrap();
-    let sounds = [
-        ("a", "AA1"),
-        ("b", "B"),
-        ("c", "K"),
-        ("d", "D"),
-        ("e", "EH1"),
-        ("f", "F"),
-        ("g", "G"),
-        ("h", "HH"),
-    ];
-    let mut text = String::new();
-    let mut x: u64 = 99;
-    for i in 0..800 {
-        let mut word = String::new();
-        let mut pron = vec![];
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let len = 3 + (x >> 60) as usize % 4;
-        for k in 0..len {
-            let (l, p) = sounds[((x >> (8 * k + 3)) % 8) as usize];
-            word.push_str(l);
-            pron.push(p);
-        }
-        text.push_str(&format!("{word}{i} {}\n", pron.join(" ")).replace(&i.to_string(), ""));
-        if i % 10 == 0 {
-            text.push_str(&format!("{word}(2) {} S\n", pron.join(" ")));
-        }
-    }
-    std::fs::write(lex.join("cmudict.dict"), text).unwrap();
-    let recipe = |out: &Path, steps: usize| {
-        format!(
-            r#"name = "tiny-g2p"
-objective = "seq2seq"
-[data]
-corpus = [{lex:?}]
-val_fraction = 0.1
-test_fraction = 0.1
-[model]
-architecture = "marian"
-n_layer = 2
-n_head = 4
-n_embd = 64
-n_positions = 16
-activation_function = "relu"
-dropout = 0.0
-[train]
-out_dir = {out:?}
-steps = {steps}
-batch_size = 16
-context = 16
-lr = 2e-3
-min_lr = 2e-4
-warmup_steps = 30
-decay_steps = 400
-label_smoothing = 0.1
-eval_interval = 100
-eval_iters = 4
-log_interval = 1
-"#
-        )
-    };
+    letter_sound_lexicon(&lex);
+    let recipe = |out: &Path, steps: usize| tiny_seq2seq_recipe(&lex, out, steps);
     let a_dir = d.path().join("a");
     let a = train(&recipe(&a_dir, 400), false);
     let b_dir = d.path().join("b");

@@ -119,7 +119,10 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     bar.finish_and_clear();
     let r = ferroformer::objective::seq2seq::error_rates(&outputs, &refs);
     if c.json {
-        println!("{}", serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n}));
+        println!(
+            "{}",
+            serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n})
+        );
     } else {
         println!(
             "{} words ({} split): WER {:.2}%, PER {:.2}% ({}, {:.1} s)",

@@ -62,7 +62,10 @@ pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
         }
         for (j, text) in texts.iter().enumerate() {
             if chunk[j].is_empty() && !c.quiet {
-                eprintln!("note: stdin line {} is empty; its output line is empty", ci * a.batch + j + 1);
+                eprintln!(
+                    "note: stdin line {} is empty; its output line is empty",
+                    ci * a.batch + j + 1
+                );
             }
             writeln!(out, "{text}")?;
         }

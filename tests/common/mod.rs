@@ -125,3 +125,73 @@ seed = 7
 "#
     )
 }
+
+/// Writes `dir/cmudict.dict`: 800 random words over "abcdefgh" with a letter-to-sound rule
+/// (a -> AA1, c -> K, ...), every tenth with a second pronunciation (`word(2)`).
+pub fn letter_sound_lexicon(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sounds = [
+        ("a", "AA1"),
+        ("b", "B"),
+        ("c", "K"),
+        ("d", "D"),
+        ("e", "EH1"),
+        ("f", "F"),
+        ("g", "G"),
+        ("h", "HH"),
+    ];
+    let mut text = String::new();
+    let mut x: u64 = 99;
+    for i in 0..800 {
+        let mut word = String::new();
+        let mut pron = vec![];
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = 3 + (x >> 60) as usize % 4;
+        for k in 0..len {
+            let (l, p) = sounds[((x >> (8 * k + 3)) % 8) as usize];
+            word.push_str(l);
+            pron.push(p);
+        }
+        text.push_str(&format!("{word} {}\n", pron.join(" ")));
+        if i % 10 == 0 {
+            text.push_str(&format!("{word}(2) {} S\n", pron.join(" ")));
+        }
+    }
+    std::fs::write(dir.join("cmudict.dict"), text).unwrap();
+}
+
+/// A recipe for a tiny encoder-decoder on a lexicon folder, writing to `out`.
+pub fn tiny_seq2seq_recipe(lex: &std::path::Path, out: &std::path::Path, steps: usize) -> String {
+    format!(
+        r#"name = "tiny-g2p"
+objective = "seq2seq"
+[data]
+corpus = [{lex:?}]
+val_fraction = 0.1
+test_fraction = 0.1
+[model]
+architecture = "marian"
+n_layer = 2
+n_head = 4
+n_embd = 64
+n_positions = 16
+activation_function = "relu"
+dropout = 0.0
+[train]
+out_dir = {out:?}
+steps = {steps}
+batch_size = 16
+context = 16
+lr = 2e-3
+min_lr = 2e-4
+warmup_steps = 30
+decay_steps = 400
+label_smoothing = 0.1
+eval_interval = 100
+eval_iters = 4
+log_interval = 1
+"#
+    )
+}
