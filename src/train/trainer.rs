@@ -3,7 +3,7 @@
 
 use crate::assets;
 use crate::data::corpus::for_each_chunk;
-use crate::data::lexicon::Lexicon;
+use crate::data::lexicon::{Lexicon, Part};
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
@@ -402,12 +402,23 @@ impl Trainer {
             };
             let d = &recipe.data;
             let max_len = recipe.model.n_positions.unwrap_or(recipe.train.context);
-            let (tok, pairs) = PairData::from_lexicon(
-                &lex,
-                d.split_seed,
-                [1.0 - d.val_fraction - d.test_fraction, d.val_fraction],
-                tokenizers,
-                max_len,
+            let fractions = [1.0 - d.val_fraction - d.test_fraction, d.val_fraction];
+            let (tok, pairs) =
+                PairData::from_lexicon(&lex, d.split_seed, fractions, tokenizers, max_len)?;
+            // The words of each part, so other tools (bench/g2p_torch.py) use the same split.
+            let part = |p| -> Vec<&str> {
+                lex.split(d.split_seed, fractions, p)
+                    .iter()
+                    .map(|e| e.word.as_str())
+                    .collect()
+            };
+            let data_dir = out_dir.join("data");
+            std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+            crate::io::write_json_atomic(
+                &data_dir.join("split.json"),
+                &json!({
+                    "train": part(Part::Train), "valid": part(Part::Valid), "test": part(Part::Test),
+                }),
             )?;
             (tok, TrainData::Pairs(Box::new(pairs)))
         } else {
