@@ -38,9 +38,16 @@ impl Default for AdamWConfig {
 }
 
 /// Whether a parameter is exempt from weight decay: biases, norm gains and embeddings (any
-/// tensor of rank < 2, and the token/position tables).
+/// tensor of rank < 2, the token/position tables under their GPT-2, BERT, Llama and Marian
+/// names, and Marian's `[1, vocab]` logits bias).
 pub fn no_decay(name: &str, rank: usize) -> bool {
-    rank < 2 || name.contains("wte") || name.contains("wpe") || name.contains("embeddings")
+    rank < 2
+        || name.contains("wte")
+        || name.contains("wpe")
+        || name.contains("embeddings")
+        || name.contains("embed_tokens")
+        || name == "model.shared.weight"
+        || name == "final_logits_bias"
 }
 
 enum Moments {
