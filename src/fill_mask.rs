@@ -6,7 +6,7 @@ use crate::models::bert::{self, Bert};
 use crate::nn::ParamStore;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::Path;
 
@@ -103,7 +103,7 @@ impl FillMask {
         let h = self.model.encode(&input, None, None)?.squeeze(0)?;
         let rows: Vec<u32> = masks.iter().map(|&i| i as u32).collect();
         let h = h.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
-        let probs = candle_nn::ops::softmax(&self.model.mlm_logits(&h)?, D::Minus1)?;
+        let probs = crate::nn::ops::softmax(&self.model.mlm_logits(&h)?)?;
         let probs: Vec<Vec<f32>> = probs.to_vec2()?;
         let single = masks.len() == 1;
         let mut out = Vec::with_capacity(masks.len());

@@ -249,9 +249,14 @@ fn beam_search(
                 let base = run_scores[r * beams + j];
                 flat.extend(row.iter().map(|x| x + base));
             }
+            // The top k only: a full sort of beams x vocabulary per step would dominate with
+            // real vocabularies (Marian's 58k).
+            let by_score = |a: &usize, b2: &usize| flat[*b2].total_cmp(&flat[*a]).then(a.cmp(b2));
             let mut order: Vec<usize> = (0..flat.len()).collect();
-            order.sort_by(|&a, &b2| flat[b2].total_cmp(&flat[a]).then(a.cmp(&b2)));
+            let k = k.min(order.len());
+            order.select_nth_unstable_by(k - 1, by_score);
             order.truncate(k);
+            order.sort_by(by_score);
             let stops: Vec<bool> = order
                 .iter()
                 .map(|&i| (i % v) as u32 == c.eos_token_id || cur_len + 1 >= max_length)
@@ -340,6 +345,36 @@ fn beam_search(
         .collect())
 }
 
+/// Decodes source id sequences (each ending with end-of-sequence) as one padded batch;
+/// returns each output's token ids (without end-of-sequence) and its score.
+pub fn decode_ids(
+    model: &Seq2Seq,
+    inputs: &[Vec<u32>],
+    opts: &DecodeOptions,
+) -> Result<Vec<(Vec<u32>, f32)>> {
+    use crate::objective::seq2seq::{pad_batch, Pair};
+    let c = &model.config;
+    let pairs: Vec<Pair> = inputs
+        .iter()
+        .map(|s| Pair {
+            src: s.clone(),
+            tgt: vec![c.eos_token_id],
+        })
+        .collect();
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    let batch = pad_batch(
+        &refs,
+        c.pad_token_id,
+        c.decoder_start_token_id,
+        model.device(),
+    )?;
+    let hyps = decode(model, &batch.src, Some(&batch.src_mask), opts)?;
+    Ok(hyps
+        .into_iter()
+        .map(|h| (strip_eos(&h.tokens, c.eos_token_id).to_vec(), h.score))
+        .collect())
+}
+
 /// The tokens of a hypothesis without the end-of-sequence token.
 pub fn strip_eos(tokens: &[u32], eos: u32) -> &[u32] {
     match tokens.iter().position(|&t| t == eos) {
@@ -389,33 +424,13 @@ impl Translator {
         Ok(ids)
     }
 
-    /// Decodes already-encoded inputs in one batch; returns the output token ids (without
-    /// end-of-sequence) and the hypotheses' scores.
+    /// Decodes already-encoded inputs in one batch; see [`decode_ids`].
     pub fn translate_ids(
         &self,
         inputs: &[Vec<u32>],
         opts: &DecodeOptions,
     ) -> Result<Vec<(Vec<u32>, f32)>> {
-        let c = &self.model.config;
-        let pairs: Vec<crate::objective::seq2seq::Pair> = inputs
-            .iter()
-            .map(|s| crate::objective::seq2seq::Pair {
-                src: s.clone(),
-                tgt: vec![c.eos_token_id],
-            })
-            .collect();
-        let refs: Vec<&crate::objective::seq2seq::Pair> = pairs.iter().collect();
-        let batch = crate::objective::seq2seq::pad_batch(
-            &refs,
-            c.pad_token_id,
-            c.decoder_start_token_id,
-            self.model.device(),
-        )?;
-        let hyps = decode(&self.model, &batch.src, Some(&batch.src_mask), opts)?;
-        Ok(hyps
-            .into_iter()
-            .map(|h| (strip_eos(&h.tokens, c.eos_token_id).to_vec(), h.score))
-            .collect())
+        decode_ids(&self.model, inputs, opts)
     }
 
     /// The text of target ids (symbols joined by spaces).

@@ -16,7 +16,6 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A GPT-2 Conv1D: weight `{prefix}.weight` of shape `[in, out]`, bias `{prefix}.bias`.
     /// A `nn.Linear`: weight `{prefix}.weight` `[out, in]` (initialised N(0, std)), and
     /// `{prefix}.bias` (zeros) when `bias`.
     pub fn new(
@@ -42,6 +41,7 @@ impl Linear {
         })
     }
 
+    /// A GPT-2 Conv1D: weight `{prefix}.weight` of shape `[in, out]`, bias `{prefix}.bias`.
     pub fn conv1d(
         store: &mut ParamStore,
         prefix: &str,

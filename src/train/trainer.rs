@@ -596,20 +596,9 @@ impl Trainer {
         };
         let mut outputs = Vec::with_capacity(refs.len());
         for chunk in refs.chunks(self.recipe.train.batch_size.max(1) * 4) {
-            let srcs: Vec<crate::objective::seq2seq::Pair> = chunk
-                .iter()
-                .map(|(s, _)| crate::objective::seq2seq::Pair {
-                    src: s.clone(),
-                    tgt: vec![eos],
-                })
-                .collect();
-            let refs: Vec<&crate::objective::seq2seq::Pair> = srcs.iter().collect();
-            let batch = pad_batch(&refs, model.config.pad_token_id, 0, &self.device)?;
-            let hyps = crate::translate::decode(model, &batch.src, Some(&batch.src_mask), &opts)?;
-            outputs.extend(
-                hyps.into_iter()
-                    .map(|h| crate::translate::strip_eos(&h.tokens, eos).to_vec()),
-            );
+            let srcs: Vec<Vec<u32>> = chunk.iter().map(|(s, _)| s.clone()).collect();
+            let decoded = crate::translate::decode_ids(model, &srcs, &opts)?;
+            outputs.extend(decoded.into_iter().map(|(tokens, _)| tokens));
         }
         let references: Vec<Vec<Vec<u32>>> = refs
             .iter()
