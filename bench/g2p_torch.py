@@ -29,8 +29,9 @@ being $FERROFORMER_CACHE/NAME or ~/.cache/ferroformer/NAME): `word PH1 PH2 ... #
 lines, `word(2)` an alternate pronunciation of `word`.
 
 Same data: source = the word's characters + </s>, target = its phonemes + </s>; one training
-pair per (training word, pronunciation); batch_size pairs drawn uniformly with replacement per
-step (torch.Generator seeded with train.seed), padded with <pad>; decoder input = <pad> (the
+pair per (training word, pronunciation); batch_size pairs drawn with replacement per step
+(torch.Generator seeded with train.seed) as ferroformer draws them (train.group_by_length, on by
+default: from a random window of neighbours among the pairs sorted by length), padded with <pad>; decoder input = <pad> (the
 start token) + the target without its last token; loss = cross-entropy with
 train.label_smoothing over the non-padding target positions, averaged over them.
 
@@ -52,9 +53,9 @@ embeddings (embed_tokens) or final_logits_bias; --decay-embeddings decays the la
 ferroformer did before that rule named Marian's tensors), clip_grad_norm_(grad_clip), linear warmup over warmup_steps then cosine
 decay to min_lr at decay_steps (default: steps), one batch per step (grad_accum must be 1).
 The training loop (batch sampling included, periodic validation excluded) is timed;
-tokens_per_s = steps * batch_size * context / train_seconds, the nominal count ferroformer's
-metrics.jsonl uses for its tokens_per_s (so the two compare); pairs_per_s = steps * batch_size /
-train_seconds; target_tokens_per_s counts the non-padding target positions really trained on.
+tokens_per_s counts the source and target tokens trained on (padding excluded), as
+ferroformer's metrics.jsonl does; pairs_per_s = steps * batch_size / train_seconds;
+target_tokens_per_s counts the target positions alone.
 
 Same evaluation (as `ferroformer eval seq2seq`): batched greedy decoding of the test words (in
 split.json's order; --eval-words N: the first N) from the start token <pad>, the argmax at each
@@ -134,6 +135,8 @@ warmup = tr["warmup_steps"]
 decay_steps = tr.get("decay_steps", steps)  # ferroformer: decay_steps defaults to steps
 seed = tr["seed"]
 smoothing = tr.get("label_smoothing", 0.0)
+group_by_length = tr.get("group_by_length", True)
+GROUP_WINDOW = 16  # ferroformer's objective::seq2seq::GROUP_WINDOW
 log_interval = a.log_interval or tr.get("log_interval", 20)
 d_model, n_head, n_layer = m_cfg["n_embd"], m_cfg["n_head"], m_cfg["n_layer"]
 ffn = m_cfg.get("intermediate_size") or 4 * d_model
@@ -248,6 +251,11 @@ for w in parts["train"]:
         src_ids.append(s)
         tgt_ids.append(t)
 n_pairs = len(src_ids)
+if group_by_length:
+    # ferroformer sorts the training pairs by (source, target) length, stably.
+    order = sorted(range(n_pairs), key=lambda i: (len(src_ids[i]), len(tgt_ids[i])))
+    src_ids = [src_ids[i] for i in order]
+    tgt_ids = [tgt_ids[i] for i in order]
 
 
 def padded(seqs):
@@ -263,8 +271,16 @@ tgt_len = torch.tensor([len(t) for t in tgt_ids])
 
 
 def batch(gen):
-    """batch_size pairs uniformly with replacement: source, decoder input, labels (0 = pad)."""
-    idx = torch.randint(n_pairs, (B,), generator=gen)
+    """batch_size pairs with replacement, each equally likely: source, decoder input, labels
+    (0 = pad). With train.group_by_length (ferroformer's default) they come from a random
+    window of GROUP_WINDOW * batch_size neighbours of the length-sorted pairs, wrapping
+    around; otherwise uniformly from all pairs."""
+    if group_by_length:
+        window = min(GROUP_WINDOW * B, n_pairs)
+        start = int(torch.randint(n_pairs, (1,), generator=gen))
+        idx = (start + torch.randint(window, (B,), generator=gen)) % n_pairs
+    else:
+        idx = torch.randint(n_pairs, (B,), generator=gen)
     src = all_src[idx, :int(src_len[idx].max())]
     tgt = all_tgt[idx, :int(tgt_len[idx].max())]
     dec_in = torch.cat([torch.full((B, 1), PAD), tgt[:, :-1]], dim=1)
@@ -488,7 +504,7 @@ if not a.skip_train:
     log(f"torch: {n_params} parameters, vocab {V_src} -> {V_tgt}, {n_pairs} training pairs of "
         f"{len(parts['train'])} words, {steps} steps of {B} pairs, {a.threads} threads")
 
-    losses, train_s, tgt_tokens = [], 0.0, 0
+    losses, train_s, tgt_tokens, tokens = [], 0.0, 0, 0
     for it in range(steps):
         t0 = time.perf_counter()
         lr = lr_at(it)
@@ -506,6 +522,7 @@ if not a.skip_train:
             sys.exit(f"loss is {value} at step {it + 1}")
         losses.append(value)
         tgt_tokens += int((labels != PAD).sum())
+        tokens += int((src != PAD).sum()) + int((labels != PAD).sum())
         if (it + 1) % log_interval == 0 or it + 1 == steps:
             log(json.dumps({"step": it + 1, "loss": round(value, 4), "lr": lr,
                             "grad_norm": round(float(gnorm), 4), "train_s": round(train_s, 1)}))
@@ -524,7 +541,7 @@ if not a.skip_train:
         "steps": steps, "train_seconds": round(train_s, 2),
         "train_minutes": round(train_s / 60, 2),
         "pairs_per_s": round(steps * B / max(train_s, 1e-9), 1),
-        "tokens_per_s": round(steps * B * context / max(train_s, 1e-9), 1),
+        "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
         "target_tokens_per_s": round(tgt_tokens / max(train_s, 1e-9), 1),
         "final_train_loss": round(sum(tail) / len(tail), 5) if tail else None,
         "test": test, "decode_seconds": round(decode_s, 2),

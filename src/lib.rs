@@ -7,6 +7,7 @@
 
 pub mod assets;
 pub mod chat;
+pub mod classify;
 pub mod data;
 pub mod embed;
 pub mod error;

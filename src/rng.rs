@@ -45,6 +45,14 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Shuffles `xs` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            xs.swap(i, j);
+        }
+    }
+
     /// A generator derived from this one's seed and a stream number, leaving this one unchanged.
     pub fn fork(&self, stream: u64) -> Rng {
         let mut r = Rng {

@@ -68,7 +68,10 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
             .model
             .causal()
             .ok_or_else(|| anyhow::anyhow!("the demo recipe must train a causal LM"))?,
-        &trainer.tokenizer,
+        trainer
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the demo recipe must train a text model"))?,
         &s.prompt,
         &cfg,
         &mut |t| {

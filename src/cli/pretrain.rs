@@ -42,11 +42,14 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
     if !c.quiet {
         let n = trainer.store.numel();
         let (train_n, val_n, unit) = trainer.data.sizes();
+        let vocab = match &trainer.tokenizer {
+            Some(t) => format!("vocabulary {}", t.vocab_size()),
+            None => format!("{} classes", trainer.data.classes()),
+        };
         eprintln!(
-            "model: {} parameters ({}), vocabulary {}, {train_n} training / {val_n} validation {unit}{}",
+            "model: {} parameters ({}), {vocab}, {train_n} training / {val_n} validation {unit}{}",
             n,
             ferroformer::params::size_name(n),
-            trainer.tokenizer.vocab_size(),
             if resume {
                 format!(", resuming at step {}", trainer.state.step)
             } else {

@@ -96,11 +96,7 @@ impl Lexicon {
     pub fn split(&self, seed: u64, fractions: [f64; 2], part: Part) -> Vec<&LexEntry> {
         let mut order: Vec<usize> = (0..self.entries.len()).collect();
         order.sort_by(|&a, &b| self.entries[a].word.cmp(&self.entries[b].word));
-        let mut rng = Rng::new(seed);
-        for i in (1..order.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
+        Rng::new(seed).shuffle(&mut order);
         let n = order.len();
         let n_train = (n as f64 * fractions[0]).round() as usize;
         let n_valid = (n as f64 * fractions[1]).round() as usize;

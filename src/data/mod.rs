@@ -1,6 +1,7 @@
 //! Data: text corpora turned into token shards on disk, and batches drawn from them.
 
 pub mod corpus;
+pub mod images;
 pub mod lexicon;
 pub mod shards;
 pub mod wiki;

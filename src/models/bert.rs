@@ -8,8 +8,8 @@
 use crate::io::{safetensors, write_json_atomic};
 use crate::models::weight_files;
 use crate::nn::{
-    Activation, Dropout, Embedding, Init, LayerNorm, Linear, MultiHeadAttention, ParamStore,
-    Projection,
+    Activation, Dropout, Embedding, EncoderLayer, EncoderLayerConfig, EncoderLayerNames, Init,
+    LayerNorm, Linear, ParamStore, Projection,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -129,60 +129,6 @@ impl BertConfig {
     }
 }
 
-/// Bidirectional multi-head self-attention, then the output projection's dropout, residual and
-/// LayerNorm (post-norm).
-#[derive(Clone, Debug)]
-pub struct BertAttention {
-    /// `attention.self.{query,key,value}` and `attention.output.dense`.
-    pub attn: MultiHeadAttention,
-    pub norm: LayerNorm,
-    pub hidden_dropout: Dropout,
-}
-
-impl BertAttention {
-    /// `x` `[b, t, c]`; `mask` additive `[b, 1, 1, t]` (0 for tokens, a large negative number
-    /// for padding).
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let y = self
-            .attn
-            .self_attention(x, false, mask, None, rng.as_deref_mut())?;
-        let y = self.hidden_dropout.forward(&y, rng)?;
-        self.norm.forward(&(y + x)?)
-    }
-}
-
-/// One encoder layer: attention, then `LayerNorm(x + dropout(out(act(inter(x)))))`.
-#[derive(Clone, Debug)]
-pub struct BertLayer {
-    pub attention: BertAttention,
-    pub intermediate: Projection,
-    pub output: Projection,
-    pub norm: LayerNorm,
-    pub act: Activation,
-    pub dropout: Dropout,
-}
-
-impl BertLayer {
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let a = self.attention.forward(x, mask, rng.as_deref_mut())?;
-        let m = self
-            .output
-            .forward(&self.act.forward(&self.intermediate.forward(&a)?)?)?;
-        let m = self.dropout.forward(&m, rng)?;
-        self.norm.forward(&(m + a)?)
-    }
-}
-
 /// The masked-language-model head: `dense -> act -> LayerNorm`, then the decoder (the word
 /// embedding matrix) plus a bias.
 #[derive(Clone, Debug)]
@@ -210,7 +156,7 @@ pub struct Bert {
     pub token_type_embeddings: Embedding,
     pub embeddings_norm: LayerNorm,
     pub embeddings_dropout: Dropout,
-    pub layers: Vec<BertLayer>,
+    pub layers: Vec<EncoderLayer>,
     /// `tanh(dense(h[CLS]))`.
     pub pooler: Option<Projection>,
     pub mlm: Option<MlmHead>,
@@ -249,37 +195,24 @@ impl Bert {
             std,
         )?;
         let embeddings_norm = ln(store, "bert.embeddings.LayerNorm")?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("bert.encoder.layer.{i}");
-            let lin = |store: &mut ParamStore, name: &str, d_in: usize, d_out: usize| {
-                Projection::linear(store, &format!("{p}.{name}"), d_in, d_out, true, std)
-            };
-            layers.push(BertLayer {
-                attention: BertAttention {
-                    attn: MultiHeadAttention::new(
-                        store,
-                        [
-                            &format!("{p}.attention.self.query"),
-                            &format!("{p}.attention.self.key"),
-                            &format!("{p}.attention.self.value"),
-                            &format!("{p}.attention.output.dense"),
-                        ],
-                        hs,
-                        c.num_attention_heads,
-                        Dropout::new(c.attention_probs_dropout_prob)?,
-                        std,
-                    )?,
-                    norm: ln(store, &format!("{p}.attention.output.LayerNorm"))?,
-                    hidden_dropout,
-                },
-                intermediate: lin(store, "intermediate.dense", hs, c.intermediate_size)?,
-                output: lin(store, "output.dense", c.intermediate_size, hs)?,
-                norm: ln(store, &format!("{p}.output.LayerNorm"))?,
-                act,
-                dropout: hidden_dropout,
-            });
-        }
+        let layer = EncoderLayerConfig {
+            hidden: hs,
+            heads: c.num_attention_heads,
+            intermediate: c.intermediate_size,
+            act,
+            eps: c.layer_norm_eps,
+            attention_dropout: c.attention_probs_dropout_prob,
+            hidden_dropout: c.hidden_dropout_prob,
+            activation_dropout: 0.0,
+            std,
+            pre_norm: false,
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let names = EncoderLayerNames::bert(&format!("bert.encoder.layer.{i}"));
+                EncoderLayer::new(store, &names, &layer)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let pooler = if heads.pooler {
             Some(Projection::linear(
                 store,

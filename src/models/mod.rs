@@ -7,6 +7,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod llama;
 pub mod seq2seq;
+pub mod vit;
 
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};

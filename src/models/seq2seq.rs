@@ -9,8 +9,9 @@
 use crate::io::{safetensors, write_json_atomic};
 use crate::models::weight_files;
 use crate::nn::{
-    sinusoidal_table, Activation, Dropout, Embedding, Init, KvCache, LayerNorm, Linear,
-    MultiHeadAttention, ParamStore, SinusoidLayout,
+    sinusoidal_table, Activation, Dropout, Embedding, EncoderLayer, EncoderLayerConfig,
+    EncoderLayerNames, Init, KvCache, LayerNorm, Linear, MultiHeadAttention, ParamStore,
+    SinusoidLayout,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -233,38 +234,6 @@ fn layer_norm(store: &mut ParamStore, p: &str, c: &Seq2SeqConfig) -> Result<Laye
     LayerNorm::new(store, p, c.d_model, LN_EPS, true)
 }
 
-/// Self-attention, then the feed-forward network.
-#[derive(Clone, Debug)]
-pub struct EncoderLayer {
-    self_attn: MultiHeadAttention,
-    self_attn_layer_norm: LayerNorm,
-    ffn: FeedForward,
-    final_layer_norm: LayerNorm,
-    dropout: Dropout,
-}
-
-impl EncoderLayer {
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let a = self
-            .self_attn
-            .self_attention(x, false, mask, None, rng.as_deref_mut())?;
-        let x = residual(
-            &self.self_attn_layer_norm,
-            x,
-            &a,
-            &self.dropout,
-            rng.as_deref_mut(),
-        )?;
-        let f = self.ffn.forward(&x, rng.as_deref_mut())?;
-        residual(&self.final_layer_norm, &x, &f, &self.dropout, rng)
-    }
-}
-
 /// Masked self-attention, cross-attention to the encoder output, then the feed-forward
 /// network.
 #[derive(Clone, Debug)]
@@ -381,22 +350,24 @@ impl Seq2Seq {
         };
         let final_logits_bias = store.get("final_logits_bias", &[1, tv], Init::Zeros)?;
         let dropout = Dropout::new(c.dropout)?;
-        let mut encoder_layers = Vec::with_capacity(c.encoder_layers);
-        for i in 0..c.encoder_layers {
-            let p = format!("model.encoder.layers.{i}");
-            encoder_layers.push(EncoderLayer {
-                self_attn: attention(
-                    store,
-                    &format!("{p}.self_attn"),
-                    c,
-                    c.encoder_attention_heads,
-                )?,
-                self_attn_layer_norm: layer_norm(store, &format!("{p}.self_attn_layer_norm"), c)?,
-                ffn: FeedForward::new(store, &p, c, c.encoder_ffn_dim)?,
-                final_layer_norm: layer_norm(store, &format!("{p}.final_layer_norm"), c)?,
-                dropout,
-            });
-        }
+        let encoder_layer = EncoderLayerConfig {
+            hidden: d,
+            heads: c.encoder_attention_heads,
+            intermediate: c.encoder_ffn_dim,
+            act: Activation::from_hf(&c.activation_function)?,
+            eps: LN_EPS,
+            attention_dropout: c.attention_dropout,
+            hidden_dropout: c.dropout,
+            activation_dropout: c.activation_dropout,
+            std,
+            pre_norm: false,
+        };
+        let encoder_layers = (0..c.encoder_layers)
+            .map(|i| {
+                let names = EncoderLayerNames::marian(&format!("model.encoder.layers.{i}"));
+                EncoderLayer::new(store, &names, &encoder_layer)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut decoder_layers = Vec::with_capacity(c.decoder_layers);
         for i in 0..c.decoder_layers {
             let p = format!("model.decoder.layers.{i}");

@@ -114,17 +114,28 @@ pub fn grouped_attention(
         )));
     }
     let g = h / kvh;
-    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
-    let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
-    let scale = 1.0 / (d as f64).sqrt();
-    let att = match mask {
-        // The mask is added after scaling, so the softmax runs unscaled.
-        Some(m) => attn_softmax(&(scores * scale)?.broadcast_add(m)?, 1.0, causal)?,
-        None => attn_softmax(&scores, scale, causal)?,
-    };
-    let att = dropout.forward(&att, rng)?;
+    let att = dropout.forward(&attention_probs(q, k, causal, mask)?, rng)?;
     let y = att.reshape((b, kvh, g * t, s))?.matmul(&v.contiguous()?)?;
     Ok(y.reshape((b, h, t, d))?)
+}
+
+/// The attention probabilities `[b, h, t, s]` of [`grouped_attention`] (before dropout).
+pub fn attention_probs(
+    q: &Tensor,
+    k: &Tensor,
+    causal: Option<usize>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, kvh, s, _) = k.dims4()?;
+    let q = q.contiguous()?.reshape((b, kvh, (h / kvh) * t, d))?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+    let scale = 1.0 / (d as f64).sqrt();
+    match mask {
+        // The mask is added after scaling, so the softmax runs unscaled.
+        Some(m) => attn_softmax(&(scores * scale)?.broadcast_add(m)?, 1.0, causal),
+        None => attn_softmax(&scores, scale, causal),
+    }
 }
 
 /// Multi-head attention with separate query, key, value and output projections (BERT, Marian,
@@ -198,6 +209,16 @@ impl MultiHeadAttention {
         let q = self.heads(&self.q, x)?;
         let y = grouped_attention(&q, k, v, causal, mask, &self.dropout, rng)?;
         self.out.forward(&y.transpose(1, 2)?.reshape((b, t, c))?)
+    }
+
+    /// The self-attention probabilities `[b, h, t, t]` over `x` `[b, t, c]` (attention maps).
+    pub fn probs(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        attention_probs(
+            &self.heads(&self.q, x)?,
+            &self.heads(&self.k, x)?,
+            None,
+            mask,
+        )
     }
 
     /// Self-attention over `x` `[b, t, c]`. With `cache`, the new keys and values are appended

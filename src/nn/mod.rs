@@ -5,6 +5,7 @@ pub mod attention;
 pub mod block;
 pub mod dropout;
 pub mod embedding;
+pub mod encoder;
 pub mod feed_forward;
 pub mod kernels;
 pub mod linear;
@@ -18,6 +19,7 @@ pub use attention::{grouped_attention, CausalSelfAttention, KvCache, MultiHeadAt
 pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::{Embedding, TokenEmbedding};
+pub use encoder::{EncoderLayer, EncoderLayerConfig, EncoderLayerNames};
 pub use feed_forward::{Activation, FeedForward};
 pub use linear::{Linear, Projection, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};

@@ -56,7 +56,7 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
 pub struct Checkpoint<'a> {
     pub model: &'a TrainModel,
     pub store: &'a ParamStore,
-    pub tokenizer: &'a Tokenizer,
+    pub tokenizer: Option<&'a Tokenizer>,
     pub optimizer: &'a AdamW,
     pub state: &'a TrainerState,
     pub recipe_toml: &'a str,

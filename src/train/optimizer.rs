@@ -44,7 +44,9 @@ pub fn no_decay(name: &str, rank: usize) -> bool {
     rank < 2
         || name.contains("wte")
         || name.contains("wpe")
-        || name.contains("embeddings")
+        // Token, position and type embeddings and ViT's class token; a ViT's patch projection
+        // is a weight matrix like any other (timm decays it too).
+        || (name.contains("embeddings") && !name.contains("patch_embeddings"))
         || name.contains("embed_tokens")
         || name == "model.shared.weight"
         || name == "final_logits_bias"

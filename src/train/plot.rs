@@ -86,3 +86,89 @@ pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
     }
     std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
 }
+
+/// Draws a confusion matrix (`matrix[true][predicted]` counts) into `png`, atomically: cells
+/// shaded by the share of their true class, counts written in them.
+pub fn plot_confusion(
+    matrix: &[Vec<usize>],
+    classes: &[String],
+    title: &str,
+    png: &Path,
+) -> Result<()> {
+    let n = matrix.len();
+    if n == 0 {
+        return Err(Error::Data("an empty confusion matrix".into()));
+    }
+    register_font();
+    let cell = 56i32;
+    let left = 150i32;
+    let top = 60i32;
+    let bottom = 150i32;
+    let size = (
+        (left + cell * n as i32 + 20) as u32,
+        (top + cell * n as i32 + bottom) as u32,
+    );
+    let tmp = png.with_extension("tmp.png");
+    let err = |e: &dyn std::fmt::Display| Error::format(png, format!("cannot draw plot: {e}"));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let text = |px: i32| ("sans-serif", px).into_text_style(&root).color(&BLACK);
+        root.draw_text(title, &text(20), (10, 15))
+            .map_err(|e| err(&e))?;
+        for (i, row) in matrix.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            for (j, &count) in row.iter().enumerate() {
+                let share = count as f64 / total;
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let (x0, y0) = (left + cell * j as i32, top + cell * i as i32);
+                let color = if i == j {
+                    RGBColor(shade, shade, 255)
+                } else {
+                    RGBColor(255, shade, shade)
+                };
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell, y0 + cell)],
+                    color.filled(),
+                ))
+                .map_err(|e| err(&e))?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell, y0 + cell)],
+                    RGBColor(200, 200, 200),
+                ))
+                .map_err(|e| err(&e))?;
+                let s = count.to_string();
+                let fg = if share > 0.6 { WHITE } else { BLACK };
+                root.draw_text(
+                    &s,
+                    &("sans-serif", 14).into_text_style(&root).color(&fg),
+                    (x0 + 6, y0 + cell / 2 - 7),
+                )
+                .map_err(|e| err(&e))?;
+            }
+        }
+        for (i, name) in classes.iter().enumerate().take(n) {
+            let short: String = name.chars().take(16).collect();
+            root.draw_text(&short, &text(13), (8, top + cell * i as i32 + cell / 2 - 7))
+                .map_err(|e| err(&e))?;
+            let style = ("sans-serif", 13)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+                .color(&BLACK);
+            root.draw_text(
+                &short,
+                &style,
+                (
+                    left + cell * i as i32 + cell / 2 + 6,
+                    top + cell * n as i32 + 6,
+                ),
+            )
+            .map_err(|e| err(&e))?;
+        }
+        let axis = "rows: true class, columns: predicted";
+        root.draw_text(axis, &text(14), (left, top - 22))
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
+}

@@ -82,8 +82,9 @@ fn d_temp() -> f64 {
 pub struct Recipe {
     /// Short name, used in logs.
     pub name: String,
-    /// Training objective: `clm` (causal language modelling: GPT-2, Llama) or `mlm` (masked
-    /// language modelling: BERT).
+    /// Training objective: `clm` (causal language modelling: GPT-2, Llama), `mlm` (masked
+    /// language modelling: BERT), `seq2seq` (source/target pairs: Marian) or `classify` (image
+    /// classification: ViT).
     #[serde(default = "d_objective")]
     pub objective: String,
     pub data: DataConfig,
@@ -94,6 +95,21 @@ pub struct Recipe {
     /// Masking for the `mlm` objective.
     #[serde(default)]
     pub mlm: MaskingConfig,
+    /// Training-image augmentation for the `classify` objective.
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+/// Random changes to each training image (seeded, so a resumed run sees the same ones).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Zero-pad by this many pixels and crop back at a random offset (0: off).
+    #[serde(default)]
+    pub crop_padding: usize,
+    /// Probability of mirroring an image left-right.
+    #[serde(default)]
+    pub flip: f64,
 }
 
 /// Where the text comes from and how it is tokenized.
@@ -119,9 +135,13 @@ pub struct DataConfig {
     /// Sequence-to-sequence: the fraction of words held out for the test split.
     #[serde(default)]
     pub test_fraction: f64,
-    /// Sequence-to-sequence: the seed of the split by word.
+    /// Sequence-to-sequence: the seed of the split by word; images: of the validation images
+    /// held out of the training set.
     #[serde(default = "d_seed")]
     pub split_seed: u64,
+    /// Images: class names by label, for data sets that store only numbers (IDX files).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// The model to build (sizes are ignored when `init` names an existing model).
@@ -143,6 +163,14 @@ pub struct ModelConfig {
     /// 4 `n_embd`.
     #[serde(default)]
     pub intermediate_size: Option<usize>,
+    /// Standard deviation of the fresh weights (normal, biases zero) of BERT, Marian and ViT
+    /// models: transformers' 0.02 by default. The original Transformer's embeddings (scaled by
+    /// sqrt(n_embd)) start larger, about n_embd^-0.5.
+    #[serde(default)]
+    pub init_std: Option<f64>,
+    /// ViT: side of the square patches the image is cut into.
+    #[serde(default)]
+    pub patch_size: Option<usize>,
     /// Llama: rotary base.
     #[serde(default = "d_theta")]
     pub rope_theta: f64,
@@ -176,7 +204,8 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Sequences per micro-batch.
     pub batch_size: usize,
-    /// Tokens per sequence.
+    /// Tokens per sequence (text objectives).
+    #[serde(default)]
     pub context: usize,
     /// Micro-batches per optimizer step.
     #[serde(default = "d_one")]
@@ -200,6 +229,10 @@ pub struct TrainConfig {
     /// Label smoothing of the sequence-to-sequence loss (0 disables).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Sequence-to-sequence: draw each training batch from pairs of about the same length
+    /// (little padding, so far less work per pair); false draws them uniformly.
+    #[serde(default = "d_true")]
+    pub group_by_length: bool,
     /// Clip the global gradient norm to this (0 disables).
     #[serde(default = "d_clip")]
     pub grad_clip: f64,
@@ -310,32 +343,47 @@ impl Recipe {
         let t = &self.train;
         if !matches!(
             self.model.architecture.as_str(),
-            "gpt2" | "llama" | "bert" | "marian"
+            "gpt2" | "llama" | "bert" | "marian" | "vit"
         ) {
             return Err(Error::Config(format!(
-                "model.architecture {:?} is not supported (known: gpt2, llama, bert, marian)",
+                "model.architecture {:?} is not supported (known: gpt2, llama, bert, marian, vit)",
                 self.model.architecture
             )));
         }
         match (self.objective.as_str(), self.model.architecture.as_str()) {
-            ("clm", "gpt2" | "llama") | ("mlm", "bert") | ("seq2seq", "marian") => {}
-            ("clm" | "mlm" | "seq2seq", arch) => {
+            ("clm", "gpt2" | "llama")
+            | ("mlm", "bert")
+            | ("seq2seq", "marian")
+            | ("classify", "vit") => {}
+            ("clm" | "mlm" | "seq2seq" | "classify", arch) => {
                 return Err(Error::Config(format!(
-                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian)",
+                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit)",
                     self.objective
                 )))
             }
             (other, _) => {
                 return Err(Error::Config(format!(
-                    "objective {other:?} is not supported (known: clm, mlm, seq2seq)"
+                    "objective {other:?} is not supported (known: clm, mlm, seq2seq, classify)"
                 )))
             }
+        }
+        if self.objective == "classify" {
+            if self.model.patch_size == Some(0) {
+                return Err(Error::Config("model.patch_size must be positive".into()));
+            }
+            if !(0.0..=1.0).contains(&self.augment.flip) {
+                return Err(Error::Config(format!(
+                    "augment.flip is a probability, not {}",
+                    self.augment.flip
+                )));
+            }
+        } else if t.context == 0 {
+            return Err(Error::Config("train.context must be positive".into()));
         }
         self.mlm.validate()?;
         for (k, v) in [
             ("train.steps", t.steps),
             ("train.batch_size", t.batch_size),
-            ("train.context", t.context),
             ("train.grad_accum", t.grad_accum),
             ("train.eval_interval", t.eval_interval),
             ("train.eval_iters", t.eval_iters),

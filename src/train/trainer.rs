@@ -3,10 +3,12 @@
 
 use crate::assets;
 use crate::data::corpus::for_each_chunk;
+use crate::data::images::{self, ImageSet, ImageSplit, Preprocessor};
 use crate::data::lexicon::{Lexicon, Part};
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
+use crate::models::vit::{self, Vit, VitConfig};
 use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
@@ -32,9 +34,19 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
     pub step: usize,
+    /// Tokens the step trained on (padding excluded).
+    pub tokens: usize,
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+}
+
+/// One batch's loss, the tokens (or images) it held, and for the masked LM and images the
+/// predictions scored and those right.
+struct BatchLoss {
+    loss: Tensor,
+    tokens: usize,
+    hits: Option<(usize, usize)>,
 }
 
 /// Mean loss over fixed evaluation batches (for the masked LM, over the masked positions),
@@ -60,6 +72,8 @@ pub enum TrainData {
     },
     /// Source/target pairs (sequence-to-sequence).
     Pairs(Box<PairData>),
+    /// Labelled images (classification): training and held-out validation images.
+    Images { train: ImageSet, val: ImageSet },
 }
 
 impl TrainData {
@@ -68,6 +82,15 @@ impl TrainData {
         match self {
             TrainData::Tokens { train, val, .. } => (train.len(), val.len(), "tokens"),
             TrainData::Pairs(p) => (p.train.len(), p.valid.len(), "pairs"),
+            TrainData::Images { train, val } => (train.len(), val.len(), "images"),
+        }
+    }
+
+    /// Image runs: the number of classes (0 otherwise).
+    pub fn classes(&self) -> usize {
+        match self {
+            TrainData::Images { train, .. } => train.classes.len(),
+            _ => 0,
         }
     }
 }
@@ -83,6 +106,11 @@ pub enum TrainModel {
         model: Box<Seq2Seq>,
         target_tokenizer: Box<Tokenizer>,
     },
+    /// A Vision Transformer with its image preprocessing, trained to classify.
+    Vit {
+        model: Box<Vit>,
+        preprocessor: Box<Preprocessor>,
+    },
 }
 
 impl TrainModel {
@@ -91,6 +119,7 @@ impl TrainModel {
             TrainModel::Causal(m) => m.vocab_size(),
             TrainModel::Masked { model, .. } => model.config.vocab_size,
             TrainModel::Seq2Seq { model, .. } => model.config.vocab_size,
+            TrainModel::Vit { .. } => 0,
         }
     }
 
@@ -99,6 +128,7 @@ impl TrainModel {
             TrainModel::Causal(m) => m.max_positions(),
             TrainModel::Masked { model, .. } => model.config.max_position_embeddings,
             TrainModel::Seq2Seq { model, .. } => model.config.max_position_embeddings,
+            TrainModel::Vit { model, .. } => model.config.grid().pow(2) + 1,
         }
     }
 
@@ -106,7 +136,7 @@ impl TrainModel {
     pub fn causal(&self) -> Option<&CausalModel> {
         match self {
             TrainModel::Causal(m) => Some(m),
-            TrainModel::Masked { .. } | TrainModel::Seq2Seq { .. } => None,
+            TrainModel::Masked { .. } | TrainModel::Seq2Seq { .. } | TrainModel::Vit { .. } => None,
         }
     }
 
@@ -124,20 +154,32 @@ impl TrainModel {
                 let c = &model.config;
                 c.dropout > 0.0 || c.attention_dropout > 0.0 || c.activation_dropout > 0.0
             }
+            TrainModel::Vit { model, .. } => {
+                let c = &model.config;
+                c.hidden_dropout_prob > 0.0 || c.attention_probs_dropout_prob > 0.0
+            }
         }
     }
 
     /// Writes the Hugging Face model directory: config, weights, tokenizer (and for BERT the
-    /// tokenizer config naming `[MASK]` and the other special tokens).
-    pub fn save_dir(&self, dir: &Path, store: &ParamStore, tokenizer: &Tokenizer) -> Result<()> {
+    /// tokenizer config naming `[MASK]` and the other special tokens; for ViT the image
+    /// processor's `preprocessor_config.json`).
+    pub fn save_dir(
+        &self,
+        dir: &Path,
+        store: &ParamStore,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<()> {
         match self {
             TrainModel::Causal(m) => models::save_dir(dir, &m.config(), store)?,
             TrainModel::Masked { model, .. } => {
                 bert::save_dir(dir, model, store)?;
-                tokenizer.save_bert_config(
-                    &dir.join("tokenizer_config.json"),
-                    model.config.max_position_embeddings,
-                )?;
+                if let Some(tok) = tokenizer {
+                    tok.save_bert_config(
+                        &dir.join("tokenizer_config.json"),
+                        model.config.max_position_embeddings,
+                    )?;
+                }
             }
             TrainModel::Seq2Seq {
                 model,
@@ -146,8 +188,18 @@ impl TrainModel {
                 seq2seq::save_dir(dir, model, store)?;
                 target_tokenizer.save(&dir.join("target_tokenizer.json"))?;
             }
+            TrainModel::Vit {
+                model,
+                preprocessor,
+            } => {
+                vit::save_dir(dir, model, store)?;
+                preprocessor.save(&dir.join("preprocessor_config.json"))?;
+            }
         }
-        tokenizer.save(&dir.join("tokenizer.json"))
+        match tokenizer {
+            Some(tok) => tok.save(&dir.join("tokenizer.json")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -169,7 +221,8 @@ pub struct Trainer {
     pub recipe: Recipe,
     pub model: TrainModel,
     pub store: ParamStore,
-    pub tokenizer: Tokenizer,
+    /// The text models' tokenizer (none for images).
+    pub tokenizer: Option<Tokenizer>,
     pub optimizer: AdamW,
     pub schedule: LrSchedule,
     pub data: TrainData,
@@ -217,7 +270,7 @@ fn bert_config(recipe: &Recipe, tokenizer: &Tokenizer) -> BertConfig {
         attention_probs_dropout_prob: m.dropout,
         max_position_embeddings: m.n_positions.unwrap_or(recipe.train.context),
         type_vocab_size: 2,
-        initializer_range: 0.02,
+        initializer_range: m.init_std.unwrap_or(0.02),
         layer_norm_eps: m.layer_norm_epsilon,
         position_embedding_type: "absolute".into(),
         extra,
@@ -300,7 +353,7 @@ fn seq2seq_config(recipe: &Recipe, source: &Tokenizer, target: &Tokenizer) -> Se
         dropout: m.dropout,
         attention_dropout: m.dropout,
         activation_dropout: m.dropout,
-        init_std: 0.02,
+        init_std: m.init_std.unwrap_or(0.02),
         scale_embedding: true,
         pad_token_id: 0,
         eos_token_id: 1,
@@ -354,6 +407,230 @@ fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
     ArchConfig::Gpt2(c)
 }
 
+/// The tokenizer, data and model of a text run (language modelling or sequence to sequence).
+fn text_run(
+    recipe: &Recipe,
+    corpus: &[PathBuf],
+    from: Option<&Path>,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<(Tokenizer, TrainData, TrainModel, ParamStore)> {
+    let files = corpus_files(corpus)?;
+    let (tokenizer, data) = if recipe.objective == "seq2seq" {
+        let lex = Lexicon::read_cmudict(&corpus[0])?;
+        let tokenizers = match from {
+            Some(dir) => Some((
+                Tokenizer::load_dir(dir)?,
+                Tokenizer::load(&dir.join("target_tokenizer.json"))?,
+            )),
+            None => None,
+        };
+        let d = &recipe.data;
+        let max_len = recipe.model.n_positions.unwrap_or(recipe.train.context);
+        let fractions = [1.0 - d.val_fraction - d.test_fraction, d.val_fraction];
+        let (tok, pairs) =
+            PairData::from_lexicon(&lex, d.split_seed, fractions, tokenizers, max_len)?;
+        // The words of each part, so other tools (bench/g2p_torch.py) use the same split.
+        let part = |p| -> Vec<&str> {
+            lex.split(d.split_seed, fractions, p)
+                .iter()
+                .map(|e| e.word.as_str())
+                .collect()
+        };
+        let data_dir = out_dir.join("data");
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+        crate::io::write_json_atomic(
+            &data_dir.join("split.json"),
+            &json!({
+                "train": part(Part::Train), "valid": part(Part::Valid), "test": part(Part::Test),
+            }),
+        )?;
+        (tok, TrainData::Pairs(Box::new(pairs)))
+    } else {
+        let tokenizer = if let Some(dir) = from {
+            Tokenizer::load_dir(dir)?
+        } else {
+            let d = &recipe.data;
+            match d.tokenizer.as_str() {
+                "char" => char_tokenizer(&files)?,
+                "bpe" => Tokenizer::train_bpe(&files, d.vocab_size, 2)?,
+                "wordpiece" => Tokenizer::train_wordpiece(&files, d.vocab_size, 2, d.lowercase)?,
+                path => Tokenizer::load(Path::new(path))?,
+            }
+        };
+        let shard =
+            TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
+        let (train, val) = shard.split(recipe.data.val_fraction, recipe.train.context)?;
+        (tokenizer, TrainData::Tokens { shard, train, val })
+    };
+    tokenizer.save(&out_dir.join("tokenizer.json"))?;
+
+    let target = match &data {
+        TrainData::Pairs(p) => Some(&p.target_tokenizer),
+        _ => None,
+    };
+    let (model, store) = build_model(recipe, &tokenizer, target, from, device)?;
+    if model.vocab_size() < tokenizer.vocab_size() {
+        return Err(Error::Config(format!(
+            "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
+            model.vocab_size(),
+            tokenizer.vocab_size()
+        )));
+    }
+    if matches!(data, TrainData::Tokens { .. }) && model.max_positions() < recipe.train.context {
+        return Err(Error::Config(format!(
+            "train.context ({}) exceeds the model's maximum positions ({})",
+            recipe.train.context,
+            model.max_positions()
+        )));
+    }
+
+    Ok((tokenizer, data, model, store))
+}
+
+/// The data and model of an image classification run: the training images less a seeded
+/// `data.val_fraction` held out for validation, and a fresh ViT of the recipe's sizes for them
+/// (its preprocessing normalises each channel with the training images' mean and deviation),
+/// or the ViT in `from` with its own preprocessing.
+fn image_run(
+    recipe: &Recipe,
+    root: &Path,
+    from: Option<&Path>,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<(TrainData, TrainModel, ParamStore)> {
+    let d = &recipe.data;
+    let loaded = match from {
+        Some(dir) => {
+            let (model, store) = vit::load_dir(dir, device)?;
+            let pre = Preprocessor::load(
+                &dir.join("preprocessor_config.json"),
+                model.config.num_channels,
+            )?;
+            Some((model, store, pre))
+        }
+        None => None,
+    };
+    let channels = loaded.as_ref().map(|(m, _, _)| m.config.num_channels);
+    let all = images::read_dataset(root, ImageSplit::Train, channels, &d.labels)?;
+    let (train, val) = all.split_off(d.val_fraction, d.split_seed);
+    // The held-out images' indices, so other tools (bench/vit_torch.py) use the same split.
+    let (_, held) = images::split_indices(all.len(), d.val_fraction, d.split_seed);
+    let data_dir = out_dir.join("data");
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    crate::io::write_json_atomic(&data_dir.join("split.json"), &json!({ "val": held }))?;
+    if train.is_empty() {
+        return Err(Error::format(
+            root,
+            format!(
+                "no training images ({} read, data.val_fraction {})",
+                all.len(),
+                d.val_fraction
+            ),
+        ));
+    }
+    let (model, store, pre) = match loaded {
+        Some((model, store, pre)) => {
+            let n = model.config.labels()?.len();
+            if train.classes.len() > n {
+                return Err(Error::Config(format!(
+                    "the data has {} classes, the model {n}",
+                    train.classes.len()
+                )));
+            }
+            (model, store, pre)
+        }
+        None => {
+            let m = &recipe.model;
+            if train.height != train.width {
+                return Err(Error::format(
+                    root,
+                    format!(
+                        "a ViT takes square images; these are {}x{}",
+                        train.width, train.height
+                    ),
+                ));
+            }
+            let patch = m
+                .patch_size
+                .ok_or_else(|| Error::Config("model.patch_size is needed to build a ViT".into()))?;
+            if !train.height.is_multiple_of(patch) {
+                return Err(Error::Config(format!(
+                    "model.patch_size {patch} does not divide the {}-pixel images",
+                    train.height
+                )));
+            }
+            let mut config = VitConfig {
+                model_type: "vit".into(),
+                hidden_size: m.n_embd,
+                num_hidden_layers: m.n_layer,
+                num_attention_heads: m.n_head,
+                intermediate_size: m.intermediate_size.unwrap_or(4 * m.n_embd),
+                hidden_act: m.activation_function.clone(),
+                hidden_dropout_prob: m.dropout,
+                attention_probs_dropout_prob: m.dropout,
+                initializer_range: m.init_std.unwrap_or(0.02),
+                layer_norm_eps: m.layer_norm_epsilon,
+                image_size: train.height,
+                patch_size: patch,
+                num_channels: train.channels,
+                qkv_bias: true,
+                id2label: Default::default(),
+                label2id: Default::default(),
+                extra: Default::default(),
+            };
+            config.set_labels(&train.classes);
+            let (model, store) = Vit::init(&config, device, recipe.train.seed)?;
+            let (mean, std) = train.channel_stats();
+            let pre = Preprocessor::new(train.height, train.width, mean, std);
+            (model, store, pre)
+        }
+    };
+    Ok((
+        TrainData::Images { train, val },
+        TrainModel::Vit {
+            model: Box::new(model),
+            preprocessor: Box::new(pre),
+        },
+        store,
+    ))
+}
+
+/// `b` image indices for samples `first..first + b` of a run that goes through `n` images in
+/// epochs, each a fresh permutation seeded by `seed` and the epoch number (so resuming at a
+/// step reproduces them).
+fn epoch_indices(n: usize, first: usize, b: usize, seed: u64) -> Vec<usize> {
+    let mut perm: Option<(usize, Vec<usize>)> = None;
+    (first..first + b)
+        .map(|k| {
+            let epoch = k / n;
+            if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let mut p: Vec<usize> = (0..n).collect();
+                Rng::new(seed).fork(1000 + epoch as u64).shuffle(&mut p);
+                perm = Some((epoch, p));
+            }
+            perm.as_ref().expect("set above").1[k % n]
+        })
+        .collect()
+}
+
+/// Cross-entropy (label-smoothed by `smoothing`) of a ViT's class logits for images `x`, and
+/// how many it classifies right.
+fn image_loss(
+    model: &Vit,
+    x: &Tensor,
+    labels: &[u32],
+    smoothing: f64,
+    dropout: Option<&mut Rng>,
+) -> Result<(Tensor, usize)> {
+    let logits = model.logits(&model.forward(x, false, dropout)?)?;
+    let y = Tensor::new(labels, x.device())?;
+    let loss = crate::objective::seq2seq::smoothed_cross_entropy(&logits, &y, smoothing)?;
+    let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
+    Ok((loss, correct))
+}
+
 impl Trainer {
     /// Prepares a run: tokenizer, token shard, model and optimizer, either fresh or (with
     /// `resume`) from the newest checkpoint in the recipe's `out_dir`.
@@ -384,84 +661,20 @@ impl Trainer {
             .iter()
             .map(|c| assets::resolve(c))
             .collect::<Result<_>>()?;
-        let files = corpus_files(&corpus)?;
-
         let from = match (&resume_from, &recipe.model.init) {
             (Some((_, ck)), _) => Some(ck.clone()),
             (None, Some(init)) => Some(assets::resolve(init)?),
             (None, None) => None,
         };
-        let (tokenizer, data) = if recipe.objective == "seq2seq" {
-            let lex = Lexicon::read_cmudict(&corpus[0])?;
-            let tokenizers = match &from {
-                Some(dir) => Some((
-                    Tokenizer::load_dir(dir)?,
-                    Tokenizer::load(&dir.join("target_tokenizer.json"))?,
-                )),
-                None => None,
-            };
-            let d = &recipe.data;
-            let max_len = recipe.model.n_positions.unwrap_or(recipe.train.context);
-            let fractions = [1.0 - d.val_fraction - d.test_fraction, d.val_fraction];
-            let (tok, pairs) =
-                PairData::from_lexicon(&lex, d.split_seed, fractions, tokenizers, max_len)?;
-            // The words of each part, so other tools (bench/g2p_torch.py) use the same split.
-            let part = |p| -> Vec<&str> {
-                lex.split(d.split_seed, fractions, p)
-                    .iter()
-                    .map(|e| e.word.as_str())
-                    .collect()
-            };
-            let data_dir = out_dir.join("data");
-            std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-            crate::io::write_json_atomic(
-                &data_dir.join("split.json"),
-                &json!({
-                    "train": part(Part::Train), "valid": part(Part::Valid), "test": part(Part::Test),
-                }),
-            )?;
-            (tok, TrainData::Pairs(Box::new(pairs)))
+        let (tokenizer, data, model, store) = if recipe.objective == "classify" {
+            let (data, model, store) =
+                image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
+            (None, data, model, store)
         } else {
-            let tokenizer = if let Some(dir) = &from {
-                Tokenizer::load_dir(dir)?
-            } else {
-                let d = &recipe.data;
-                match d.tokenizer.as_str() {
-                    "char" => char_tokenizer(&files)?,
-                    "bpe" => Tokenizer::train_bpe(&files, d.vocab_size, 2)?,
-                    "wordpiece" => {
-                        Tokenizer::train_wordpiece(&files, d.vocab_size, 2, d.lowercase)?
-                    }
-                    path => Tokenizer::load(Path::new(path))?,
-                }
-            };
-            let shard =
-                TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
-            let (train, val) = shard.split(recipe.data.val_fraction, recipe.train.context)?;
-            (tokenizer, TrainData::Tokens { shard, train, val })
+            let (tokenizer, data, model, store) =
+                text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+            (Some(tokenizer), data, model, store)
         };
-        tokenizer.save(&out_dir.join("tokenizer.json"))?;
-
-        let target = match &data {
-            TrainData::Pairs(p) => Some(&p.target_tokenizer),
-            TrainData::Tokens { .. } => None,
-        };
-        let (model, store) = build_model(&recipe, &tokenizer, target, from.as_deref(), device)?;
-        if model.vocab_size() < tokenizer.vocab_size() {
-            return Err(Error::Config(format!(
-                "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
-                model.vocab_size(),
-                tokenizer.vocab_size()
-            )));
-        }
-        if matches!(data, TrainData::Tokens { .. }) && model.max_positions() < recipe.train.context
-        {
-            return Err(Error::Config(format!(
-                "train.context ({}) exceeds the model's maximum positions ({})",
-                recipe.train.context,
-                model.max_positions()
-            )));
-        }
 
         let t = &recipe.train;
         let mut optimizer = AdamW::new(AdamWConfig {
@@ -514,16 +727,20 @@ impl Trainer {
         })
     }
 
-    /// Loss (and for the masked LM, masked positions and correct predictions) of one batch
-    /// drawn from the training (`val` false) or validation data. `dropout` enables dropout;
-    /// `train` picks the causal LM's fused training loss.
+    /// Loss of one batch drawn from the training (`val` false) or validation data, with the
+    /// tokens it holds (padding excluded) and, for the masked LM, the masked positions and
+    /// correct predictions (for images, the images and those classified right). `dropout`
+    /// enables dropout; `train` marks a training step's batch (`micro` of the step's
+    /// micro-batches): the causal LM's fused training loss, images in epochs of a seeded
+    /// permutation and augmented.
     fn batch_loss(
         &self,
         val: bool,
         rng: &mut Rng,
         dropout: Option<&mut Rng>,
         train: bool,
-    ) -> Result<(Tensor, Option<(usize, usize)>)> {
+        micro: usize,
+    ) -> Result<BatchLoss> {
         let (b, t) = (self.recipe.train.batch_size, self.recipe.train.context);
         let device = &self.device;
         match (&self.model, &self.data) {
@@ -544,7 +761,11 @@ impl Trainer {
                 } else {
                     CausalLm::loss(m, &x, &y, dropout)?
                 };
-                Ok((loss, None))
+                Ok(BatchLoss {
+                    loss,
+                    tokens: b * t,
+                    hits: None,
+                })
             }
             (
                 TrainModel::Masked { model, objective },
@@ -557,20 +778,56 @@ impl Trainer {
                 let split = if val { *va } else { *tr };
                 let batch = objective.batch(shard, split, b, t, rng, device)?;
                 let l = objective.loss(model, &batch, dropout)?;
-                Ok((l.loss, Some((l.count, l.correct))))
+                Ok(BatchLoss {
+                    loss: l.loss,
+                    tokens: b * t,
+                    hits: Some((l.count, l.correct)),
+                })
             }
             (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) => {
                 let pairs = if val { &p.valid } else { &p.train };
                 let c = &model.config;
-                let batch = pad_batch(
-                    &sample(pairs, b, rng),
-                    c.pad_token_id,
-                    c.decoder_start_token_id,
-                    device,
-                )?;
+                let drawn = sample(pairs, b, !val && self.recipe.train.group_by_length, rng);
+                let tokens = drawn.iter().map(|p| p.src.len() + p.tgt.len()).sum();
+                let batch = pad_batch(&drawn, c.pad_token_id, c.decoder_start_token_id, device)?;
                 let (loss, _) =
                     pair_loss(model, &batch, self.recipe.train.label_smoothing, dropout)?;
-                Ok((loss, None))
+                Ok(BatchLoss {
+                    loss,
+                    tokens,
+                    hits: None,
+                })
+            }
+            (
+                TrainModel::Vit {
+                    model,
+                    preprocessor,
+                },
+                TrainData::Images { train: tr, val: va },
+            ) => {
+                let set = if val { va } else { tr };
+                let idx = if train {
+                    let first = (self.state.step * self.recipe.train.grad_accum + micro) * b;
+                    epoch_indices(set.len(), first, b, self.recipe.train.seed)
+                } else {
+                    (0..b)
+                        .map(|_| rng.below(set.len() as u64) as usize)
+                        .collect()
+                };
+                let aug = train.then_some((&self.recipe.augment, &mut *rng));
+                let (x, labels) = crate::classify::batch(set, &idx, preprocessor, aug, device)?;
+                let (loss, correct) = image_loss(
+                    model,
+                    &x,
+                    &labels,
+                    self.recipe.train.label_smoothing,
+                    dropout,
+                )?;
+                Ok(BatchLoss {
+                    loss,
+                    tokens: b,
+                    hits: Some((b, correct)),
+                })
             }
             _ => Err(Error::Config(
                 "this model cannot be trained on this kind of data".into(),
@@ -620,12 +877,21 @@ impl Trainer {
         let accum = t.grad_accum;
         let mut acc = GradAccumulator::default();
         let mut loss_sum = 0f64;
+        let mut tokens = 0usize;
         let dropout = self.model.uses_dropout();
-        for _ in 0..accum {
+        for micro in 0..accum {
             let mut rng = self.state.data_rng;
             let mut drop_rng = self.state.dropout_rng;
-            let (loss, _) =
-                self.batch_loss(false, &mut rng, dropout.then_some(&mut drop_rng), true)?;
+            let BatchLoss {
+                loss, tokens: n, ..
+            } = self.batch_loss(
+                false,
+                &mut rng,
+                dropout.then_some(&mut drop_rng),
+                true,
+                micro,
+            )?;
+            tokens += n;
             self.state.data_rng = rng;
             self.state.dropout_rng = drop_rng;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -652,9 +918,10 @@ impl Trainer {
         let lr = self.schedule.at(self.state.step);
         self.optimizer.step(&self.store, acc.grads(), lr, scale)?;
         self.state.step += 1;
-        self.state.tokens_seen += (t.batch_size * t.context * accum) as u64;
+        self.state.tokens_seen += tokens as u64;
         Ok(StepStats {
             step: self.state.step,
+            tokens,
             loss: loss_sum / accum as f64,
             lr,
             grad_norm,
@@ -670,7 +937,8 @@ impl Trainer {
             let mut rng = Rng::new(t.seed).fork(stream);
             let (mut sum, mut count, mut correct) = (0f64, 0usize, 0usize);
             for _ in 0..t.eval_iters {
-                let (loss, hits) = self.batch_loss(val, &mut rng, None, false)?;
+                let BatchLoss { loss, hits, .. } =
+                    self.batch_loss(val, &mut rng, None, false, 0)?;
                 sum += loss.to_scalar::<f32>()? as f64;
                 if let Some((n, c)) = hits {
                     count += n;
@@ -684,8 +952,32 @@ impl Trainer {
         let has_val = match &self.data {
             TrainData::Tokens { val, .. } => val.len() > t.context,
             TrainData::Pairs(p) => !p.valid.is_empty(),
+            TrainData::Images { val, .. } => !val.is_empty(),
         };
-        let (val_loss, val_accuracy) = if has_val {
+        let (val_loss, val_accuracy) = if let (
+            TrainModel::Vit {
+                model,
+                preprocessor,
+            },
+            TrainData::Images { val, .. },
+            true,
+        ) = (&self.model, &self.data, has_val)
+        {
+            // Every validation image, so the accuracy is the held-out set's.
+            let (mut sum, mut correct) = (0f64, 0usize);
+            let all: Vec<usize> = (0..val.len()).collect();
+            for chunk in all.chunks(t.batch_size) {
+                let (x, labels) =
+                    crate::classify::batch(val, chunk, preprocessor, None, &self.device)?;
+                let (loss, c) = image_loss(model, &x, &labels, 0.0, None)?;
+                sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+                correct += c;
+            }
+            (
+                Some(sum / val.len() as f64),
+                Some(correct as f64 / val.len() as f64),
+            )
+        } else if has_val {
             let (l, a) = mean(true, 101)?;
             (Some(l), a)
         } else {
@@ -701,6 +993,36 @@ impl Trainer {
         })
     }
 
+    /// Image runs: the validation images' confusion matrix, as `confusion.json` and
+    /// `confusion.png` in the run directory.
+    fn write_confusion(&self) -> Result<()> {
+        let (
+            TrainModel::Vit {
+                model,
+                preprocessor,
+            },
+            TrainData::Images { val, .. },
+        ) = (&self.model, &self.data)
+        else {
+            return Ok(());
+        };
+        if val.is_empty() {
+            return Ok(());
+        }
+        let s = crate::classify::score(model, preprocessor, val, self.recipe.train.batch_size)?;
+        crate::io::write_json_atomic(&self.out_dir.join("confusion.json"), &s)?;
+        crate::train::plot::plot_confusion(
+            &s.confusion,
+            &s.classes,
+            &format!(
+                "validation images ({}), accuracy {:.2}%",
+                s.n,
+                100.0 * s.accuracy
+            ),
+            &self.out_dir.join("confusion.png"),
+        )
+    }
+
     /// Saves `checkpoint-<step>` and refreshes the run directory's model.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let recipe_toml = self.recipe.to_toml();
@@ -709,7 +1031,7 @@ impl Trainer {
             &Checkpoint {
                 model: &self.model,
                 store: &self.store,
-                tokenizer: &self.tokenizer,
+                tokenizer: self.tokenizer.as_ref(),
                 optimizer: &self.optimizer,
                 state: &self.state,
                 recipe_toml: &recipe_toml,
@@ -735,27 +1057,26 @@ impl Trainer {
         );
         bar.set_position(self.state.step as u64);
         let ckpt_every = self.recipe.checkpoint_interval();
-        let tokens_per_step = (t.batch_size * t.context * t.grad_accum) as f64;
         let mut window_start = Instant::now();
-        let mut window_steps = 0usize;
+        let mut window_tokens = 0usize;
         let mut last_eval: Option<EvalStats> = None;
         while self.state.step < t.steps {
             let started = Instant::now();
             let stats = self.train_step()?;
             self.state.elapsed_s += started.elapsed().as_secs_f64();
-            window_steps += 1;
+            window_tokens += stats.tokens;
             bar.inc(1);
             let step = stats.step;
             if step % t.log_interval == 0 || step == t.steps {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let tps = tokens_per_step * window_steps as f64 / secs;
+                let tps = window_tokens as f64 / secs;
                 bar.set_message(format!("loss {:.4}  {:.0} tok/s", stats.loss, tps));
                 self.metrics.log(json!({
                     "step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
                     "tokens_per_s": tps, "tokens_seen": self.state.tokens_seen, "elapsed_s": self.state.elapsed_s,
                 }))?;
                 window_start = Instant::now();
-                window_steps = 0;
+                window_tokens = 0;
             }
             if step % t.eval_interval == 0 || step == t.steps {
                 let ev = self.evaluate()?;
@@ -783,7 +1104,7 @@ impl Trainer {
                 last_eval = Some(ev);
                 // Evaluation time is not training time: restart the throughput window.
                 window_start = Instant::now();
-                window_steps = 0;
+                window_tokens = 0;
             }
             let interrupted = INTERRUPTED.load(Ordering::SeqCst);
             if step % ckpt_every == 0 || step == t.steps || interrupted {
@@ -804,6 +1125,7 @@ impl Trainer {
         if last_eval.is_none() {
             plot_losses(self.metrics.path(), &self.out_dir.join("loss.png"))?;
         }
+        self.write_confusion()?;
         Ok(Outcome::Finished)
     }
 }
