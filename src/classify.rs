@@ -182,8 +182,8 @@ pub fn classify_files(
         .collect()
 }
 
-/// Writes the attention rollout of the image at `path` over the image itself (the model's
-/// input, enlarged): patches the class token draws on glow red.
+/// Writes the attention rollout of the image at `path` over the image itself (enlarged):
+/// patches the class token draws on most glow red, those it ignores keep the image's colours.
 pub fn attention_map(model: &Vit, pre: &Preprocessor, path: &Path, png: &Path) -> Result<()> {
     let c = model.config.num_channels;
     let (px, h, w) = read_image(path, c)?;
@@ -194,6 +194,17 @@ pub fn attention_map(model: &Vit, pre: &Preprocessor, path: &Path, png: &Path) -
     let roll = attention_rollout(&model.attentions(&x, true)?)?
         .squeeze(0)?
         .to_vec1::<f32>()?;
+    // Stretch to the full colour range: rollout values sit close together (every patch keeps
+    // its residual share), and the contrast between patches is what the map is for.
+    let (lo, hi) = roll
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let roll: Vec<f32> = roll
+        .iter()
+        .map(|v| if hi > lo { (v - lo) / (hi - lo) } else { 0.0 })
+        .collect();
     // Draw at least 256 pixels on the long side so small images stay visible.
     let scale = (256 / h.max(w)).max(1);
     let (oh, ow) = (h * scale, w * scale);

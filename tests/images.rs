@@ -174,3 +174,14 @@ fn augmentation_shifts_and_mirrors() {
     }
     assert_eq!(seen.len(), 9, "all nine shifts occur: {seen:?}");
 }
+
+/// The held-out split is a seeded shuffle that bench/vit_torch.py reproduces in Python: its
+/// known answer for Fashion-MNIST's 60,000 training images.
+#[test]
+fn validation_split_known_answer() {
+    let (keep, held) = ferroformer::data::images::split_indices(60000, 0.0833333333, 1234);
+    assert_eq!((keep.len(), held.len()), (55000, 5000));
+    assert_eq!(&held[..8], &[2, 3, 44, 72, 102, 111, 130, 148]);
+    assert_eq!(&held[4996..], &[59972, 59973, 59978, 59991]);
+    assert_eq!(held.iter().sum::<usize>(), 149884524);
+}

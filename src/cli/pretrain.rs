@@ -59,6 +59,8 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
     }
     let json = c.json;
     let quiet = c.quiet;
+    // Perplexity and masked tokens mean something for text; images get plain accuracy.
+    let images = trainer.tokenizer.is_none();
     let outcome = trainer.run(c.progress(), &mut |ev| match ev {
         Event::Eval(e) => {
             if json {
@@ -75,8 +77,10 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
                 println!("{v}");
             } else {
                 let mut line = format!("step {:>6}: train loss {:.4}", e.step, e.train_loss);
-                if let Some(v) = e.val_loss {
-                    line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp());
+                match e.val_loss {
+                    Some(v) if images => line += &format!(", val loss {v:.4}"),
+                    Some(v) => line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp()),
+                    None => {}
                 }
                 if let Some(r) = e.val_error_rates {
                     line += &format!(
@@ -92,7 +96,12 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
                     } else {
                         "train"
                     };
-                    line += &format!(", {which} masked-token accuracy {:.2}%", 100.0 * a);
+                    let what = if images {
+                        "accuracy"
+                    } else {
+                        "masked-token accuracy"
+                    };
+                    line += &format!(", {which} {what} {:.2}%", 100.0 * a);
                 }
                 println!("{line}");
             }
