@@ -75,31 +75,21 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.model_type != "bert" {
-            return Err(Error::Config(format!(
-                "model_type is {:?}, expected \"bert\"",
-                self.model_type
-            )));
-        }
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if v == 0 {
-                return Err(Error::Config(format!("{name} must be positive")));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(Error::Config(format!(
-                "hidden_size ({}) must be divisible by num_attention_heads ({})",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        super::check_encoder_sizes(
+            &self.model_type,
+            "bert",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", self.intermediate_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("type_vocab_size", self.type_vocab_size),
+            ],
+            self.hidden_size,
+            self.num_attention_heads,
+        )?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::Config(format!(
                 "position_embedding_type {:?} is not supported (supported: absolute)",

@@ -223,6 +223,31 @@ impl CausalModel {
     }
 }
 
+/// The checks every encoder config shares: its `model_type`, positive sizes, and a width the
+/// heads divide.
+pub(crate) fn check_encoder_sizes(
+    model_type: &str,
+    expected: &str,
+    sizes: &[(&str, usize)],
+    hidden: usize,
+    heads: usize,
+) -> Result<()> {
+    if model_type != expected {
+        return Err(Error::Config(format!(
+            "model_type is {model_type:?}, expected {expected:?}"
+        )));
+    }
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        return Err(Error::Config(format!("{name} must be positive")));
+    }
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(Error::Config(format!(
+            "hidden_size ({hidden}) must be divisible by num_attention_heads ({heads})"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a `config.json` into `T` and validates it, naming the file in any error.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
     path: &Path,

@@ -82,31 +82,21 @@ pub struct VitConfig {
 
 impl VitConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.model_type != "vit" {
-            return Err(Error::Config(format!(
-                "model_type is {:?}, expected \"vit\"",
-                self.model_type
-            )));
-        }
-        for (name, v) in [
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("num_channels", self.num_channels),
-        ] {
-            if v == 0 {
-                return Err(Error::Config(format!("{name} must be positive")));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(Error::Config(format!(
-                "hidden_size ({}) must be divisible by num_attention_heads ({})",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        super::check_encoder_sizes(
+            &self.model_type,
+            "vit",
+            &[
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", self.intermediate_size),
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+                ("num_channels", self.num_channels),
+            ],
+            self.hidden_size,
+            self.num_attention_heads,
+        )?;
         if self.patch_size > self.image_size {
             return Err(Error::Config(format!(
                 "patch_size ({}) exceeds image_size ({})",

@@ -230,6 +230,8 @@ pub struct Trainer {
     pub out_dir: PathBuf,
     metrics: MetricsLog,
     device: Device,
+    /// Image runs: the current epoch and its permutation of the training images.
+    epoch_order: std::sync::Mutex<Option<(usize, Vec<usize>)>>,
 }
 
 fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
@@ -598,16 +600,25 @@ fn image_run(
 
 /// `b` image indices for samples `first..first + b` of a run that goes through `n` images in
 /// epochs, each a fresh permutation seeded by `seed` and the epoch number (so resuming at a
-/// step reproduces them).
-fn epoch_indices(n: usize, first: usize, b: usize, seed: u64) -> Vec<usize> {
-    let mut perm: Option<(usize, Vec<usize>)> = None;
+/// step reproduces them). `cache` keeps the current epoch's permutation between batches.
+fn epoch_indices(
+    n: usize,
+    first: usize,
+    b: usize,
+    seed: u64,
+    cache: &std::sync::Mutex<Option<(usize, Vec<usize>)>>,
+) -> Vec<usize> {
+    let mut perm = cache.lock().unwrap_or_else(|e| e.into_inner());
     (first..first + b)
         .map(|k| {
             let epoch = k / n;
-            if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            if perm
+                .as_ref()
+                .is_none_or(|(e, p)| *e != epoch || p.len() != n)
+            {
                 let mut p: Vec<usize> = (0..n).collect();
                 Rng::new(seed).fork(1000 + epoch as u64).shuffle(&mut p);
-                perm = Some((epoch, p));
+                *perm = Some((epoch, p));
             }
             perm.as_ref().expect("set above").1[k % n]
         })
@@ -724,6 +735,7 @@ impl Trainer {
             out_dir,
             metrics,
             device: device.clone(),
+            epoch_order: Default::default(),
         })
     }
 
@@ -808,7 +820,13 @@ impl Trainer {
                 let set = if val { va } else { tr };
                 let idx = if train {
                     let first = (self.state.step * self.recipe.train.grad_accum + micro) * b;
-                    epoch_indices(set.len(), first, b, self.recipe.train.seed)
+                    epoch_indices(
+                        set.len(),
+                        first,
+                        b,
+                        self.recipe.train.seed,
+                        &self.epoch_order,
+                    )
                 } else {
                     (0..b)
                         .map(|_| rng.below(set.len() as u64) as usize)
