@@ -72,20 +72,6 @@ pub fn content_sha256(dir: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-fn glob_match(pattern: &str, s: &str) -> bool {
-    // '*' matches any run of characters except '/'.
-    fn rec(p: &[u8], s: &[u8]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some(b'*') => (0..=s.len())
-                .take_while(|&i| i == 0 || s[i - 1] != b'/')
-                .any(|i| rec(&p[1..], &s[i..])),
-            Some(c) => s.first() == Some(c) && rec(&p[1..], &s[1..]),
-        }
-    }
-    rec(pattern.as_bytes(), s.as_bytes())
-}
-
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .output()
@@ -237,7 +223,7 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
     collect(&ex, &ex, &mut all)?;
     let mut n = 0;
     for rel in all {
-        if asset.include.iter().any(|p| glob_match(p, &rel)) {
+        if asset.include.iter().any(|p| crate::io::glob_match(p, &rel)) {
             let target = out.join(rel.strip_prefix(&asset.strip).unwrap_or(&rel));
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -285,7 +271,11 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
 /// needed); anything else is a path.
 pub fn resolve(arg: &str) -> Result<PathBuf> {
     match arg.strip_prefix("asset:") {
-        Some(name) => ensure(name),
+        // `asset:NAME/path/inside` names a file in the asset's folder.
+        Some(spec) => match spec.split_once('/') {
+            Some((name, inside)) => Ok(ensure(name)?.join(inside)),
+            None => ensure(spec),
+        },
         None => Ok(PathBuf::from(arg)),
     }
 }
@@ -302,9 +292,12 @@ mod tests {
 
     #[test]
     fn glob() {
-        assert!(glob_match("a/*_gut.txt", "a/lear_gut.txt"));
-        assert!(!glob_match("a/*_gut.txt", "a/lear_gut_f.txt"));
-        assert!(!glob_match("a/*_gut.txt", "a/b/lear_gut.txt"));
-        assert!(glob_match("package/vocab.bpe", "package/vocab.bpe"));
+        assert!(crate::io::glob_match("a/*_gut.txt", "a/lear_gut.txt"));
+        assert!(!crate::io::glob_match("a/*_gut.txt", "a/lear_gut_f.txt"));
+        assert!(!crate::io::glob_match("a/*_gut.txt", "a/b/lear_gut.txt"));
+        assert!(crate::io::glob_match(
+            "package/vocab.bpe",
+            "package/vocab.bpe"
+        ));
     }
 }

@@ -1,10 +1,13 @@
-//! Image classification with a ViT: batches of preprocessed images, predictions with class
-//! probabilities, accuracy and the confusion matrix (with its plot), and attention-rollout
-//! maps drawn over the image.
+//! Classification in use: images with a ViT (batches of preprocessed images, predictions with
+//! class probabilities, attention-rollout maps drawn over the image) and texts with a sequence
+//! classifier; for both, accuracy, per-class precision / recall / F1, macro-F1 and the
+//! confusion matrix (with its plot).
 
 use crate::data::images::{augment, read_image, ImageSet, Preprocessor};
+use crate::models::sequence_classifier::SequenceClassifier;
 use crate::models::vit::{attention_rollout, probabilities, Vit};
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
 use crate::train::recipe::AugmentConfig;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -84,14 +87,58 @@ pub fn confusion(predicted: &[usize], labels: &[u32], classes: usize) -> Vec<Vec
     m
 }
 
-/// Accuracy, the confusion matrix and the count of a model's predictions on `set`.
+/// How a classifier did on labelled examples.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Scores {
     pub accuracy: f64,
+    /// The unweighted mean of the per-class F1 scores (scikit-learn's `average="macro"`).
+    pub macro_f1: f64,
     pub n: usize,
+    /// Per class: of the examples predicted as the class, the fraction that are (0 when none is
+    /// predicted), and of the examples of the class, the fraction found (0 when it has none).
+    pub precision: Vec<f64>,
+    pub recall: Vec<f64>,
+    pub f1: Vec<f64>,
     /// `[true][predicted]`.
     pub confusion: Vec<Vec<usize>>,
     pub classes: Vec<String>,
+}
+
+/// Scores of predictions against labels over `classes` (scikit-learn's definitions, with
+/// `zero_division=0`).
+pub fn scores(predicted: &[usize], labels: &[u32], classes: Vec<String>) -> Scores {
+    let k = classes.len();
+    let m = confusion(predicted, labels, k);
+    let right: usize = (0..k).map(|i| m[i][i]).sum();
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let precision: Vec<f64> = (0..k)
+        .map(|c| ratio(m[c][c], (0..k).map(|t| m[t][c]).sum()))
+        .collect();
+    let recall: Vec<f64> = (0..k).map(|c| ratio(m[c][c], m[c].iter().sum())).collect();
+    let f1: Vec<f64> = (0..k)
+        .map(|c| {
+            let (p, r) = (precision[c], recall[c]);
+            if p + r == 0.0 {
+                0.0
+            } else {
+                2.0 * p * r / (p + r)
+            }
+        })
+        .collect();
+    Scores {
+        accuracy: ratio(right, labels.len()),
+        macro_f1: if k == 0 {
+            0.0
+        } else {
+            f1.iter().sum::<f64>() / k as f64
+        },
+        n: labels.len(),
+        precision,
+        recall,
+        f1,
+        confusion: m,
+        classes,
+    }
 }
 
 pub fn score(model: &Vit, pre: &Preprocessor, set: &ImageSet, batch_size: usize) -> Result<Scores> {
@@ -109,17 +156,108 @@ pub fn score(model: &Vit, pre: &Preprocessor, set: &ImageSet, batch_size: usize)
         .iter()
         .map(|l| argmax(l))
         .collect();
-    let right = predicted
+    Ok(scores(&predicted, &set.labels, model.config.labels()?))
+}
+
+/// Mean cross-entropy (label-smoothed by `smoothing`) of a text classifier on token-id
+/// sequences with their class indices, and how many it classifies right.
+pub fn text_loss(
+    model: &SequenceClassifier,
+    seqs: &[&[u32]],
+    labels: &[u32],
+    smoothing: f64,
+    dropout: Option<&mut Rng>,
+) -> Result<(Tensor, usize)> {
+    let (ids, mask) = model.pad(seqs)?;
+    let logits = model.logits(&ids, &mask, dropout)?;
+    let y = Tensor::new(labels, model.device())?;
+    let loss = crate::objective::seq2seq::smoothed_cross_entropy(&logits, &y, smoothing)?;
+    let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
+    Ok((loss, correct))
+}
+
+/// Class logits of token-id sequences, `batch_size` at a time.
+pub fn text_logits(
+    model: &SequenceClassifier,
+    seqs: &[&[u32]],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let (ids, mask) = model.pad(chunk)?;
+        out.extend(model.logits(&ids, &mask, None)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Scores of a text classifier on encoded examples (token ids, class index).
+pub fn score_texts(
+    model: &SequenceClassifier,
+    examples: &[(Vec<u32>, u32)],
+    batch_size: usize,
+) -> Result<Scores> {
+    if examples.is_empty() {
+        return Err(Error::Data("no texts to score".into()));
+    }
+    let seqs: Vec<&[u32]> = examples.iter().map(|(s, _)| s.as_slice()).collect();
+    let labels: Vec<u32> = examples.iter().map(|(_, l)| *l).collect();
+    let predicted: Vec<usize> = text_logits(model, &seqs, batch_size)?
         .iter()
-        .zip(&set.labels)
-        .filter(|(&p, &l)| p == l as usize)
-        .count();
-    Ok(Scores {
-        accuracy: right as f64 / set.len() as f64,
-        n: set.len(),
-        confusion: confusion(&predicted, &set.labels, n_classes),
-        classes: model.config.labels()?,
-    })
+        .map(|l| argmax(l))
+        .collect();
+    Ok(scores(&predicted, &labels, model.labels.clone()))
+}
+
+/// One text's prediction.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TextPrediction {
+    pub text: String,
+    pub logits: Vec<f32>,
+    /// The `k` most probable classes, most probable first.
+    pub top: Vec<TopClass>,
+}
+
+/// The `k` most probable classes of one row of logits.
+fn top_classes(logits: &[f32], labels: &[String], k: usize) -> Vec<TopClass> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| TopClass {
+            label: labels[i].clone(),
+            prob: exp[i] / sum,
+        })
+        .collect()
+}
+
+/// Classifies texts (each cut to `max_len` tokens), reporting the `top_k` classes of each.
+pub fn classify_texts(
+    model: &SequenceClassifier,
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    max_len: usize,
+    top_k: usize,
+) -> Result<Vec<TextPrediction>> {
+    let encoded: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| model.encode(tokenizer, t, max_len))
+        .collect::<Result<_>>()?;
+    let seqs: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
+    let logits = text_logits(model, &seqs, 32)?;
+    Ok(texts
+        .iter()
+        .zip(logits)
+        .map(|(t, l)| TextPrediction {
+            text: t.to_string(),
+            top: top_classes(&l, &model.labels, top_k),
+            logits: l,
+        })
+        .collect())
 }
 
 /// One image's prediction.

@@ -19,6 +19,7 @@ pub mod models;
 pub mod nn;
 pub mod objective;
 pub mod params;
+pub mod peft;
 pub mod pretrained;
 pub mod rng;
 pub mod tokenizer;

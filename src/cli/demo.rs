@@ -43,7 +43,7 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
         }
         None => false,
     };
-    let (trainer, outcome) = super::pretrain::train(recipe, resume, c)?;
+    let (trainer, outcome) = super::pretrain::train_one(recipe, resume, c)?;
     if let Outcome::Interrupted { .. } = outcome {
         eprintln!("run `ferroformer demo` again to continue");
         return Ok(());

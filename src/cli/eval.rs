@@ -67,12 +67,17 @@ pub struct Seq2seqArgs {
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// UTF-8 text file.
-    #[arg(long)]
-    pub text: PathBuf,
+    /// Text file (UTF-8 text, .bz2, or a MediaWiki XML dump), folder (its files in name
+    /// order), `asset:NAME` or `asset:NAME/FILE`; repeatable: the files are joined with
+    /// newlines, in order.
+    #[arg(long, required = true)]
+    pub text: Vec<String>,
     /// Window length in tokens [default: the model's maximum positions].
     #[arg(long)]
     pub context: Option<usize>,
+    /// Score only the first this many tokens of the text [default: all].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
 }
 
 fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
@@ -223,8 +228,23 @@ pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
         EvalCmd::Perplexity(a) => {
             let p = a.model.load(c)?;
             let model = &p.model;
-            let text = read_text(&a.text)?;
-            let ids = p.tokenizer.encode(&text)?;
+            let mut ids = vec![];
+            let newline = p.tokenizer.encode("\n")?;
+            let paths: Vec<PathBuf> = a
+                .text
+                .iter()
+                .map(|t| ferroformer::assets::resolve(t))
+                .collect::<Result<_, _>>()?;
+            for (i, path) in ferroformer::data::corpus_files(&paths)?.iter().enumerate() {
+                if i > 0 {
+                    ids.extend_from_slice(&newline);
+                }
+                ids.extend(p.tokenizer.encode(&read_text(path)?)?);
+            }
+            if let Some(n) = a.max_tokens {
+                ids.truncate(n);
+            }
+            let names = a.text.join(", ");
             let context = a.context.unwrap_or(model.max_positions());
             let windows = ids.len().div_ceil(context.max(1));
             let bar = if c.progress() {
@@ -233,7 +253,7 @@ pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
                 indicatif::ProgressBar::hidden()
             };
             let r = perplexity(model, &ids, context, &mut |n| bar.set_position(n as u64))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
+                .map_err(|e| anyhow::anyhow!("{names}: {e}"))?;
             bar.finish_and_clear();
             if c.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -9,6 +9,7 @@ pub mod embed;
 pub mod eval;
 pub mod fetch;
 pub mod fill_mask;
+pub mod finetune;
 pub mod generate;
 pub mod params;
 pub mod pretrain;
@@ -62,6 +63,9 @@ pub enum Command {
     Tokenizer(tokenizer::TokenizerCmd),
     /// Pre-train a model as a recipe describes (causal LM: GPT-2, Llama; masked LM: BERT).
     Pretrain(pretrain::PretrainArgs),
+    /// Fine-tune a pretrained model (its own run, a Hugging Face directory, a GGUF file):
+    /// all weights, or some with the rest frozen; for domain adaptation or a task.
+    Finetune(finetune::FinetuneArgs),
     /// Generate text from a model (one chat turn with --chat).
     Generate(generate::GenerateArgs),
     /// Chat with an instruction-tuned model in the terminal, using its chat template.
@@ -125,6 +129,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => fetch::run(a, c),
         Command::Tokenizer(a) => tokenizer::run(a, c),
         Command::Pretrain(a) => pretrain::run(a, c),
+        Command::Finetune(a) => finetune::run(a, c),
         Command::Generate(a) => generate::run(a, c),
         Command::Chat(a) => chat::run(a, c),
         Command::Convert(a) => convert::run(a, c),
@@ -166,7 +171,7 @@ pub fn load_model(
 ) -> Result<ferroformer::pretrained::Pretrained> {
     let device = c.device()?;
     let start = std::time::Instant::now();
-    let p = ferroformer::pretrained::Pretrained::load(arg, &device, quantized)?;
+    let p = ferroformer::pretrained::Pretrained::load(arg, &device, quantized)?.for_inference()?;
     if c.progress() {
         eprintln!(
             "loaded {} ({} model, {}{} parameters{}) in {:.1} s",

@@ -31,8 +31,70 @@ pub fn run(a: PretrainArgs, c: &Common) -> Result<()> {
     Ok(())
 }
 
-/// Trains `recipe`, printing evaluations to stdout; returns the trainer and how it ended.
-pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outcome)> {
+/// Trains `recipe`, printing evaluations to stdout. With `data.folds` >= 2 and no
+/// `data.fold`, trains one run per fold (in `<out_dir>/fold-<k>`) and reports the mean
+/// validation scores, also written to `<out_dir>/cv.json`.
+pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<()> {
+    let k = recipe.data.folds;
+    if k < 2 || recipe.data.fold.is_some() {
+        train_one(recipe, resume, c)?;
+        return Ok(());
+    }
+    let root = std::path::PathBuf::from(&recipe.train.out_dir);
+    let mut folds = vec![];
+    for i in 0..k {
+        let mut r = recipe.clone();
+        r.data.fold = Some(i);
+        r.train.out_dir = root.join(format!("fold-{i}")).display().to_string();
+        // A fold not yet started starts fresh when the others resume.
+        let started = !ferroformer::train::checkpoint::list_checkpoints(std::path::Path::new(
+            &r.train.out_dir,
+        ))?
+        .is_empty();
+        if !c.quiet {
+            eprintln!("fold {}/{k}", i + 1);
+        }
+        let (trainer, outcome) = train_one(r, resume && started, c)?;
+        if outcome != Outcome::Finished {
+            return Ok(());
+        }
+        let s = trainer
+            .val_scores
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("fold {i} has no validation scores"))?;
+        folds.push(s);
+    }
+    let stats = |f: &dyn Fn(&ferroformer::classify::Scores) -> f64| {
+        let v: Vec<f64> = folds.iter().map(f).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+        (mean, sd, v)
+    };
+    let (acc, acc_sd, accs) = stats(&|s| s.accuracy);
+    let (f1, f1_sd, f1s) = stats(&|s| s.macro_f1);
+    let summary = json!({
+        "folds": k, "mean_accuracy": acc, "sd_accuracy": acc_sd, "mean_macro_f1": f1,
+        "sd_macro_f1": f1_sd, "accuracy": accs, "macro_f1": f1s,
+        "n": folds.iter().map(|s| s.n).sum::<usize>(),
+    });
+    ferroformer::io::write_json_atomic(&root.join("cv.json"), &summary)?;
+    if c.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{k}-fold cross-validation: accuracy {:.2}% (sd {:.2}), macro-F1 {:.4} (sd {:.4}); {}",
+            100.0 * acc,
+            100.0 * acc_sd,
+            f1,
+            f1_sd,
+            root.join("cv.json").display()
+        );
+    }
+    Ok(())
+}
+
+/// Trains one run of `recipe`; returns the trainer and how it ended.
+pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outcome)> {
     let device = c.device()?;
     install_interrupt_handler(c.quiet);
     if !c.quiet {
@@ -57,10 +119,16 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
             }
         );
     }
+    if !c.quiet {
+        if let Some(t) = trainer.state.trainable {
+            eprintln!("{t}");
+        }
+    }
     let json = c.json;
     let quiet = c.quiet;
-    // Perplexity and masked tokens mean something for text; images get plain accuracy.
-    let images = trainer.tokenizer.is_none();
+    // Perplexity and masked tokens mean something for language models; classifiers get plain
+    // accuracy.
+    let images = trainer.data.classes() > 0;
     let outcome = trainer.run(c.progress(), &mut |ev| match ev {
         Event::Eval(e) => {
             if json {
@@ -116,14 +184,20 @@ pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, Outco
     let summary = json!({
         "out_dir": trainer.out_dir, "step": st.step, "finished": outcome == Outcome::Finished,
         "best_val_loss": st.best_val_loss, "train_seconds": st.elapsed_s, "tokens_seen": st.tokens_seen,
+        "trainable": st.trainable,
+        "peak_step_rss_mb": trainer.peak_step_rss.map(|p| p as f64 / (1 << 20) as f64),
     });
     match &outcome {
         Outcome::Finished => {
             if json {
                 println!("{summary}");
             } else {
+                let peak = trainer
+                    .peak_step_rss
+                    .map(|p| format!(", peak memory of a step {:.0} MB", p as f64 / 1048576.0))
+                    .unwrap_or_default();
                 println!(
-                    "done: {} steps in {:.1} s of training; model in {}",
+                    "done: {} steps in {:.1} s of training{peak}; model in {}",
                     st.step,
                     st.elapsed_s,
                     trainer.out_dir.display()

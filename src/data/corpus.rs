@@ -47,6 +47,49 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Windows-1252's characters for bytes 0x80..=0x9F (where it differs from Latin-1); bytes it
+/// leaves undefined decode to the C1 control of the same number, as Python's `cp1252` does
+/// not (it fails) but browsers do.
+const CP1252_HIGH: [char; 32] = [
+    '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
+    '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}',
+    '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
+    '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
+];
+
+/// Reads a whole text file in `encoding`: `utf-8` (see [`read_text`]), `windows-1252` (alias
+/// `cp1252`, the usual "ANSI" of older English and Western European files) or `latin-1`
+/// (alias `iso-8859-1`).
+pub fn read_text_in(path: &Path, encoding: &str) -> Result<String> {
+    let e = encoding.to_ascii_lowercase().replace('_', "-");
+    let cp1252 = match e.as_str() {
+        "utf-8" | "utf8" => {
+            return read_text(path).map_err(|err| match err {
+                Error::Format { path, msg } if msg.contains("UTF-8") => Error::format(
+                    path,
+                    format!("{msg}; for a legacy file set its encoding (data.encoding = \"windows-1252\" or \"latin-1\")"),
+                ),
+                other => other,
+            })
+        }
+        "windows-1252" | "cp1252" => true,
+        "latin-1" | "latin1" | "iso-8859-1" => false,
+        other => {
+            return Err(Error::Config(format!(
+                "encoding {other:?} is not supported (utf-8, windows-1252, latin-1)"
+            )))
+        }
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0x9F if cp1252 => CP1252_HIGH[(b - 0x80) as usize],
+            _ => b as char,
+        })
+        .collect())
+}
+
 /// Reads a whole corpus file as text (see [`for_each_chunk`] for the formats), with an error
 /// naming the file and the byte offset of the first invalid UTF-8 sequence.
 pub fn read_text(path: &Path) -> Result<String> {
@@ -148,6 +191,24 @@ pub fn for_each_chunk(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn legacy_encodings_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.txt");
+        std::fs::write(&p, b"clich\xe9s \x97 caf\xe9 \x80").unwrap();
+        assert_eq!(
+            super::read_text_in(&p, "windows-1252").unwrap(),
+            "clichés — café €"
+        );
+        assert_eq!(
+            super::read_text_in(&p, "latin-1").unwrap(),
+            "clichés \u{97} café \u{80}"
+        );
+        let e = super::read_text_in(&p, "utf-8").unwrap_err().to_string();
+        assert!(e.contains("old.txt") && e.contains("windows-1252"), "{e}");
+        assert!(super::read_text_in(&p, "ebcdic").is_err());
+    }
+
     use super::*;
 
     #[test]

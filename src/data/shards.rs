@@ -24,6 +24,9 @@ pub struct ShardMeta {
     /// The files encoded, in order, with their sizes in bytes and modification times (seconds
     /// since the epoch), to notice a changed corpus.
     pub files: Vec<(PathBuf, u64, u64)>,
+    /// The token position where each file's text starts.
+    #[serde(default)]
+    pub file_starts: Vec<usize>,
 }
 
 /// A contiguous range of token positions used for one purpose (training or validation).
@@ -77,7 +80,10 @@ impl TokenShard {
         let tokenizer_sha256 = tokenizer.fingerprint()?;
         if bin.exists() && meta_path.exists() {
             if let Ok(meta) = read_json::<ShardMeta>(&meta_path) {
-                if meta.files == stamps && meta.tokenizer_sha256 == tokenizer_sha256 {
+                if meta.files == stamps
+                    && meta.tokenizer_sha256 == tokenizer_sha256
+                    && meta.file_starts.len() == files.len()
+                {
                     return Self::open(bin);
                 }
             }
@@ -90,6 +96,7 @@ impl TokenShard {
         };
         let newline = tokenizer.encode("\n")?;
         let mut count = 0usize;
+        let mut file_starts = Vec::with_capacity(files.len());
         let mut failure: Option<Error> = None;
         let written = write_with(bin, |w| {
             let put = |ids: &[u32], w: &mut dyn Write| -> std::io::Result<()> {
@@ -107,6 +114,7 @@ impl TokenShard {
                     put(&newline, w)?;
                     count += newline.len();
                 }
+                file_starts.push(count);
                 let r = for_each_chunk(f, CHUNK, |text| {
                     let ids = tokenizer.encode(text)?;
                     count += ids.len();
@@ -137,6 +145,7 @@ impl TokenShard {
             vocab_size,
             tokenizer_sha256,
             files: stamps,
+            file_starts,
         };
         write_json_atomic(&meta_path, &meta)?;
         Self::open(bin)
@@ -211,6 +220,38 @@ impl TokenShard {
             if (name == "training" || val_fraction > 0.0) && s.len() <= context {
                 return Err(Error::Data(format!(
                     "{}: the {name} split has {} tokens, but a window needs context + 1 = {}",
+                    self.path.display(),
+                    s.len(),
+                    context + 1
+                )));
+            }
+        }
+        Ok((train, val))
+    }
+
+    /// The tokens of the first `n_train` files for training, the rest (later files, held out
+    /// whole) for validation.
+    pub fn split_files(&self, n_train: usize, context: usize) -> Result<(Split, Split)> {
+        let starts = &self.meta.file_starts;
+        if n_train == 0 || n_train > starts.len() {
+            return Err(Error::Config(format!(
+                "cannot train on {n_train} of the shard's {} files",
+                starts.len()
+            )));
+        }
+        let boundary = starts.get(n_train).copied().unwrap_or(self.len());
+        let train = Split {
+            start: 0,
+            end: boundary,
+        };
+        let val = Split {
+            start: boundary,
+            end: self.len(),
+        };
+        for (name, s) in [("training", train), ("held-out validation", val)] {
+            if s.len() <= context && !(name != "training" && n_train == starts.len()) {
+                return Err(Error::Data(format!(
+                    "{}: the {name} files have {} tokens, but a window needs context + 1 = {}",
                     self.path.display(),
                     s.len(),
                     context + 1

@@ -367,7 +367,7 @@ impl Bert {
 /// prefix; a tied MLM decoder may be saved (`cls.predictions.decoder.weight` equals the word
 /// embeddings, `.decoder.bias` equals `cls.predictions.bias`); older files carry
 /// `position_ids` buffers and the next-sentence head.
-fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+pub(crate) fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     tensors
         .into_iter()
         .filter(|(k, _)| {
@@ -377,7 +377,8 @@ fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor>
                 || k.starts_with("cls.seq_relationship"))
         })
         .map(|(k, t)| {
-            if k.starts_with("bert.") || k.starts_with("cls.") {
+            // `classifier.*` is a sequence-classification head, outside the encoder.
+            if k.starts_with("bert.") || k.starts_with("cls.") || k.starts_with("classifier.") {
                 (k, t)
             } else {
                 (format!("bert.{k}"), t)

@@ -7,6 +7,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod llama;
 pub mod seq2seq;
+pub mod sequence_classifier;
 pub mod vit;
 
 pub use gpt2::{Gpt2, Gpt2Config};
@@ -92,6 +93,21 @@ impl ArchConfig {
         match self {
             ArchConfig::Gpt2(c) => c.n_positions,
             ArchConfig::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// The width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ArchConfig::Gpt2(c) => c.n_embd,
+            ArchConfig::Llama(c) => c.hidden_size,
+        }
+    }
+
+    pub fn set_tie_word_embeddings(&mut self, tie: bool) {
+        match self {
+            ArchConfig::Gpt2(c) => c.tie_word_embeddings = tie,
+            ArchConfig::Llama(c) => c.tie_word_embeddings = tie,
         }
     }
 

@@ -7,7 +7,7 @@
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How a parameter is initialised when the store does not hold it yet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +29,8 @@ pub struct ParamStore {
     shapes: Option<BTreeMap<String, Vec<usize>>>,
     /// Where loaded tensors came from, for error messages.
     source: Option<std::path::PathBuf>,
+    /// Parameters handed out as constants: no gradient, no optimizer state.
+    frozen: BTreeSet<String>,
 }
 
 impl ParamStore {
@@ -41,6 +43,7 @@ impl ParamStore {
             allow_init: true,
             shapes: None,
             source: None,
+            frozen: BTreeSet::new(),
         }
     }
 
@@ -76,6 +79,7 @@ impl ParamStore {
             allow_init: false,
             shapes: None,
             source: source.map(|p| p.to_path_buf()),
+            frozen: BTreeSet::new(),
         })
     }
 
@@ -107,7 +111,13 @@ impl ParamStore {
                     dims
                 )));
             }
-            return Ok(v.as_tensor().clone());
+            // A frozen parameter is a detached view of the same storage: backpropagation
+            // stops at it, so no gradient is computed or held for it.
+            return Ok(if self.frozen.contains(name) {
+                v.as_tensor().detach()
+            } else {
+                v.as_tensor().clone()
+            });
         }
         if !self.allow_init {
             return Err(self.err(format!("missing parameter {name} (shape {dims:?})")));
@@ -143,10 +153,33 @@ impl ParamStore {
         &self.vars
     }
 
-    /// The parameters the optimizer updates, by name: all of them until freezing lands
-    /// (fine-tuning with frozen layers narrows this set).
+    /// Freezes `names` (they must be held): from now on [`ParamStore::get`] hands them out
+    /// as constants and [`ParamStore::trainable`] skips them. Models built before this call
+    /// still hold the trainable tensors; build them again from the store.
+    pub fn freeze(&mut self, names: &BTreeSet<String>) -> Result<()> {
+        if let Some(missing) = names.iter().find(|n| !self.vars.contains_key(*n)) {
+            return Err(self.err(format!("cannot freeze {missing}: no such parameter")));
+        }
+        self.frozen = names.clone();
+        Ok(())
+    }
+
+    /// The frozen parameters' names.
+    pub fn frozen(&self) -> &BTreeSet<String> {
+        &self.frozen
+    }
+
+    /// The parameters the optimizer updates, by name (all but the frozen ones).
     pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
-        self.vars.iter()
+        self.vars.iter().filter(|(k, _)| !self.frozen.contains(*k))
+    }
+
+    /// Trainable and total numbers of scalar parameters.
+    pub fn trainable_count(&self) -> crate::peft::TrainableCount {
+        crate::peft::TrainableCount {
+            trainable_params: self.trainable().map(|(_, v)| v.elem_count()).sum(),
+            all_params: self.numel(),
+        }
     }
 
     /// The device the parameters live on.

@@ -29,6 +29,9 @@ pub struct TrainerState {
     pub best_val_loss: Option<f64>,
     /// Training wall time so far, in seconds (excluding time between interruption and resume).
     pub elapsed_s: f64,
+    /// Trainable and total parameters (fewer trainable when some are frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<crate::peft::TrainableCount>,
 }
 
 /// Folders `checkpoint-<step>` in `run`, oldest first.

@@ -68,3 +68,18 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
         })
         .collect()
 }
+
+/// The process's peak resident memory since the last [`reset_peak_rss`] (or its start), in
+/// bytes: Linux's `VmHWM`. `None` where the kernel does not report it.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Restarts the peak-memory count at the current resident size (Linux `clear_refs` 5), so
+/// [`peak_rss`] then reports the peak of the work that follows.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

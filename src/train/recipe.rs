@@ -6,6 +6,9 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+fn d_utf8() -> String {
+    "utf-8".into()
+}
 fn d_objective() -> String {
     "clm".into()
 }
@@ -84,7 +87,7 @@ pub struct Recipe {
     pub name: String,
     /// Training objective: `clm` (causal language modelling: GPT-2, Llama), `mlm` (masked
     /// language modelling: BERT), `seq2seq` (source/target pairs: Marian) or `classify` (image
-    /// classification: ViT).
+    /// classification with a ViT; text classification with BERT, GPT-2 or Llama).
     #[serde(default = "d_objective")]
     pub objective: String,
     pub data: DataConfig,
@@ -142,13 +145,30 @@ pub struct DataConfig {
     /// Images: class names by label, for data sets that store only numbers (IDX files).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Text: corpus files held out whole for validation, by file-name glob (e.g.
+    /// `["hamlet_gut.txt", "macbeth_*"]`); they are not trained on, and `val_fraction` is then
+    /// ignored.
+    #[serde(default)]
+    pub val_files: Vec<String>,
+    /// Labelled texts: k-fold cross-validation with this many folds (stratified by label,
+    /// seeded by `split_seed`; 0 or 1: off, `val_fraction` is held out instead). `finetune`
+    /// and `pretrain` train one run per fold and report the mean.
+    #[serde(default)]
+    pub folds: usize,
+    /// The fold held out for validation (set per run by the k-fold loop).
+    #[serde(default)]
+    pub fold: Option<usize>,
+    /// Labelled texts: the files' encoding, `utf-8`, `windows-1252` or `latin-1`.
+    #[serde(default = "d_utf8")]
+    pub encoding: String,
 }
 
 /// The model to build (sizes are ignored when `init` names an existing model).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Start from this Hugging Face model directory instead of random weights.
+    /// Start from this model instead of random weights: a run or Hugging Face directory, a
+    /// llama.cpp `.gguf` file (dequantized), or an asset name.
     #[serde(default)]
     pub init: Option<String>,
     /// `gpt2` (LayerNorm, GELU, learned or sinusoidal positions), `llama` (RMSNorm,
@@ -168,14 +188,23 @@ pub struct ModelConfig {
     /// sqrt(n_embd)) start larger, about n_embd^-0.5.
     #[serde(default)]
     pub init_std: Option<f64>,
+    /// Text classification: how the hidden states become one vector: `cls` (BERT's pooler on
+    /// `[CLS]`, as transformers), `mean` (over the real tokens, as sentence-transformers) or
+    /// `last` (the last real token; decoders) [default: the model's, else cls / last].
+    #[serde(default)]
+    pub pooling: Option<String>,
     /// ViT: side of the square patches the image is cut into.
     #[serde(default)]
     pub patch_size: Option<usize>,
     /// Llama: rotary base.
     #[serde(default = "d_theta")]
     pub rope_theta: f64,
+    /// Sizes of a fresh model (not needed with `init`).
+    #[serde(default)]
     pub n_layer: usize,
+    #[serde(default)]
     pub n_head: usize,
+    #[serde(default)]
     pub n_embd: usize,
     /// Maximum positions; defaults to the training context.
     #[serde(default)]
@@ -252,6 +281,15 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     #[serde(default = "d_seed")]
     pub seed: u64,
+    /// Parameters to freeze (not trained: no gradient, no optimizer state), as name patterns:
+    /// globs over dot-separated segments and layer ranges, e.g. `["embed_tokens",
+    /// "layers.0-25"]` (see `peft::freeze`).
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// If not empty, only parameters matching these patterns train (`freeze` then applies to
+    /// them too).
+    #[serde(default)]
+    pub train_only: Vec<String>,
 }
 
 /// The sample generated after training.
@@ -354,10 +392,10 @@ impl Recipe {
             ("clm", "gpt2" | "llama")
             | ("mlm", "bert")
             | ("seq2seq", "marian")
-            | ("classify", "vit") => {}
+            | ("classify", "vit" | "bert" | "gpt2" | "llama") => {}
             ("clm" | "mlm" | "seq2seq" | "classify", arch) => {
                 return Err(Error::Config(format!(
-                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit)",
+                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit on images or bert, gpt2, llama on texts)",
                     self.objective
                 )))
             }
@@ -367,7 +405,29 @@ impl Recipe {
                 )))
             }
         }
-        if self.objective == "classify" {
+        if let Some(p) = &self.model.pooling {
+            crate::models::sequence_classifier::Pooling::parse(p)?;
+        }
+        if let Some(k) = self.data.fold {
+            if k >= self.data.folds {
+                return Err(Error::Config(format!(
+                    "data.fold {k} is not one of the {} folds",
+                    self.data.folds
+                )));
+            }
+        }
+        if self.is_text_classification() {
+            if self.model.init.is_none() {
+                return Err(Error::Config(
+                    "text classification fine-tunes a pretrained model: set model.init (or pass --from)".into(),
+                ));
+            }
+            if t.context == 0 {
+                return Err(Error::Config(
+                    "train.context (the longest text in tokens) must be positive".into(),
+                ));
+            }
+        } else if self.objective == "classify" {
             if self.model.patch_size == Some(0) {
                 return Err(Error::Config("model.patch_size must be positive".into()));
             }
@@ -415,6 +475,12 @@ impl Recipe {
         if self.data.corpus.is_empty() {
             return Err(Error::Config("data.corpus is empty".into()));
         }
+        let m = &self.model;
+        if m.init.is_none() && (m.n_layer == 0 || m.n_head == 0 || m.n_embd == 0) {
+            return Err(Error::Config(
+                "a fresh model needs positive model.n_layer, model.n_head and model.n_embd (or model.init to start from a pretrained one)".into(),
+            ));
+        }
         if let Some(n) = self.model.n_positions {
             if n < t.context {
                 return Err(Error::Config(format!(
@@ -424,6 +490,11 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// Classifying texts (objective `classify` with a text model).
+    pub fn is_text_classification(&self) -> bool {
+        self.objective == "classify" && self.model.architecture != "vit"
     }
 
     /// Checkpoint interval in steps.

@@ -8,6 +8,7 @@ use crate::data::lexicon::{Lexicon, Part};
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
+use crate::models::sequence_classifier::{self, Body, Pooling, SequenceClassifier};
 use crate::models::vit::{self, Vit, VitConfig};
 use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
@@ -17,7 +18,7 @@ use crate::objective::CausalLm;
 use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, EOT};
 use crate::train::checkpoint::{self, Checkpoint, TrainerState};
-use crate::train::metrics::MetricsLog;
+use crate::train::metrics::{peak_rss, reset_peak_rss, MetricsLog};
 use crate::train::plot::plot_losses;
 use crate::train::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, Recipe};
 use crate::{Error, Result};
@@ -74,6 +75,12 @@ pub enum TrainData {
     Pairs(Box<PairData>),
     /// Labelled images (classification): training and held-out validation images.
     Images { train: ImageSet, val: ImageSet },
+    /// Labelled texts (classification): token ids and class index of each, and the classes.
+    Texts {
+        train: Vec<(Vec<u32>, u32)>,
+        val: Vec<(Vec<u32>, u32)>,
+        classes: Vec<String>,
+    },
 }
 
 impl TrainData {
@@ -83,6 +90,7 @@ impl TrainData {
             TrainData::Tokens { train, val, .. } => (train.len(), val.len(), "tokens"),
             TrainData::Pairs(p) => (p.train.len(), p.valid.len(), "pairs"),
             TrainData::Images { train, val } => (train.len(), val.len(), "images"),
+            TrainData::Texts { train, val, .. } => (train.len(), val.len(), "texts"),
         }
     }
 
@@ -90,6 +98,7 @@ impl TrainData {
     pub fn classes(&self) -> usize {
         match self {
             TrainData::Images { train, .. } => train.classes.len(),
+            TrainData::Texts { classes, .. } => classes.len(),
             _ => 0,
         }
     }
@@ -111,6 +120,8 @@ pub enum TrainModel {
         model: Box<Vit>,
         preprocessor: Box<Preprocessor>,
     },
+    /// A text classifier (an encoder or decoder with a classification head).
+    Text(Box<SequenceClassifier>),
 }
 
 impl TrainModel {
@@ -119,7 +130,7 @@ impl TrainModel {
             TrainModel::Causal(m) => m.vocab_size(),
             TrainModel::Masked { model, .. } => model.config.vocab_size,
             TrainModel::Seq2Seq { model, .. } => model.config.vocab_size,
-            TrainModel::Vit { .. } => 0,
+            TrainModel::Vit { .. } | TrainModel::Text(_) => 0,
         }
     }
 
@@ -129,14 +140,51 @@ impl TrainModel {
             TrainModel::Masked { model, .. } => model.config.max_position_embeddings,
             TrainModel::Seq2Seq { model, .. } => model.config.max_position_embeddings,
             TrainModel::Vit { model, .. } => model.config.grid().pow(2) + 1,
+            TrainModel::Text(m) => m.max_positions(),
         }
+    }
+
+    /// The same model built again from `store`: after [`ParamStore::freeze`], so frozen
+    /// parameters enter it as constants.
+    pub fn rebuild(self, store: &mut ParamStore) -> Result<Self> {
+        Ok(match self {
+            TrainModel::Causal(m) => TrainModel::Causal(CausalModel::new(&m.config(), store)?),
+            TrainModel::Masked { model, objective } => {
+                let heads = BertHeads {
+                    pooler: model.pooler.is_some(),
+                    mlm: model.mlm.is_some(),
+                };
+                TrainModel::Masked {
+                    model: Bert::new(&model.config, store, heads)?,
+                    objective,
+                }
+            }
+            TrainModel::Seq2Seq {
+                model,
+                target_tokenizer,
+            } => TrainModel::Seq2Seq {
+                model: Box::new(Seq2Seq::new(&model.config, store)?),
+                target_tokenizer,
+            },
+            TrainModel::Vit {
+                model,
+                preprocessor,
+            } => TrainModel::Vit {
+                model: Box::new(Vit::new(&model.config, store, model.classifier.is_some())?),
+                preprocessor,
+            },
+            TrainModel::Text(m) => TrainModel::Text(Box::new(m.rebuild(store)?)),
+        })
     }
 
     /// The causal LM, for sampling after training.
     pub fn causal(&self) -> Option<&CausalModel> {
         match self {
             TrainModel::Causal(m) => Some(m),
-            TrainModel::Masked { .. } | TrainModel::Seq2Seq { .. } | TrainModel::Vit { .. } => None,
+            TrainModel::Masked { .. }
+            | TrainModel::Seq2Seq { .. }
+            | TrainModel::Vit { .. }
+            | TrainModel::Text(_) => None,
         }
     }
 
@@ -158,6 +206,7 @@ impl TrainModel {
                 let c = &model.config;
                 c.hidden_dropout_prob > 0.0 || c.attention_probs_dropout_prob > 0.0
             }
+            TrainModel::Text(m) => m.uses_dropout(),
         }
     }
 
@@ -194,6 +243,15 @@ impl TrainModel {
             } => {
                 vit::save_dir(dir, model, store)?;
                 preprocessor.save(&dir.join("preprocessor_config.json"))?;
+            }
+            TrainModel::Text(m) => {
+                sequence_classifier::save_dir(dir, m, store)?;
+                if let (Body::Bert(b), Some(tok)) = (&m.body, tokenizer) {
+                    tok.save_bert_config(
+                        &dir.join("tokenizer_config.json"),
+                        b.config.max_position_embeddings,
+                    )?;
+                }
             }
         }
         match tokenizer {
@@ -232,6 +290,11 @@ pub struct Trainer {
     device: Device,
     /// Image runs: the current epoch and its permutation of the training images.
     epoch_order: std::sync::Mutex<Option<(usize, Vec<usize>)>>,
+    /// The highest peak resident memory of the training steps in any logging window of this
+    /// process (bytes; evaluation excluded).
+    pub peak_step_rss: Option<u64>,
+    /// Classification runs: the validation scores at the end of training.
+    pub val_scores: Option<crate::classify::Scores>,
 }
 
 fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
@@ -285,6 +348,7 @@ fn build_model(
     tokenizer: &Tokenizer,
     target: Option<&Tokenizer>,
     from: Option<&Path>,
+    preloaded: Option<(CausalModel, ParamStore)>,
     device: &Device,
 ) -> Result<(TrainModel, ParamStore)> {
     if recipe.objective == "mlm" {
@@ -326,9 +390,12 @@ fn build_model(
             store,
         ));
     }
-    let (model, store) = match from {
-        Some(dir) => models::load_dir(dir, device)?,
-        None => CausalModel::init(&model_config(recipe, tokenizer), device, recipe.train.seed)?,
+    let (model, store) = match (preloaded, from) {
+        (Some(loaded), _) => loaded,
+        (None, Some(dir)) => models::load_dir(dir, device)?,
+        (None, None) => {
+            CausalModel::init(&model_config(recipe, tokenizer), device, recipe.train.seed)?
+        }
     };
     Ok((TrainModel::Causal(model), store))
 }
@@ -409,6 +476,44 @@ fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
     ArchConfig::Gpt2(c)
 }
 
+fn is_gguf(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|x| x == "gguf")
+}
+
+/// `files` split into those trained on and those held out whole for validation (whose file
+/// names match one of `patterns`); each pattern must match a file.
+fn held_out(files: &[PathBuf], patterns: &[String]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let name = |f: &PathBuf| {
+        f.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    for p in patterns {
+        if !files.iter().any(|f| crate::io::glob_match(p, &name(f))) {
+            return Err(Error::Config(format!(
+                "data.val_files: {p:?} matches no corpus file ({} files, e.g. {})",
+                files.len(),
+                files
+                    .iter()
+                    .take(3)
+                    .map(name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let (val, train): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .iter()
+        .cloned()
+        .partition(|f| patterns.iter().any(|p| crate::io::glob_match(p, &name(f))));
+    if !patterns.is_empty() && train.is_empty() {
+        return Err(Error::Config(
+            "data.val_files holds out every corpus file; nothing is left to train on".into(),
+        ));
+    }
+    Ok((train, val))
+}
+
 /// The tokenizer, data and model of a text run (language modelling or sequence to sequence).
 fn text_run(
     recipe: &Recipe,
@@ -418,6 +523,7 @@ fn text_run(
     device: &Device,
 ) -> Result<(Tokenizer, TrainData, TrainModel, ParamStore)> {
     let files = corpus_files(corpus)?;
+    let mut preloaded = None;
     let (tokenizer, data) = if recipe.objective == "seq2seq" {
         let lex = Lexicon::read_cmudict(&corpus[0])?;
         let tokenizers = match from {
@@ -449,7 +555,12 @@ fn text_run(
         )?;
         (tok, TrainData::Pairs(Box::new(pairs)))
     } else {
-        let tokenizer = if let Some(dir) = from {
+        let tokenizer = if let Some(file) = from.filter(|p| is_gguf(p)) {
+            // A llama.cpp file: its weights dequantized to f32, its own tokenizer.
+            let p = crate::pretrained::Pretrained::from_gguf(file, device, false)?;
+            preloaded = Some((p.model, p.store));
+            p.tokenizer
+        } else if let Some(dir) = from {
             Tokenizer::load_dir(dir)?
         } else {
             let d = &recipe.data;
@@ -460,9 +571,16 @@ fn text_run(
                 path => Tokenizer::load(Path::new(path))?,
             }
         };
+        // Held-out files go last, so the validation range is exactly their tokens.
+        let (train_files, val_files) = held_out(&files, &recipe.data.val_files)?;
+        let ordered: Vec<PathBuf> = train_files.iter().chain(&val_files).cloned().collect();
         let shard =
-            TokenShard::build_or_open(&files, &tokenizer, &out_dir.join("data/tokens.bin"))?;
-        let (train, val) = shard.split(recipe.data.val_fraction, recipe.train.context)?;
+            TokenShard::build_or_open(&ordered, &tokenizer, &out_dir.join("data/tokens.bin"))?;
+        let (train, val) = if val_files.is_empty() {
+            shard.split(recipe.data.val_fraction, recipe.train.context)?
+        } else {
+            shard.split_files(train_files.len(), recipe.train.context)?
+        };
         (tokenizer, TrainData::Tokens { shard, train, val })
     };
     tokenizer.save(&out_dir.join("tokenizer.json"))?;
@@ -471,7 +589,7 @@ fn text_run(
         TrainData::Pairs(p) => Some(&p.target_tokenizer),
         _ => None,
     };
-    let (model, store) = build_model(recipe, &tokenizer, target, from, device)?;
+    let (model, store) = build_model(recipe, &tokenizer, target, from, preloaded, device)?;
     if model.vocab_size() < tokenizer.vocab_size() {
         return Err(Error::Config(format!(
             "the model's vocab_size ({}) is smaller than the tokenizer's ({})",
@@ -488,6 +606,98 @@ fn text_run(
     }
 
     Ok((tokenizer, data, model, store))
+}
+
+/// The tokenizer, data and model of a text classification run: the labelled texts of the
+/// corpus files, split by `data.folds` / `data.fold` (stratified k-fold) or `data.val_fraction`
+/// (seeded), and the pretrained model in `from` with a classification head (its own, or a fresh
+/// one for the data's classes).
+fn text_classification_run(
+    recipe: &Recipe,
+    corpus: &[PathBuf],
+    from: Option<&Path>,
+    out_dir: &Path,
+    device: &Device,
+) -> Result<(Tokenizer, TrainData, TrainModel, ParamStore)> {
+    let from = from.ok_or_else(|| {
+        Error::Config(
+            "text classification fine-tunes a pretrained model: set model.init or pass --from"
+                .into(),
+        )
+    })?;
+    if is_gguf(from) {
+        return Err(Error::format(
+            from,
+            "a classifier starts from a model directory; convert the GGUF file first (ferroformer convert)",
+        ));
+    }
+    let mut examples = vec![];
+    for f in corpus_files(corpus)? {
+        examples.extend(crate::data::labelled::read_labelled(
+            &f,
+            &recipe.data.encoding,
+        )?);
+    }
+    let data_classes = crate::data::labelled::label_names(&examples);
+    let pooling = recipe
+        .model
+        .pooling
+        .as_deref()
+        .map(Pooling::parse)
+        .transpose()?;
+    let (model, store) = sequence_classifier::load_dir(
+        from,
+        device,
+        Some(&data_classes),
+        pooling,
+        recipe.train.seed,
+    )?;
+    let tokenizer = Tokenizer::load_dir(from)?;
+    let classes = model.labels.clone();
+    let encoded: Vec<(Vec<u32>, u32)> = examples
+        .iter()
+        .map(|e| {
+            let label = classes
+                .iter()
+                .position(|c| *c == e.label)
+                .expect("load_dir checked the labels") as u32;
+            Ok((
+                model.encode(&tokenizer, &e.text, recipe.train.context)?,
+                label,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let d = &recipe.data;
+    let (train_idx, val_idx) = if d.folds >= 2 {
+        let labels: Vec<usize> = encoded.iter().map(|(_, l)| *l as usize).collect();
+        let fold_of = crate::data::labelled::stratified_folds(&labels, d.folds, d.split_seed)?;
+        let k = d.fold.ok_or_else(|| {
+            Error::Config(format!(
+                "data.folds is {}: name the held-out fold with data.fold",
+                d.folds
+            ))
+        })?;
+        (0..encoded.len()).partition(|&i| fold_of[i] != k)
+    } else {
+        images::split_indices(encoded.len(), d.val_fraction, d.split_seed)
+    };
+    if train_idx.is_empty() {
+        return Err(Error::Data("no training texts left after the split".into()));
+    }
+    let data_dir = out_dir.join("data");
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    crate::io::write_json_atomic(
+        &data_dir.join("split.json"),
+        &json!({ "val": val_idx, "classes": classes }),
+    )?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| encoded[i].clone()).collect();
+    let data = TrainData::Texts {
+        train: pick(&train_idx),
+        val: pick(&val_idx),
+        classes,
+    };
+    tokenizer.save(&out_dir.join("tokenizer.json"))?;
+    Ok((tokenizer, data, TrainModel::Text(Box::new(model)), store))
 }
 
 /// The data and model of an image classification run: the training images less a seeded
@@ -674,10 +884,14 @@ impl Trainer {
             .collect::<Result<_>>()?;
         let from = match (&resume_from, &recipe.model.init) {
             (Some((_, ck)), _) => Some(ck.clone()),
-            (None, Some(init)) => Some(assets::resolve(init)?),
+            (None, Some(init)) => Some(crate::pretrained::resolve_model(init)?),
             (None, None) => None,
         };
-        let (tokenizer, data, model, store) = if recipe.objective == "classify" {
+        let (tokenizer, data, mut model, mut store) = if recipe.is_text_classification() {
+            let (tokenizer, data, model, store) =
+                text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+            (Some(tokenizer), data, model, store)
+        } else if recipe.objective == "classify" {
             let (data, model, store) =
                 image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
             (None, data, model, store)
@@ -686,6 +900,16 @@ impl Trainer {
                 text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
             (Some(tokenizer), data, model, store)
         };
+        let spec = crate::peft::FreezeSpec {
+            freeze: recipe.train.freeze.clone(),
+            train_only: recipe.train.train_only.clone(),
+        };
+        if spec != crate::peft::FreezeSpec::default() {
+            let names: Vec<&str> = store.vars().keys().map(String::as_str).collect();
+            let frozen = crate::peft::frozen_names(&names, &spec)?;
+            store.freeze(&frozen)?;
+            model = model.rebuild(&mut store)?;
+        }
 
         let t = &recipe.train;
         let mut optimizer = AdamW::new(AdamWConfig {
@@ -694,7 +918,7 @@ impl Trainer {
             eps: t.eps,
             weight_decay: t.weight_decay,
         });
-        let state = match &resume_from {
+        let mut state = match &resume_from {
             Some((_, ck)) => {
                 let st = checkpoint::load_state(ck)?;
                 optimizer.load(&ck.join("optimizer.safetensors"), &store, st.step as u64)?;
@@ -709,9 +933,11 @@ impl Trainer {
                     tokens_seen: 0,
                     best_val_loss: None,
                     elapsed_s: 0.0,
+                    trainable: None,
                 }
             }
         };
+        state.trainable = Some(store.trainable_count());
         let schedule = LrSchedule {
             lr: t.lr,
             min_lr: t.min_lr,
@@ -736,6 +962,8 @@ impl Trainer {
             metrics,
             device: device.clone(),
             epoch_order: Default::default(),
+            peak_step_rss: None,
+            val_scores: None,
         })
     }
 
@@ -844,6 +1072,42 @@ impl Trainer {
                 Ok(BatchLoss {
                     loss,
                     tokens: b,
+                    hits: Some((b, correct)),
+                })
+            }
+            (
+                TrainModel::Text(model),
+                TrainData::Texts {
+                    train: tr, val: va, ..
+                },
+            ) => {
+                let set = if val { va } else { tr };
+                let idx = if train {
+                    let first = (self.state.step * self.recipe.train.grad_accum + micro) * b;
+                    epoch_indices(
+                        set.len(),
+                        first,
+                        b,
+                        self.recipe.train.seed,
+                        &self.epoch_order,
+                    )
+                } else {
+                    (0..b)
+                        .map(|_| rng.below(set.len() as u64) as usize)
+                        .collect()
+                };
+                let seqs: Vec<&[u32]> = idx.iter().map(|&i| set[i].0.as_slice()).collect();
+                let labels: Vec<u32> = idx.iter().map(|&i| set[i].1).collect();
+                let (loss, correct) = crate::classify::text_loss(
+                    model,
+                    &seqs,
+                    &labels,
+                    self.recipe.train.label_smoothing,
+                    dropout,
+                )?;
+                Ok(BatchLoss {
+                    loss,
+                    tokens: seqs.iter().map(|s| s.len()).sum(),
                     hits: Some((b, correct)),
                 })
             }
@@ -971,30 +1235,10 @@ impl Trainer {
             TrainData::Tokens { val, .. } => val.len() > t.context,
             TrainData::Pairs(p) => !p.valid.is_empty(),
             TrainData::Images { val, .. } => !val.is_empty(),
+            TrainData::Texts { val, .. } => !val.is_empty(),
         };
-        let (val_loss, val_accuracy) = if let (
-            TrainModel::Vit {
-                model,
-                preprocessor,
-            },
-            TrainData::Images { val, .. },
-            true,
-        ) = (&self.model, &self.data, has_val)
-        {
-            // Every validation image, so the accuracy is the held-out set's.
-            let (mut sum, mut correct) = (0f64, 0usize);
-            let all: Vec<usize> = (0..val.len()).collect();
-            for chunk in all.chunks(t.batch_size) {
-                let (x, labels) =
-                    crate::classify::batch(val, chunk, preprocessor, None, &self.device)?;
-                let (loss, c) = image_loss(model, &x, &labels, 0.0, None)?;
-                sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-                correct += c;
-            }
-            (
-                Some(sum / val.len() as f64),
-                Some(correct as f64 / val.len() as f64),
-            )
+        let (val_loss, val_accuracy) = if let (true, Some((l, a))) = (has_val, self.full_val()?) {
+            (Some(l), Some(a))
         } else if has_val {
             let (l, a) = mean(true, 101)?;
             (Some(l), a)
@@ -1011,34 +1255,80 @@ impl Trainer {
         })
     }
 
-    /// Image runs: the validation images' confusion matrix, as `confusion.json` and
-    /// `confusion.png` in the run directory.
-    fn write_confusion(&self) -> Result<()> {
-        let (
-            TrainModel::Vit {
-                model,
-                preprocessor,
+    /// Classification runs: mean loss and accuracy over every validation example (so the
+    /// accuracy is the held-out set's); `None` for other runs.
+    fn full_val(&self) -> Result<Option<(f64, f64)>> {
+        let bs = self.recipe.train.batch_size;
+        let (mut sum, mut correct, n) = (
+            0f64,
+            0usize,
+            match &self.data {
+                TrainData::Images { val, .. } => val.len(),
+                TrainData::Texts { val, .. } => val.len(),
+                _ => return Ok(None),
             },
-            TrainData::Images { val, .. },
-        ) = (&self.model, &self.data)
-        else {
-            return Ok(());
-        };
-        if val.is_empty() {
-            return Ok(());
+        );
+        let all: Vec<usize> = (0..n).collect();
+        for chunk in all.chunks(bs) {
+            let (loss, c) = match (&self.model, &self.data) {
+                (
+                    TrainModel::Vit {
+                        model,
+                        preprocessor,
+                    },
+                    TrainData::Images { val, .. },
+                ) => {
+                    let (x, labels) =
+                        crate::classify::batch(val, chunk, preprocessor, None, &self.device)?;
+                    image_loss(model, &x, &labels, 0.0, None)?
+                }
+                (TrainModel::Text(model), TrainData::Texts { val, .. }) => {
+                    let seqs: Vec<&[u32]> = chunk.iter().map(|&i| val[i].0.as_slice()).collect();
+                    let labels: Vec<u32> = chunk.iter().map(|&i| val[i].1).collect();
+                    crate::classify::text_loss(model, &seqs, &labels, 0.0, None)?
+                }
+                _ => return Ok(None),
+            };
+            sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            correct += c;
         }
-        let s = crate::classify::score(model, preprocessor, val, self.recipe.train.batch_size)?;
+        Ok(Some((
+            sum / n.max(1) as f64,
+            correct as f64 / n.max(1) as f64,
+        )))
+    }
+
+    /// Classification runs: the validation set's scores (accuracy, macro-F1, confusion
+    /// matrix), as `confusion.json` and `confusion.png` in the run directory.
+    fn write_confusion(&mut self) -> Result<()> {
+        let bs = self.recipe.train.batch_size;
+        let s = match (&self.model, &self.data) {
+            (
+                TrainModel::Vit {
+                    model,
+                    preprocessor,
+                },
+                TrainData::Images { val, .. },
+            ) if !val.is_empty() => crate::classify::score(model, preprocessor, val, bs)?,
+            (TrainModel::Text(model), TrainData::Texts { val, .. }) if !val.is_empty() => {
+                crate::classify::score_texts(model, val, bs)?
+            }
+            _ => return Ok(()),
+        };
         crate::io::write_json_atomic(&self.out_dir.join("confusion.json"), &s)?;
         crate::train::plot::plot_confusion(
             &s.confusion,
             &s.classes,
             &format!(
-                "validation images ({}), accuracy {:.2}%",
+                "validation set ({}), accuracy {:.2}%, macro-F1 {:.4}",
                 s.n,
-                100.0 * s.accuracy
+                100.0 * s.accuracy,
+                s.macro_f1
             ),
             &self.out_dir.join("confusion.png"),
-        )
+        )?;
+        self.val_scores = Some(s);
+        Ok(())
     }
 
     /// Saves `checkpoint-<step>` and refreshes the run directory's model.
@@ -1078,6 +1368,7 @@ impl Trainer {
         let mut window_start = Instant::now();
         let mut window_tokens = 0usize;
         let mut last_eval: Option<EvalStats> = None;
+        reset_peak_rss();
         while self.state.step < t.steps {
             let started = Instant::now();
             let stats = self.train_step()?;
@@ -1089,9 +1380,15 @@ impl Trainer {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                 let tps = window_tokens as f64 / secs;
                 bar.set_message(format!("loss {:.4}  {:.0} tok/s", stats.loss, tps));
+                let peak = peak_rss();
+                reset_peak_rss();
+                if let Some(p) = peak {
+                    self.peak_step_rss = Some(self.peak_step_rss.unwrap_or(0).max(p));
+                }
                 self.metrics.log(json!({
                     "step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
                     "tokens_per_s": tps, "tokens_seen": self.state.tokens_seen, "elapsed_s": self.state.elapsed_s,
+                    "peak_rss_mb": peak.map(|p| p as f64 / (1 << 20) as f64),
                 }))?;
                 window_start = Instant::now();
                 window_tokens = 0;
@@ -1120,9 +1417,11 @@ impl Trainer {
                 plot_losses(self.metrics.path(), &self.out_dir.join("loss.png"))?;
                 bar.suspend(|| on_event(Event::Eval(&ev)));
                 last_eval = Some(ev);
-                // Evaluation time is not training time: restart the throughput window.
+                // Evaluation time is not training time: restart the throughput window (and
+                // the memory peak, which is the training steps').
                 window_start = Instant::now();
                 window_tokens = 0;
+                reset_peak_rss();
             }
             let interrupted = INTERRUPTED.load(Ordering::SeqCst);
             if step % ckpt_every == 0 || step == t.steps || interrupted {

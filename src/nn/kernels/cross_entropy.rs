@@ -167,9 +167,12 @@ const HEAD_CHUNK: usize = 256;
 /// `HEAD_CHUNK` rows at a time and turned into their gradient at once, so the `[n, vocab]`
 /// logits (and their gradient) never exist whole. The op's output packs `[loss, dh, dW]`;
 /// backward only scales `dh` and `dW` by the incoming gradient of the loss. Same FLOPs as the
-/// separate matmul and loss, a fraction of the memory traffic.
+/// separate matmul and loss, a fraction of the memory traffic. With `weight_grad` false (a
+/// frozen head) `dW` is neither computed nor packed.
 #[derive(Clone, Copy, Debug)]
-pub struct HeadCrossEntropy;
+pub struct HeadCrossEntropy {
+    pub weight_grad: bool,
+}
 
 impl CustomOp3 for HeadCrossEntropy {
     fn name(&self) -> &'static str {
@@ -198,7 +201,8 @@ impl CustomOp3 for HeadCrossEntropy {
         let w = f32s(sw, lw, self.name())?;
         let t = u32s(st, lt, self.name())?;
         check(self.name(), n, v, t)?;
-        let mut out = vec![0f32; 1 + n * c + v * c];
+        let nw = if self.weight_grad { v * c } else { 0 };
+        let mut out = vec![0f32; 1 + n * c + nw];
         let (loss_slot, rest) = out.split_at_mut(1);
         let (dh, dw) = rest.split_at_mut(n * c);
         let wv = View::rows(w, v, c, c);
@@ -236,10 +240,12 @@ impl CustomOp3 for HeadCrossEntropy {
                 false,
                 true,
             );
-            matmul(ViewMut::rows(dw, v, c, c), g.t(), hc, true, true);
+            if self.weight_grad {
+                matmul(ViewMut::rows(dw, v, c, c), g.t(), hc, true, true);
+            }
         }
         loss_slot[0] = (loss / n as f64) as f32;
-        Ok((CpuStorage::F32(out), Shape::from(1 + n * c + v * c)))
+        Ok((CpuStorage::F32(out), Shape::from(1 + n * c + nw)))
     }
 
     fn bwd(
@@ -256,11 +262,16 @@ impl CustomOp3 for HeadCrossEntropy {
             .narrow(0, 1, nh)?
             .broadcast_mul(&g)?
             .reshape(h.shape())?;
-        let dw = res
-            .narrow(0, 1 + nh, nw)?
-            .broadcast_mul(&g)?
-            .reshape(w.shape())?;
-        Ok((Some(dh), Some(dw), None))
+        let dw = if self.weight_grad {
+            Some(
+                res.narrow(0, 1 + nh, nw)?
+                    .broadcast_mul(&g)?
+                    .reshape(w.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((super::tracked(h).then_some(dh), dw, None))
     }
 }
 
@@ -274,8 +285,11 @@ pub fn head_cross_entropy(
     if !fused(h.device()) || h.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
-    let packed =
-        h.contiguous()?
-            .apply_op3(&w.contiguous()?, &targets.contiguous()?, HeadCrossEntropy)?;
+    let op = HeadCrossEntropy {
+        weight_grad: super::tracked(w),
+    };
+    let packed = h
+        .contiguous()?
+        .apply_op3(&w.contiguous()?, &targets.contiguous()?, op)?;
     Ok(Some(packed.narrow(0, 0, 1)?.squeeze(0)?))
 }

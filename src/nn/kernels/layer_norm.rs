@@ -98,7 +98,7 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -109,7 +109,9 @@ impl CustomOp3 for LayerNormOp {
         let dx = packed.narrow(0, 0, n * c)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n * c, c)?;
         let db = packed.narrow(0, n * c + c, c)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        // Frozen gain and bias (or a constant input) get no gradient entry.
+        let keep = |t: &Tensor, g: Tensor| super::tracked(t).then_some(g);
+        Ok((keep(x, dx), keep(w, dw), keep(b, db)))
     }
 }
 

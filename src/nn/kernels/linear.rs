@@ -4,7 +4,7 @@
 //! strided views rather than copies. Without a bias it serves the tied output projection.
 
 use super::gemm::{matmul, View, ViewMut};
-use super::{f32s, fused};
+use super::{f32s, fused, tracked};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -31,9 +31,62 @@ pub struct MatmulOp {
     pub in_out: bool,
 }
 
+/// Backward of [`LinearOp`] / [`MatmulOp`]; computes only the gradients asked for.
 struct LinearGrad {
     in_out: bool,
-    bias: bool,
+    want_x: bool,
+    want_w: bool,
+    want_b: bool,
+}
+
+impl LinearGrad {
+    /// The gradients `x`, `w` (and `b`) need, and the backward op computing them packed.
+    fn for_args(in_out: bool, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Self {
+        LinearGrad {
+            in_out,
+            want_x: tracked(x),
+            want_w: tracked(w),
+            want_b: b.is_some_and(tracked),
+        }
+    }
+
+    /// Splits the packed `[dx | dW | db]` (each present only if wanted).
+    fn unpack(
+        &self,
+        packed: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        nb: usize,
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
+        let mut at = 0;
+        let mut take = |want: bool, n: usize, shape: &candle_core::Shape| {
+            if !want {
+                return Ok(None);
+            }
+            let t = packed.narrow(0, at, n)?.reshape(shape)?;
+            at += n;
+            candle_core::Result::Ok(Some(t))
+        };
+        let dx = take(self.want_x, x.elem_count(), x.shape())?;
+        let dw = take(self.want_w, w.elem_count(), w.shape())?;
+        let db = take(self.want_b, nb, &candle_core::Shape::from(nb))?;
+        Ok([dx, dw, db])
+    }
+
+    /// Runs the backward op, or returns no gradients when nothing needs one.
+    fn run(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        nb: usize,
+    ) -> candle_core::Result<[Option<Tensor>; 3]> {
+        if !(self.want_x || self.want_w || self.want_b) {
+            return Ok([None, None, None]);
+        }
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, self)?;
+        self.unpack(&packed, x, w, nb)
+    }
 }
 
 /// The weight as an `[in, out]` view.
@@ -119,20 +172,9 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = x.apply_op3_no_bwd(
-            w,
-            &grad.contiguous()?,
-            &LinearGrad {
-                in_out: self.in_out,
-                bias: true,
-            },
-        )?;
-        let (nx, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
-            Some(packed.narrow(0, nx + nw, nb)?),
-        ))
+        let [dx, dw, db] =
+            LinearGrad::for_args(self.in_out, x, w, Some(b)).run(x, w, grad, b.elem_count())?;
+        Ok((dx, dw, db))
     }
 }
 
@@ -158,19 +200,8 @@ impl CustomOp2 for MatmulOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let packed = x.apply_op3_no_bwd(
-            w,
-            &grad.contiguous()?,
-            &LinearGrad {
-                in_out: self.in_out,
-                bias: false,
-            },
-        )?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
-        ))
+        let [dx, dw, _] = LinearGrad::for_args(self.in_out, x, w, None).run(x, w, grad, 0)?;
+        Ok((dx, dw))
     }
 }
 
@@ -179,7 +210,7 @@ impl CustomOp3 for LinearGrad {
         "fused-linear-grad"
     }
 
-    /// Returns `[dx | dW | db]` (`db` only with a bias).
+    /// Returns `[dx | dW | db]`, each only if wanted.
     fn cpu_fwd(
         &self,
         sx: &CpuStorage,
@@ -193,21 +224,27 @@ impl CustomOp3 for LinearGrad {
         let x = f32s(sx, lx, self.name())?;
         let w = f32s(sw, lw, self.name())?;
         let dy = f32s(sg, lg, self.name())?;
-        let len = n * d_in + d_in * d_out + if self.bias { d_out } else { 0 };
+        let (nx, nw) = (
+            if self.want_x { n * d_in } else { 0 },
+            if self.want_w { d_in * d_out } else { 0 },
+        );
+        let len = nx + nw + if self.want_b { d_out } else { 0 };
         let mut out = vec![0f32; len];
-        let (dx, rest) = out.split_at_mut(n * d_in);
-        let (dw, db) = rest.split_at_mut(d_in * d_out);
+        let (dx, rest) = out.split_at_mut(nx);
+        let (dw, db) = rest.split_at_mut(nw);
         let dyv = View::rows(dy, n, d_out, d_out);
         let xv = View::rows(x, n, d_in, d_in);
-        // dx = dy W^T
-        matmul(
-            ViewMut::rows(dx, n, d_in, d_in),
-            dyv,
-            weight_view(w, d_in, d_out, self.in_out).t(),
-            false,
-            true,
-        );
-        if self.in_out {
+        if self.want_x {
+            // dx = dy W^T
+            matmul(
+                ViewMut::rows(dx, n, d_in, d_in),
+                dyv,
+                weight_view(w, d_in, d_out, self.in_out).t(),
+                false,
+                true,
+            );
+        }
+        if self.want_w && self.in_out {
             matmul(
                 ViewMut::rows(dw, d_in, d_out, d_out),
                 xv.t(),
@@ -215,7 +252,7 @@ impl CustomOp3 for LinearGrad {
                 false,
                 true,
             );
-        } else {
+        } else if self.want_w {
             matmul(
                 ViewMut::rows(dw, d_out, d_in, d_in),
                 dyv.t(),
@@ -224,7 +261,7 @@ impl CustomOp3 for LinearGrad {
                 true,
             );
         }
-        if self.bias {
+        if self.want_b {
             add_rows(dy, d_out, db);
         }
         Ok((CpuStorage::F32(out), Shape::from(len)))

@@ -48,6 +48,13 @@ pub fn fused(device: &Device) -> bool {
     m == 1
 }
 
+/// Whether backpropagation needs a gradient for `t`: a trainable parameter, or computed from
+/// one. Frozen parameters (and what is computed only from them) are not, so backward passes
+/// skip their gradients instead of computing and discarding them.
+pub(crate) fn tracked(t: &candle_core::Tensor) -> bool {
+    t.track_op()
+}
+
 /// The contiguous f32 data of a CPU tensor.
 pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let data = match s {

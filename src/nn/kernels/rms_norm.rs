@@ -88,10 +88,11 @@ impl CustomOp2 for RmsNormOp {
         let c = w.elem_count();
         let n = x.elem_count() / c;
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormGrad { eps: self.eps })?;
-        Ok((
-            Some(packed.narrow(0, 0, n * c)?.reshape(x.shape())?),
-            Some(packed.narrow(0, n * c, c)?),
-        ))
+        let dx = packed.narrow(0, 0, n * c)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n * c, c)?;
+        // A frozen gain (or a constant input) gets no gradient entry.
+        let keep = |t: &Tensor, g: Tensor| super::tracked(t).then_some(g);
+        Ok((keep(x, dx), keep(w, dw)))
     }
 }
 

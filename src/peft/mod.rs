@@ -1,0 +1,5 @@
+//! Parameter-efficient fine-tuning: training part of a model while the rest stays fixed.
+
+pub mod freeze;
+
+pub use freeze::{frozen_names, FreezeSpec, TrainableCount};
