@@ -296,6 +296,15 @@ impl Pretrained {
         config.extra_mut().extend(self.special.id_entries());
         models::save_dir(dir, &config, &self.store)?;
         self.tokenizer.save(&dir.join("tokenizer.json"))?;
+        for (name, value) in self.tokenizer_files() {
+            write_json_atomic(&dir.join(name), &value)?;
+        }
+        Ok(())
+    }
+
+    /// `tokenizer_config.json` (special tokens, chat template) and `generation_config.json`
+    /// (special token ids), as transformers reads them.
+    pub fn tokenizer_files(&self) -> Vec<(&'static str, Value)> {
         let mut tc = serde_json::Map::new();
         tc.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
         tc.insert("add_bos_token".into(), json!(self.special.add_bos));
@@ -315,8 +324,12 @@ impl Pretrained {
         if let Some(t) = &self.chat_template {
             tc.insert("chat_template".into(), json!(t));
         }
-        write_json_atomic(&dir.join("tokenizer_config.json"), &Value::Object(tc))?;
-        let gen = self.special.id_entries();
-        write_json_atomic(&dir.join("generation_config.json"), &Value::Object(gen))
+        vec![
+            ("tokenizer_config.json", Value::Object(tc)),
+            (
+                "generation_config.json",
+                Value::Object(self.special.id_entries()),
+            ),
+        ]
     }
 }

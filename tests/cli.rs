@@ -2,42 +2,8 @@
 //! exit code 1, never a panic.
 
 mod common;
-use assert_cmd::Command;
-use common::{small_corpus, tiny_recipe};
+use common::{fails_with, ff, small_corpus, stdout_of, tiny_recipe};
 use std::path::Path;
-
-fn ff() -> Command {
-    let mut c = Command::cargo_bin("ferroformer").unwrap();
-    c.args(["--threads", "2"]);
-    c
-}
-
-fn stdout_of(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail with exit code 1 and a message containing every `needles`.
-fn fails_with(c: &mut Command, needles: &[&str]) {
-    let out = c.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1, got {:?}: {err}",
-        out.status
-    );
-    assert!(!err.contains("panicked"), "panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-}
 
 fn last_json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.lines().last().expect("some output")).expect("last line is JSON")

@@ -264,35 +264,8 @@ fn metrics_match_scikit_learn() {
 
 mod cli {
     use super::common::fixture;
-    use assert_cmd::Command;
+    use super::common::{fails_with, ff, stdout_of as run_ok};
     use std::path::Path;
-
-    fn ff() -> Command {
-        let mut c = Command::cargo_bin("ferroformer").unwrap();
-        c.args(["--threads", "2"]);
-        c
-    }
-
-    fn run_ok(c: &mut Command) -> String {
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "command failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn fails_with(c: &mut Command, needles: &[&str]) {
-        let out = c.output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "expected exit 1: {err}");
-        assert!(!err.contains("panicked"), "panic: {err}");
-        for n in needles {
-            assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-        }
-    }
 
     /// 80 short reviews over the tiny fixture vocabulary: "good"/"happy" ones are pos,
     /// "bad"/"sad" ones neg, with filler words drawn by a fixed rule.
@@ -462,4 +435,213 @@ seed = 5
             &["matches no parameter", "layer"],
         );
     }
+}
+
+mod engine {
+    use super::common::{fixture, small_corpus, tiny_recipe};
+    use candle_core::Device;
+    use ferroformer::train::trainer::TrainData;
+    use ferroformer::train::{Outcome, Recipe, Trainer};
+    use std::path::Path;
+
+    fn classify_recipe(data: &Path, out: &Path, steps: usize) -> String {
+        format!(
+            r#"name = "resume-classify"
+objective = "classify"
+[data]
+corpus = [{data:?}]
+folds = 2
+fold = 0
+[model]
+init = {init:?}
+architecture = "bert"
+pooling = "cls"
+[train]
+out_dir = {out:?}
+steps = {steps}
+decay_steps = 20
+batch_size = 4
+grad_accum = 2
+context = 16
+lr = 1e-2
+min_lr = 1e-3
+warmup_steps = 2
+eval_interval = 5
+log_interval = 1
+seed = 9
+freeze = ["bert.embeddings", "layer.0"]
+"#,
+            init = fixture("bert-tiny-fillmask")
+        )
+    }
+
+    fn train(recipe: &str, resume: bool) -> Trainer {
+        let r = Recipe::parse(recipe, &[], Path::new("t.toml")).unwrap();
+        let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
+        assert_eq!(t.run(false, &mut |_| {}).unwrap(), Outcome::Finished);
+        t
+    }
+
+    /// A fine-tuning run with frozen layers (and a fresh pooler and head) interrupted at step
+    /// 10 and resumed to 20 ends bit for bit where the uninterrupted run does; frozen weights
+    /// never move.
+    #[test]
+    fn frozen_finetuning_resumes_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("reviews.txt");
+        let mut s = String::new();
+        for i in 0..24 {
+            let (l, w) = if i % 2 == 0 {
+                ("pos", "good")
+            } else {
+                ("neg", "bad")
+            };
+            s += &format!("__label__{l} the {w} dog .\n");
+        }
+        std::fs::write(&data, s).unwrap();
+        let a = train(&classify_recipe(&data, &d.path().join("a"), 20), false);
+        train(&classify_recipe(&data, &d.path().join("b"), 10), false);
+        let b = train(&classify_recipe(&data, &d.path().join("b"), 20), true);
+        let key = |t: &Trainer| {
+            let s = &t.state;
+            (
+                s.step,
+                s.data_rng,
+                s.dropout_rng,
+                s.tokens_seen,
+                s.best_val_loss,
+                s.trainable,
+            )
+        };
+        assert_eq!(key(&a), key(&b));
+        let (ta, tb) = (a.store.tensors(), b.store.tensors());
+        let before = ferroformer::io::safetensors::load(
+            &fixture("bert-tiny-fillmask/model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (k, t) in &ta {
+            assert!(flat(t) == flat(&tb[k]), "{k} differs after resume");
+            if k.starts_with("bert.embeddings") || k.contains("layer.0.") {
+                assert!(flat(t) == flat(&before[k]), "frozen {k} moved");
+            } else if let Some(orig) = before.get(k) {
+                assert!(flat(t) != flat(orig), "trainable {k} did not move");
+            }
+        }
+        let count = a.state.trainable.unwrap();
+        assert!(count.trainable_params < count.all_params);
+    }
+
+    /// `data.val_files` holds whole files out: validation is exactly their tokens.
+    #[test]
+    fn held_out_files_are_the_validation_split() {
+        let d = tempfile::tempdir().unwrap();
+        let corpus = d.path().join("corpus");
+        std::fs::create_dir(&corpus).unwrap();
+        let text = small_corpus(300);
+        let third = text.len() / 3;
+        std::fs::write(corpus.join("a.txt"), &text[..third]).unwrap();
+        std::fs::write(corpus.join("b.txt"), &text[third..2 * third]).unwrap();
+        std::fs::write(corpus.join("c.txt"), &text[2 * third..]).unwrap();
+        let recipe = tiny_recipe(&corpus, &d.path().join("run"), 1);
+        let r = Recipe::parse(
+            &recipe,
+            &["data.val_files=[\"b.*\"]".into()],
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let t = Trainer::prepare(r, false, &Device::Cpu).unwrap();
+        let TrainData::Tokens { shard, train, val } = &t.data else {
+            panic!("a token run")
+        };
+        // The char tokenizer: one token per character; b.txt is last, after a newline.
+        let b_chars = text[third..2 * third].chars().count();
+        assert_eq!(val.len(), b_chars);
+        assert_eq!(val.end, shard.len());
+        assert_eq!(train.len() + val.len(), shard.len());
+        for (set, needle) in [
+            ("data.val_files=[\"z*\"]", "matches no corpus file"),
+            ("data.val_files=[\"*.txt\"]", "nothing is left"),
+        ] {
+            let r = Recipe::parse(&recipe, &[set.into()], Path::new("t.toml")).unwrap();
+            let e = Trainer::prepare(r, false, &Device::Cpu)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+}
+
+/// SmolLM2-135M-Instruct's GGUF file fine-tuned for two steps with all but its last layer
+/// frozen: the run directory is a Hugging Face directory that keeps the chat template and
+/// special tokens, and loads for evaluation.
+#[test]
+fn gguf_model_finetunes_with_frozen_layers_into_a_hf_directory() {
+    use common::{ff, small_corpus, stdout_of};
+    let d = tempfile::tempdir().unwrap();
+    let corpus = d.path().join("corpus.txt");
+    std::fs::write(&corpus, small_corpus(200)).unwrap();
+    let run = d.path().join("run");
+    let recipe = d.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"name = "smol"
+[data]
+corpus = [{corpus:?}]
+[model]
+architecture = "llama"
+[train]
+out_dir = {run:?}
+steps = 2
+batch_size = 1
+context = 32
+lr = 1e-4
+min_lr = 1e-5
+warmup_steps = 1
+eval_interval = 2
+eval_iters = 1
+"#
+        ),
+    )
+    .unwrap();
+    let out = stdout_of(ff().args([
+        "--json",
+        "--quiet",
+        "finetune",
+        "--from",
+        "smollm2-135m-instruct",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--train-only",
+        "layers.29",
+    ]));
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["step"], 2);
+    let t = &summary["trainable"];
+    assert!(t["trainable_params"].as_u64().unwrap() < t["all_params"].as_u64().unwrap() / 20);
+    let tc: serde_json::Value =
+        ferroformer::io::read_json(&run.join("tokenizer_config.json")).unwrap();
+    assert!(tc["chat_template"].as_str().unwrap().contains("im_start"));
+    let cfg: serde_json::Value = ferroformer::io::read_json(&run.join("config.json")).unwrap();
+    assert!(cfg["eos_token_id"].is_number(), "{cfg}");
+    assert!(run.join("checkpoint-2/generation_config.json").exists());
+    let ppl = stdout_of(ff().args([
+        "--json",
+        "--quiet",
+        "eval",
+        "perplexity",
+        "--model",
+        run.to_str().unwrap(),
+        "--text",
+        corpus.to_str().unwrap(),
+        "--max-tokens",
+        "64",
+        "--context",
+        "32",
+    ]));
+    let p: serde_json::Value = serde_json::from_str(ppl.lines().last().unwrap()).unwrap();
+    assert!(p["perplexity"].as_f64().unwrap().is_finite());
 }

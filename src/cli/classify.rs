@@ -55,12 +55,7 @@ pub fn run(a: ClassifyArgs, c: &Common) -> Result<()> {
         if c.json {
             println!("{}", serde_json::to_string(p)?);
         } else {
-            let top: Vec<String> = p
-                .top
-                .iter()
-                .map(|t| format!("{} {:.4}", t.label, t.prob))
-                .collect();
-            println!("{}\t{}", p.file, top.join("\t"));
+            println!("{}\t{}", p.file, top_line(&p.top));
         }
     }
     if let Some(png) = &a.attention_map {
@@ -112,13 +107,17 @@ fn classify_texts(a: &ClassifyArgs, dir: &std::path::Path, c: &Common) -> Result
         if c.json {
             println!("{}", serde_json::to_string(p)?);
         } else {
-            let top: Vec<String> = p
-                .top
-                .iter()
-                .map(|t| format!("{} {:.4}", t.label, t.prob))
-                .collect();
-            println!("{}\t{}", top.join("\t"), p.text);
+            println!("{}\t{}", top_line(&p.top), p.text);
         }
     }
     Ok(())
+}
+
+/// `label prob` pairs, tab-separated, most probable first.
+fn top_line(top: &[ferroformer::classify::TopClass]) -> String {
+    let parts: Vec<String> = top
+        .iter()
+        .map(|t| format!("{} {:.4}", t.label, t.prob))
+        .collect();
+    parts.join("\t")
 }

@@ -63,6 +63,8 @@ pub struct Checkpoint<'a> {
     pub optimizer: &'a AdamW,
     pub state: &'a TrainerState,
     pub recipe_toml: &'a str,
+    /// Other files of the model directory, written as they are (name, content).
+    pub files: &'a [(String, Vec<u8>)],
 }
 
 /// Writes `checkpoint-<step>` atomically, refreshes the run directory's model files, and keeps
@@ -73,6 +75,9 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let tmp = run.join(format!(".checkpoint-{step}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     ck.model.save_dir(&tmp, ck.store, ck.tokenizer)?;
+    for (name, bytes) in ck.files {
+        write_atomic(&tmp.join(name), bytes)?;
+    }
     ck.optimizer
         .save(&tmp.join("optimizer.safetensors"), ck.store)?;
     write_json_atomic(&tmp.join("trainer_state.json"), ck.state)?;
@@ -85,6 +90,9 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
         let _ = d.sync_all();
     }
     ck.model.save_dir(run, ck.store, ck.tokenizer)?;
+    for (name, bytes) in ck.files {
+        write_atomic(&run.join(name), bytes)?;
+    }
     let all = list_checkpoints(run)?;
     if all.len() > keep {
         for (_, old) in &all[..all.len() - keep] {

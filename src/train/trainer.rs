@@ -295,6 +295,9 @@ pub struct Trainer {
     pub peak_step_rss: Option<u64>,
     /// Classification runs: the validation scores at the end of training.
     pub val_scores: Option<crate::classify::Scores>,
+    /// Files carried over from the starting model into every checkpoint (a causal LM's
+    /// tokenizer_config.json with its chat template, generation_config.json, ...).
+    model_files: ModelFiles,
 }
 
 fn char_tokenizer(files: &[PathBuf]) -> Result<Tokenizer> {
@@ -514,16 +517,30 @@ fn held_out(files: &[PathBuf], patterns: &[String]) -> Result<(Vec<PathBuf>, Vec
     Ok((train, val))
 }
 
-/// The tokenizer, data and model of a text run (language modelling or sequence to sequence).
+/// Files a causal LM's run directory carries over from the model it started from, so the
+/// fine-tuned model keeps its special tokens and chat template (transformers' names).
+const CARRIED_FILES: &[&str] = &[
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// What a run starts from besides weights: files written into every checkpoint verbatim.
+type ModelFiles = Vec<(String, Vec<u8>)>;
+
+/// The tokenizer, data and model of a text run (language modelling or sequence to sequence),
+/// and the files a causal LM carries over from the model it starts from.
 fn text_run(
     recipe: &Recipe,
     corpus: &[PathBuf],
     from: Option<&Path>,
     out_dir: &Path,
     device: &Device,
-) -> Result<(Tokenizer, TrainData, TrainModel, ParamStore)> {
+) -> Result<(Tokenizer, TrainData, TrainModel, ParamStore, ModelFiles)> {
     let files = corpus_files(corpus)?;
     let mut preloaded = None;
+    let mut carried = ModelFiles::new();
     let (tokenizer, data) = if recipe.objective == "seq2seq" {
         let lex = Lexicon::read_cmudict(&corpus[0])?;
         let tokenizers = match from {
@@ -557,10 +574,26 @@ fn text_run(
     } else {
         let tokenizer = if let Some(file) = from.filter(|p| is_gguf(p)) {
             // A llama.cpp file: its weights dequantized to f32, its own tokenizer.
-            let p = crate::pretrained::Pretrained::from_gguf(file, device, false)?;
+            let mut p = crate::pretrained::Pretrained::from_gguf(file, device, false)?;
+            for (name, v) in p.tokenizer_files() {
+                let bytes = serde_json::to_vec_pretty(&v).expect("JSON serialises");
+                carried.push((name.to_string(), bytes));
+            }
+            if let CausalModel::Llama(l) = &mut p.model {
+                l.config.extra.extend(p.special.id_entries());
+            }
             preloaded = Some((p.model, p.store));
             p.tokenizer
         } else if let Some(dir) = from {
+            if recipe.objective == "clm" {
+                for name in CARRIED_FILES {
+                    let path = dir.join(name);
+                    if path.is_file() {
+                        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                        carried.push((name.to_string(), bytes));
+                    }
+                }
+            }
             Tokenizer::load_dir(dir)?
         } else {
             let d = &recipe.data;
@@ -605,7 +638,7 @@ fn text_run(
         )));
     }
 
-    Ok((tokenizer, data, model, store))
+    Ok((tokenizer, data, model, store, carried))
 }
 
 /// The tokenizer, data and model of a text classification run: the labelled texts of the
@@ -887,19 +920,20 @@ impl Trainer {
             (None, Some(init)) => Some(crate::pretrained::resolve_model(init)?),
             (None, None) => None,
         };
-        let (tokenizer, data, mut model, mut store) = if recipe.is_text_classification() {
-            let (tokenizer, data, model, store) =
-                text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
-            (Some(tokenizer), data, model, store)
-        } else if recipe.objective == "classify" {
-            let (data, model, store) =
-                image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
-            (None, data, model, store)
-        } else {
-            let (tokenizer, data, model, store) =
-                text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
-            (Some(tokenizer), data, model, store)
-        };
+        let (tokenizer, data, mut model, mut store, model_files) =
+            if recipe.is_text_classification() {
+                let (tokenizer, data, model, store) =
+                    text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+                (Some(tokenizer), data, model, store, vec![])
+            } else if recipe.objective == "classify" {
+                let (data, model, store) =
+                    image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
+                (None, data, model, store, vec![])
+            } else {
+                let (tokenizer, data, model, store, files) =
+                    text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+                (Some(tokenizer), data, model, store, files)
+            };
         let spec = crate::peft::FreezeSpec {
             freeze: recipe.train.freeze.clone(),
             train_only: recipe.train.train_only.clone(),
@@ -964,6 +998,7 @@ impl Trainer {
             epoch_order: Default::default(),
             peak_step_rss: None,
             val_scores: None,
+            model_files,
         })
     }
 
@@ -1046,20 +1081,7 @@ impl Trainer {
                 TrainData::Images { train: tr, val: va },
             ) => {
                 let set = if val { va } else { tr };
-                let idx = if train {
-                    let first = (self.state.step * self.recipe.train.grad_accum + micro) * b;
-                    epoch_indices(
-                        set.len(),
-                        first,
-                        b,
-                        self.recipe.train.seed,
-                        &self.epoch_order,
-                    )
-                } else {
-                    (0..b)
-                        .map(|_| rng.below(set.len() as u64) as usize)
-                        .collect()
-                };
+                let idx = self.example_indices(set.len(), train, micro, rng);
                 let aug = train.then_some((&self.recipe.augment, &mut *rng));
                 let (x, labels) = crate::classify::batch(set, &idx, preprocessor, aug, device)?;
                 let (loss, correct) = image_loss(
@@ -1082,20 +1104,7 @@ impl Trainer {
                 },
             ) => {
                 let set = if val { va } else { tr };
-                let idx = if train {
-                    let first = (self.state.step * self.recipe.train.grad_accum + micro) * b;
-                    epoch_indices(
-                        set.len(),
-                        first,
-                        b,
-                        self.recipe.train.seed,
-                        &self.epoch_order,
-                    )
-                } else {
-                    (0..b)
-                        .map(|_| rng.below(set.len() as u64) as usize)
-                        .collect()
-                };
+                let idx = self.example_indices(set.len(), train, micro, rng);
                 let seqs: Vec<&[u32]> = idx.iter().map(|&i| set[i].0.as_slice()).collect();
                 let labels: Vec<u32> = idx.iter().map(|&i| set[i].1).collect();
                 let (loss, correct) = crate::classify::text_loss(
@@ -1114,6 +1123,20 @@ impl Trainer {
             _ => Err(Error::Config(
                 "this model cannot be trained on this kind of data".into(),
             )),
+        }
+    }
+
+    /// Classification runs: the `batch_size` examples (of `n`) of a batch: for training, the
+    /// next ones of the epoch's seeded permutation (`micro` of the step's micro-batches);
+    /// otherwise drawn at random from `rng`.
+    fn example_indices(&self, n: usize, train: bool, micro: usize, rng: &mut Rng) -> Vec<usize> {
+        let t = &self.recipe.train;
+        let b = t.batch_size;
+        if train {
+            let first = (self.state.step * t.grad_accum + micro) * b;
+            epoch_indices(n, first, b, t.seed, &self.epoch_order)
+        } else {
+            (0..b).map(|_| rng.below(n as u64) as usize).collect()
         }
     }
 
@@ -1343,6 +1366,7 @@ impl Trainer {
                 optimizer: &self.optimizer,
                 state: &self.state,
                 recipe_toml: &recipe_toml,
+                files: &self.model_files,
             },
             self.recipe.train.keep_checkpoints,
         )

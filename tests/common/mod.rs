@@ -195,3 +195,38 @@ log_interval = 1
 "#
     )
 }
+
+/// The binary, on 2 threads.
+pub fn ff() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("ferroformer").unwrap();
+    c.args(["--threads", "2"]);
+    c
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn stdout_of(c: &mut assert_cmd::Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with exit code 1 and a message containing every `needles`.
+pub fn fails_with(c: &mut assert_cmd::Command, needles: &[&str]) {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
