@@ -354,12 +354,7 @@ impl Bert {
         let h = head
             .norm
             .forward(&head.act.forward(&head.dense.forward(hidden)?)?)?;
-        let dec = Linear {
-            weight: head.decoder.clone(),
-            bias: Some(head.bias.clone()),
-            in_out: false,
-        };
-        dec.forward(&h)
+        Linear::plain(head.decoder.clone(), Some(head.bias.clone()), false).forward(&h)
     }
 }
 

@@ -349,12 +349,7 @@ impl Gpt2 {
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         // The head (or the tied embedding) is an [out, in] weight without bias.
         let w = self.lm_head.as_ref().unwrap_or(&self.wte.weight);
-        let head = Linear {
-            weight: w.clone(),
-            bias: None,
-            in_out: false,
-        };
-        head.forward(h)
+        Linear::plain(w.clone(), None, false).forward(h)
     }
 
     /// One empty cache per layer.

@@ -371,19 +371,18 @@ impl Source<'_> {
             } else {
                 None
             };
-            return Ok(Projection::Quantized {
-                weight: q.clone(),
-                bias,
-            });
+            return Projection::quantized(self.store, prefix, q.clone(), bias);
         }
         Projection::linear(self.store, prefix, d_in, d_out, bias, std)
     }
 }
 
 impl Llama {
-    /// Builds the model from `store` (initialising what it does not hold, if it may).
+    /// Builds the model from `store` (initialising what it does not hold, if it may); the
+    /// projections the store holds quantized stay quantized (frozen).
     pub fn new(config: &LlamaConfig, store: &mut ParamStore) -> Result<Self> {
-        Self::build(config, store, None)
+        let quant = store.quantized().clone();
+        Self::build(config, store, (!quant.is_empty()).then_some(&quant))
     }
 
     /// Builds the model with the projections found in `quant` kept quantized (inference only);
@@ -393,6 +392,7 @@ impl Llama {
         store: &mut ParamStore,
         quant: &QuantWeights,
     ) -> Result<Self> {
+        store.set_quantized(quant.clone());
         Self::build(config, store, Some(quant))
     }
 
@@ -489,12 +489,11 @@ impl Llama {
                 (Some(q), _) => Projection::Quantized {
                     weight: q.clone(),
                     bias: None,
+                    adapters: None,
                 },
-                (None, Some(e)) => Projection::Dense(crate::nn::Linear {
-                    weight: e.weight.clone(),
-                    bias: None,
-                    in_out: false,
-                }),
+                (None, Some(e)) => {
+                    Projection::Dense(crate::nn::Linear::plain(e.weight.clone(), None, false))
+                }
                 (None, None) => unreachable!("a quantized table comes from `quant`"),
             }
         } else {

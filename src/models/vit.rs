@@ -283,12 +283,7 @@ impl Vit {
             .reshape((b * gh * gw, c * p * p))?;
         let d = self.config.hidden_size;
         let w = self.patch_weight.reshape((d, c * p * p))?;
-        let y = crate::nn::Linear {
-            weight: w,
-            bias: Some(self.patch_bias.clone()),
-            in_out: false,
-        }
-        .forward(&x)?;
+        let y = crate::nn::Linear::plain(w, Some(self.patch_bias.clone()), false).forward(&x)?;
         Ok(y.reshape((b, gh * gw, d))?)
     }
 

@@ -2,6 +2,7 @@
 //! parameter-efficient methods (LoRA and friends) wrap this type rather than the models.
 
 use crate::nn::store::{Init, ParamStore};
+use crate::peft::{Adapters, Base};
 use crate::Result;
 use candle_core::{DType, Tensor, D};
 
@@ -13,6 +14,9 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// True when `weight` is `[in, out]` (GPT-2 Conv1D).
     pub in_out: bool,
+    /// Adapters (LoRA, IA3) wrapping this map, when the store that built it had some
+    /// targeting its path.
+    pub adapters: Option<Adapters>,
 }
 
 impl Linear {
@@ -26,19 +30,46 @@ impl Linear {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        Ok(Linear {
-            weight: store.get(
-                &format!("{prefix}.weight"),
-                &[d_out, d_in],
-                Init::Normal(std),
-            )?,
-            bias: if bias {
-                Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
-            } else {
-                None
-            },
-            in_out: false,
-        })
+        let weight = store.get(&format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std))?;
+        let bias = if bias {
+            Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
+        } else {
+            None
+        };
+        Linear::plain(weight, bias, false).adapted(store, prefix)
+    }
+
+    /// A map with no adapters.
+    pub fn plain(weight: Tensor, bias: Option<Tensor>, in_out: bool) -> Self {
+        Linear {
+            weight,
+            bias,
+            in_out,
+            adapters: None,
+        }
+    }
+
+    /// This map with the adapters `store` has for the module at `prefix`.
+    fn adapted(mut self, store: &mut ParamStore, prefix: &str) -> Result<Self> {
+        let (d_in, d_out) = self.dims()?;
+        let (w, in_out) = (self.weight.clone(), self.in_out);
+        let weight = move || -> Result<Tensor> { Ok(if in_out { w.t()? } else { w.clone() }) };
+        self.adapters = store.adapters_for(
+            prefix,
+            d_in,
+            d_out,
+            self.in_out,
+            false,
+            self.bias.is_some(),
+            &weight,
+        )?;
+        Ok(self)
+    }
+
+    /// `(in, out)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        let (a, b) = self.weight.dims2()?;
+        Ok(if self.in_out { (a, b) } else { (b, a) })
     }
 
     /// A GPT-2 Conv1D: weight `{prefix}.weight` of shape `[in, out]`, bias `{prefix}.bias`.
@@ -49,19 +80,43 @@ impl Linear {
         d_out: usize,
         std: f64,
     ) -> Result<Self> {
-        Ok(Linear {
-            weight: store.get(
-                &format!("{prefix}.weight"),
-                &[d_in, d_out],
-                Init::Normal(std),
-            )?,
-            bias: Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?),
-            in_out: true,
-        })
+        let weight = store.get(&format!("{prefix}.weight"), &[d_in, d_out], Init::Normal(std))?;
+        let bias = store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?;
+        Linear::plain(weight, Some(bias), true).adapted(store, prefix)
     }
 
     /// Applies the map to the last dimension of `x` (any leading shape).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.adapters {
+            None => self.forward_base(x),
+            Some(ad) => {
+                let dims = x.dims().to_vec();
+                let x2 = x.reshape(((), dims[dims.len() - 1]))?;
+                let base = |x: &Tensor| self.forward_base(x);
+                let weight = || -> Result<Tensor> {
+                    Ok(if self.in_out {
+                        self.weight.t()?
+                    } else {
+                        self.weight.clone()
+                    })
+                };
+                let y = ad.forward(
+                    &x2,
+                    Base {
+                        forward: &base,
+                        weight: &weight,
+                        bias: self.bias.as_ref(),
+                    },
+                )?;
+                let mut out_dims = dims;
+                *out_dims.last_mut().expect("rank >= 1") = y.dim(D::Minus1)?;
+                Ok(y.reshape(out_dims)?)
+            }
+        }
+    }
+
+    /// The map without adapters.
+    fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = dims[dims.len() - 1];
         // One 2-D matmul over all leading positions is much faster than a broadcast batch.
@@ -110,6 +165,8 @@ pub enum Projection {
         /// `[out, in]`, as `nn.Linear`.
         weight: QuantizedWeight,
         bias: Option<Tensor>,
+        /// Adapters trained (in f32) on the frozen quantized weight: QLoRA.
+        adapters: Option<Adapters>,
     },
 }
 
@@ -134,6 +191,32 @@ impl QuantizedWeight {
         Ok(match cpu {
             Some(w) => QuantizedWeight::Cpu(std::sync::Arc::new(w)),
             None => QuantizedWeight::Candle(candle_core::quantized::QMatMul::from_qtensor(q)?),
+        })
+    }
+
+    /// `x @ W^T` over the last dimension of `x`. On our CPU kernel the product has a
+    /// backward for `x` (the weight stays frozen), so adapters before it can train.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_core::Module;
+        Ok(match self {
+            QuantizedWeight::Cpu(w) => x.to_dtype(DType::F32)?.contiguous()?.apply_op1(
+                crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
+            )?,
+            QuantizedWeight::Candle(w) => w.forward(x)?,
+        })
+    }
+
+    /// The weight dequantized to f32 `[rows, cols]`.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(match self {
+            QuantizedWeight::Cpu(w) => w.dequantize(),
+            QuantizedWeight::Candle(candle_core::quantized::QMatMul::QTensor(q)) => {
+                q.dequantize(&q.device())?
+            }
+            QuantizedWeight::Candle(
+                candle_core::quantized::QMatMul::Tensor(t)
+                | candle_core::quantized::QMatMul::TensorF16(t),
+            ) => t.to_dtype(DType::F32)?,
         })
     }
 
@@ -168,24 +251,70 @@ impl Projection {
         )?))
     }
 
+    /// A frozen quantized projection, with the adapters `store` has for the module at
+    /// `prefix`.
+    pub fn quantized(
+        store: &mut ParamStore,
+        prefix: &str,
+        weight: QuantizedWeight,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        let dims = weight.dims();
+        let (d_out, d_in) = (dims[0], dims[1]);
+        let w = weight.clone();
+        let dense = move || w.dequantize();
+        let adapters =
+            store.adapters_for(prefix, d_in, d_out, false, true, bias.is_some(), &dense)?;
+        Ok(Projection::Quantized {
+            weight,
+            bias,
+            adapters,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projection::Dense(l) => l.forward(x),
-            Projection::Quantized { weight, bias } => {
-                use candle_core::Module;
-                let y = match weight {
-                    QuantizedWeight::Cpu(w) => {
-                        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(
-                            &crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
-                        )?
-                    }
-                    QuantizedWeight::Candle(w) => w.forward(x)?,
+            Projection::Quantized {
+                weight,
+                bias,
+                adapters,
+            } => {
+                let base = |x: &Tensor| -> Result<Tensor> {
+                    let y = weight.forward(x)?;
+                    Ok(match bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    })
                 };
-                Ok(match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                })
+                match adapters {
+                    None => base(x),
+                    Some(ad) => {
+                        let dims = x.dims().to_vec();
+                        let x2 = x.reshape(((), dims[dims.len() - 1]))?;
+                        let dense = || weight.dequantize();
+                        let y = ad.forward(
+                            &x2,
+                            crate::peft::Base {
+                                forward: &base,
+                                weight: &dense,
+                                bias: bias.as_ref(),
+                            },
+                        )?;
+                        let mut out_dims = dims;
+                        *out_dims.last_mut().expect("rank >= 1") = y.dim(D::Minus1)?;
+                        Ok(y.reshape(out_dims)?)
+                    }
+                }
             }
+        }
+    }
+
+    /// The adapters on this projection.
+    pub fn adapters(&self) -> Option<&Adapters> {
+        match self {
+            Projection::Dense(l) => l.adapters.as_ref(),
+            Projection::Quantized { adapters, .. } => adapters.as_ref(),
         }
     }
 
@@ -199,6 +328,7 @@ impl Projection {
                 Projection::Quantized {
                     weight: QuantizedWeight::Cpu(w),
                     bias: None,
+                    adapters: None,
                 } => Some(w.as_ref()),
                 _ => None,
             })
@@ -219,6 +349,7 @@ impl Projection {
         Some(Projection::Quantized {
             weight: QuantizedWeight::Cpu(std::sync::Arc::new(w)),
             bias: None,
+            adapters: None,
         })
     }
 }

@@ -16,6 +16,9 @@ pub enum Init {
     Ones,
     /// Normal with mean 0 and this standard deviation.
     Normal(f64),
+    /// Uniform on `[-bound, bound)` (PyTorch's Kaiming-uniform with `a = sqrt(5)` is
+    /// `bound = 1 / sqrt(fan_in)`).
+    Uniform(f64),
 }
 
 /// Named model parameters, iterated in key order (which makes optimizer state and
@@ -31,6 +34,11 @@ pub struct ParamStore {
     source: Option<std::path::PathBuf>,
     /// Parameters handed out as constants: no gradient, no optimizer state.
     frozen: BTreeSet<String>,
+    /// Matrices kept quantized (frozen), by key; models take a projection from here when it
+    /// holds the key.
+    quant: crate::models::llama::QuantWeights,
+    /// Registered adapters (LoRA, IA3) and the layers they wrap.
+    peft: crate::peft::PeftRegistry,
 }
 
 impl ParamStore {
@@ -44,6 +52,8 @@ impl ParamStore {
             shapes: None,
             source: None,
             frozen: BTreeSet::new(),
+            quant: Default::default(),
+            peft: Default::default(),
         }
     }
 
@@ -80,6 +90,8 @@ impl ParamStore {
             shapes: None,
             source: source.map(|p| p.to_path_buf()),
             frozen: BTreeSet::new(),
+            quant: Default::default(),
+            peft: Default::default(),
         })
     }
 
@@ -122,16 +134,56 @@ impl ParamStore {
         if !self.allow_init {
             return Err(self.err(format!("missing parameter {name} (shape {dims:?})")));
         }
+        self.init_param(name, dims, init)
+    }
+
+    fn init_param(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
         let n: usize = dims.iter().product();
         let data: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| (self.rng.normal() * std) as f32).collect(),
+            Init::Uniform(b) => (0..n)
+                .map(|_| ((self.rng.uniform() * 2.0 - 1.0) * b) as f32)
+                .collect(),
         };
-        let var = Var::from_tensor(&Tensor::from_vec(data, dims, &self.device)?)?;
-        let t = var.as_tensor().clone();
-        self.vars.insert(name.to_string(), var);
-        Ok(t)
+        self.insert(name, Tensor::from_vec(data, dims, &self.device)?)?;
+        self.get(name, dims, init)
+    }
+
+    /// As [`ParamStore::get`], but initialising a missing parameter even in a loaded store
+    /// (adapters added to a pretrained model).
+    pub fn get_or_init(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        if self.shapes.is_some() || self.vars.contains_key(name) {
+            return self.get(name, dims, init);
+        }
+        self.init_param(name, dims, init)
+    }
+
+    /// Adds (or replaces) parameter `name` with the value `t` (as f32 on the store's device).
+    pub fn insert(&mut self, name: &str, t: Tensor) -> Result<()> {
+        let t = t.to_dtype(DType::F32)?.to_device(&self.device)?;
+        self.vars.insert(name.to_string(), Var::from_tensor(&t)?);
+        Ok(())
+    }
+
+    /// Keeps `quant`'s matrices quantized: models built from the store take them from here.
+    pub fn set_quantized(&mut self, quant: crate::models::llama::QuantWeights) {
+        self.quant = quant;
+    }
+
+    /// The quantized matrices by key.
+    pub fn quantized(&self) -> &crate::models::llama::QuantWeights {
+        &self.quant
+    }
+
+    /// The registered adapters.
+    pub fn peft(&self) -> &crate::peft::PeftRegistry {
+        &self.peft
+    }
+
+    pub(crate) fn peft_mut(&mut self) -> &mut crate::peft::PeftRegistry {
+        &mut self.peft
     }
 
     /// After building a model from loaded tensors: the keys the model did not ask for.
@@ -176,9 +228,16 @@ impl ParamStore {
 
     /// Trainable and total numbers of scalar parameters.
     pub fn trainable_count(&self) -> crate::peft::TrainableCount {
+        // Quantized matrices not also held dense count once, as PEFT counts a 4-bit base.
+        let quantized: usize = self
+            .quant
+            .iter()
+            .filter(|(k, _)| !self.vars.contains_key(*k))
+            .map(|(_, q)| q.dims().iter().product::<usize>())
+            .sum();
         crate::peft::TrainableCount {
             trainable_params: self.trainable().map(|(_, v)| v.elem_count()).sum(),
-            all_params: self.numel(),
+            all_params: self.numel() + quantized,
         }
     }
 

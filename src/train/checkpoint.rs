@@ -65,6 +65,28 @@ pub struct Checkpoint<'a> {
     pub recipe_toml: &'a str,
     /// Other files of the model directory, written as they are (name, content).
     pub files: &'a [(String, Vec<u8>)],
+    /// An adapter run: the base model's name; the adapter is saved (as PEFT does) instead
+    /// of the whole model.
+    pub adapter_base: Option<&'a str>,
+}
+
+impl Checkpoint<'_> {
+    /// Writes the model (or the adapter), its tokenizer and the carried files into `dir`.
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        match self.adapter_base {
+            Some(base) => {
+                crate::peft::adapter_io::save_adapter(self.store, "default", dir, Some(base))?;
+                if let Some(t) = self.tokenizer {
+                    t.save(&dir.join("tokenizer.json"))?;
+                }
+            }
+            None => self.model.save_dir(dir, self.store, self.tokenizer)?,
+        }
+        for (name, bytes) in self.files {
+            write_atomic(&dir.join(name), bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes `checkpoint-<step>` atomically, refreshes the run directory's model files, and keeps
@@ -74,10 +96,7 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     let final_dir = run.join(format!("checkpoint-{step}"));
     let tmp = run.join(format!(".checkpoint-{step}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    ck.model.save_dir(&tmp, ck.store, ck.tokenizer)?;
-    for (name, bytes) in ck.files {
-        write_atomic(&tmp.join(name), bytes)?;
-    }
+    ck.save_model(&tmp)?;
     ck.optimizer
         .save(&tmp.join("optimizer.safetensors"), ck.store)?;
     write_json_atomic(&tmp.join("trainer_state.json"), ck.state)?;
@@ -89,10 +108,7 @@ pub fn save(run: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf> {
     if let Ok(d) = std::fs::File::open(run) {
         let _ = d.sync_all();
     }
-    ck.model.save_dir(run, ck.store, ck.tokenizer)?;
-    for (name, bytes) in ck.files {
-        write_atomic(&run.join(name), bytes)?;
-    }
+    ck.save_model(run)?;
     let all = list_checkpoints(run)?;
     if all.len() > keep {
         for (_, old) in &all[..all.len() - keep] {

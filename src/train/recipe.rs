@@ -101,6 +101,11 @@ pub struct Recipe {
     /// Training-image augmentation for the `classify` objective.
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// Parameter-efficient fine-tuning: train an adapter (LoRA, IA3) on the frozen
+    /// `model.init`, with PEFT's option names (`peft_type`, `r`, `lora_alpha`,
+    /// `target_modules`, ...). The run directory then holds the adapter, as PEFT saves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<crate::peft::PeftConfig>,
 }
 
 /// Random changes to each training image (seeded, so a resumed run sees the same ones).
@@ -221,6 +226,10 @@ pub struct ModelConfig {
     pub position_encoding: String,
     #[serde(default = "d_eps_ln")]
     pub layer_norm_epsilon: f64,
+    /// With a `.gguf` `init` and a `[peft]` adapter: keep the base's matrices quantized
+    /// (frozen, as in the file) while the adapter trains in f32 (QLoRA).
+    #[serde(default)]
+    pub quantized: bool,
 }
 
 /// Optimisation and bookkeeping.
@@ -379,6 +388,25 @@ impl Recipe {
     /// Checks values a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
+        if let Some(p) = &self.peft {
+            p.validate(true)
+                .map_err(|e| Error::Config(format!("[peft]: {e}")))?;
+            if self.model.init.is_none() {
+                return Err(Error::Config(
+                    "[peft] adapts a pretrained model: set model.init or pass --from".into(),
+                ));
+            }
+            if !(t.freeze.is_empty() && t.train_only.is_empty()) {
+                return Err(Error::Config(
+                    "train.freeze / train.train_only and [peft] exclude each other: an adapter run trains the adapter (and its modules_to_save) only".into(),
+                ));
+            }
+        }
+        if self.model.quantized && self.peft.is_none() {
+            return Err(Error::Config(
+                "model.quantized keeps the base frozen, so it needs a [peft] adapter to train".into(),
+            ));
+        }
         if !matches!(
             self.model.architecture.as_str(),
             "gpt2" | "llama" | "bert" | "marian" | "vit"

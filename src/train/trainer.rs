@@ -479,6 +479,51 @@ fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
     ArchConfig::Gpt2(c)
 }
 
+/// Puts adapter `default` (configured by `cfg`, or read from the checkpoint `resume`) on
+/// `model`, freezes everything it does not train, and returns the model rebuilt.
+fn attach_adapter(
+    model: TrainModel,
+    store: &mut ParamStore,
+    cfg: &crate::peft::PeftConfig,
+    base: Option<&str>,
+    resume: Option<&Path>,
+) -> Result<TrainModel> {
+    match resume {
+        Some(ck) => crate::peft::adapter_io::load_adapter(store, ck, "default")?,
+        None => {
+            let mut cfg = cfg.clone();
+            cfg.base_model_name_or_path = base.map(str::to_string);
+            store.add_adapter("default", cfg, None)?;
+        }
+    }
+    let model = model.rebuild(store)?;
+    if store.peft().modules.is_empty() {
+        let mut linear: Vec<String> = store
+            .vars()
+            .keys()
+            .filter_map(|k| k.strip_suffix(".weight"))
+            .filter_map(|m| m.rsplit('.').next())
+            .map(str::to_string)
+            .collect();
+        linear.sort();
+        linear.dedup();
+        return Err(Error::Config(format!(
+            "[peft] target_modules {} match no linear layer of this model (module names end in: {})",
+            serde_json::to_string(&cfg.target_modules).expect("serialises"),
+            linear.join(", ")
+        )));
+    }
+    let trainable = store.adapter_trainable();
+    let frozen = store
+        .vars()
+        .keys()
+        .filter(|k| !trainable.contains(*k))
+        .cloned()
+        .collect();
+    store.freeze(&frozen)?;
+    model.rebuild(store)
+}
+
 fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().is_some_and(|x| x == "gguf")
 }
@@ -574,7 +619,8 @@ fn text_run(
     } else {
         let tokenizer = if let Some(file) = from.filter(|p| is_gguf(p)) {
             // A llama.cpp file: its weights dequantized to f32, its own tokenizer.
-            let mut p = crate::pretrained::Pretrained::from_gguf(file, device, false)?;
+            let mut p =
+                crate::pretrained::Pretrained::from_gguf(file, device, recipe.model.quantized)?;
             for (name, v) in p.tokenizer_files() {
                 let bytes = serde_json::to_vec_pretty(&v).expect("JSON serialises");
                 carried.push((name.to_string(), bytes));
@@ -915,11 +961,18 @@ impl Trainer {
             .iter()
             .map(|c| assets::resolve(c))
             .collect::<Result<_>>()?;
+        // An adapter run resumes from its base: the checkpoint holds only the adapter.
         let from = match (&resume_from, &recipe.model.init) {
-            (Some((_, ck)), _) => Some(ck.clone()),
-            (None, Some(init)) => Some(crate::pretrained::resolve_model(init)?),
-            (None, None) => None,
+            (Some((_, ck)), _) if recipe.peft.is_none() => Some(ck.clone()),
+            (_, Some(init)) => Some(crate::pretrained::resolve_model(init)?),
+            (_, None) => None,
         };
+        if recipe.model.quantized && !from.as_deref().is_some_and(is_gguf) {
+            return Err(Error::Config(
+                "model.quantized needs a .gguf model.init (the base whose matrices stay quantized)"
+                    .into(),
+            ));
+        }
         let (tokenizer, data, mut model, mut store, model_files) =
             if recipe.is_text_classification() {
                 let (tokenizer, data, model, store) =
@@ -943,6 +996,15 @@ impl Trainer {
             let frozen = crate::peft::frozen_names(&names, &spec)?;
             store.freeze(&frozen)?;
             model = model.rebuild(&mut store)?;
+        }
+        if let Some(cfg) = &recipe.peft {
+            model = attach_adapter(
+                model,
+                &mut store,
+                cfg,
+                recipe.model.init.as_deref(),
+                resume_from.as_ref().map(|(_, ck)| ck.as_path()),
+            )?;
         }
 
         let t = &recipe.train;
@@ -1184,18 +1246,31 @@ impl Trainer {
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
         let dropout = self.model.uses_dropout();
+        let adapter_dropout = self
+            .store
+            .peft()
+            .adapters
+            .iter()
+            .any(|a| a.config.lora_dropout > 0.0);
         for micro in 0..accum {
             let mut rng = self.state.data_rng;
             let mut drop_rng = self.state.dropout_rng;
-            let BatchLoss {
-                loss, tokens: n, ..
-            } = self.batch_loss(
+            // Adapter dropout draws from its own stream, seeded from the saved one, so a
+            // resumed run drops the same inputs.
+            self.store
+                .peft()
+                .set_dropout(adapter_dropout.then(|| Rng::new(drop_rng.next_u64())));
+            let batch = self.batch_loss(
                 false,
                 &mut rng,
                 dropout.then_some(&mut drop_rng),
                 true,
                 micro,
-            )?;
+            );
+            self.store.peft().set_dropout(None);
+            let BatchLoss {
+                loss, tokens: n, ..
+            } = batch?;
             tokens += n;
             self.state.data_rng = rng;
             self.state.dropout_rng = drop_rng;
@@ -1367,6 +1442,11 @@ impl Trainer {
                 state: &self.state,
                 recipe_toml: &recipe_toml,
                 files: &self.model_files,
+                adapter_base: self
+                    .recipe
+                    .peft
+                    .as_ref()
+                    .and(self.recipe.model.init.as_deref()),
             },
             self.recipe.train.keep_checkpoints,
         )

@@ -198,6 +198,22 @@ impl QWeight {
         }
     }
 
+    /// Rows `start .. start + n` dequantized to f32 `[n, cols]`.
+    pub fn dequantize_rows(&self, start: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(i, row)| self.dequantize_row(start + i, row));
+        out
+    }
+
+    /// The whole matrix dequantized, `[rows, cols]`.
+    pub fn dequantize(&self) -> candle_core::Tensor {
+        let data = self.dequantize_rows(0, self.rows);
+        candle_core::Tensor::from_vec(data, (self.rows, self.cols), &candle_core::Device::Cpu)
+            .expect("sizes agree")
+    }
+
     /// Rows `start .. start + n` as a view sharing this matrix's data.
     pub fn row_range(&self, start: usize, n: usize) -> Option<QWeight> {
         (start + n <= self.rows).then(|| QWeight {
@@ -449,8 +465,9 @@ mod simd {
     }
 }
 
-/// `x @ W^T` as a candle op (inference only: quantized weights are frozen and there is no
-/// backward).
+/// `x @ W^T` as a candle op. The quantized weight is frozen; the backward gives `x` its
+/// gradient `dy W`, with `W` dequantized a block of rows at a time (so a large output head is
+/// never held in f32 whole), which lets adapters below a quantized layer train (QLoRA).
 #[derive(Clone, Debug)]
 pub struct QMatMulOp {
     pub weight: Arc<QWeight>,
@@ -476,6 +493,34 @@ impl CustomOp1 for QMatMulOp {
         let mut out = dims.to_vec();
         *out.last_mut().expect("rank >= 1") = self.weight.rows;
         Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        grad: &candle_core::Tensor,
+    ) -> candle_core::Result<Option<candle_core::Tensor>> {
+        const CHUNK: usize = 4096;
+        let w = &self.weight;
+        let dy = grad.reshape(((), w.rows))?;
+        let mut dx: Option<candle_core::Tensor> = None;
+        let mut start = 0;
+        while start < w.rows {
+            let n = CHUNK.min(w.rows - start);
+            let block = candle_core::Tensor::from_vec(
+                w.dequantize_rows(start, n),
+                (n, w.cols),
+                arg.device(),
+            )?;
+            let part = dy.narrow(1, start, n)?.contiguous()?.matmul(&block)?;
+            dx = Some(match dx {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+            start += n;
+        }
+        Ok(Some(dx.expect("rows > 0").reshape(arg.shape())?))
     }
 }
 

@@ -1,0 +1,346 @@
+//! An adapter's configuration, as Hugging Face PEFT writes it in `adapter_config.json` (and
+//! as a recipe's `[peft]` table holds it): the method, the modules it wraps, its sizes.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The adapter methods ferroformer implements, by PEFT's `peft_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeftType {
+    #[serde(rename = "LORA")]
+    Lora,
+    #[serde(rename = "IA3")]
+    Ia3,
+}
+
+impl PeftType {
+    pub const NAMES: &'static str = "LORA (lora), IA3 (ia3)";
+
+    /// Parses PEFT's name or its lower-case CLI spelling.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "LORA" => Ok(PeftType::Lora),
+            "IA3" => Ok(PeftType::Ia3),
+            _ => Err(Error::Config(format!(
+                "unknown peft_type {s:?} (supported: {})",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
+/// Which modules an adapter wraps: PEFT's `target_modules`, a list of names (a module matches
+/// when its path equals one or ends with `.name`), one regular expression that must match the
+/// whole path, or `"all-linear"` (every linear layer but the output head).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Targets {
+    List(Vec<String>),
+    Pattern(String),
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets::List(vec![])
+    }
+}
+
+/// PEFT's `bias`: which biases train (and are saved with the adapter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BiasMode {
+    #[default]
+    None,
+    All,
+    LoraOnly,
+}
+
+fn d_r() -> usize {
+    8
+}
+fn d_alpha() -> f64 {
+    8.0
+}
+fn d_true() -> bool {
+    true
+}
+
+fn parse_peft_type<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<PeftType, D::Error> {
+    let s = String::deserialize(d)?;
+    PeftType::parse(&s).map_err(serde::de::Error::custom)
+}
+
+/// An adapter configuration. Field names and defaults are PEFT's (LoRA: r 8, lora_alpha 8,
+/// no dropout, bias none, PEFT's initialisation); keys PEFT writes that ferroformer does not
+/// use are kept in `other`, so a configuration read and written again loses nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftConfig {
+    /// `LORA` or `IA3` (recipes may write `lora` / `ia3`).
+    #[serde(deserialize_with = "parse_peft_type")]
+    pub peft_type: PeftType,
+    /// PEFT's task type, e.g. `CAUSAL_LM`, `SEQ_CLS` (informational).
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub target_modules: Targets,
+    /// LoRA rank.
+    #[serde(default = "d_r")]
+    pub r: usize,
+    /// LoRA scaling numerator: the update is scaled by `lora_alpha / r` (or `/ sqrt(r)` with
+    /// `use_rslora`).
+    #[serde(default = "d_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input during training.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    #[serde(default)]
+    pub bias: BiasMode,
+    /// Rank-stabilised scaling `lora_alpha / sqrt(r)`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// DoRA: the weight's direction from LoRA, its per-output-row magnitude learned apart.
+    #[serde(default)]
+    pub use_dora: bool,
+    /// PEFT's default initialisation (A Kaiming-uniform, B zero); `false` makes B random too
+    /// (the adapter then changes the model from the start; for tests).
+    #[serde(default = "d_true")]
+    pub init_lora_weights: bool,
+    /// Modules trained in full and saved with the adapter (e.g. a classification head).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// Only these layer indices get adapters.
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// Per-module rank / alpha overrides: a pattern matching the end of a module path.
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// IA3: the targets whose input (not output) is scaled.
+    #[serde(default)]
+    pub feedforward_modules: Option<Targets>,
+    /// The base model the adapter was trained on (a path or name).
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// PEFT's "fan_in_fan_out" and the like are derived here from the layer itself; these keys of
+/// `adapter_config.json` are understood (or harmless) even though no field holds them.
+const IGNORED_KEYS: &[&str] = &[
+    "fan_in_fan_out",
+    "inference_mode",
+    "revision",
+    "auto_mapping",
+    "layers_pattern",
+    "lora_bias",
+    "exclude_modules",
+    "megatron_config",
+    "megatron_core",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "layer_replication",
+    "runtime_config",
+    "use_qalora",
+    "qalora_group_size",
+    "trainable_token_indices",
+    "target_parameters",
+    "peft_version",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "ensure_weight_tying",
+    "init_ia3_weights",
+];
+
+impl PeftConfig {
+    /// A LoRA configuration with PEFT's defaults.
+    pub fn lora(r: usize, lora_alpha: f64, targets: Targets) -> Self {
+        let mut c: PeftConfig =
+            serde_json::from_value(serde_json::json!({"peft_type": "LORA"})).expect("defaults");
+        c.r = r;
+        c.lora_alpha = lora_alpha;
+        c.target_modules = targets;
+        c
+    }
+
+    /// Checks the values (and, for a recipe, that no key is unknown).
+    pub fn validate(&self, strict: bool) -> Result<()> {
+        if self.peft_type == PeftType::Lora && self.r == 0 {
+            return Err(Error::Config("peft.r must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::Config(format!(
+                "peft.lora_dropout must be in [0, 1), got {}",
+                self.lora_dropout
+            )));
+        }
+        if let Targets::List(l) = &self.target_modules {
+            if l.is_empty() {
+                return Err(Error::Config(
+                    "peft.target_modules is empty: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\"".into(),
+                ));
+            }
+        }
+        self.target_modules.compile()?;
+        if let Some(ff) = &self.feedforward_modules {
+            ff.compile()?;
+        }
+        if self.peft_type == PeftType::Ia3 && (self.use_dora || self.bias != BiasMode::None) {
+            return Err(Error::Config(
+                "IA3 takes no use_dora or bias options".into(),
+            ));
+        }
+        let unknown: Vec<&String> = self
+            .other
+            .keys()
+            .filter(|k| !IGNORED_KEYS.contains(&k.as_str()))
+            .collect();
+        if strict && !unknown.is_empty() {
+            return Err(Error::Config(format!("unknown peft keys: {unknown:?}")));
+        }
+        for (k, v) in &self.other {
+            let unsupported = match k.as_str() {
+                "layer_replication" | "loftq_config" | "eva_config" | "corda_config" => {
+                    !v.is_null() && v != &serde_json::json!({})
+                }
+                "use_qalora" | "lora_bias" => v.as_bool() == Some(true),
+                "exclude_modules" | "trainable_token_indices" | "target_parameters" => {
+                    !(v.is_null() || v == &serde_json::json!([]))
+                }
+                _ => false,
+            };
+            if unsupported {
+                return Err(Error::Config(format!(
+                    "adapter option {k} = {v} is not supported"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the adapter wraps the module at `path` (e.g. `model.layers.3.self_attn.q_proj`).
+    pub fn targets(&self, path: &str) -> bool {
+        if path == "lm_head" && self.target_modules == Targets::Pattern("all-linear".into()) {
+            return false;
+        }
+        if !self.target_modules.matches(path) {
+            return false;
+        }
+        match &self.layers_to_transform {
+            Some(layers) => layer_index(path).is_some_and(|i| layers.contains(&i)),
+            None => true,
+        }
+    }
+
+    /// IA3: whether the target's input rather than its output is scaled.
+    pub fn is_feedforward(&self, path: &str) -> bool {
+        self.feedforward_modules
+            .as_ref()
+            .is_some_and(|f| f.matches(path))
+    }
+
+    /// Whether `param` (a parameter name) belongs to one of `modules_to_save`.
+    pub fn saves_module_of(&self, param: &str) -> bool {
+        let module = param.rsplit_once('.').map_or(param, |(m, _)| m);
+        self.modules_to_save
+            .iter()
+            .flatten()
+            .any(|m| module == m || module.ends_with(&format!(".{m}")))
+    }
+
+    /// The rank and the update's scale for the module at `path` (pattern overrides applied).
+    pub fn rank_and_scaling(&self, path: &str) -> (usize, f64) {
+        let find = |keys: Vec<&String>| -> Option<String> {
+            keys.into_iter()
+                .find(|k| {
+                    regex::Regex::new(&format!(r"^(.*\.)?(?:{k})$"))
+                        .is_ok_and(|re| re.is_match(path))
+                })
+                .cloned()
+        };
+        let r = find(self.rank_pattern.keys().collect())
+            .map(|k| self.rank_pattern[&k])
+            .unwrap_or(self.r);
+        let alpha = find(self.alpha_pattern.keys().collect())
+            .map(|k| self.alpha_pattern[&k])
+            .unwrap_or(self.lora_alpha);
+        let scaling = if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        };
+        (r, scaling)
+    }
+}
+
+/// The layer index in a path such as `model.layers.12.mlp.up_proj` (`layers` or `h`, as
+/// PEFT's default layer patterns).
+fn layer_index(path: &str) -> Option<usize> {
+    let parts: Vec<&str> = path.split('.').collect();
+    parts.windows(2).find_map(|w| {
+        matches!(w[0], "layers" | "h" | "layer" | "blocks")
+            .then(|| w[1].parse().ok())
+            .flatten()
+    })
+}
+
+impl Targets {
+    fn compile(&self) -> Result<Option<regex::Regex>> {
+        match self {
+            Targets::Pattern(p) if p != "all-linear" => regex::Regex::new(&format!("^(?:{p})$"))
+                .map(Some)
+                .map_err(|e| Error::Config(format!("target_modules {p:?}: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the module at `path` is selected (PEFT's `check_target_module_exists`).
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Targets::List(names) => names
+                .iter()
+                .any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            Targets::Pattern(p) if p == "all-linear" => true,
+            Targets::Pattern(_) => self
+                .compile()
+                .ok()
+                .flatten()
+                .is_some_and(|re| re.is_match(path)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_match_as_peft() {
+        let l = Targets::List(vec!["q_proj".into(), "v_proj".into()]);
+        assert!(l.matches("model.layers.0.self_attn.q_proj"));
+        assert!(!l.matches("model.layers.0.self_attn.qq_proj"));
+        let p = Targets::Pattern(r".*layers\.1\..*(q_proj|down_proj)".into());
+        assert!(p.matches("model.layers.1.mlp.down_proj"));
+        assert!(!p.matches("model.layers.11.mlp.down_proj"));
+        let mut c = PeftConfig::lora(4, 8.0, Targets::Pattern("all-linear".into()));
+        assert!(c.targets("model.layers.0.mlp.up_proj") && !c.targets("lm_head"));
+        c.layers_to_transform = Some(vec![1]);
+        assert!(!c.targets("model.layers.0.mlp.up_proj") && c.targets("model.layers.1.mlp.up_proj"));
+        c.rank_pattern.insert("up_proj".into(), 2);
+        c.use_rslora = true;
+        assert_eq!(c.rank_and_scaling("model.layers.1.mlp.up_proj"), (2, 8.0 / 2f64.sqrt()));
+        assert_eq!(c.rank_and_scaling("model.layers.1.mlp.down_proj"), (4, 4.0));
+    }
+
+    #[test]
+    fn unknown_peft_type_is_named() {
+        let e = serde_json::from_value::<PeftConfig>(serde_json::json!({"peft_type": "BOFT"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BOFT") && e.contains("LORA"), "{e}");
+    }
+}
