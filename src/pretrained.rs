@@ -92,6 +92,18 @@ impl Pretrained {
     /// matrices quantized.
     pub fn load(arg: &str, device: &Device, quantized: bool) -> Result<Self> {
         let path = resolve_model(arg)?;
+        if crate::peft::adapter_io::is_adapter_dir(&path) && !path.join("config.json").exists() {
+            // A PEFT adapter directory: its base model, with it applied.
+            let cfg = crate::peft::adapter_io::read_config(&path)?;
+            let base = cfg.base_model_name_or_path.ok_or_else(|| {
+                Error::format(
+                    &path,
+                    "an adapter without base_model_name_or_path: pass the base as --model and this directory as --adapter",
+                )
+            })?;
+            return Self::load(&base, device, quantized)?
+                .with_adapters(&[("default".to_string(), path.clone())]);
+        }
         if path.is_dir() {
             if quantized {
                 return Err(Error::format(
@@ -227,12 +239,16 @@ impl Pretrained {
     /// 512-token windows of SmolLM2 peaked at 8.5 GB that way). Quantized models are left as
     /// they are (their matrices are constants already).
     pub fn for_inference(mut self) -> Result<Self> {
-        if self.quantized {
-            return Ok(self);
-        }
         let all = self.store.vars().keys().cloned().collect();
         self.store.freeze(&all)?;
         self.model = CausalModel::new(&self.model.config(), &mut self.store)?;
+        Ok(self)
+    }
+
+    /// Loads PEFT adapter directories `(name, dir)` onto the model (the first loaded is the
+    /// active one; switch with `store.peft().set_active`).
+    pub fn with_adapters(mut self, adapters: &[(String, PathBuf)]) -> Result<Self> {
+        self.model = self.model.with_adapters(&mut self.store, adapters)?;
         Ok(self)
     }
 

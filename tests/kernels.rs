@@ -216,11 +216,7 @@ fn linear_both_orientations_with_all_gradients() {
             };
             let w = Var::from_tensor(&randn(wd, 0.5, 10 + i as u64)).unwrap();
             let b = Var::from_tensor(&randn(&[d_out], 0.5, 20 + i as u64)).unwrap();
-            let lin = Linear {
-                weight: w.as_tensor().clone(),
-                bias: Some(b.as_tensor().clone()),
-                in_out,
-            };
+            let lin = Linear::plain(w.as_tensor().clone(), Some(b.as_tensor().clone()), in_out);
             let what = format!("linear {n}x{d_in}->{d_out} in_out={in_out}");
             check(
                 &what,
@@ -241,11 +237,7 @@ fn linear_both_orientations_with_all_gradients() {
     for in_out in [true, false] {
         let x = randn(&[33, 24], 1.0, 8);
         let w = randn(if in_out { &[24, 100] } else { &[100, 24] }, 0.5, 9);
-        let lin = Linear {
-            weight: w,
-            bias: None,
-            in_out,
-        };
+        let lin = Linear::plain(w, None, in_out);
         check(
             &format!("matmul in_out={in_out}"),
             &x,
@@ -256,11 +248,7 @@ fn linear_both_orientations_with_all_gradients() {
     }
     // 3-D input keeps its leading shape.
     let x = randn(&[2, 3, 4], 1.0, 1);
-    let lin = Linear {
-        weight: randn(&[4, 6], 1.0, 2),
-        bias: Some(randn(&[6], 1.0, 3)),
-        in_out: true,
-    };
+    let lin = Linear::plain(randn(&[4, 6], 1.0, 2), Some(randn(&[6], 1.0, 3)), true);
     assert_eq!(lin.forward(&x).unwrap().dims(), &[2, 3, 6]);
 }
 
@@ -269,11 +257,7 @@ fn blocked_causal_attention_matches_composition() {
     use ferroformer::nn::kernels::attention::causal_attention;
     use ferroformer::nn::{CausalSelfAttention, Dropout, Linear};
     let c = 48;
-    let dummy = |d_in: usize, d_out: usize| Linear {
-        weight: randn(&[d_in, d_out], 0.1, 1),
-        bias: None,
-        in_out: true,
-    };
+    let dummy = |d_in: usize, d_out: usize| Linear::plain(randn(&[d_in, d_out], 0.1, 1), None, true);
     for (i, (b, t, heads)) in [
         (1usize, 1usize, 1usize),
         (2, 7, 4),

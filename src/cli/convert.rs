@@ -10,9 +10,14 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// The model to convert: a llama.cpp .gguf file (dequantized to f32), a Hugging Face
-    /// directory, or an asset name such as smollm2-135m-instruct.
+    /// directory, or an asset name such as smollm2-135m-instruct [default with
+    /// --merge-adapter: the adapter's base_model_name_or_path].
     #[arg(long)]
-    pub from: String,
+    pub from: Option<String>,
+    /// Fold this PEFT adapter directory into the weights (PEFT's merge_and_unload) and write
+    /// the merged model (repeatable: all are merged).
+    #[arg(long, value_name = "DIR")]
+    pub merge_adapter: Vec<PathBuf>,
     /// Output directory (created; must not already hold a model unless --force).
     #[arg(long)]
     pub to: PathBuf,
@@ -28,7 +33,33 @@ pub fn run(a: ConvertArgs, c: &Common) -> Result<()> {
             a.to.display()
         );
     }
-    let p = load_model(&a.from, c, false)?;
+    let from = match (&a.from, a.merge_adapter.first()) {
+        (Some(f), _) => f.clone(),
+        (None, Some(dir)) => ferroformer::peft::adapter_io::read_config(dir)?
+            .base_model_name_or_path
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: the adapter names no base_model_name_or_path; pass --from BASE",
+                    dir.display()
+                )
+            })?,
+        (None, None) => bail!("nothing to convert: pass --from MODEL (and/or --merge-adapter DIR)"),
+    };
+    let mut p = load_model(&from, c, false)?;
+    if !a.merge_adapter.is_empty() {
+        let specs: Vec<String> = a
+            .merge_adapter
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("adapter{i}={}", d.display()))
+            .collect();
+        p = p.with_adapters(&super::adapter_specs(&specs)?)?;
+        let names: Vec<String> = (0..specs.len()).map(|i| format!("adapter{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        p.store.peft().set_active(&names)?;
+        p.store.merge_and_unload()?;
+        p.model = ferroformer::models::CausalModel::new(&p.model.config(), &mut p.store)?;
+    }
     p.save_dir(&a.to)?;
     if c.json {
         println!(

@@ -29,6 +29,13 @@ pub struct FinetuneArgs {
     /// to train.train_only), e.g. --train-only layers.26-29 --train-only model.norm.
     #[arg(long = "train-only", value_name = "PATTERN")]
     pub train_only: Vec<String>,
+    /// Train an adapter instead of the model: `lora` or `ia3` (sets peft.peft_type; the other
+    /// options, with PEFT's names and defaults, via --set peft.r=8 --set
+    /// peft.target_modules='["q_proj","v_proj"]' or a [peft] table in the recipe). The run
+    /// directory then holds adapter_config.json + adapter_model.safetensors. With a .gguf
+    /// --from, --set model.quantized=true keeps the base quantized (QLoRA).
+    #[arg(long, value_name = "METHOD")]
+    pub peft: Option<String>,
     /// Continue the fine-tuning run in the recipe's train.out_dir from its newest checkpoint,
     /// exactly.
     #[arg(long, default_value_t = false)]
@@ -39,6 +46,10 @@ pub fn run(a: FinetuneArgs, c: &Common) -> Result<()> {
     let mut set = a.set;
     if let Some(seed) = c.seed {
         set.push(format!("train.seed={seed}"));
+    }
+    if let Some(method) = a.peft {
+        ferroformer::peft::PeftType::parse(&method)?;
+        set.insert(0, format!("peft.peft_type={}", toml::Value::String(method)));
     }
     if let Some(from) = a.from {
         // Before parsing, so the recipe is checked as the model it will start from.

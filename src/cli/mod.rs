@@ -155,12 +155,60 @@ pub struct ModelArgs {
     /// memory; inference only) [default: dequantize to f32].
     #[arg(long, default_value_t = false)]
     pub quantized: bool,
+    /// A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to apply,
+    /// as `DIR` or `NAME=DIR` (repeatable: several adapters load side by side; the first is
+    /// active unless --active-adapter says otherwise). `--model` may also be an adapter
+    /// directory itself, whose base_model_name_or_path is then loaded.
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub adapter: Vec<String>,
+    /// The adapters applied, by name, comma-separated (LoRA updates of several add up)
+    /// [default: the first --adapter].
+    #[arg(long, value_name = "NAME[,NAME]")]
+    pub active_adapter: Option<String>,
 }
 
 impl ModelArgs {
     pub fn load(&self, c: &Common) -> Result<ferroformer::pretrained::Pretrained> {
-        load_model(&self.model, c, self.quantized)
+        let adapters = adapter_specs(&self.adapter)?;
+        let p = load_model(&self.model, c, self.quantized)?.with_adapters(&adapters)?;
+        if let Some(active) = &self.active_adapter {
+            let names: Vec<&str> = active.split(',').map(str::trim).collect();
+            p.store.peft().set_active(&names)?;
+        }
+        if c.progress() {
+            for (name, dir) in &adapters {
+                eprintln!("adapter {name}: {}", dir.display());
+            }
+        }
+        Ok(p)
     }
+}
+
+/// `--adapter` values as (name, directory): `NAME=DIR`, or `DIR` named `default` (the first)
+/// or after its folder.
+pub fn adapter_specs(args: &[String]) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for a in args {
+        let (name, dir) = match a.split_once('=') {
+            Some((n, d)) if !n.contains(['/', '\\']) => (n.to_string(), d.to_string()),
+            _ => {
+                let dir = std::path::Path::new(a);
+                let name = if out.is_empty() {
+                    "default".to_string()
+                } else {
+                    dir.file_name()
+                        .map(|f| f.to_string_lossy().replace('.', "_"))
+                        .unwrap_or_else(|| format!("adapter{}", out.len()))
+                };
+                (name, a.clone())
+            }
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            anyhow::bail!("--adapter: two adapters named {name:?}; name them NAME=DIR");
+        }
+        out.push((name, dir.into()));
+    }
+    Ok(out)
 }
 
 /// Loads `--model` for inference, with a note on stderr of what was loaded.

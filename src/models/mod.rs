@@ -157,6 +157,36 @@ impl CausalModel {
         Ok((model, store))
     }
 
+    /// This model with PEFT adapter directories `(name, dir)` loaded into `store` and applied
+    /// (the first one active). On a frozen (inference) store the adapters are frozen too.
+    pub fn with_adapters(
+        self,
+        store: &mut ParamStore,
+        adapters: &[(String, std::path::PathBuf)],
+    ) -> Result<Self> {
+        if adapters.is_empty() {
+            return Ok(self);
+        }
+        for (name, dir) in adapters {
+            crate::peft::adapter_io::load_adapter(store, dir, name)?;
+        }
+        if !store.frozen().is_empty() {
+            let all = store.vars().keys().cloned().collect();
+            store.freeze(&all)?;
+        }
+        let model = CausalModel::new(&self.config(), store)?;
+        crate::peft::adapter_io::check_adapters_used(store)?;
+        Ok(model)
+    }
+
+    /// transformers' `model_type`: `gpt2` or `llama`.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            CausalModel::Gpt2(_) => "gpt2",
+            CausalModel::Llama(_) => "llama",
+        }
+    }
+
     pub fn config(&self) -> ArchConfig {
         match self {
             CausalModel::Gpt2(m) => ArchConfig::Gpt2(m.config.clone()),

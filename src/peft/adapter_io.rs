@@ -147,8 +147,8 @@ pub fn check_adapters_used(store: &ParamStore) -> Result<()> {
     Ok(())
 }
 
-/// The tensors saved for adapter `name`, by file key.
-pub fn adapter_tensors(store: &ParamStore, name: &str) -> Result<BTreeMap<String, Tensor>> {
+/// The store keys of what adapter `name` saves, each with its key in the adapter file.
+pub fn adapter_keys(store: &ParamStore, name: &str) -> Result<Vec<(String, String)>> {
     let reg = store.peft();
     let a = reg
         .get(name)
@@ -156,9 +156,9 @@ pub fn adapter_tensors(store: &ParamStore, name: &str) -> Result<BTreeMap<String
     let adapted: BTreeSet<String> = reg.modules.keys().cloned().collect();
     Ok(store
         .vars()
-        .iter()
-        .filter(|(k, _)| trains(&a.config, name, k, &adapted))
-        .map(|(k, v)| {
+        .keys()
+        .filter(|k| trains(&a.config, name, k, &adapted))
+        .map(|k| {
             // A parameter of an adapted layer is its `base_layer`'s in PEFT's module tree.
             let key = match k.rsplit_once('.') {
                 Some((m, p)) if split_param_name(k).is_none() && adapted.contains(m) => {
@@ -166,8 +166,16 @@ pub fn adapter_tensors(store: &ParamStore, name: &str) -> Result<BTreeMap<String
                 }
                 _ => file_key(k),
             };
-            (key, v.as_tensor().clone())
+            (k.clone(), key)
         })
+        .collect())
+}
+
+/// The tensors saved for adapter `name`, by file key.
+pub fn adapter_tensors(store: &ParamStore, name: &str) -> Result<BTreeMap<String, Tensor>> {
+    Ok(adapter_keys(store, name)?
+        .into_iter()
+        .map(|(k, f)| (f, store.vars()[&k].as_tensor().clone()))
         .collect())
 }
 

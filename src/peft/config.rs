@@ -67,6 +67,15 @@ fn d_true() -> bool {
     true
 }
 
+/// PEFT writes `lora_alpha` as an integer; so do we when it is one.
+fn int_if_whole<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
 fn parse_peft_type<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<PeftType, D::Error> {
     let s = String::deserialize(d)?;
     PeftType::parse(&s).map_err(serde::de::Error::custom)
@@ -90,7 +99,7 @@ pub struct PeftConfig {
     pub r: usize,
     /// LoRA scaling numerator: the update is scaled by `lora_alpha / r` (or `/ sqrt(r)` with
     /// `use_rslora`).
-    #[serde(default = "d_alpha")]
+    #[serde(default = "d_alpha", serialize_with = "int_if_whole")]
     pub lora_alpha: f64,
     /// Dropout on the adapter's input during training.
     #[serde(default)]
@@ -178,13 +187,6 @@ impl PeftConfig {
                 self.lora_dropout
             )));
         }
-        if let Targets::List(l) = &self.target_modules {
-            if l.is_empty() {
-                return Err(Error::Config(
-                    "peft.target_modules is empty: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\"".into(),
-                ));
-            }
-        }
         self.target_modules.compile()?;
         if let Some(ff) = &self.feedforward_modules {
             ff.compile()?;
@@ -203,14 +205,16 @@ impl PeftConfig {
             return Err(Error::Config(format!("unknown peft keys: {unknown:?}")));
         }
         for (k, v) in &self.other {
+            // Options of LoRA variants this implementation does not have: refuse rather
+            // than silently compute something else.
+            let empty = v.is_null() || v == &serde_json::json!({}) || v == &serde_json::json!([]);
             let unsupported = match k.as_str() {
-                "layer_replication" | "loftq_config" | "eva_config" | "corda_config" => {
-                    !v.is_null() && v != &serde_json::json!({})
-                }
-                "use_qalora" | "lora_bias" => v.as_bool() == Some(true),
-                "exclude_modules" | "trainable_token_indices" | "target_parameters" => {
-                    !(v.is_null() || v == &serde_json::json!([]))
-                }
+                "megatron_config" | "megatron_core" | "runtime_config" => false,
+                "layer_replication" | "exclude_modules" | "trainable_token_indices"
+                | "target_parameters" | "alora_invocation_tokens" => !empty,
+                "lora_bias" => v.as_bool() == Some(true),
+                k if k.ends_with("_config") => !empty,
+                k if k.starts_with("use_") => v.as_bool() == Some(true),
                 _ => false,
             };
             if unsupported {
@@ -218,6 +222,33 @@ impl PeftConfig {
                     "adapter option {k} = {v} is not supported"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Without `target_modules`: PEFT's default targets for the architecture (its
+    /// `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`), for `model_type`.
+    pub fn fill_default_targets(&mut self, model_type: &str) -> Result<()> {
+        if self.target_modules != Targets::List(vec![]) {
+            return Ok(());
+        }
+        let list = |l: &[&str]| Targets::List(l.iter().map(|s| s.to_string()).collect());
+        let (t, ff): (&[&str], &[&str]) = match (self.peft_type, model_type) {
+            (PeftType::Lora, "llama" | "marian") => (&["q_proj", "v_proj"], &[]),
+            (PeftType::Lora, "gpt2") => (&["c_attn"], &[]),
+            (PeftType::Lora, "bert" | "vit") => (&["query", "value"], &[]),
+            (PeftType::Ia3, "llama") => (&["k_proj", "v_proj", "down_proj"], &["down_proj"]),
+            (PeftType::Ia3, "gpt2") => (&["c_attn", "mlp.c_proj"], &["mlp.c_proj"]),
+            (PeftType::Ia3, "bert") => (&["key", "value", "output.dense"], &["output.dense"]),
+            _ => {
+                return Err(Error::Config(format!(
+                    "peft.target_modules is empty and there is no default for {model_type} models: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\""
+                )))
+            }
+        };
+        self.target_modules = list(t);
+        if self.peft_type == PeftType::Ia3 && self.feedforward_modules.is_none() {
+            self.feedforward_modules = Some(list(ff));
         }
         Ok(())
     }

@@ -279,6 +279,26 @@ impl ParamStore {
         self.fold(name, false)
     }
 
+    /// PEFT's `merge_and_unload`: folds the active adapters into the base weights and drops
+    /// every adapter, leaving a plain model's parameters (rebuild models from the store).
+    pub fn merge_and_unload(&mut self) -> Result<()> {
+        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        for name in &active {
+            self.merge_adapter(name)?;
+        }
+        let keys: Vec<String> = self
+            .vars()
+            .keys()
+            .filter(|k| split_param_name(k).is_some())
+            .cloned()
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+        *self.peft_mut() = PeftRegistry::default();
+        Ok(())
+    }
+
     /// Takes a merged adapter back out of the base weights.
     pub fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
         self.fold(name, true)

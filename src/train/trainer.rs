@@ -177,6 +177,20 @@ impl TrainModel {
         })
     }
 
+    /// transformers' `model_type` of the body.
+    pub fn model_type(&self) -> &str {
+        match self {
+            TrainModel::Causal(m) => m.model_type(),
+            TrainModel::Masked { .. } => "bert",
+            TrainModel::Seq2Seq { .. } => "marian",
+            TrainModel::Vit { .. } => "vit",
+            TrainModel::Text(m) => match &m.body {
+                Body::Bert(_) => "bert",
+                Body::Causal(c) => c.model_type(),
+            },
+        }
+    }
+
     /// The causal LM, for sampling after training.
     pub fn causal(&self) -> Option<&CausalModel> {
         match self {
@@ -492,6 +506,7 @@ fn attach_adapter(
         Some(ck) => crate::peft::adapter_io::load_adapter(store, ck, "default")?,
         None => {
             let mut cfg = cfg.clone();
+            cfg.fill_default_targets(model.model_type())?;
             cfg.base_model_name_or_path = base.map(str::to_string);
             store.add_adapter("default", cfg, None)?;
         }
