@@ -451,3 +451,43 @@ fn norms_match_pytorch_on_both_paths() {
         }
     }
 }
+
+/// LoRA's fused update (with and without dropout, whose mask it regenerates in backward)
+/// equals the composition: value, input gradient, A, B and base-output gradients.
+#[test]
+fn fused_lora_matches_composition() {
+    use ferroformer::nn::kernels::lora::{dropout_mask, lora_add};
+    let (n, d_in, d_out, r) = (37, 48, 20, 4);
+    for dropout in [None, Some((0.3, 11u64))] {
+        let a = Var::from_tensor(&randn(&[r, d_in], 0.3, 1)).unwrap();
+        let b = Var::from_tensor(&randn(&[d_out, r], 0.3, 2)).unwrap();
+        let yb = Var::from_tensor(&randn(&[n, d_out], 1.0, 3)).unwrap();
+        let x = randn(&[n, d_in], 1.0, 4);
+        let s = 2.5;
+        let fused = |x: &Tensor| {
+            lora_add(yb.as_tensor(), x, a.as_tensor(), b.as_tensor(), s, dropout)
+                .unwrap()
+                .unwrap()
+        };
+        let plain = |x: &Tensor| {
+            let xd = match dropout {
+                Some((p, seed)) => {
+                    let m = dropout_mask(p, seed, n * d_in);
+                    (x * Tensor::from_vec(m, (n, d_in), &Device::Cpu).unwrap()).unwrap()
+                }
+                None => x.clone(),
+            };
+            let h = xd.matmul(&a.as_tensor().t().unwrap()).unwrap();
+            let l = (h.matmul(&b.as_tensor().t().unwrap()).unwrap() * s).unwrap();
+            (yb.as_tensor() + l).unwrap()
+        };
+        let what = format!("lora dropout={dropout:?}");
+        check(&what, &x, &fused, &plain, 1e-5);
+        check_param_grads(
+            &what,
+            &|| fused(&x),
+            &|| plain(&x),
+            &[("A", &a), ("B", &b), ("y_base", &yb)],
+        );
+    }
+}

@@ -233,9 +233,25 @@ impl CausalModel {
         match self {
             CausalModel::Gpt2(m) => Some(m.lm_head.as_ref().unwrap_or(&m.wte.weight)),
             CausalModel::Llama(m) => match &m.lm_head {
-                Projection::Dense(l) => Some(&l.weight),
-                Projection::Quantized { .. } => None,
+                Projection::Dense(l) if l.adapters.is_none() => Some(&l.weight),
+                Projection::Dense(_) | Projection::Quantized { .. } => None,
             },
+        }
+    }
+
+    /// A quantized output projection without adapters, dequantized to f32 (for a training
+    /// loss that fuses it with the cross-entropy instead of materialising the logits).
+    pub fn dequantized_head(&self) -> Result<Option<Tensor>> {
+        match self {
+            CausalModel::Llama(m) => match &m.lm_head {
+                Projection::Quantized {
+                    weight,
+                    adapters: None,
+                    bias: None,
+                } => Ok(Some(weight.dequantize()?)),
+                _ => Ok(None),
+            },
+            CausalModel::Gpt2(_) => Ok(None),
         }
     }
 

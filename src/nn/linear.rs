@@ -200,7 +200,10 @@ impl QuantizedWeight {
         use candle_core::Module;
         Ok(match self {
             QuantizedWeight::Cpu(w) => x.to_dtype(DType::F32)?.contiguous()?.apply_op1(
-                crate::nn::kernels::qmatmul::QMatMulOp { weight: w.clone() },
+                crate::nn::kernels::qmatmul::QMatMulOp {
+                    weight: w.clone(),
+                    dense: x.track_op(),
+                },
             )?,
             QuantizedWeight::Candle(w) => w.forward(x)?,
         })

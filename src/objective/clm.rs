@@ -33,7 +33,17 @@ impl CausalLm {
         let (b, t, c) = h.dims3()?;
         let h2 = h.reshape((b * t, c))?;
         let y = targets.reshape(b * t)?;
-        if let Some(w) = model.head_weight() {
+        // A quantized head (QLoRA) is dequantized for the step: 4 bytes per weight for a moment
+        // instead of the [tokens, vocab] logits and their gradient.
+        let dequantized;
+        let head = match model.head_weight() {
+            Some(w) => Some(w),
+            None => {
+                dequantized = model.dequantized_head()?;
+                dequantized.as_ref()
+            }
+        };
+        if let Some(w) = head {
             if let Some(loss) = crate::nn::kernels::cross_entropy::head_cross_entropy(&h2, w, &y)? {
                 return Ok(loss);
             }

@@ -75,19 +75,13 @@ fn dora_scale(w: &Tensor, a: &Tensor, b: &Tensor, s: f64, m: &Tensor) -> Result<
 }
 
 impl Adapters {
-    fn dropout_mask(&self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
+    /// The seed of this layer's dropout mask, when dropout is on (training) and `p > 0`.
+    fn dropout_seed(&self, p: f64) -> Option<u64> {
         if p == 0.0 {
-            return Ok(None);
+            return None;
         }
         let mut st = self.switch.lock().expect("adapter state");
-        let Some(rng) = st.dropout.as_mut() else {
-            return Ok(None);
-        };
-        let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.uniform() < p { 0.0 } else { keep as f32 })
-            .collect();
-        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?))
+        st.dropout.as_mut().map(|rng| rng.next_u64())
     }
 
     /// The layer's output for `x` `[n, in]` with the active, unmerged adapters applied.
@@ -128,7 +122,27 @@ impl Adapters {
                     dropout,
                     magnitude,
                 } => {
-                    let mask = self.dropout_mask(x, *dropout)?;
+                    let seed = self.dropout_seed(*dropout);
+                    if magnitude.is_none() {
+                        let drop = seed.map(|s| (*dropout, s));
+                        if let Some(fused) =
+                            crate::nn::kernels::lora::lora_add(&y, x, a, b, *scaling, drop)?
+                        {
+                            y = fused;
+                            continue;
+                        }
+                    }
+                    let mask = match seed {
+                        Some(s) => {
+                            let m = crate::nn::kernels::lora::dropout_mask(
+                                *dropout,
+                                s,
+                                x.elem_count(),
+                            );
+                            Some(Tensor::from_vec(m, x.shape(), x.device())?)
+                        }
+                        None => None,
+                    };
                     let xd = match &mask {
                         Some(m) => (x * m)?,
                         None => x.clone(),

@@ -15,6 +15,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
+pub mod lora;
 pub mod math;
 pub mod qmatmul;
 pub mod rms_norm;

@@ -468,9 +468,41 @@ mod simd {
 /// `x @ W^T` as a candle op. The quantized weight is frozen; the backward gives `x` its
 /// gradient `dy W`, with `W` dequantized a block of rows at a time (so a large output head is
 /// never held in f32 whole), which lets adapters below a quantized layer train (QLoRA).
+///
+/// With `dense` (set when a gradient will flow back through the product) the forward pass
+/// multiplies in f32 by the dequantized weight too, a block of rows at a time, so forward and
+/// backward are the same function; the inference path keeps llama.cpp's 8-bit activations.
 #[derive(Clone, Debug)]
 pub struct QMatMulOp {
     pub weight: Arc<QWeight>,
+    pub dense: bool,
+}
+
+/// Rows of a quantized weight dequantized at once by the f32 paths.
+const DEQUANT_ROWS: usize = 4096;
+
+impl QWeight {
+    /// `x` `[m, cols]` times the transposed weight in f32, dequantizing
+    /// [`DEQUANT_ROWS`] rows at a time.
+    pub fn matmul_dequantized(&self, x: &[f32], m: usize) -> Vec<f32> {
+        use super::gemm::{matmul, View, ViewMut};
+        let mut y = vec![0f32; m * self.rows];
+        let mut start = 0;
+        while start < self.rows {
+            let n = DEQUANT_ROWS.min(self.rows - start);
+            let block = self.dequantize_rows(start, n);
+            let len = y.len() - start;
+            matmul(
+                ViewMut::rows(&mut y[start..start + len], m, n, self.rows),
+                View::rows(x, m, self.cols, self.cols),
+                View::rows(&block, n, self.cols, self.cols).t(),
+                false,
+                true,
+            );
+            start += n;
+        }
+        y
+    }
 }
 
 impl CustomOp1 for QMatMulOp {
@@ -489,7 +521,11 @@ impl CustomOp1 for QMatMulOp {
             );
         }
         let m = x.len() / k.max(1);
-        let y = self.weight.matmul(x, m);
+        let y = if self.dense {
+            self.weight.matmul_dequantized(x, m)
+        } else {
+            self.weight.matmul(x, m)
+        };
         let mut out = dims.to_vec();
         *out.last_mut().expect("rank >= 1") = self.weight.rows;
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -501,7 +537,7 @@ impl CustomOp1 for QMatMulOp {
         _res: &candle_core::Tensor,
         grad: &candle_core::Tensor,
     ) -> candle_core::Result<Option<candle_core::Tensor>> {
-        const CHUNK: usize = 4096;
+        const CHUNK: usize = DEQUANT_ROWS;
         let w = &self.weight;
         let dy = grad.reshape(((), w.rows))?;
         let mut dx: Option<candle_core::Tensor> = None;
