@@ -274,6 +274,7 @@ fn blocked_causal_attention_matches_composition() {
             n_head: heads,
             attn_dropout: Dropout::new(0.0).unwrap(),
             resid_dropout: Dropout::new(0.0).unwrap(),
+            prefix: None,
         };
         let qkv = randn(&[b, t, 3 * c], 1.5, i as u64);
         check(

@@ -32,7 +32,7 @@ pub fn run(a: ChatArgs, c: &Common) -> Result<()> {
     }
     let interactive = !c.quiet;
     if interactive {
-        eprintln!("chat: type a message; /reset clears the history, /exit quits");
+        eprintln!("chat: type a message; /reset clears the history, /adapter NAME[,NAME] (or /adapter none) switches the --adapter applied, /exit quits");
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -56,6 +56,20 @@ pub fn run(a: ChatArgs, c: &Common) -> Result<()> {
                 continue;
             }
             _ => {}
+        }
+        if let Some(names) = msg.strip_prefix("/adapter") {
+            // Switching needs no reload: every adapted layer reads the same switch.
+            let names: Vec<&str> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && *n != "none")
+                .collect();
+            match p.store.peft().set_active(&names) {
+                Ok(()) if interactive => eprintln!("(adapters: {names:?})"),
+                Ok(()) => {}
+                Err(e) => eprintln!("{e}"),
+            }
+            continue;
         }
         history.push(Message::new("user", msg));
         let text = template.render(&history, true)?;

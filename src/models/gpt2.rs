@@ -187,6 +187,8 @@ pub struct Gpt2 {
     /// The untied output projection `[vocab, n_embd]`, when `tie_word_embeddings` is false.
     pub lm_head: Option<Tensor>,
     pub drop: Dropout,
+    /// Prompt tuning's virtual-token embeddings `[n, n_embd]`, put before the input.
+    pub prompt: Option<Tensor>,
 }
 
 impl Gpt2 {
@@ -215,8 +217,17 @@ impl Gpt2 {
         };
         let act = Activation::from_hf(&c.activation_function)?;
         let mut blocks = Vec::with_capacity(c.n_layer);
+        let hd = c.n_embd / c.n_head.max(1);
+        let prefix_all = store.prefix_for(c.n_layer, c.n_head, hd)?;
         for i in 0..c.n_layer {
             let p = format!("transformer.h.{i}");
+            let prefix = match &prefix_all {
+                Some(all) => {
+                    let (k, v) = crate::nn::layer_prefix(all, i, c.n_head, hd)?;
+                    Some(crate::nn::Prefix { k, v })
+                }
+                None => None,
+            };
             blocks.push(DecoderBlock {
                 ln_1: LayerNorm::new(
                     store,
@@ -243,6 +254,7 @@ impl Gpt2 {
                     n_head: c.n_head,
                     attn_dropout: Dropout::new(c.attn_pdrop)?,
                     resid_dropout: Dropout::new(c.resid_pdrop)?,
+                    prefix,
                 },
                 ln_2: LayerNorm::new(
                     store,
@@ -271,6 +283,7 @@ impl Gpt2 {
                 mlp_dropout: Dropout::new(c.resid_pdrop)?,
             });
         }
+        let prompt = store.prompt_for(c.n_embd, Some(&wte.weight))?;
         let ln_f = LayerNorm::new(
             store,
             "transformer.ln_f",
@@ -295,6 +308,7 @@ impl Gpt2 {
             ln_f,
             lm_head,
             drop: Dropout::new(c.embd_pdrop)?,
+            prompt,
         })
     }
 
@@ -314,9 +328,12 @@ impl Gpt2 {
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
-        let offset = caches.as_ref().map(|c| c[0].len()).unwrap_or(0);
+        // Prefix tuning: positions start after the learned prefix.
+        let prefix = self.blocks.first().and_then(|b| b.attn.prefix.as_ref());
+        let offset = crate::nn::Prefix::offset(prefix, caches.as_ref().map(|c| &c[0]));
         let tok = self.wte.forward(ids)?;
-        let pos = self.wpe.forward(offset, t)?;
+        let (tok, n_virtual) = super::prepend_prompt(tok, self.prompt.as_ref(), offset)?;
+        let pos = self.wpe.forward(offset, t + n_virtual)?;
         let mut x = tok.broadcast_add(&pos)?;
         x = self.drop.forward(&x, rng.as_deref_mut())?;
         match caches {
@@ -331,7 +348,12 @@ impl Gpt2 {
                 }
             }
         }
-        self.ln_f.forward(&x)
+        let h = self.ln_f.forward(&x)?;
+        Ok(if n_virtual > 0 {
+            h.narrow(1, n_virtual, t)?
+        } else {
+            h
+        })
     }
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]`.
@@ -358,8 +380,11 @@ impl Gpt2 {
     }
 
     /// Maximum sequence length.
+    /// Positions left for the input (learned virtual tokens take some).
     pub fn max_positions(&self) -> usize {
-        self.config.n_positions
+        let prefix = self.blocks.first().and_then(|b| b.attn.prefix.as_ref());
+        let virtual_n = super::virtual_len(self.prompt.as_ref(), prefix);
+        self.config.n_positions.saturating_sub(virtual_n)
     }
 }
 

@@ -214,6 +214,8 @@ pub struct LlamaAttention {
     pub rope: Rope,
     /// For frozen quantized weights: q, k and v stacked into one product.
     pub qkv_stacked: Option<Projection>,
+    /// Prefix tuning's learned keys (not rotated, as PEFT's) and values.
+    pub prefix: Option<crate::nn::Prefix>,
 }
 
 impl LlamaAttention {
@@ -221,7 +223,7 @@ impl LlamaAttention {
     pub fn forward(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let offset = crate::nn::Prefix::offset(self.prefix.as_ref(), cache.as_deref());
         let (q, k, v) = match &self.qkv_stacked {
             Some(p) => {
                 let y = p.forward(x)?;
@@ -242,7 +244,7 @@ impl LlamaAttention {
         let v = v.reshape((b, t, kvh, d))?;
         let q = self.rope.forward(&q, offset)?;
         let k = self.rope.forward(&k, offset)?;
-        if cache.is_none() && crate::nn::kernels::fused(x.device()) {
+        if cache.is_none() && self.prefix.is_none() && crate::nn::kernels::fused(x.device()) {
             // Full sequence (training, scoring): the fused blocked kernel over one packed
             // [b, t, 3 h d] tensor, key/value heads repeated to the query heads.
             let repeat = |x: Tensor| -> Result<Tensor> {
@@ -267,11 +269,9 @@ impl LlamaAttention {
             }
         }
         let q = q.transpose(1, 2)?;
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let mut v = v.transpose(1, 2)?.contiguous()?;
-        if let Some(cache) = cache {
-            (k, v) = cache.append(&k, &v)?;
-        }
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = crate::nn::Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
         // Llama has no attention dropout.
         let y = grouped_attention(&q, &k, &v, Some(offset), None, &Dropout::default(), None)?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
@@ -337,6 +337,8 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// The output projection (the embedding table itself when tied).
     pub lm_head: Projection,
+    /// Prompt tuning's virtual-token embeddings `[n, hidden]`, put before the input.
+    pub prompt: Option<Tensor>,
 }
 
 /// Builds projections from the quantized weights when they hold the key, else from the store.
@@ -434,6 +436,8 @@ impl Llama {
             Some(w) => TokenEmbedding::Quantized(w.clone(), store.device().clone()),
             None => TokenEmbedding::Dense(Embedding::new(store, embed_key, c.vocab_size, hs, std)?),
         };
+        let prompt = store.prompt_for(hs, embed_tokens.dense().map(|e| &e.weight))?;
+        let prefix = store.prefix_for(c.num_hidden_layers, kvh, d)?;
         let mut src = Source { store, quant };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -458,6 +462,13 @@ impl Llama {
                     head_dim: d,
                     rope: rope.clone(),
                     qkv_stacked: None,
+                    prefix: match &prefix {
+                        Some(all) => {
+                            let (k, v) = crate::nn::layer_prefix(all, i, kvh, d)?;
+                            Some(crate::nn::Prefix { k, v })
+                        }
+                        None => None,
+                    },
                 },
                 post_attention_layernorm: RmsNorm::new(
                     src.store,
@@ -505,6 +516,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            prompt,
         })
     }
 
@@ -523,7 +535,10 @@ impl Llama {
         caches: Option<&mut [KvCache]>,
         _rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let mut x = self.embed_tokens.forward(ids)?;
+        let t = ids.dim(1)?;
+        let offset = caches.as_ref().map(|c| c[0].len()).unwrap_or(0);
+        let x = self.embed_tokens.forward(ids)?;
+        let (mut x, n_virtual) = super::prepend_prompt(x, self.prompt.as_ref(), offset)?;
         match caches {
             Some(caches) => {
                 for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
@@ -536,7 +551,13 @@ impl Llama {
                 }
             }
         }
-        self.norm.forward(&x)
+        let h = self.norm.forward(&x)?;
+        // The virtual tokens' states are not the input's.
+        Ok(if n_virtual > 0 {
+            h.narrow(1, n_virtual, t)?
+        } else {
+            h
+        })
     }
 
     /// Projects hidden states onto the vocabulary.
@@ -549,8 +570,11 @@ impl Llama {
         vec![KvCache::default(); self.layers.len()]
     }
 
+    /// Positions left for the input (learned virtual tokens take some).
     pub fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
+        let prefix = self.layers.first().and_then(|l| l.self_attn.prefix.as_ref());
+        let virtual_n = super::virtual_len(self.prompt.as_ref(), prefix);
+        self.config.max_position_embeddings.saturating_sub(virtual_n)
     }
 }
 

@@ -285,6 +285,29 @@ impl CausalModel {
     }
 }
 
+/// How many positions learned virtual tokens (a prompt or a prefix) take.
+pub(crate) fn virtual_len(prompt: Option<&Tensor>, prefix: Option<&crate::nn::Prefix>) -> usize {
+    prompt.map(|p| p.dim(0).unwrap_or(0)).unwrap_or(0) + prefix.map(|p| p.len()).unwrap_or(0)
+}
+
+/// Prompt tuning: `x` `[b, t, h]` with the virtual tokens `prompt` `[n, h]` before it, when
+/// there are some and nothing is cached yet; and how many were put there.
+pub(crate) fn prepend_prompt(
+    x: Tensor,
+    prompt: Option<&Tensor>,
+    offset: usize,
+) -> Result<(Tensor, usize)> {
+    match prompt {
+        Some(p) if offset == 0 => {
+            let (b, _, h) = x.dims3()?;
+            let n = p.dim(0)?;
+            let p = p.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?;
+            Ok((Tensor::cat(&[p, x], 1)?, n))
+        }
+        _ => Ok((x, 0)),
+    }
+}
+
 /// The checks every encoder config shares: its `model_type`, positive sizes, and a width the
 /// heads divide.
 pub(crate) fn check_encoder_sizes(

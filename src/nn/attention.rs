@@ -242,6 +242,89 @@ impl MultiHeadAttention {
     }
 }
 
+/// Prefix tuning's keys and values for one layer: `[heads, n, head_dim]` each, cut from the
+/// adapter's `[n, layers * 2 * heads * head_dim]` tensor (PEFT's layout).
+pub fn layer_prefix(
+    all: &Tensor,
+    layer: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(Tensor, Tensor)> {
+    let n = all.dim(0)?;
+    let w = heads * head_dim;
+    let kv = all
+        .narrow(1, layer * 2 * w, 2 * w)?
+        .reshape((n, 2, heads, head_dim))?;
+    let part = |i: usize| -> Result<Tensor> {
+        Ok(kv.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?)
+    };
+    Ok((part(0)?, part(1)?))
+}
+
+/// Learned key/value prefixes (prefix tuning) before a layer's own keys and values.
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    /// `[heads, n, head_dim]`.
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl Prefix {
+    pub fn len(&self) -> usize {
+        self.k.dim(1).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The prefix for a batch of `b`, `[b, heads, n, head_dim]` each.
+    fn batch(&self, b: usize) -> Result<(Tensor, Tensor)> {
+        let expand = |t: &Tensor| -> Result<Tensor> {
+            let (h, n, d) = t.dims3()?;
+            Ok(t.unsqueeze(0)?.broadcast_as((b, h, n, d))?.contiguous()?)
+        };
+        Ok((expand(&self.k)?, expand(&self.v)?))
+    }
+
+    /// Keys and values `[b, h, t, d]` with the prefix in front; with a cache, the prefix is
+    /// written into it first when it is empty (so generation carries it), and the new keys
+    /// and values appended. Returns them and the position of the first new one.
+    pub fn apply(
+        prefix: Option<&Prefix>,
+        k: Tensor,
+        v: Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = k.dim(0)?;
+        match (prefix, cache) {
+            (Some(p), Some(c)) => {
+                if c.is_empty() {
+                    let (pk, pv) = p.batch(b)?;
+                    c.append(&pk, &pv)?;
+                }
+                c.append(&k, &v)
+            }
+            (None, Some(c)) => c.append(&k, &v),
+            (Some(p), None) => {
+                let (pk, pv) = p.batch(b)?;
+                Ok((Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?))
+            }
+            (None, None) => Ok((k, v)),
+        }
+    }
+
+    /// The position of the first new token: after the cache, or after the prefix.
+    pub fn offset(prefix: Option<&Prefix>, cache: Option<&KvCache>) -> usize {
+        match (cache, prefix) {
+            (Some(c), Some(p)) if c.is_empty() => p.len(),
+            (Some(c), _) => c.len(),
+            (None, Some(p)) => p.len(),
+            (None, None) => 0,
+        }
+    }
+}
+
 /// Causal multi-head self-attention with a fused query/key/value projection (`c_attn` in GPT-2).
 #[derive(Clone, Debug)]
 pub struct CausalSelfAttention {
@@ -250,6 +333,8 @@ pub struct CausalSelfAttention {
     pub n_head: usize,
     pub attn_dropout: Dropout,
     pub resid_dropout: Dropout,
+    /// Prefix tuning's learned keys and values.
+    pub prefix: Option<Prefix>,
 }
 
 impl CausalSelfAttention {
@@ -264,7 +349,10 @@ impl CausalSelfAttention {
         let qkv = self.qkv.forward(x)?;
         // Training and full-sequence evaluation: the fused blocked kernel (attention dropout
         // needs the probabilities, so it takes the composed path).
-        let fused = if cache.is_none() && (rng.is_none() || self.attn_dropout.p == 0.0) {
+        let fused = if cache.is_none()
+            && self.prefix.is_none()
+            && (rng.is_none() || self.attn_dropout.p == 0.0)
+        {
             crate::nn::kernels::attention::causal_attention(&qkv, self.n_head)?
         } else {
             None
@@ -296,11 +384,9 @@ impl CausalSelfAttention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        if let Some(cache) = cache {
-            (k, v) = cache.append(&k, &v)?;
-        }
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let offset = Prefix::offset(self.prefix.as_ref(), cache.as_deref());
+        let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
         let y = grouped_attention(&q, &k, &v, Some(offset), None, &self.attn_dropout, rng)?;
         Ok(y.transpose(1, 2)?.reshape((b, t, c))?)
     }

@@ -15,7 +15,9 @@ pub mod position;
 pub mod rope;
 pub mod store;
 
-pub use attention::{grouped_attention, CausalSelfAttention, KvCache, MultiHeadAttention};
+pub use attention::{
+    grouped_attention, layer_prefix, CausalSelfAttention, KvCache, MultiHeadAttention, Prefix,
+};
 pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::{Embedding, TokenEmbedding};

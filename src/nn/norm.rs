@@ -22,13 +22,16 @@ impl LayerNorm {
         eps: f64,
         bias: bool,
     ) -> Result<Self> {
+        let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?;
+        let bias = if bias {
+            let b = store.get(&format!("{prefix}.bias"), &[dim], Init::Zeros)?;
+            Some(store.ln_tuned(prefix, "bias", b)?)
+        } else {
+            None
+        };
         Ok(LayerNorm {
-            weight: store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?,
-            bias: if bias {
-                Some(store.get(&format!("{prefix}.bias"), &[dim], Init::Zeros)?)
-            } else {
-                None
-            },
+            weight: store.ln_tuned(prefix, "weight", weight)?,
+            bias,
             eps,
         })
     }
@@ -70,8 +73,9 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Weight `{prefix}.weight`.
     pub fn new(store: &mut ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?;
         Ok(RmsNorm {
-            weight: store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?,
+            weight: store.ln_tuned(prefix, "weight", weight)?,
             eps,
         })
     }

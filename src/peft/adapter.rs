@@ -172,7 +172,7 @@ impl Adapters {
 }
 
 /// An adapted layer as the store records it, for merging.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct AdaptedModule {
     /// The weight is `[in, out]` (GPT-2 Conv1D).
     pub in_out: bool,

@@ -4,7 +4,7 @@
 //! own keys.
 
 use super::config::PeftConfig;
-use super::registry::{param_name, split_param_name, trains};
+use super::registry::{ln_param_name, param_name, split_param_name, trains, LN, PROMPT};
 use crate::io::{read_json, write_json_atomic};
 use crate::nn::store::ParamStore;
 use crate::{Error, Result};
@@ -20,16 +20,42 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// magnitude without `.weight`, as PEFT saves it).
 pub fn file_key(store_key: &str) -> String {
     match split_param_name(store_key) {
-        Some((module, kind, _)) => format!("{PREFIX}{module}.{kind}{}", weight_suffix(kind)),
+        // A prompt is the prompt encoder's, not a module of the base model.
+        Some((_, PROMPT, _)) => PROMPT.to_string(),
+        Some((module, kind, _)) => {
+            let suffix = match kind {
+                "lora_magnitude_vector" | "ia3_l" => "",
+                _ if store_key.ends_with(".bias") => ".bias",
+                _ => ".weight",
+            };
+            format!("{PREFIX}{module}.{kind}{suffix}")
+        }
         None => format!("{PREFIX}{store_key}"),
     }
 }
 
-fn weight_suffix(kind: &str) -> &'static str {
-    match kind {
-        "lora_A" | "lora_B" => ".weight",
-        _ => "",
+/// The store key of file key `k` (PEFT's prefix removed) for adapter `name`, when `k` names
+/// an adapter tensor.
+fn store_key(k: &str, name: &str) -> Option<String> {
+    if k == PROMPT {
+        return Some(param_name(PROMPT, PROMPT, name));
     }
+    super::registry::KINDS.iter().find_map(|kind| {
+        for (suffix, param) in [(".weight", "weight"), (".bias", "bias"), ("", "")] {
+            let Some(module) = k
+                .strip_suffix(suffix)
+                .and_then(|s| s.strip_suffix(&format!(".{kind}")))
+            else {
+                continue;
+            };
+            return Some(match *kind {
+                LN if !param.is_empty() => ln_param_name(module, name, param),
+                LN => return None,
+                _ => param_name(module, kind, name),
+            });
+        }
+        None
+    })
 }
 
 /// Whether `dir` is an adapter directory.
@@ -64,7 +90,7 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
     let tensors = crate::io::safetensors::load(&path, store.device())?;
     let replaces_base = tensors
         .keys()
-        .any(|k| k.strip_prefix(PREFIX).is_some_and(|k| adapter_key(k).is_none()));
+        .any(|k| k.strip_prefix(PREFIX).is_some_and(|k| store_key(k, name).is_none()));
     if replaces_base
         && store.peft().adapters.iter().any(|a| {
             a.config.modules_to_save.as_ref().is_some_and(|m| !m.is_empty())
@@ -78,14 +104,14 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
     }
     let mut staged = Vec::new();
     for (key, t) in tensors {
-        let Some(k) = key.strip_prefix(PREFIX) else {
+        let Some(k) = key.strip_prefix(PREFIX).or((key == PROMPT).then_some(PROMPT)) else {
             return Err(Error::format(
                 &path,
                 format!("tensor {key} does not start with {PREFIX:?}: not a PEFT adapter file"),
             ));
         };
-        if let Some((module, kind)) = adapter_key(k) {
-            staged.push((param_name(module, kind, name), t));
+        if let Some(sk) = store_key(k, name) {
+            staged.push((sk, t));
             continue;
         }
         // A module_to_save or a bias: it must fit the base parameter it replaces.
@@ -114,15 +140,6 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
         store.insert(&k, t)?;
     }
     Ok(())
-}
-
-/// `(module, kind)` of a file key (prefix removed) naming an adapter tensor.
-fn adapter_key(k: &str) -> Option<(&str, &'static str)> {
-    super::registry::KINDS.iter().find_map(|kind| {
-        let stem = k.strip_suffix(".weight").unwrap_or(k);
-        stem.strip_suffix(&format!(".{kind}"))
-            .map(|module| (module, *kind))
-    })
 }
 
 /// After a model was built from a store with adapters loaded from files: fails if an adapter
@@ -193,9 +210,16 @@ pub fn save_adapter(
     if base_model.is_some() {
         cfg.base_model_name_or_path = base_model.map(str::to_string);
     }
-    let conv1d = reg.modules.values().any(|m| m.in_out);
-    cfg.other
-        .insert("fan_in_fan_out".into(), serde_json::Value::Bool(conv1d));
+    if cfg.peft_type.wraps_linear() {
+        let conv1d = reg.modules.values().any(|m| m.in_out);
+        cfg.other
+            .insert("fan_in_fan_out".into(), serde_json::Value::Bool(conv1d));
+    }
+    if let (Some(t), super::PeftType::PromptTuning) = (tensors.get(PROMPT), cfg.peft_type) {
+        cfg.token_dim = Some(t.dim(1)?);
+        cfg.other
+            .insert("num_transformer_submodules".into(), serde_json::json!(1));
+    }
     cfg.other
         .insert("inference_mode".into(), serde_json::Value::Bool(true));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -13,16 +13,39 @@ pub enum PeftType {
     Lora,
     #[serde(rename = "IA3")]
     Ia3,
+    /// LayerNorm tuning: the targeted norms' weights (and biases) train as copies.
+    #[serde(rename = "LN_TUNING")]
+    LnTuning,
+    /// Prompt tuning: learned virtual-token embeddings before the input.
+    #[serde(rename = "PROMPT_TUNING")]
+    PromptTuning,
+    /// Prefix tuning: learned keys and values before the input's, in every layer.
+    #[serde(rename = "PREFIX_TUNING")]
+    PrefixTuning,
 }
 
 impl PeftType {
-    pub const NAMES: &'static str = "LORA (lora), IA3 (ia3)";
+    pub const NAMES: &'static str = "LORA (lora), IA3 (ia3), LN_TUNING (ln_tuning), PROMPT_TUNING (prompt_tuning), PREFIX_TUNING (prefix_tuning)";
+
+    /// Whether the method learns virtual tokens (prompt or prefix tuning), which cannot be
+    /// merged into weights.
+    pub fn virtual_tokens(self) -> bool {
+        matches!(self, PeftType::PromptTuning | PeftType::PrefixTuning)
+    }
+
+    /// Whether the method wraps linear layers (LoRA, IA3).
+    pub fn wraps_linear(self) -> bool {
+        matches!(self, PeftType::Lora | PeftType::Ia3)
+    }
 
     /// Parses PEFT's name or its lower-case CLI spelling.
     pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_uppercase().as_str() {
+        match s.to_ascii_uppercase().replace('-', "_").as_str() {
             "LORA" => Ok(PeftType::Lora),
             "IA3" => Ok(PeftType::Ia3),
+            "LN_TUNING" => Ok(PeftType::LnTuning),
+            "PROMPT_TUNING" => Ok(PeftType::PromptTuning),
+            "PREFIX_TUNING" => Ok(PeftType::PrefixTuning),
             _ => Err(Error::Config(format!(
                 "unknown peft_type {s:?} (supported: {})",
                 Self::NAMES
@@ -63,6 +86,9 @@ fn d_r() -> usize {
 fn d_alpha() -> f64 {
     8.0
 }
+fn d_lora() -> PeftType {
+    PeftType::Lora
+}
 fn d_true() -> bool {
     true
 }
@@ -86,8 +112,8 @@ fn parse_peft_type<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Resul
 /// use are kept in `other`, so a configuration read and written again loses nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftConfig {
-    /// `LORA` or `IA3` (recipes may write `lora` / `ia3`).
-    #[serde(deserialize_with = "parse_peft_type")]
+    /// The method (PEFT's names; recipes may write them in lower case) [default: LORA].
+    #[serde(deserialize_with = "parse_peft_type", default = "d_lora")]
     pub peft_type: PeftType,
     /// PEFT's task type, e.g. `CAUSAL_LM`, `SEQ_CLS` (informational).
     #[serde(default)]
@@ -130,6 +156,18 @@ pub struct PeftConfig {
     /// IA3: the targets whose input (not output) is scaled.
     #[serde(default)]
     pub feedforward_modules: Option<Targets>,
+    /// Prompt tuning: number of virtual tokens.
+    #[serde(default)]
+    pub num_virtual_tokens: Option<usize>,
+    /// Prompt tuning: their width (the model's hidden size).
+    #[serde(default)]
+    pub token_dim: Option<usize>,
+    /// Prompt tuning: `RANDOM` (N(0, 1), as PEFT), `SAMPLE_VOCAB` (random rows of the
+    /// embedding table) or `TEXT` (the embeddings of `prompt_tuning_init_text`, repeated).
+    #[serde(default)]
+    pub prompt_tuning_init: Option<String>,
+    #[serde(default)]
+    pub prompt_tuning_init_text: Option<String>,
     /// The base model the adapter was trained on (a path or name).
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
@@ -163,6 +201,14 @@ const IGNORED_KEYS: &[&str] = &[
     "arrow_config",
     "ensure_weight_tying",
     "init_ia3_weights",
+    "num_layers",
+    "num_attention_heads",
+    "num_transformer_submodules",
+    "tokenizer_name_or_path",
+    "tokenizer_kwargs",
+    "prefix_projection",
+    "encoder_hidden_size",
+    "init_weights",
 ];
 
 impl PeftConfig {
@@ -191,10 +237,40 @@ impl PeftConfig {
         if let Some(ff) = &self.feedforward_modules {
             ff.compile()?;
         }
-        if self.peft_type == PeftType::Ia3 && (self.use_dora || self.bias != BiasMode::None) {
+        if self.peft_type != PeftType::Lora && (self.use_dora || self.bias != BiasMode::None) {
+            return Err(Error::Config(format!(
+                "{:?} takes no use_dora or bias options (LoRA's)",
+                self.peft_type
+            )));
+        }
+        if self.peft_type.virtual_tokens() && self.num_virtual_tokens.unwrap_or(0) == 0 {
+            return Err(Error::Config(format!(
+                "{:?} needs num_virtual_tokens >= 1",
+                self.peft_type
+            )));
+        }
+        if self.peft_type == PeftType::PrefixTuning
+            && self.other.get("prefix_projection") == Some(&serde_json::json!(true))
+        {
             return Err(Error::Config(
-                "IA3 takes no use_dora or bias options".into(),
+                "prefix_projection (an MLP producing the prefixes) is not supported; the prefixes are learned directly".into(),
             ));
+        }
+        if self.peft_type == PeftType::PromptTuning {
+            match self.prompt_tuning_init.as_deref().unwrap_or("RANDOM") {
+                "RANDOM" | "SAMPLE_VOCAB" => {}
+                "TEXT" if self.prompt_tuning_init_text.as_deref().is_some_and(|t| !t.is_empty()) => {}
+                "TEXT" => {
+                    return Err(Error::Config(
+                        "prompt_tuning_init = \"TEXT\" needs prompt_tuning_init_text".into(),
+                    ))
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "prompt_tuning_init {other:?}: expected RANDOM, SAMPLE_VOCAB or TEXT"
+                    )))
+                }
+            }
         }
         let unknown: Vec<&String> = self
             .other
@@ -229,7 +305,7 @@ impl PeftConfig {
     /// Without `target_modules`: PEFT's default targets for the architecture (its
     /// `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`), for `model_type`.
     pub fn fill_default_targets(&mut self, model_type: &str) -> Result<()> {
-        if self.target_modules != Targets::List(vec![]) {
+        if self.target_modules != Targets::List(vec![]) || self.peft_type.virtual_tokens() {
             return Ok(());
         }
         let list = |l: &[&str]| Targets::List(l.iter().map(|s| s.to_string()).collect());
@@ -240,6 +316,11 @@ impl PeftConfig {
             (PeftType::Ia3, "llama") => (&["k_proj", "v_proj", "down_proj"], &["down_proj"]),
             (PeftType::Ia3, "gpt2") => (&["c_attn", "mlp.c_proj"], &["mlp.c_proj"]),
             (PeftType::Ia3, "bert") => (&["key", "value", "output.dense"], &["output.dense"]),
+            (PeftType::LnTuning, "llama") => {
+                (&["input_layernorm", "post_attention_layernorm", "norm"], &[])
+            }
+            (PeftType::LnTuning, "gpt2") => (&["ln_1", "ln_2", "ln_f"], &[]),
+            (PeftType::LnTuning, "bert" | "vit") => (&["LayerNorm", "layernorm"], &[]),
             _ => {
                 return Err(Error::Config(format!(
                     "peft.target_modules is empty and there is no default for {model_type} models: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\""

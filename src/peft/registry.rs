@@ -25,30 +25,56 @@ pub struct PeftRegistry {
     pub switch: Switch,
     /// The adapted layers, by module path.
     pub modules: BTreeMap<String, AdaptedModule>,
-    /// DoRA: each merged layer's row norms before merging (to unmerge exactly).
-    dora_norms: BTreeMap<(String, String), Tensor>,
+    /// Values kept to undo a merge: DoRA row norms, LayerNorm-tuned norms.
+    saved: BTreeMap<(String, String), Tensor>,
 }
 
 /// A store key of an adapter tensor: `{module}.{kind}.{adapter}` plus `.weight` for the
-/// `nn.Linear`-held ones (PEFT's in-memory names).
+/// `nn.Linear`-held ones (PEFT's in-memory names); `prompt_embeddings.{adapter}` for a prompt.
 pub fn param_name(module: &str, kind: &str, adapter: &str) -> String {
     match kind {
         "ia3_l" => format!("{module}.{kind}.{adapter}"),
+        PROMPT => format!("{PROMPT}.{adapter}"),
         _ => format!("{module}.{kind}.{adapter}.weight"),
     }
 }
 
-/// The kinds of adapter tensor, as they appear in a key.
-pub const KINDS: &[&str] = &["lora_A", "lora_B", "lora_magnitude_vector", "ia3_l"];
+/// The store key of LayerNorm tuning's copy of a norm's `param` (`weight` or `bias`).
+pub fn ln_param_name(module: &str, adapter: &str, param: &str) -> String {
+    format!("{module}.{LN}.{adapter}.{param}")
+}
 
-/// Splits a store key into (module, kind, adapter) when it is an adapter tensor.
+pub(crate) const LN: &str = "ln_tuning_layers";
+pub(crate) const PROMPT: &str = "prompt_embeddings";
+
+/// The kinds of adapter tensor, as they appear in a key.
+pub const KINDS: &[&str] = &[
+    "lora_A",
+    "lora_B",
+    "lora_magnitude_vector",
+    "ia3_l",
+    LN,
+];
+
+/// Splits a store key into (module, kind, adapter) when it is an adapter tensor (a prompt's
+/// module is `prompt_embeddings`).
 pub fn split_param_name(key: &str) -> Option<(&str, &str, &str)> {
+    if let Some(adapter) = key.strip_prefix("prompt_embeddings.") {
+        return Some((PROMPT, PROMPT, adapter));
+    }
     KINDS.iter().find_map(|kind| {
         let i = key.find(&format!(".{kind}."))?;
         let rest = &key[i + kind.len() + 2..];
-        let adapter = rest.strip_suffix(".weight").unwrap_or(rest);
+        let adapter = rest
+            .strip_suffix(".weight")
+            .or_else(|| rest.strip_suffix(".bias"))
+            .unwrap_or(rest);
         Some((&key[..i], *kind, adapter))
     })
+}
+
+fn vars_has(store: &ParamStore, a: &str, b: &str) -> bool {
+    store.vars().contains_key(a) || store.vars().contains_key(b)
 }
 
 impl PeftRegistry {
@@ -142,7 +168,7 @@ impl ParamStore {
             .peft()
             .adapters
             .iter()
-            .filter(|a| a.config.targets(module))
+            .filter(|a| a.config.peft_type.wraps_linear() && a.config.targets(module))
             .map(|a| (a.name.clone(), a.config.clone(), a.source.clone()))
             .collect();
         if targeting.is_empty() {
@@ -191,6 +217,9 @@ impl ParamStore {
                         magnitude,
                     }
                 }
+                PeftType::LnTuning | PeftType::PromptTuning | PeftType::PrefixTuning => {
+                    unreachable!("filtered: not a linear-layer method")
+                }
                 PeftType::Ia3 => {
                     let feedforward = cfg.is_feedforward(module);
                     let dims = if feedforward { [1, d_in] } else { [d_out, 1] };
@@ -220,6 +249,114 @@ impl ParamStore {
             switch: reg.switch.clone(),
             items,
         }))
+    }
+
+    /// LayerNorm tuning: the tensor a norm at `module` uses for its `param` (`weight` or
+    /// `bias`): the active LN-tuning adapter's trained copy when one targets the norm (created
+    /// from `base` if new), else `base`. (Switching between LN-tuning adapters rebuilds the
+    /// model.)
+    pub fn ln_tuned(&mut self, module: &str, param: &str, base: Tensor) -> Result<Tensor> {
+        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let Some((name, source)) = self
+            .peft()
+            .adapters
+            .iter()
+            .find(|a| {
+                a.config.peft_type == PeftType::LnTuning
+                    && active.contains(&a.name)
+                    && a.config.targets(module)
+            })
+            .map(|a| (a.name.clone(), a.source.clone()))
+        else {
+            return Ok(base);
+        };
+        let key = ln_param_name(module, &name, param);
+        if !self.vars().contains_key(&key) && self.shapes().is_none() && source.is_none() {
+            self.insert(&key, base.detach().copy()?)?;
+        }
+        let t = self.adapter_param(&key, base.dims(), Init::Ones, source.as_deref())?;
+        let has_bias = param == "bias";
+        let entry = self
+            .peft_mut()
+            .modules
+            .entry(module.to_string())
+            .or_default();
+        entry.has_bias |= has_bias;
+        Ok(t)
+    }
+
+    /// Prompt tuning: the active prompt-tuning adapter's virtual-token embeddings
+    /// `[num_virtual_tokens, hidden]` (created as its `prompt_tuning_init` says if new, rows of
+    /// `table` for SAMPLE_VOCAB), or `None`.
+    pub fn prompt_for(&mut self, hidden: usize, table: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let Some(a) = self
+            .peft()
+            .adapters
+            .iter()
+            .find(|a| a.config.peft_type == PeftType::PromptTuning && active.contains(&a.name))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let n = a.config.num_virtual_tokens.unwrap_or(0);
+        let key = param_name(PROMPT, PROMPT, &a.name);
+        let missing = !self.vars().contains_key(&key) && self.shapes().is_none();
+        if missing && a.source.is_none() {
+            if let (Some("SAMPLE_VOCAB"), Some(table)) =
+                (a.config.prompt_tuning_init.as_deref(), table)
+            {
+                let vocab = table.dim(0)? as u64;
+                let mut rng = crate::rng::Rng::new(vocab);
+                let rows: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+                let idx = Tensor::new(rows.as_slice(), table.device())?;
+                self.insert(&key, table.detach().index_select(&idx, 0)?)?;
+            }
+        }
+        let t = self.adapter_param(&key, &[n, hidden], Init::Normal(1.0), a.source.as_deref())?;
+        self.peft_mut()
+            .modules
+            .insert(PROMPT.to_string(), AdaptedModule::default());
+        Ok(Some(t))
+    }
+
+    /// Prefix tuning: the active prefix-tuning adapter's keys and values for `layers` layers
+    /// of `heads` key/value heads of width `head_dim`, as PEFT lays them out: `[n,
+    /// layers * 2 * heads * head_dim]`, column `((layer * 2 + kv) * heads + head) * head_dim +
+    /// i` (kv 0 the key, 1 the value), initialised N(0, 1) as PEFT's embedding.
+    pub fn prefix_for(
+        &mut self,
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Option<Tensor>> {
+        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let Some(i) = self.peft().adapters.iter().position(|a| {
+            a.config.peft_type == PeftType::PrefixTuning && active.contains(&a.name)
+        }) else {
+            return Ok(None);
+        };
+        let a = self.peft().adapters[i].clone();
+        let n = a.config.num_virtual_tokens.unwrap_or(0);
+        let key = param_name(PROMPT, PROMPT, &a.name);
+        let width = layers * 2 * heads * head_dim;
+        let t = self.adapter_param(&key, &[n, width], Init::Normal(1.0), a.source.as_deref())?;
+        let reg = self.peft_mut();
+        // What PEFT needs to lay the tensor out again (GQA: the key/value heads).
+        let cfg = &mut reg.adapters[i].config;
+        cfg.token_dim = Some(heads * head_dim);
+        cfg.other
+            .insert("num_layers".into(), serde_json::json!(layers));
+        cfg.other
+            .insert("num_attention_heads".into(), serde_json::json!(heads));
+        cfg.other
+            .insert("encoder_hidden_size".into(), serde_json::json!(heads * head_dim));
+        cfg.other
+            .insert("num_transformer_submodules".into(), serde_json::json!(1));
+        cfg.other
+            .insert("prefix_projection".into(), serde_json::json!(false));
+        reg.modules.insert(PROMPT.to_string(), AdaptedModule::default());
+        Ok(Some(t))
     }
 
     fn adapter_param(
@@ -273,6 +410,19 @@ impl ParamStore {
             .collect()
     }
 
+    /// Freezes everything the adapters do not train (see [`ParamStore::adapter_trainable`]);
+    /// rebuild models from the store afterwards.
+    pub fn freeze_all_but_adapters(&mut self) -> Result<()> {
+        let trainable = self.adapter_trainable();
+        let frozen = self
+            .vars()
+            .keys()
+            .filter(|k| !trainable.contains(*k))
+            .cloned()
+            .collect();
+        self.freeze(&frozen)
+    }
+
     /// Folds adapter `name` into the base weights (the model must have been built with it):
     /// its layers then skip it. Quantized layers cannot be merged into.
     pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
@@ -306,8 +456,18 @@ impl ParamStore {
 
     fn fold(&mut self, name: &str, undo: bool) -> Result<()> {
         let reg = self.peft();
-        if reg.get(name).is_none() {
+        let Some(adapter) = reg.get(name) else {
             return Err(Error::Config(format!("no adapter named {name:?}")));
+        };
+        if adapter.config.peft_type.virtual_tokens() {
+            return Err(Error::Config(format!(
+                "adapter {name:?} is {}: virtual tokens cannot be merged into weights",
+                if adapter.config.peft_type == PeftType::PromptTuning {
+                    "prompt tuning"
+                } else {
+                    "prefix tuning"
+                }
+            )));
         }
         let is_merged = reg
             .switch
@@ -326,7 +486,9 @@ impl ParamStore {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Some((m, _)) = modules.iter().find(|(_, m)| m.quantized) {
+        if let Some((m, _)) = modules.iter().find(|(k, m)| {
+            m.quantized && vars_has(self, &param_name(k, "lora_A", name), &param_name(k, "ia3_l", name))
+        }) {
             return Err(Error::Config(format!(
                 "{m} is quantized: merging needs the base weights in f32 (load the GGUF file without --quantized)"
             )));
@@ -336,6 +498,23 @@ impl ParamStore {
         let mut updates = Vec::new();
         let mut norms = Vec::new();
         for (module, info) in &modules {
+            // LayerNorm tuning: the base takes the trained copy's values (kept to undo).
+            for param in ["weight", "bias"] {
+                let Some(copy) = t(&ln_param_name(module, name, param)) else {
+                    continue;
+                };
+                let base_key = format!("{module}.{param}");
+                let saved = (name.to_string(), base_key.clone());
+                if undo {
+                    let orig = self.peft().saved.get(&saved).cloned().ok_or_else(|| {
+                        Error::Config(format!("{base_key}: no saved value to restore"))
+                    })?;
+                    updates.push((base_key, orig));
+                } else if let Some(orig) = t(&base_key) {
+                    norms.push((saved, orig.copy()?));
+                    updates.push((base_key, copy));
+                }
+            }
             let wkey = format!("{module}.weight");
             let Some(w0) = t(&wkey) else { continue };
             let w = if info.in_out { w0.t()? } else { w0.clone() };
@@ -355,7 +534,7 @@ impl ParamStore {
                         let m = m.unsqueeze(1)?;
                         let key = (name.to_string(), module.clone());
                         if undo {
-                            let norm = self.peft().dora_norms.get(&key).cloned().ok_or_else(
+                            let norm = self.peft().saved.get(&key).cloned().ok_or_else(
                                 || Error::Config(format!("{module}: no DoRA norms saved")),
                             )?;
                             (w.broadcast_mul(&norm.broadcast_div(&m)?)? - delta)?
@@ -392,7 +571,7 @@ impl ParamStore {
             self.vars()[&k].set(&v)?;
         }
         let reg = self.peft_mut();
-        reg.dora_norms.extend(norms);
+        reg.saved.extend(norms);
         let mut st = reg.switch.lock().expect("adapter state");
         if undo {
             st.merged.retain(|n| n != name);

@@ -396,6 +396,12 @@ impl Recipe {
                     "[peft] adapts a pretrained model: set model.init or pass --from".into(),
                 ));
             }
+            if self.objective != "clm" {
+                return Err(Error::Config(format!(
+                    "[peft] adapter runs train causal language models (objective \"clm\"); objective {:?} is not supported with adapters yet",
+                    self.objective
+                )));
+            }
             if !(t.freeze.is_empty() && t.train_only.is_empty()) {
                 return Err(Error::Config(
                     "train.freeze / train.train_only and [peft] exclude each other: an adapter run trains the adapter (and its modules_to_save) only".into(),

@@ -501,6 +501,7 @@ fn attach_adapter(
     cfg: &crate::peft::PeftConfig,
     base: Option<&str>,
     resume: Option<&Path>,
+    tokenizer: Option<&Tokenizer>,
 ) -> Result<TrainModel> {
     match resume {
         Some(ck) => crate::peft::adapter_io::load_adapter(store, ck, "default")?,
@@ -511,32 +512,68 @@ fn attach_adapter(
             store.add_adapter("default", cfg, None)?;
         }
     }
+    if let (None, Some(text), Some(tok)) = (
+        resume,
+        cfg.prompt_tuning_init_text.as_deref(),
+        tokenizer,
+    ) {
+        if cfg.prompt_tuning_init.as_deref() == Some("TEXT") {
+            init_prompt_from_text(store, cfg, text, tok)?;
+        }
+    }
     let model = model.rebuild(store)?;
     if store.peft().modules.is_empty() {
-        let mut linear: Vec<String> = store
+        let what = if cfg.peft_type.wraps_linear() {
+            "linear layer"
+        } else {
+            "norm"
+        };
+        let mut names: Vec<String> = store
             .vars()
             .keys()
             .filter_map(|k| k.strip_suffix(".weight"))
             .filter_map(|m| m.rsplit('.').next())
             .map(str::to_string)
             .collect();
-        linear.sort();
-        linear.dedup();
+        names.sort();
+        names.dedup();
         return Err(Error::Config(format!(
-            "[peft] target_modules {} match no linear layer of this model (module names end in: {})",
+            "[peft] target_modules {} match no {what} of this model (module names end in: {})",
             serde_json::to_string(&cfg.target_modules).expect("serialises"),
-            linear.join(", ")
+            names.join(", ")
         )));
     }
-    let trainable = store.adapter_trainable();
-    let frozen = store
-        .vars()
-        .keys()
-        .filter(|k| !trainable.contains(*k))
-        .cloned()
-        .collect();
-    store.freeze(&frozen)?;
+    store.freeze_all_but_adapters()?;
     model.rebuild(store)
+}
+
+/// Prompt tuning's `TEXT` initialisation (as PEFT): the embeddings of the text's tokens,
+/// repeated or cut to `num_virtual_tokens`.
+fn init_prompt_from_text(
+    store: &mut ParamStore,
+    cfg: &crate::peft::PeftConfig,
+    text: &str,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    let n = cfg.num_virtual_tokens.unwrap_or(0);
+    let ids = tokenizer.encode(text)?;
+    if ids.is_empty() {
+        return Err(Error::Config(
+            "prompt_tuning_init_text encodes to no tokens".into(),
+        ));
+    }
+    let ids: Vec<u32> = ids.iter().cycle().take(n).copied().collect();
+    let table = ["model.embed_tokens.weight", "transformer.wte.weight"]
+        .iter()
+        .find_map(|k| store.vars().get(*k))
+        .ok_or_else(|| {
+            Error::Config("prompt_tuning_init TEXT needs a dense token embedding table".into())
+        })?
+        .as_tensor()
+        .detach();
+    let rows = table.index_select(&Tensor::new(ids.as_slice(), table.device())?, 0)?;
+    let key = crate::peft::registry::param_name("prompt_embeddings", "prompt_embeddings", "default");
+    store.insert(&key, rows)
 }
 
 fn is_gguf(path: &Path) -> bool {
@@ -1019,6 +1056,7 @@ impl Trainer {
                 cfg,
                 recipe.model.init.as_deref(),
                 resume_from.as_ref().map(|(_, ck)| ck.as_path()),
+                tokenizer.as_ref(),
             )?;
         }
 
