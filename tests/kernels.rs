@@ -257,7 +257,8 @@ fn blocked_causal_attention_matches_composition() {
     use ferroformer::nn::kernels::attention::causal_attention;
     use ferroformer::nn::{CausalSelfAttention, Dropout, Linear};
     let c = 48;
-    let dummy = |d_in: usize, d_out: usize| Linear::plain(randn(&[d_in, d_out], 0.1, 1), None, true);
+    let dummy =
+        |d_in: usize, d_out: usize| Linear::plain(randn(&[d_in, d_out], 0.1, 1), None, true);
     for (i, (b, t, heads)) in [
         (1usize, 1usize, 1usize),
         (2, 7, 4),

@@ -9,9 +9,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, D};
 use common::{assert_close, fixture, max_abs};
 use ferroformer::io::safetensors;
-use ferroformer::peft::{adapter_io, PeftConfig, PeftType, Targets};
 use ferroformer::models::{self, CausalModel};
 use ferroformer::nn::ParamStore;
+use ferroformer::peft::{adapter_io, PeftConfig, PeftType, Targets};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -36,8 +36,14 @@ fn prompt_tuning_made_by_peft_gives_its_logits() {
     // Generation with a cache: the first call carries the virtual tokens, later ones continue.
     let mut caches = p.model.new_caches();
     let x = ids(&e);
-    let a = p.model.forward(&x.narrow(1, 0, 4).unwrap(), Some(&mut caches), None).unwrap();
-    let b = p.model.forward(&x.narrow(1, 4, 3).unwrap(), Some(&mut caches), None).unwrap();
+    let a = p
+        .model
+        .forward(&x.narrow(1, 0, 4).unwrap(), Some(&mut caches), None)
+        .unwrap();
+    let b = p
+        .model
+        .forward(&x.narrow(1, 4, 3).unwrap(), Some(&mut caches), None)
+        .unwrap();
     assert_logits("prompt cached", &Tensor::cat(&[a, b], 1).unwrap(), &want);
     let mut m = p;
     let e = m.store.merge_adapter("default").unwrap_err().to_string();
@@ -51,11 +57,25 @@ fn prefix_tuning_made_by_peft_gives_its_logits() {
     let e = expected("llama-prefix");
     let p = with_adapter("llama-prefix", "llama-tiny");
     let x = ids(&e);
-    assert_logits("prefix", &p.model.forward(&x, None, None).unwrap(), &e["logits"]);
+    assert_logits(
+        "prefix",
+        &p.model.forward(&x, None, None).unwrap(),
+        &e["logits"],
+    );
     let mut caches = p.model.new_caches();
-    let a = p.model.forward(&x.narrow(1, 0, 4).unwrap(), Some(&mut caches), None).unwrap();
-    let b = p.model.forward(&x.narrow(1, 4, 3).unwrap(), Some(&mut caches), None).unwrap();
-    assert_logits("prefix cached", &Tensor::cat(&[a, b], 1).unwrap(), &e["logits"]);
+    let a = p
+        .model
+        .forward(&x.narrow(1, 0, 4).unwrap(), Some(&mut caches), None)
+        .unwrap();
+    let b = p
+        .model
+        .forward(&x.narrow(1, 4, 3).unwrap(), Some(&mut caches), None)
+        .unwrap();
+    assert_logits(
+        "prefix cached",
+        &Tensor::cat(&[a, b], 1).unwrap(),
+        &e["logits"],
+    );
 }
 
 fn expected(case: &str) -> BTreeMap<String, Tensor> {
@@ -79,8 +99,10 @@ struct M {
 /// Base model (a fixture directory) with adapters.
 fn load(base: &str, adapters: &[(&str, PathBuf)]) -> ferroformer::Result<M> {
     let (model, mut store) = models::load_dir(&fixture(base), &Device::Cpu)?;
-    let specs: Vec<(String, PathBuf)> =
-        adapters.iter().map(|(n, d)| (n.to_string(), d.clone())).collect();
+    let specs: Vec<(String, PathBuf)> = adapters
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.clone()))
+        .collect();
     let model = model.with_adapters(&mut store, &specs)?;
     Ok(M { model, store })
 }
@@ -137,7 +159,11 @@ fn adapters_made_by_peft_give_its_logits_and_merge_exactly() {
 fn shifted_loss(p: &M, x: &Tensor) -> Tensor {
     let logits = p.model.forward(x, None, None).unwrap();
     let (b, t, v) = logits.dims3().unwrap();
-    let l = logits.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), v)).unwrap();
+    let l = logits
+        .narrow(1, 0, t - 1)
+        .unwrap()
+        .reshape((b * (t - 1), v))
+        .unwrap();
     let y = x.narrow(1, 1, t - 1).unwrap().reshape(b * (t - 1)).unwrap();
     ferroformer::objective::clm::cross_entropy(&l, &y).unwrap()
 }
@@ -163,7 +189,13 @@ fn adapter_gradients_match_peft() {
                 .get(p.store.vars()[&store_key].as_tensor())
                 .unwrap_or_else(|| panic!("{case}: no gradient for {store_key}"));
             let scale = max_abs(want).max(1e-3);
-            assert_close(&format!("{case} grad {file_key}"), got, want, 1e-4, 1e-5 * scale);
+            assert_close(
+                &format!("{case} grad {file_key}"),
+                got,
+                want,
+                1e-4,
+                1e-5 * scale,
+            );
             n += 1;
         }
         let want_n = e.keys().filter(|k| k.starts_with("grad.")).count();
@@ -173,15 +205,15 @@ fn adapter_gradients_match_peft() {
 
 #[test]
 fn saved_adapters_are_the_files_peft_writes() {
-    for (case, base) in CASES
-        .iter()
-        .chain(&[("llama-prompt", "llama-tiny"), ("llama-prefix", "llama-tiny")])
-    {
+    for (case, base) in CASES.iter().chain(&[
+        ("llama-prompt", "llama-tiny"),
+        ("llama-prefix", "llama-tiny"),
+    ]) {
         let p = with_adapter(case, base);
         let d = tempfile::tempdir().unwrap();
         adapter_io::save_adapter(&p.store, "default", d.path(), Some("base")).unwrap();
-        let ours = safetensors::load(&d.path().join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
+        let ours =
+            safetensors::load(&d.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
         let theirs = safetensors::load(
             &fixture(&format!("peft/{case}/adapter_model.safetensors")),
             &Device::Cpu,
@@ -200,8 +232,7 @@ fn saved_adapters_are_the_files_peft_writes() {
         )
         .unwrap();
         let want: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture(&format!("peft/{case}/adapter_config.json")))
-                .unwrap(),
+            &std::fs::read_to_string(fixture(&format!("peft/{case}/adapter_config.json"))).unwrap(),
         )
         .unwrap();
         for key in [
@@ -248,7 +279,11 @@ fn trainable_line_equals_peft_for_smollm2() {
         "rope_theta": 100000.0
     }))
     .unwrap();
-    let mut lora = PeftConfig::lora(8, 8.0, Targets::List(vec!["q_proj".into(), "v_proj".into()]));
+    let mut lora = PeftConfig::lora(
+        8,
+        8.0,
+        Targets::List(vec!["q_proj".into(), "v_proj".into()]),
+    );
     let mut ia3 = lora.clone();
     ia3.peft_type = PeftType::Ia3;
     ia3.target_modules = Targets::List(vec![]);
@@ -256,7 +291,11 @@ fn trainable_line_equals_peft_for_smollm2() {
     let mut all = lora.clone();
     all.target_modules = Targets::Pattern("all-linear".into());
     lora.task_type = Some("CAUSAL_LM".into());
-    for (name, cfg) in [("lora_r8_q_v", lora), ("ia3_default", ia3), ("lora_r8_all_linear", all)] {
+    for (name, cfg) in [
+        ("lora_r8_q_v", lora),
+        ("ia3_default", ia3),
+        ("lora_r8_all_linear", all),
+    ] {
         let mut store = ferroformer::nn::ParamStore::new_init(&Device::Cpu, 0);
         ferroformer::models::Llama::new(&config, &mut store).unwrap();
         store.add_adapter("default", cfg, None).unwrap();
@@ -277,17 +316,30 @@ fn adapters_for_another_base_or_method_are_refused() {
     };
     // GPT-2's adapter on Llama: its modules do not exist there.
     let e = load("llama-tiny", &fixture("peft/gpt2-lora"));
-    assert!(e.contains("gpt2-lora") && e.contains("another base model"), "{e}");
+    assert!(
+        e.contains("gpt2-lora") && e.contains("another base model"),
+        "{e}"
+    );
     // The same module names with other sizes: the shape error names the module.
     let d = tempfile::tempdir().unwrap();
     let src = fixture("peft/llama-lora");
-    std::fs::copy(src.join("adapter_config.json"), d.path().join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        d.path().join("adapter_config.json"),
+    )
+    .unwrap();
     let mut t = safetensors::load(&src.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     let k = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
-    t.insert(k.into(), Tensor::zeros((4, 48), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        k.into(),
+        Tensor::zeros((4, 48), DType::F32, &Device::Cpu).unwrap(),
+    );
     safetensors::save(&d.path().join("adapter_model.safetensors"), &t).unwrap();
     let e = load("llama-tiny", d.path());
-    assert!(e.contains("q_proj.lora_A") && e.contains("[4, 48]") && e.contains("another base"), "{e}");
+    assert!(
+        e.contains("q_proj.lora_A") && e.contains("[4, 48]") && e.contains("another base"),
+        "{e}"
+    );
     // An unknown peft_type names itself and the file.
     let cfg = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
     std::fs::write(
@@ -296,7 +348,10 @@ fn adapters_for_another_base_or_method_are_refused() {
     )
     .unwrap();
     let e = load("llama-tiny", d.path());
-    assert!(e.contains("BOFT") && e.contains("adapter_config.json"), "{e}");
+    assert!(
+        e.contains("BOFT") && e.contains("adapter_config.json"),
+        "{e}"
+    );
 }
 
 /// Two adapters side by side: each alone gives its logits; switching needs no rebuild.
@@ -313,13 +368,29 @@ fn named_adapters_switch_at_inference() {
     )
     .unwrap();
     let x = ids(&e1);
-    assert_logits("one", &p.model.forward(&x, None, None).unwrap(), &e1["logits"]);
+    assert_logits(
+        "one",
+        &p.model.forward(&x, None, None).unwrap(),
+        &e1["logits"],
+    );
     p.store.peft().set_active(&["two"]).unwrap();
-    assert_logits("two", &p.model.forward(&x, None, None).unwrap(), &e2["logits"]);
+    assert_logits(
+        "two",
+        &p.model.forward(&x, None, None).unwrap(),
+        &e2["logits"],
+    );
     p.store.peft().set_active(&[]).unwrap();
     let plain = p.model.forward(&x, None, None).unwrap();
-    let diff = (plain - &e1["logits"]).unwrap().abs().unwrap().max_all().unwrap();
-    assert!(diff.to_scalar::<f32>().unwrap() > 1e-2, "no adapter must differ");
+    let diff = (plain - &e1["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        diff.to_scalar::<f32>().unwrap() > 1e-2,
+        "no adapter must differ"
+    );
     assert!(p.store.peft().set_active(&["three"]).is_err());
 }
 
@@ -343,7 +414,10 @@ fn quantized_projection_passes_gradients_to_its_input() {
     let x = candle_core::Var::from_vec(x0, (n, cols), &Device::Cpu).unwrap();
     let c: Vec<f32> = (0..n * rows).map(|_| rng.normal() as f32).collect();
     let c = Tensor::from_vec(c, (n, rows), &Device::Cpu).unwrap();
-    let loss = (proj.forward(x.as_tensor()).unwrap() * &c).unwrap().sum_all().unwrap();
+    let loss = (proj.forward(x.as_tensor()).unwrap() * &c)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let g = loss.backward().unwrap();
     let got = g.get(x.as_tensor()).unwrap();
     // d/dx sum(c * x W^T) = c W.
@@ -372,7 +446,8 @@ fn export_logits(base: &Path, adapter: &Path, x: &Tensor) {
 #[test]
 #[ignore]
 fn interop_check_on_given_model() {
-    let spec = std::env::var("FERROFORMER_PEFT_CHECK").expect("FERROFORMER_PEFT_CHECK=BASE:ADAPTER");
+    let spec =
+        std::env::var("FERROFORMER_PEFT_CHECK").expect("FERROFORMER_PEFT_CHECK=BASE:ADAPTER");
     let (base, adapter) = spec.split_once(':').unwrap();
     let (base, adapter) = (Path::new(base), Path::new(adapter));
     let path = adapter.join("expected.safetensors");
@@ -388,7 +463,12 @@ fn interop_check_on_given_model() {
         .with_adapters(&mut store, &[("default".into(), adapter.to_path_buf())])
         .unwrap();
     let logits = model.forward(&ids(&e), None, None).unwrap();
-    let diff = (logits - &e["logits"]).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (logits - &e["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     let diff = diff.to_scalar::<f32>().unwrap() as f64;
     eprintln!("max |diff| {diff:e}, max |logit| {}", max_abs(&e["logits"]));
     assert!(diff <= 1e-5 * max_abs(&e["logits"]).max(1.0));
@@ -469,7 +549,10 @@ seed = 3
         };
         let out = stdout_of(ff().args(args(&r)).arg("--peft").arg("lora"));
         let run = d.path().join("run");
-        assert!(run.join("adapter_model.safetensors").is_file() && !run.join("model.safetensors").exists());
+        assert!(
+            run.join("adapter_model.safetensors").is_file()
+                && !run.join("model.safetensors").exists()
+        );
         assert!(run.join("checkpoint-10/adapter_config.json").is_file());
         let st: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(run.join("checkpoint-10/trainer_state.json")).unwrap(),
@@ -511,12 +594,21 @@ seed = 3
         let with = ppl(&["--model", &b, "--adapter", &run_s]);
         let as_model = ppl(&["--model", &run_s]);
         let merged = d.path().join("merged");
-        stdout_of(ff().args(["convert", "--merge-adapter", &run_s, "--to"]).arg(&merged));
+        stdout_of(
+            ff().args(["convert", "--merge-adapter", &run_s, "--to"])
+                .arg(&merged),
+        );
         let merged_ppl = ppl(&["--model", &merged.display().to_string()]);
         let plain = ppl(&["--model", &b]);
         assert!((with - as_model).abs() < 1e-9, "{with} {as_model}");
-        assert!((with - merged_ppl).abs() < 1e-4 * with, "{with} {merged_ppl}");
-        assert!(with < plain, "training on the text lowers its perplexity: {with} vs {plain}");
+        assert!(
+            (with - merged_ppl).abs() < 1e-4 * with,
+            "{with} {merged_ppl}"
+        );
+        assert!(
+            with < plain,
+            "training on the text lowers its perplexity: {with} vs {plain}"
+        );
 
         // For tests/fixtures/check_peft_load.py (PEFT loading this adapter): the adapter and
         // our logits for fixed ids, in FERROFORMER_PEFT_EXPORT when set.
@@ -527,8 +619,11 @@ seed = 3
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
             std::fs::copy(run.join(f), export.join(f)).unwrap();
         }
-        let x = Tensor::new(&[[1u32, 5, 9, 13, 2, 7, 11], [3, 4, 8, 20, 25, 6, 10]], &Device::Cpu)
-            .unwrap();
+        let x = Tensor::new(
+            &[[1u32, 5, 9, 13, 2, 7, 11], [3, 4, 8, 20, 25, 6, 10]],
+            &Device::Cpu,
+        )
+        .unwrap();
         export_logits(&base, &export, &x);
     }
 
@@ -576,7 +671,10 @@ seed = 3
         for (name, ppl) in scores {
             // Random virtual tokens start off worse than none; 6 steps need not repair that.
             if matches!(name, "prefix") {
-                assert!((ppl - plain).abs() > 1e-3 * plain, "{name}: {ppl} vs base {plain}");
+                assert!(
+                    (ppl - plain).abs() > 1e-3 * plain,
+                    "{name}: {ppl} vs base {plain}"
+                );
             } else {
                 assert!(ppl < plain, "{name}: {ppl} vs base {plain}");
             }
@@ -590,7 +688,11 @@ seed = 3
         let base = base_model(d.path());
         let finetune = |args: &[&str]| {
             let mut c = ff();
-            c.args(["finetune", "--from"]).arg(&base).arg("--recipe").arg(&r).args(args);
+            c.args(["finetune", "--from"])
+                .arg(&base)
+                .arg("--recipe")
+                .arg(&r)
+                .args(args);
             c
         };
         let cases: [(&[&str], &[&str]); 4] = [
@@ -599,11 +701,11 @@ seed = 3
                 &["match no linear layer", "q_proj", "down_proj"],
             ),
             (&["--peft", "boft"], &["boft", "LORA"]),
-            (&["--peft", "lora", "--set", "peft.rank=4"], &["unknown peft keys", "rank"]),
             (
-                &["--peft", "prompt_tuning"],
-                &["num_virtual_tokens"],
+                &["--peft", "lora", "--set", "peft.rank=4"],
+                &["unknown peft keys", "rank"],
             ),
+            (&["--peft", "prompt_tuning"], &["num_virtual_tokens"]),
         ];
         for (args, needles) in cases {
             fails_with(&mut finetune(args), needles);

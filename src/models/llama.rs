@@ -572,9 +572,14 @@ impl Llama {
 
     /// Positions left for the input (learned virtual tokens take some).
     pub fn max_positions(&self) -> usize {
-        let prefix = self.layers.first().and_then(|l| l.self_attn.prefix.as_ref());
+        let prefix = self
+            .layers
+            .first()
+            .and_then(|l| l.self_attn.prefix.as_ref());
         let virtual_n = super::virtual_len(self.prompt.as_ref(), prefix);
-        self.config.max_position_embeddings.saturating_sub(virtual_n)
+        self.config
+            .max_position_embeddings
+            .saturating_sub(virtual_n)
     }
 }
 

@@ -256,7 +256,11 @@ pub fn layer_prefix(
         .narrow(1, layer * 2 * w, 2 * w)?
         .reshape((n, 2, heads, head_dim))?;
     let part = |i: usize| -> Result<Tensor> {
-        Ok(kv.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?)
+        Ok(kv
+            .narrow(1, i, 1)?
+            .squeeze(1)?
+            .transpose(0, 1)?
+            .contiguous()?)
     };
     Ok((part(0)?, part(1)?))
 }

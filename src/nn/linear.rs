@@ -30,7 +30,11 @@ impl Linear {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        let weight = store.get(&format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std))?;
+        let weight = store.get(
+            &format!("{prefix}.weight"),
+            &[d_out, d_in],
+            Init::Normal(std),
+        )?;
         let bias = if bias {
             Some(store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?)
         } else {
@@ -80,7 +84,11 @@ impl Linear {
         d_out: usize,
         std: f64,
     ) -> Result<Self> {
-        let weight = store.get(&format!("{prefix}.weight"), &[d_in, d_out], Init::Normal(std))?;
+        let weight = store.get(
+            &format!("{prefix}.weight"),
+            &[d_in, d_out],
+            Init::Normal(std),
+        )?;
         let bias = store.get(&format!("{prefix}.bias"), &[d_out], Init::Zeros)?;
         Linear::plain(weight, Some(bias), true).adapted(store, prefix)
     }

@@ -134,11 +134,8 @@ impl Adapters {
                     }
                     let mask = match seed {
                         Some(s) => {
-                            let m = crate::nn::kernels::lora::dropout_mask(
-                                *dropout,
-                                s,
-                                x.elem_count(),
-                            );
+                            let m =
+                                crate::nn::kernels::lora::dropout_mask(*dropout, s, x.elem_count());
                             Some(Tensor::from_vec(m, x.shape(), x.device())?)
                         }
                         None => None,

@@ -88,12 +88,16 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
         return Err(Error::format(dir, format!("no {WEIGHTS_FILE}")));
     }
     let tensors = crate::io::safetensors::load(&path, store.device())?;
-    let replaces_base = tensors
-        .keys()
-        .any(|k| k.strip_prefix(PREFIX).is_some_and(|k| store_key(k, name).is_none()));
+    let replaces_base = tensors.keys().any(|k| {
+        k.strip_prefix(PREFIX)
+            .is_some_and(|k| store_key(k, name).is_none())
+    });
     if replaces_base
         && store.peft().adapters.iter().any(|a| {
-            a.config.modules_to_save.as_ref().is_some_and(|m| !m.is_empty())
+            a.config
+                .modules_to_save
+                .as_ref()
+                .is_some_and(|m| !m.is_empty())
                 || a.config.bias != super::BiasMode::None
         })
     {
@@ -104,7 +108,10 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
     }
     let mut staged = Vec::new();
     for (key, t) in tensors {
-        let Some(k) = key.strip_prefix(PREFIX).or((key == PROMPT).then_some(PROMPT)) else {
+        let Some(k) = key
+            .strip_prefix(PREFIX)
+            .or((key == PROMPT).then_some(PROMPT))
+        else {
             return Err(Error::format(
                 &path,
                 format!("tensor {key} does not start with {PREFIX:?}: not a PEFT adapter file"),

@@ -102,7 +102,9 @@ fn int_if_whole<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::O
     }
 }
 
-fn parse_peft_type<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<PeftType, D::Error> {
+fn parse_peft_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<PeftType, D::Error> {
     let s = String::deserialize(d)?;
     PeftType::parse(&s).map_err(serde::de::Error::custom)
 }
@@ -259,7 +261,11 @@ impl PeftConfig {
         if self.peft_type == PeftType::PromptTuning {
             match self.prompt_tuning_init.as_deref().unwrap_or("RANDOM") {
                 "RANDOM" | "SAMPLE_VOCAB" => {}
-                "TEXT" if self.prompt_tuning_init_text.as_deref().is_some_and(|t| !t.is_empty()) => {}
+                "TEXT"
+                    if self
+                        .prompt_tuning_init_text
+                        .as_deref()
+                        .is_some_and(|t| !t.is_empty()) => {}
                 "TEXT" => {
                     return Err(Error::Config(
                         "prompt_tuning_init = \"TEXT\" needs prompt_tuning_init_text".into(),
@@ -286,8 +292,11 @@ impl PeftConfig {
             let empty = v.is_null() || v == &serde_json::json!({}) || v == &serde_json::json!([]);
             let unsupported = match k.as_str() {
                 "megatron_config" | "megatron_core" | "runtime_config" => false,
-                "layer_replication" | "exclude_modules" | "trainable_token_indices"
-                | "target_parameters" | "alora_invocation_tokens" => !empty,
+                "layer_replication"
+                | "exclude_modules"
+                | "trainable_token_indices"
+                | "target_parameters"
+                | "alora_invocation_tokens" => !empty,
                 "lora_bias" => v.as_bool() == Some(true),
                 k if k.ends_with("_config") => !empty,
                 k if k.starts_with("use_") => v.as_bool() == Some(true),
@@ -441,10 +450,15 @@ mod tests {
         let mut c = PeftConfig::lora(4, 8.0, Targets::Pattern("all-linear".into()));
         assert!(c.targets("model.layers.0.mlp.up_proj") && !c.targets("lm_head"));
         c.layers_to_transform = Some(vec![1]);
-        assert!(!c.targets("model.layers.0.mlp.up_proj") && c.targets("model.layers.1.mlp.up_proj"));
+        assert!(
+            !c.targets("model.layers.0.mlp.up_proj") && c.targets("model.layers.1.mlp.up_proj")
+        );
         c.rank_pattern.insert("up_proj".into(), 2);
         c.use_rslora = true;
-        assert_eq!(c.rank_and_scaling("model.layers.1.mlp.up_proj"), (2, 8.0 / 2f64.sqrt()));
+        assert_eq!(
+            c.rank_and_scaling("model.layers.1.mlp.up_proj"),
+            (2, 8.0 / 2f64.sqrt())
+        );
         assert_eq!(c.rank_and_scaling("model.layers.1.mlp.down_proj"), (4, 4.0));
     }
 

@@ -48,13 +48,7 @@ pub(crate) const LN: &str = "ln_tuning_layers";
 pub(crate) const PROMPT: &str = "prompt_embeddings";
 
 /// The kinds of adapter tensor, as they appear in a key.
-pub const KINDS: &[&str] = &[
-    "lora_A",
-    "lora_B",
-    "lora_magnitude_vector",
-    "ia3_l",
-    LN,
-];
+pub const KINDS: &[&str] = &["lora_A", "lora_B", "lora_magnitude_vector", "ia3_l", LN];
 
 /// Splits a store key into (module, kind, adapter) when it is an adapter tensor (a prompt's
 /// module is `prompt_embeddings`).
@@ -256,7 +250,13 @@ impl ParamStore {
     /// from `base` if new), else `base`. (Switching between LN-tuning adapters rebuilds the
     /// model.)
     pub fn ln_tuned(&mut self, module: &str, param: &str, base: Tensor) -> Result<Tensor> {
-        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let active = self
+            .peft()
+            .switch
+            .lock()
+            .expect("adapter state")
+            .active
+            .clone();
         let Some((name, source)) = self
             .peft()
             .adapters
@@ -289,7 +289,13 @@ impl ParamStore {
     /// `[num_virtual_tokens, hidden]` (created as its `prompt_tuning_init` says if new, rows of
     /// `table` for SAMPLE_VOCAB), or `None`.
     pub fn prompt_for(&mut self, hidden: usize, table: Option<&Tensor>) -> Result<Option<Tensor>> {
-        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let active = self
+            .peft()
+            .switch
+            .lock()
+            .expect("adapter state")
+            .active
+            .clone();
         let Some(a) = self
             .peft()
             .adapters
@@ -330,10 +336,18 @@ impl ParamStore {
         heads: usize,
         head_dim: usize,
     ) -> Result<Option<Tensor>> {
-        let active = self.peft().switch.lock().expect("adapter state").active.clone();
-        let Some(i) = self.peft().adapters.iter().position(|a| {
-            a.config.peft_type == PeftType::PrefixTuning && active.contains(&a.name)
-        }) else {
+        let active = self
+            .peft()
+            .switch
+            .lock()
+            .expect("adapter state")
+            .active
+            .clone();
+        let Some(i) =
+            self.peft().adapters.iter().position(|a| {
+                a.config.peft_type == PeftType::PrefixTuning && active.contains(&a.name)
+            })
+        else {
             return Ok(None);
         };
         let a = self.peft().adapters[i].clone();
@@ -349,13 +363,16 @@ impl ParamStore {
             .insert("num_layers".into(), serde_json::json!(layers));
         cfg.other
             .insert("num_attention_heads".into(), serde_json::json!(heads));
-        cfg.other
-            .insert("encoder_hidden_size".into(), serde_json::json!(heads * head_dim));
+        cfg.other.insert(
+            "encoder_hidden_size".into(),
+            serde_json::json!(heads * head_dim),
+        );
         cfg.other
             .insert("num_transformer_submodules".into(), serde_json::json!(1));
         cfg.other
             .insert("prefix_projection".into(), serde_json::json!(false));
-        reg.modules.insert(PROMPT.to_string(), AdaptedModule::default());
+        reg.modules
+            .insert(PROMPT.to_string(), AdaptedModule::default());
         Ok(Some(t))
     }
 
@@ -376,13 +393,14 @@ impl ParamStore {
                 ),
             ));
         }
-        self.get_or_init(key, dims, init).map_err(|e| match (e, strict) {
-            (Error::Format { msg, .. } | Error::Config(msg), Some(src)) => Error::format(
-                src,
-                format!("{msg}: is this an adapter for another base model?"),
-            ),
-            (e, _) => e,
-        })
+        self.get_or_init(key, dims, init)
+            .map_err(|e| match (e, strict) {
+                (Error::Format { msg, .. } | Error::Config(msg), Some(src)) => Error::format(
+                    src,
+                    format!("{msg}: is this an adapter for another base model?"),
+                ),
+                (e, _) => e,
+            })
     }
 
     fn adapter_value(
@@ -432,7 +450,13 @@ impl ParamStore {
     /// PEFT's `merge_and_unload`: folds the active adapters into the base weights and drops
     /// every adapter, leaving a plain model's parameters (rebuild models from the store).
     pub fn merge_and_unload(&mut self) -> Result<()> {
-        let active = self.peft().switch.lock().expect("adapter state").active.clone();
+        let active = self
+            .peft()
+            .switch
+            .lock()
+            .expect("adapter state")
+            .active
+            .clone();
         for name in &active {
             self.merge_adapter(name)?;
         }
@@ -487,7 +511,12 @@ impl ParamStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if let Some((m, _)) = modules.iter().find(|(k, m)| {
-            m.quantized && vars_has(self, &param_name(k, "lora_A", name), &param_name(k, "ia3_l", name))
+            m.quantized
+                && vars_has(
+                    self,
+                    &param_name(k, "lora_A", name),
+                    &param_name(k, "ia3_l", name),
+                )
         }) {
             return Err(Error::Config(format!(
                 "{m} is quantized: merging needs the base weights in f32 (load the GGUF file without --quantized)"
@@ -534,9 +563,9 @@ impl ParamStore {
                         let m = m.unsqueeze(1)?;
                         let key = (name.to_string(), module.clone());
                         if undo {
-                            let norm = self.peft().saved.get(&key).cloned().ok_or_else(
-                                || Error::Config(format!("{module}: no DoRA norms saved")),
-                            )?;
+                            let norm = self.peft().saved.get(&key).cloned().ok_or_else(|| {
+                                Error::Config(format!("{module}: no DoRA norms saved"))
+                            })?;
                             (w.broadcast_mul(&norm.broadcast_div(&m)?)? - delta)?
                         } else {
                             let v = (w + delta)?;

@@ -410,7 +410,8 @@ impl Recipe {
         }
         if self.model.quantized && self.peft.is_none() {
             return Err(Error::Config(
-                "model.quantized keeps the base frozen, so it needs a [peft] adapter to train".into(),
+                "model.quantized keeps the base frozen, so it needs a [peft] adapter to train"
+                    .into(),
             ));
         }
         if !matches!(

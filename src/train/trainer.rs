@@ -512,11 +512,9 @@ fn attach_adapter(
             store.add_adapter("default", cfg, None)?;
         }
     }
-    if let (None, Some(text), Some(tok)) = (
-        resume,
-        cfg.prompt_tuning_init_text.as_deref(),
-        tokenizer,
-    ) {
+    if let (None, Some(text), Some(tok)) =
+        (resume, cfg.prompt_tuning_init_text.as_deref(), tokenizer)
+    {
         if cfg.prompt_tuning_init.as_deref() == Some("TEXT") {
             init_prompt_from_text(store, cfg, text, tok)?;
         }
@@ -572,7 +570,8 @@ fn init_prompt_from_text(
         .as_tensor()
         .detach();
     let rows = table.index_select(&Tensor::new(ids.as_slice(), table.device())?, 0)?;
-    let key = crate::peft::registry::param_name("prompt_embeddings", "prompt_embeddings", "default");
+    let key =
+        crate::peft::registry::param_name("prompt_embeddings", "prompt_embeddings", "default");
     store.insert(&key, rows)
 }
 

@@ -171,7 +171,11 @@ impl CustomOp3 for LoraAddOp {
             if let Some((pr, seed)) = self.dropout {
                 let keep = 1.0 / (1.0 - pr);
                 for (i, v) in dx.iter_mut().enumerate() {
-                    *v = if uniform(seed, i as u64) < pr { 0.0 } else { *v * keep };
+                    *v = if uniform(seed, i as u64) < pr {
+                        0.0
+                    } else {
+                        *v * keep
+                    };
                 }
             }
             Some(Tensor::from_vec(dx, (n, d_in), x.device())?)
@@ -241,6 +245,12 @@ pub fn lora_add(
 pub fn dropout_mask(p: f64, seed: u64, len: usize) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     (0..len)
-        .map(|i| if uniform(seed, i as u64) < p as f32 { 0.0 } else { keep })
+        .map(|i| {
+            if uniform(seed, i as u64) < p as f32 {
+                0.0
+            } else {
+                keep
+            }
+        })
         .collect()
 }
