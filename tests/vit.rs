@@ -192,7 +192,9 @@ fn saves_and_reloads_and_rejects_mismatches() {
     let b = again
         .logits(&again.forward(x, false, None).unwrap())
         .unwrap();
-    assert_close("reloaded", &a, &b, 0.0, 0.0);
+    // Same weights; parallel reductions may split differently between runs (seen once under
+    // load: 7e-7), so equal to f32 rounding rather than bit for bit.
+    assert_close("reloaded", &a, &b, 1e-6, 1e-6);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path().join("config.json")).unwrap())
             .unwrap();
