@@ -44,8 +44,9 @@ the feed-forward activation) with no final LayerNorm on either stack; source pad
 encoder self-attention and in cross-attention, causal decoder self-attention; logits = h @
 target_embeddings^T (tied; an untied lm_head when tie_word_embeddings is false) +
 final_logits_bias. Initialisation under torch.manual_seed(train.seed): every Linear /
-attention projection / embedding weight N(0, 0.02), biases and final_logits_bias 0, LayerNorm
-1 and 0. float32.
+attention projection / embedding weight N(0, 0.02) (the embeddings' pad row 0 and, as
+Marian's nn.Embedding(padding_idx=pad), never updated through lookups), biases and
+final_logits_bias 0, LayerNorm 1 and 0. float32.
 
 Same optimizer: AdamW(lr, (beta1, beta2), eps), decoupled weight decay on the tensors
 ferroformer decays (src/train/optimizer.rs no_decay: not biases, LayerNorm parameters, the
@@ -303,8 +304,10 @@ def sinusoids(n, d):
 class G2PTransformer(nn.Module):
     def __init__(self):
         super().__init__()
-        self.enc_embed_tokens = nn.Embedding(V_src, d_model)
-        self.dec_embed_tokens = nn.Embedding(V_tgt, d_model)
+        # padding_idx as Marian: the pad row (also the decoder start token) starts at zero and
+        # gets no gradient from lookups.
+        self.enc_embed_tokens = nn.Embedding(V_src, d_model, padding_idx=PAD)
+        self.dec_embed_tokens = nn.Embedding(V_tgt, d_model, padding_idx=PAD)
         self.register_buffer("positions", sinusoids(n_positions, d_model), persistent=False)
         self.scale = math.sqrt(d_model)
         self.drop = nn.Dropout(dropout)
@@ -323,6 +326,9 @@ class G2PTransformer(nn.Module):
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(mod.weight, 0.0, 0.02)
+                if getattr(mod, "padding_idx", None) is not None:
+                    with torch.no_grad():
+                        mod.weight[mod.padding_idx].zero_()
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)
             elif isinstance(mod, nn.MultiheadAttention):  # q, k, v projections in one tensor

@@ -328,19 +328,31 @@ impl Seq2Seq {
         let c = config;
         let (d, std) = (c.d_model, c.init_std);
         let tv = c.target_vocab_size();
+        // transformers' nn.Embedding(..., padding_idx=pad): the pad row (also the decoder's
+        // start token) starts at zero and gets no gradient from lookups.
+        let pad = c.pad_token_id;
         let (encoder_embed, decoder_embed) = if c.share_encoder_decoder_embeddings {
-            let shared = Embedding::new(store, "model.shared.weight", c.vocab_size, d, std)?;
+            let shared =
+                Embedding::with_padding(store, "model.shared.weight", c.vocab_size, d, std, pad)?;
             (shared.clone(), shared)
         } else {
             (
-                Embedding::new(
+                Embedding::with_padding(
                     store,
                     "model.encoder.embed_tokens.weight",
                     c.vocab_size,
                     d,
                     std,
+                    pad,
                 )?,
-                Embedding::new(store, "model.decoder.embed_tokens.weight", tv, d, std)?,
+                Embedding::with_padding(
+                    store,
+                    "model.decoder.embed_tokens.weight",
+                    tv,
+                    d,
+                    std,
+                    pad,
+                )?,
             )
         };
         let lm_head = if c.tie_word_embeddings {

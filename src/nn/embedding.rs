@@ -2,12 +2,15 @@
 
 use crate::nn::store::{Init, ParamStore};
 use crate::Result;
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
 /// A lookup table `[vocab, dim]`; also serves as the tied output projection of language models.
 #[derive(Clone, Debug)]
 pub struct Embedding {
     pub weight: Tensor,
+    /// PyTorch's `padding_idx`: this row starts at zero and lookups of it pass no gradient,
+    /// so it stays as loaded (Marian's decoder start token is its pad token).
+    pub padding_idx: Option<u32>,
 }
 
 impl Embedding {
@@ -15,12 +18,36 @@ impl Embedding {
     pub fn new(store: &mut ParamStore, name: &str, n: usize, dim: usize, std: f64) -> Result<Self> {
         Ok(Embedding {
             weight: store.get(name, &[n, dim], Init::Normal(std))?,
+            padding_idx: None,
+        })
+    }
+
+    /// As [`Embedding::new`], with PyTorch's `padding_idx` semantics for row `pad`.
+    pub fn with_padding(
+        store: &mut ParamStore,
+        name: &str,
+        n: usize,
+        dim: usize,
+        std: f64,
+        pad: u32,
+    ) -> Result<Self> {
+        Ok(Embedding {
+            weight: store.get(name, &[n, dim], Init::NormalZeroRow(std, pad as usize))?,
+            padding_idx: Some(pad),
         })
     }
 
     /// Looks up `ids` (u32, any shape) and returns `[..ids.shape, dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Self::lookup(&self.weight, ids)
+        let out = Self::lookup(&self.weight, ids)?;
+        match self.padding_idx {
+            Some(pad) if out.track_op() => {
+                // Rows looked up for `pad` take the detached value: no gradient reaches it.
+                let is_pad = ids.eq(pad)?.unsqueeze(D::Minus1)?.broadcast_as(out.shape())?;
+                Ok(is_pad.where_cond(&out.detach(), &out)?)
+            }
+            _ => Ok(out),
+        }
     }
 
     fn lookup(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {

@@ -19,6 +19,9 @@ pub enum Init {
     /// Uniform on `[-bound, bound)` (PyTorch's Kaiming-uniform with `a = sqrt(5)` is
     /// `bound = 1 / sqrt(fan_in)`).
     Uniform(f64),
+    /// Normal with this standard deviation, one row (of a `[rows, dim]` table) zero: PyTorch's
+    /// `nn.Embedding(..., padding_idx)` initialisation.
+    NormalZeroRow(f64, usize),
 }
 
 /// Named model parameters, iterated in key order (which makes optimizer state and
@@ -143,6 +146,14 @@ impl ParamStore {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| (self.rng.normal() * std) as f32).collect(),
+            Init::NormalZeroRow(std, row) => {
+                let mut v: Vec<f32> = (0..n).map(|_| (self.rng.normal() * std) as f32).collect();
+                let dim = dims.get(1).copied().unwrap_or(1);
+                if let Some(r) = v.get_mut(row * dim..(row + 1) * dim) {
+                    r.fill(0.0);
+                }
+                v
+            }
             Init::Uniform(b) => (0..n)
                 .map(|_| ((self.rng.uniform() * 2.0 - 1.0) * b) as f32)
                 .collect(),
