@@ -544,6 +544,15 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` (without special tokens added) and each token's byte range in it.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(None, e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// Token ids of `text` with the tokenizer's special tokens (BERT's `[CLS] ... [SEP]`).
     pub fn encode_special(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

@@ -281,8 +281,34 @@ fn blocked_causal_attention_matches_composition() {
         check(
             &format!("attention b={b} t={t} heads={heads}"),
             &qkv,
-            &|x| causal_attention(x, heads).unwrap().unwrap(),
-            &|x| attn.attend(x, None, None).unwrap(),
+            &|x| causal_attention(x, heads, None).unwrap().unwrap(),
+            &|x| attn.attend(x, None, None, None).unwrap(),
+            1e-5,
+        );
+        // Packed examples (lengths cycling 1, 5, 13, ..., the row's rest padding): the kernel's
+        // per-query key ranges against the composed path's additive mask.
+        let lens = [1usize, 5, 13, 70, 2];
+        let rows: Vec<Vec<usize>> = (0..b)
+            .map(|r| {
+                let mut row = vec![];
+                let mut used = 0;
+                for k in 0.. {
+                    let n = lens[(r + k) % lens.len()];
+                    if used + n > t {
+                        break;
+                    }
+                    row.push(n);
+                    used += n;
+                }
+                row
+            })
+            .collect();
+        let segs = ferroformer::nn::Segments::from_lengths(&rows, t).unwrap();
+        check(
+            &format!("packed attention b={b} t={t} heads={heads} {rows:?}"),
+            &qkv,
+            &|x| causal_attention(x, heads, Some(&segs)).unwrap().unwrap(),
+            &|x| attn.attend(x, None, Some(&segs), None).unwrap(),
             1e-5,
         );
     }

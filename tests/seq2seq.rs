@@ -224,7 +224,9 @@ fn training_gradients_match_pytorch() {
         let inputs = safetensors::load(&fixture("marian-tiny/expected.safetensors"), &dev).unwrap();
         let e = safetensors::load(&fixture(expected), &dev).unwrap();
         let labels_t = e.get("labels").unwrap_or(&inputs["labels"]);
-        let dec_in = e.get("decoder_input_ids").unwrap_or(&inputs["decoder_input_ids"]);
+        let dec_in = e
+            .get("decoder_input_ids")
+            .unwrap_or(&inputs["decoder_input_ids"]);
         let labels: Vec<i64> = labels_t.flatten_all().unwrap().to_vec1().unwrap();
         let batch = PairBatch {
             src: inputs["input_ids"].to_dtype(DType::U32).unwrap(),
@@ -239,7 +241,10 @@ fn training_gradients_match_pytorch() {
         assert_eq!(n, 9);
         let got = loss.to_scalar::<f32>().unwrap();
         let want = e["train_loss"].to_vec1::<f32>().unwrap()[0];
-        assert!((got - want).abs() <= 1e-5 * want.abs(), "{dir} loss {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{dir} loss {got} vs {want}"
+        );
         let grads = loss.backward().unwrap();
         let mut n = 0;
         for (name, var) in store.vars() {

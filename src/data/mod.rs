@@ -2,6 +2,7 @@
 
 pub mod corpus;
 pub mod images;
+pub mod instruct;
 pub mod labelled;
 pub mod lexicon;
 pub mod shards;

@@ -6,6 +6,7 @@
 use crate::nn::{
     sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
     FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
+    Segments,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -339,12 +340,12 @@ impl Gpt2 {
         match caches {
             Some(caches) => {
                 for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-                    x = block.forward(&x, Some(cache), rng.as_deref_mut())?;
+                    x = block.forward(&x, Some(cache), None, rng.as_deref_mut())?;
                 }
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(&x, None, rng.as_deref_mut())?;
+                    x = block.forward(&x, None, None, rng.as_deref_mut())?;
                 }
             }
         }
@@ -354,6 +355,31 @@ impl Gpt2 {
         } else {
             h
         })
+    }
+
+    /// Final hidden states `[b, t, c]` of rows holding several packed examples each.
+    pub fn hidden_packed(
+        &self,
+        ids: &Tensor,
+        segments: &Segments,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        if self.prompt.is_some() || self.blocks.iter().any(|b| b.attn.prefix.is_some()) {
+            return Err(Error::Config(
+                "packed examples cannot take prompt or prefix tuning's virtual tokens; \
+                 train without packing"
+                    .into(),
+            ));
+        }
+        let x = self
+            .wte
+            .forward(ids)?
+            .broadcast_add(&self.wpe.forward_segments(segments)?)?;
+        let mut x = self.drop.forward(&x, rng.as_deref_mut())?;
+        for block in &self.blocks {
+            x = block.forward(&x, None, Some(segments), rng.as_deref_mut())?;
+        }
+        self.ln_f.forward(&x)
     }
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]`.

@@ -9,7 +9,7 @@
 use crate::nn::kernels::attention::causal_attention;
 use crate::nn::{
     grouped_attention, Activation, Dropout, Embedding, Init, KvCache, ParamStore, Projection,
-    QuantizedWeight, RmsNorm, Rope, RopeScaling, TokenEmbedding,
+    QuantizedWeight, RmsNorm, Rope, RopeScaling, Segments, TokenEmbedding,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -219,8 +219,14 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    /// `x`: `[b, t, hidden]`. With `cache`, new keys/values (already rotated) are appended.
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// `x`: `[b, t, hidden]`. With `cache`, new keys/values (already rotated) are appended;
+    /// with `segments`, packed examples attend only within themselves.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let offset = crate::nn::Prefix::offset(self.prefix.as_ref(), cache.as_deref());
@@ -242,8 +248,16 @@ impl LlamaAttention {
         let q = q.reshape((b, t, h, d))?;
         let k = k.reshape((b, t, kvh, d))?;
         let v = v.reshape((b, t, kvh, d))?;
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
+        let (q, k) = match segments {
+            Some(s) => (
+                self.rope.forward_segments(&q, s)?,
+                self.rope.forward_segments(&k, s)?,
+            ),
+            None => (
+                self.rope.forward(&q, offset)?,
+                self.rope.forward(&k, offset)?,
+            ),
+        };
         if cache.is_none() && self.prefix.is_none() && crate::nn::kernels::fused(x.device()) {
             // Full sequence (training, scoring): the fused blocked kernel over one packed
             // [b, t, 3 h d] tensor, key/value heads repeated to the query heads.
@@ -264,7 +278,7 @@ impl LlamaAttention {
                 ],
                 2,
             )?;
-            if let Some(y) = causal_attention(&qkv, h)? {
+            if let Some(y) = causal_attention(&qkv, h, segments)? {
                 return self.o_proj.forward(&y);
             }
         }
@@ -273,7 +287,16 @@ impl LlamaAttention {
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = crate::nn::Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
         // Llama has no attention dropout.
-        let y = grouped_attention(&q, &k, &v, Some(offset), None, &Dropout::default(), None)?;
+        let mask = segments.map(|s| s.mask(x.device())).transpose()?;
+        let y = grouped_attention(
+            &q,
+            &k,
+            &v,
+            Some(offset),
+            mask.as_ref(),
+            &Dropout::default(),
+            None,
+        )?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
@@ -314,10 +337,15 @@ pub struct LlamaBlock {
 }
 
 impl LlamaBlock {
-    pub fn forward(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
+    ) -> Result<Tensor> {
         let a = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cache)?;
+            .forward(&self.input_layernorm.forward(x)?, cache, segments)?;
         let x = (x + a)?;
         let m = self
             .mlp
@@ -542,12 +570,12 @@ impl Llama {
         match caches {
             Some(caches) => {
                 for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-                    x = layer.forward(&x, Some(cache))?;
+                    x = layer.forward(&x, Some(cache), None)?;
                 }
             }
             None => {
                 for layer in &self.layers {
-                    x = layer.forward(&x, None)?;
+                    x = layer.forward(&x, None, None)?;
                 }
             }
         }
@@ -558,6 +586,22 @@ impl Llama {
         } else {
             h
         })
+    }
+
+    /// Final hidden states `[b, t, hidden]` of rows holding several packed examples each.
+    pub fn hidden_packed(&self, ids: &Tensor, segments: &Segments) -> Result<Tensor> {
+        if self.prompt.is_some() || self.layers.iter().any(|l| l.self_attn.prefix.is_some()) {
+            return Err(Error::Config(
+                "packed examples cannot take prompt or prefix tuning's virtual tokens; \
+                 train without packing"
+                    .into(),
+            ));
+        }
+        let mut x = self.embed_tokens.forward(ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, None, Some(segments))?;
+        }
+        self.norm.forward(&x)
     }
 
     /// Projects hidden states onto the vocabulary.

@@ -208,6 +208,20 @@ impl CausalModel {
         }
     }
 
+    /// Final hidden states `[b, t, hidden]` of rows holding several examples each, every one
+    /// attending only within itself with positions from 0 (as if run alone).
+    pub fn hidden_packed(
+        &self,
+        ids: &Tensor,
+        segments: &crate::nn::Segments,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        match self {
+            CausalModel::Gpt2(m) => m.hidden_packed(ids, segments, rng),
+            CausalModel::Llama(m) => m.hidden_packed(ids, segments),
+        }
+    }
+
     /// Projects hidden states onto the vocabulary.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         match self {

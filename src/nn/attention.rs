@@ -8,6 +8,7 @@ use crate::nn::store::ParamStore;
 use crate::rng::Rng;
 use crate::Result;
 use candle_core::{Device, Tensor};
+use std::sync::Arc;
 
 /// Keys and values of the positions seen so far, in buffers `[batch, heads, capacity,
 /// head_dim]` written in place and grown by doubling. (Concatenating a one-token-longer copy
@@ -69,6 +70,73 @@ impl KvCache {
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;
         Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+}
+
+/// Several examples packed into each row of a `[b, t]` batch: every token attends only to the
+/// earlier tokens of its own example, and positions restart at each example, so a packed row
+/// computes exactly what the examples would alone. Padding after the last example of a row is
+/// one more example (its outputs are ignored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segments {
+    pub b: usize,
+    pub t: usize,
+    /// `[b * t]`: each token's position within its example.
+    pub positions: Arc<Vec<u32>>,
+    /// `[b * t]`: the index in its row of each token's example's first token.
+    pub starts: Arc<Vec<u32>>,
+}
+
+impl Segments {
+    /// From the example lengths of each row (each row's lengths sum to at most `t`).
+    pub fn from_lengths(rows: &[Vec<usize>], t: usize) -> Result<Self> {
+        let mut positions = Vec::with_capacity(rows.len() * t);
+        let mut starts = Vec::with_capacity(rows.len() * t);
+        for (r, lengths) in rows.iter().enumerate() {
+            let used: usize = lengths.iter().sum();
+            if used > t {
+                return Err(crate::Error::Data(format!(
+                    "packed row {r} holds {used} tokens, more than its {t}"
+                )));
+            }
+            let mut start = 0;
+            for &n in lengths.iter().chain(std::iter::once(&(t - used))) {
+                for i in 0..n {
+                    positions.push(i as u32);
+                    starts.push(start as u32);
+                }
+                start += n;
+            }
+        }
+        Ok(Segments {
+            b: rows.len(),
+            t,
+            positions: Arc::new(positions),
+            starts: Arc::new(starts),
+        })
+    }
+
+    /// The position ids `[b, t]` (u32).
+    pub fn position_ids(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            self.positions.as_slice(),
+            (self.b, self.t),
+            device,
+        )?)
+    }
+
+    /// The additive mask `[b, 1, t, t]` for composed attention: 0 where query `i` may see key
+    /// `j` (same example, `j <= i`), minus infinity elsewhere.
+    pub fn mask(&self, device: &Device) -> Result<Tensor> {
+        let t = self.t;
+        let mut data = vec![f32::NEG_INFINITY; self.b * t * t];
+        for (row, chunk) in data.chunks_mut(t * t).enumerate() {
+            for (i, q) in chunk.chunks_mut(t).enumerate() {
+                let start = self.starts[row * t + i] as usize;
+                q[start..=i].fill(0.0);
+            }
+        }
+        Ok(Tensor::from_vec(data, (self.b, 1, t, t), device)?)
     }
 }
 
@@ -344,10 +412,12 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     /// `x`: `[b, t, c]`. With `cache`, the new keys/values are appended and queries attend to
     /// all cached positions plus the causal part of the new ones.
+    /// With `segments`, packed examples attend only within themselves.
     pub fn forward(
         &self,
         x: &Tensor,
         cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
@@ -357,13 +427,13 @@ impl CausalSelfAttention {
             && self.prefix.is_none()
             && (rng.is_none() || self.attn_dropout.p == 0.0)
         {
-            crate::nn::kernels::attention::causal_attention(&qkv, self.n_head)?
+            crate::nn::kernels::attention::causal_attention(&qkv, self.n_head, segments)?
         } else {
             None
         };
         let y = match fused {
             Some(y) => y,
-            None => self.attend(&qkv, cache, rng.as_deref_mut())?,
+            None => self.attend(&qkv, cache, segments, rng.as_deref_mut())?,
         };
         let y = self.proj.forward(&y)?;
         self.resid_dropout.forward(&y, rng)
@@ -375,6 +445,7 @@ impl CausalSelfAttention {
         &self,
         qkv: &Tensor,
         cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let (b, t, c3) = qkv.dims3()?;
@@ -391,7 +462,16 @@ impl CausalSelfAttention {
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let offset = Prefix::offset(self.prefix.as_ref(), cache.as_deref());
         let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
-        let y = grouped_attention(&q, &k, &v, Some(offset), None, &self.attn_dropout, rng)?;
+        let mask = segments.map(|s| s.mask(qkv.device())).transpose()?;
+        let y = grouped_attention(
+            &q,
+            &k,
+            &v,
+            Some(offset),
+            mask.as_ref(),
+            &self.attn_dropout,
+            rng,
+        )?;
         Ok(y.transpose(1, 2)?.reshape((b, t, c))?)
     }
 }

@@ -1,6 +1,6 @@
 //! The pre-norm decoder block of GPT-2: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 
-use crate::nn::attention::{CausalSelfAttention, KvCache};
+use crate::nn::attention::{CausalSelfAttention, KvCache, Segments};
 use crate::nn::dropout::Dropout;
 use crate::nn::feed_forward::FeedForward;
 use crate::nn::norm::LayerNorm;
@@ -23,11 +23,12 @@ impl DecoderBlock {
         &self,
         x: &Tensor,
         cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let a = self
             .attn
-            .forward(&self.ln_1.forward(x)?, cache, rng.as_deref_mut())?;
+            .forward(&self.ln_1.forward(x)?, cache, segments, rng.as_deref_mut())?;
         let x = (x + a)?;
         let m = self.mlp.forward(&self.ln_2.forward(&x)?)?;
         let m = self.mlp_dropout.forward(&m, rng)?;

@@ -43,7 +43,10 @@ impl Embedding {
         match self.padding_idx {
             Some(pad) if out.track_op() => {
                 // Rows looked up for `pad` take the detached value: no gradient reaches it.
-                let is_pad = ids.eq(pad)?.unsqueeze(D::Minus1)?.broadcast_as(out.shape())?;
+                let is_pad = ids
+                    .eq(pad)?
+                    .unsqueeze(D::Minus1)?
+                    .broadcast_as(out.shape())?;
                 Ok(is_pad.where_cond(&out.detach(), &out)?)
             }
             _ => Ok(out),

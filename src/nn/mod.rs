@@ -17,6 +17,7 @@ pub mod store;
 
 pub use attention::{
     grouped_attention, layer_prefix, CausalSelfAttention, KvCache, MultiHeadAttention, Prefix,
+    Segments,
 };
 pub use block::DecoderBlock;
 pub use dropout::Dropout;

@@ -105,6 +105,33 @@ impl PositionEncoding {
             PositionEncoding::Sinusoidal(t) => t.narrow(0, start, len)?,
         })
     }
+
+    /// Encodings of the packed examples' positions, shape `[b, t, dim]`.
+    pub fn forward_segments(&self, segments: &crate::nn::Segments) -> Result<Tensor> {
+        let n = segments
+            .positions
+            .iter()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        if n > self.max_len() {
+            return Err(Error::Data(format!(
+                "a packed example reaches position {n} but the model has only {} positions",
+                self.max_len()
+            )));
+        }
+        let table = match self {
+            PositionEncoding::Learned(l) => &l.table.weight,
+            PositionEncoding::Sinusoidal(t) => t,
+        };
+        let ids = Tensor::from_slice(
+            segments.positions.as_slice(),
+            segments.b * segments.t,
+            table.device(),
+        )?;
+        Ok(table
+            .index_select(&ids, 0)?
+            .reshape((segments.b, segments.t, table.dim(1)?))?)
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! (`rope_theta`, "rotate half" pairing, optional `rope_scaling` of type `linear` or `llama3`).
 
 use crate::nn::kernels::rope::{usable, RopeOp};
+use crate::nn::Segments;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, D};
 use std::sync::Arc;
@@ -152,6 +153,7 @@ impl Rope {
                 cos: self.cos_v.clone(),
                 sin: self.sin_v.clone(),
                 offset,
+                positions: None,
                 inverse: false,
             };
             return Ok(x.contiguous()?.apply_op1(op)?);
@@ -159,16 +161,51 @@ impl Rope {
         self.forward_plain(x, offset)
     }
 
+    /// Rotates `x` `[b, t, heads, head_dim]` by each token's position within its packed
+    /// example.
+    pub fn forward_segments(&self, x: &Tensor, segments: &Segments) -> Result<Tensor> {
+        if let Some(&m) = segments.positions.iter().max() {
+            if m as usize >= self.max_positions {
+                return Err(Error::Config(format!(
+                    "position {} is beyond the rotary table's {} positions",
+                    m + 1,
+                    self.max_positions
+                )));
+            }
+        }
+        if usable(x) {
+            let op = RopeOp {
+                cos: self.cos_v.clone(),
+                sin: self.sin_v.clone(),
+                offset: 0,
+                positions: Some(segments.positions.clone()),
+                inverse: false,
+            };
+            return Ok(x.contiguous()?.apply_op1(op)?);
+        }
+        let (b, t, _h, d) = x.dims4()?;
+        let ids = segments.position_ids(x.device())?.flatten_all()?;
+        let table = |m: &Tensor| -> Result<Tensor> {
+            Ok(m.index_select(&ids, 0)?.reshape((b, t, 1, d / 2))?)
+        };
+        Self::rotate(x, &table(&self.cos)?, &table(&self.sin)?)
+    }
+
     /// The reference composition (`x * cos + rotate_half(x) * sin`) of differentiable ops.
     pub fn forward_plain(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, t, _h, d) = x.dims4()?;
-        let half = d / 2;
+        let t = x.dim(1)?;
         let cos = self.cos.narrow(0, offset, t)?.unsqueeze(1)?;
         let sin = self.sin.narrow(0, offset, t)?.unsqueeze(1)?;
+        Self::rotate(x, &cos, &sin)
+    }
+
+    /// `x * cos + rotate_half(x) * sin` with tables broadcastable to `[b, t, h, d/2]`.
+    fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
-        let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        let y1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let y2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
         Ok(Tensor::cat(&[y1, y2], D::Minus1)?)
     }
 }

@@ -31,24 +31,43 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let h = model.hidden(inputs, None, rng)?;
         let (b, t, c) = h.dims3()?;
-        let h2 = h.reshape((b * t, c))?;
-        let y = targets.reshape(b * t)?;
-        // A quantized head (QLoRA) is dequantized for the step: 4 bytes per weight for a moment
-        // instead of the [tokens, vocab] logits and their gradient.
-        let dequantized;
-        let head = match model.head_weight() {
-            Some(w) => Some(w),
-            None => {
-                dequantized = model.dequantized_head()?;
-                dequantized.as_ref()
-            }
-        };
-        if let Some(w) = head {
-            if let Some(loss) = crate::nn::kernels::cross_entropy::head_cross_entropy(&h2, w, &y)? {
-                return Ok(loss);
+        Self::head_loss(
+            model,
+            &h.reshape((b * t, c))?,
+            &targets.reshape(b * t)?,
+            true,
+        )
+    }
+
+    /// Mean cross-entropy of `targets` `[n]` (u32) predicted from final hidden states `h`
+    /// `[n, hidden]`. With `train`, on CPU the output projection and cross-entropy run as one
+    /// op that produces the gradients in its forward pass.
+    pub fn head_loss(
+        model: &CausalModel,
+        h: &Tensor,
+        targets: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        if train {
+            // A quantized head (QLoRA) is dequantized for the step: 4 bytes per weight for a
+            // moment instead of the [tokens, vocab] logits and their gradient.
+            let dequantized;
+            let head = match model.head_weight() {
+                Some(w) => Some(w),
+                None => {
+                    dequantized = model.dequantized_head()?;
+                    dequantized.as_ref()
+                }
+            };
+            if let Some(w) = head {
+                if let Some(loss) =
+                    crate::nn::kernels::cross_entropy::head_cross_entropy(h, w, targets)?
+                {
+                    return Ok(loss);
+                }
             }
         }
-        cross_entropy(&model.logits(&h)?.reshape((b * t, model.vocab_size()))?, &y)
+        cross_entropy(&model.logits(h)?, targets)
     }
 
     /// Loss of predicting `targets` `[b, t]` from `inputs` `[b, t]` (targets are inputs shifted by

@@ -3,5 +3,6 @@
 pub mod clm;
 pub mod mlm;
 pub mod seq2seq;
+pub mod sft;
 
 pub use clm::{cross_entropy, CausalLm};

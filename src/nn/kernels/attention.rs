@@ -10,18 +10,23 @@ use super::softmax::{bwd_row, softmax_in_place};
 use super::{f32s, fused};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Queries per block.
 const BQ: usize = 64;
 
-/// Causal attention over `qkv` `[b, t, 3c]` with `n_head` heads; output `[b, t, c]`.
-#[derive(Clone, Copy, Debug)]
+/// Causal attention over `qkv` `[b, t, 3c]` with `n_head` heads; output `[b, t, c]`. With
+/// `starts` (`[b * t]`: the first key each query may see), several examples packed in one row
+/// attend only within themselves.
+#[derive(Clone, Debug)]
 pub struct CausalAttention {
     pub n_head: usize,
+    pub starts: Option<Arc<Vec<u32>>>,
 }
 
 struct CausalAttentionGrad {
     n_head: usize,
+    starts: Option<Arc<Vec<u32>>>,
 }
 
 struct Geometry {
@@ -56,8 +61,17 @@ fn qkv_views<'a>(xb: &'a [f32], g: &Geometry, h: usize) -> (View<'a>, View<'a>, 
     (v(0), v(1), v(2))
 }
 
-/// Softmax probabilities of query rows `i0 .. i0 + nb` over keys `0 .. i0 + nb`, into `p`.
-fn block_probs(q: View, k: View, g: &Geometry, i0: usize, nb: usize, p: &mut [f32]) {
+/// Softmax probabilities of query rows `i0 .. i0 + nb` over keys `0 .. i0 + nb`, into `p`;
+/// `starts` (this batch element's `[t]`) hides the keys before each query's example.
+fn block_probs(
+    q: View,
+    k: View,
+    g: &Geometry,
+    i0: usize,
+    nb: usize,
+    starts: Option<&[u32]>,
+    p: &mut [f32],
+) {
     let kmax = i0 + nb;
     let p = &mut p[..nb * kmax];
     matmul(
@@ -68,8 +82,10 @@ fn block_probs(q: View, k: View, g: &Geometry, i0: usize, nb: usize, p: &mut [f3
         false,
     );
     for (r, row) in p.chunks_mut(kmax).enumerate() {
-        // Query i0 + r sees keys 0 ..= i0 + r.
-        softmax_in_place(row, g.scale, i0 + r + 1);
+        // Query i0 + r sees keys start ..= i0 + r.
+        let start = starts.map_or(0, |s| s[i0 + r] as usize);
+        row[..start].fill(0.0);
+        softmax_in_place(&mut row[start..], g.scale, i0 + r + 1 - start);
     }
 }
 
@@ -91,11 +107,12 @@ impl CustomOp1 for CausalAttention {
                 let (bi, h) = (task / g.h, task % g.h);
                 let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
                 let (q, k, v) = qkv_views(xb, &g, h);
+                let starts = self.starts.as_ref().map(|s| &s[bi * g.t..(bi + 1) * g.t]);
                 let mut p = vec![0f32; BQ * g.t];
                 for i0 in (0..g.t).step_by(BQ) {
                     let nb = BQ.min(g.t - i0);
                     let kmax = i0 + nb;
-                    block_probs(q, k, &g, i0, nb, &mut p);
+                    block_probs(q, k, &g, i0, nb, starts, &mut p);
                     matmul(
                         ViewMut::rows(&mut out[i0 * g.hd..(i0 + nb) * g.hd], nb, g.hd, g.hd),
                         View::rows(&p, nb, kmax, kmax),
@@ -129,6 +146,7 @@ impl CustomOp1 for CausalAttention {
             &grad.contiguous()?,
             &CausalAttentionGrad {
                 n_head: self.n_head,
+                starts: self.starts.clone(),
             },
         )?))
     }
@@ -160,6 +178,7 @@ impl CustomOp2 for CausalAttentionGrad {
                 let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
                 let dyh = View::rows(&dy[bi * g.t * g.c + h * g.hd..], g.t, g.hd, g.c);
                 let (q, k, v) = qkv_views(xb, &g, h);
+                let starts = self.starts.as_ref().map(|s| &s[bi * g.t..(bi + 1) * g.t]);
                 let (dq, rest) = out.split_at_mut(head);
                 let (dk, dv) = rest.split_at_mut(head);
                 let mut p = vec![0f32; BQ * g.t];
@@ -168,7 +187,7 @@ impl CustomOp2 for CausalAttentionGrad {
                 for i0 in (0..g.t).step_by(BQ) {
                     let nb = BQ.min(g.t - i0);
                     let kmax = i0 + nb;
-                    block_probs(q, k, &g, i0, nb, &mut p);
+                    block_probs(q, k, &g, i0, nb, starts, &mut p);
                     let pv = View::rows(&p, nb, kmax, kmax);
                     let dy_blk = dyh.row_range(i0, nb);
                     // dV[0..kmax] += P^T dY
@@ -231,12 +250,19 @@ impl CustomOp2 for CausalAttentionGrad {
     }
 }
 
-/// Fused causal attention of `qkv` `[b, t, 3c]`, or `None` where it does not apply.
-pub fn causal_attention(qkv: &Tensor, n_head: usize) -> crate::Result<Option<Tensor>> {
+/// Fused causal attention of `qkv` `[b, t, 3c]` (within each packed example when `segments`
+/// is given), or `None` where it does not apply.
+pub fn causal_attention(
+    qkv: &Tensor,
+    n_head: usize,
+    segments: Option<&crate::nn::Segments>,
+) -> crate::Result<Option<Tensor>> {
     if !fused(qkv.device()) || qkv.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
+    let starts = segments.map(|s| s.starts.clone());
     Ok(Some(
-        qkv.contiguous()?.apply_op1(CausalAttention { n_head })?,
+        qkv.contiguous()?
+            .apply_op1(CausalAttention { n_head, starts })?,
     ))
 }

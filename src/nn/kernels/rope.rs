@@ -8,13 +8,15 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Rotates `[b, t, h, d]` by the angles of positions `offset .. offset + t`; `cos`/`sin` are
-/// `[positions, d/2]` tables. `inverse` rotates the other way (the backward).
+/// Rotates `[b, t, h, d]` by the angles of positions `offset .. offset + t`, or of the given
+/// `positions` (`[b * t]`, packed examples); `cos`/`sin` are `[positions, d/2]` tables.
+/// `inverse` rotates the other way (the backward).
 #[derive(Clone, Debug)]
 pub struct RopeOp {
     pub cos: Arc<Vec<f32>>,
     pub sin: Arc<Vec<f32>>,
     pub offset: usize,
+    pub positions: Option<Arc<Vec<u32>>>,
     pub inverse: bool,
 }
 
@@ -38,12 +40,18 @@ impl CustomOp1 for RopeOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, self.name())?;
-        let (_b, t, h, d) = l.shape().dims4()?;
+        let (b, t, h, d) = l.shape().dims4()?;
         let half = d / 2;
-        if !d.is_multiple_of(2) || (self.offset + t) * half > self.cos.len() {
+        let last = match &self.positions {
+            Some(p) if p.len() != b * t => {
+                candle_core::bail!("fused-rope: {} positions for {b} x {t} tokens", p.len())
+            }
+            Some(p) => p.iter().max().map_or(0, |&m| m as usize + 1),
+            None => self.offset + t,
+        };
+        if !d.is_multiple_of(2) || last * half > self.cos.len() {
             candle_core::bail!(
-                "fused-rope: head dim {d} odd, or positions {} beyond the table",
-                self.offset + t
+                "fused-rope: head dim {d} odd, or positions {last} beyond the table"
             );
         }
         let sign = if self.inverse { -1.0 } else { 1.0 };
@@ -53,7 +61,10 @@ impl CustomOp1 for RopeOp {
             .zip(x.par_chunks(h * d))
             .enumerate()
             .for_each(|(bt, (y, x))| {
-                let p = self.offset + bt % t;
+                let p = match &self.positions {
+                    Some(p) => p[bt] as usize,
+                    None => self.offset + bt % t,
+                };
                 let cos = &self.cos[p * half..(p + 1) * half];
                 let sin = &self.sin[p * half..(p + 1) * half];
                 for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
