@@ -66,6 +66,25 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
 }
 
 /// A token named in `tokenizer_config.json`: a string or `{"content": ...}`.
+/// The chat template source of a model directory whose `tokenizer_config.json` is `tc`.
+fn template_source(dir: &Path, tc: &Value) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?,
+        ));
+    }
+    Ok(match tc.get("chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        // A list of named templates: the "default" one.
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    })
+}
+
 fn token_str(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
@@ -122,6 +141,27 @@ impl Pretrained {
         }
     }
 
+    /// The chat template of a Hugging Face directory (`chat_template.jinja`, else
+    /// `tokenizer_config.json`'s `chat_template`) with the special tokens it may name, without
+    /// loading the weights.
+    pub fn dir_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc: Value = if tc_path.exists() {
+            read_json(&tc_path)?
+        } else {
+            json!({})
+        };
+        template_source(dir, &tc)?
+            .map(|src| {
+                ChatTemplate::new(
+                    &src,
+                    token_str(tc.get("bos_token")),
+                    token_str(tc.get("eos_token")),
+                )
+            })
+            .transpose()
+    }
+
     /// Loads a Hugging Face directory.
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
         let (model, store) = models::load_dir(dir, device)?;
@@ -132,20 +172,7 @@ impl Pretrained {
         } else {
             json!({})
         };
-        let jinja = dir.join("chat_template.jinja");
-        let chat_template = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
-        } else {
-            match tc.get("chat_template") {
-                Some(Value::String(s)) => Some(s.clone()),
-                // A list of named templates: the "default" one.
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-                _ => None,
-            }
-        };
+        let chat_template = template_source(dir, &tc)?;
         let cfg = model.config().to_json();
         let gen_path = dir.join("generation_config.json");
         let gen: Value = if gen_path.exists() {

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod fetch;
 pub mod fill_mask;
 pub mod finetune;
+pub mod instruct;
 pub mod generate;
 pub mod params;
 pub mod pretrain;
@@ -66,6 +67,10 @@ pub enum Command {
     /// Fine-tune a pretrained model (its own run, a Hugging Face directory, a GGUF file):
     /// all weights, or some with the rest frozen; for domain adaptation or a task.
     Finetune(finetune::FinetuneArgs),
+    /// Instruction-tune a causal LM on instruction data (Alpaca, ShareGPT, messages,
+    /// prompt-completion) with its chat template and the loss on the responses; LoRA by
+    /// default.
+    Instruct(instruct::InstructArgs),
     /// Generate text from a model (one chat turn with --chat).
     Generate(generate::GenerateArgs),
     /// Chat with an instruction-tuned model in the terminal, using its chat template.
@@ -130,6 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(a) => tokenizer::run(a, c),
         Command::Pretrain(a) => pretrain::run(a, c),
         Command::Finetune(a) => finetune::run(a, c),
+        Command::Instruct(a) => instruct::run(a, c),
         Command::Generate(a) => generate::run(a, c),
         Command::Chat(a) => chat::run(a, c),
         Command::Convert(a) => convert::run(a, c),

@@ -120,6 +120,9 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
         );
     }
     if !c.quiet {
+        for note in trainer.data.notes() {
+            eprintln!("note: {note}");
+        }
         if let Some(t) = trainer.state.trainable {
             eprintln!("{t}");
         }

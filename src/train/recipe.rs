@@ -85,7 +85,8 @@ fn d_temp() -> f64 {
 pub struct Recipe {
     /// Short name, used in logs.
     pub name: String,
-    /// Training objective: `clm` (causal language modelling: GPT-2, Llama), `mlm` (masked
+    /// Training objective: `clm` (causal language modelling: GPT-2, Llama), `sft` (instruction
+    /// tuning of a causal LM: loss on the responses, see [`SftConfig`]), `mlm` (masked
     /// language modelling: BERT), `seq2seq` (source/target pairs: Marian) or `classify` (image
     /// classification with a ViT; text classification with BERT, GPT-2 or Llama).
     #[serde(default = "d_objective")]
@@ -106,6 +107,38 @@ pub struct Recipe {
     /// `target_modules`, ...). The run directory then holds the adapter, as PEFT saves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft: Option<crate::peft::PeftConfig>,
+    /// Instruction tuning (objective `sft`): template, what the loss covers, packing.
+    #[serde(default)]
+    pub sft: SftConfig,
+}
+
+/// Supervised fine-tuning on instruction data (objective `sft`; `data.corpus` names the files
+/// or directories: Alpaca, ShareGPT, messages or prompt-completion records).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// The chat template: `model` (the model's own, from tokenizer_config.json or the GGUF),
+    /// a built-in (`chatml`, `alpaca`, `llama-2`) or a path to a Jinja file.
+    pub template: String,
+    /// What the loss covers: `responses` (assistant turns and completions, TRL's
+    /// assistant_only_loss / completion_only_loss) or `all` (every token).
+    pub train_on: String,
+    /// Pack several examples into each `train.context`-token row (best-fit decreasing), each
+    /// attending only to itself with positions from 0; off: one example per row, padded.
+    pub packing: bool,
+    /// Examples longer than `train.context`: `truncate` (keep the start) or `drop`.
+    pub overflow: String,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            template: "model".into(),
+            train_on: "responses".into(),
+            packing: false,
+            overflow: "truncate".into(),
+        }
+    }
 }
 
 /// Random changes to each training image (seeded, so a resumed run sees the same ones).
@@ -396,9 +429,9 @@ impl Recipe {
                     "[peft] adapts a pretrained model: set model.init or pass --from".into(),
                 ));
             }
-            if self.objective != "clm" {
+            if !matches!(self.objective.as_str(), "clm" | "sft") {
                 return Err(Error::Config(format!(
-                    "[peft] adapter runs train causal language models (objective \"clm\"); objective {:?} is not supported with adapters yet",
+                    "[peft] adapter runs train causal language models (objective \"clm\" or \"sft\"); objective {:?} is not supported with adapters yet",
                     self.objective
                 )));
             }
@@ -424,24 +457,39 @@ impl Recipe {
             )));
         }
         match (self.objective.as_str(), self.model.architecture.as_str()) {
-            ("clm", "gpt2" | "llama")
+            ("clm" | "sft", "gpt2" | "llama")
             | ("mlm", "bert")
             | ("seq2seq", "marian")
             | ("classify", "vit" | "bert" | "gpt2" | "llama") => {}
-            ("clm" | "mlm" | "seq2seq" | "classify", arch) => {
+            ("clm" | "sft" | "mlm" | "seq2seq" | "classify", arch) => {
                 return Err(Error::Config(format!(
-                    "objective {:?} does not fit model.architecture {arch:?} (clm trains gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit on images or bert, gpt2, llama on texts)",
+                    "objective {:?} does not fit model.architecture {arch:?} (clm and sft train gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit on images or bert, gpt2, llama on texts)",
                     self.objective
                 )))
             }
             (other, _) => {
                 return Err(Error::Config(format!(
-                    "objective {other:?} is not supported (known: clm, mlm, seq2seq, classify)"
+                    "objective {other:?} is not supported (known: clm, sft, mlm, seq2seq, classify)"
                 )))
             }
         }
         if let Some(p) = &self.model.pooling {
             crate::models::sequence_classifier::Pooling::parse(p)?;
+        }
+        if self.objective == "sft" {
+            let s = &self.sft;
+            crate::objective::sft::Overflow::parse(&s.overflow)?;
+            if !matches!(s.train_on.as_str(), "responses" | "all") {
+                return Err(Error::Config(format!(
+                    "sft.train_on must be \"responses\" or \"all\", not {:?}",
+                    s.train_on
+                )));
+            }
+            if self.model.init.is_none() {
+                return Err(Error::Config(
+                    "instruction tuning starts from a pretrained model: set model.init or pass --from".into(),
+                ));
+            }
         }
         if let Some(k) = self.data.fold {
             if k >= self.data.folds {

@@ -14,6 +14,8 @@ use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
 use crate::objective::seq2seq::{pad_batch, pair_loss, sample, PairData};
+use crate::chat::ChatTemplate;
+use crate::objective::sft::{self, SftBatch, Tokenized};
 use crate::objective::CausalLm;
 use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, EOT};
@@ -75,6 +77,17 @@ pub enum TrainData {
     Pairs(Box<PairData>),
     /// Labelled images (classification): training and held-out validation images.
     Images { train: ImageSet, val: ImageSet },
+    /// Instruction examples (objective `sft`): tokenised with their trained positions, and the
+    /// rows batches are made of (each a list of example indices: one, or several packed).
+    Instruct {
+        train: Vec<Tokenized>,
+        val: Vec<Tokenized>,
+        train_rows: Vec<Vec<usize>>,
+        val_rows: Vec<Vec<usize>>,
+        packed: bool,
+        /// What reading and tokenising found (skipped records, truncations), for the user.
+        notes: Vec<String>,
+    },
     /// Labelled texts (classification): token ids and class index of each, and the classes.
     Texts {
         train: Vec<(Vec<u32>, u32)>,
@@ -91,6 +104,16 @@ impl TrainData {
             TrainData::Pairs(p) => (p.train.len(), p.valid.len(), "pairs"),
             TrainData::Images { train, val } => (train.len(), val.len(), "images"),
             TrainData::Texts { train, val, .. } => (train.len(), val.len(), "texts"),
+            TrainData::Instruct { train, val, .. } => (train.len(), val.len(), "examples"),
+        }
+    }
+
+    /// What preparing the data found that the user should know (instruction runs: skipped
+    /// records, truncated examples).
+    pub fn notes(&self) -> &[String] {
+        match self {
+            TrainData::Instruct { notes, .. } => notes,
+            _ => &[],
         }
     }
 
@@ -637,6 +660,7 @@ fn text_run(
     let files = corpus_files(corpus)?;
     let mut preloaded = None;
     let mut carried = ModelFiles::new();
+    let mut model_template = None;
     let (tokenizer, data) = if recipe.objective == "seq2seq" {
         let lex = Lexicon::read_cmudict(&corpus[0])?;
         let tokenizers = match from {
@@ -679,10 +703,12 @@ fn text_run(
             if let CausalModel::Llama(l) = &mut p.model {
                 l.config.extra.extend(p.special.id_entries());
             }
+            model_template = p.chat().ok();
             preloaded = Some((p.model, p.store));
             p.tokenizer
         } else if let Some(dir) = from {
-            if recipe.objective == "clm" {
+            model_template = crate::pretrained::Pretrained::dir_chat_template(dir)?;
+            if matches!(recipe.objective.as_str(), "clm" | "sft") {
                 for name in CARRIED_FILES {
                     let path = dir.join(name);
                     if path.is_file() {
@@ -701,17 +727,22 @@ fn text_run(
                 path => Tokenizer::load(Path::new(path))?,
             }
         };
-        // Held-out files go last, so the validation range is exactly their tokens.
-        let (train_files, val_files) = held_out(&files, &recipe.data.val_files)?;
-        let ordered: Vec<PathBuf> = train_files.iter().chain(&val_files).cloned().collect();
-        let shard =
-            TokenShard::build_or_open(&ordered, &tokenizer, &out_dir.join("data/tokens.bin"))?;
-        let (train, val) = if val_files.is_empty() {
-            shard.split(recipe.data.val_fraction, recipe.train.context)?
+        if recipe.objective == "sft" {
+            let data = instruct_data(recipe, corpus, &tokenizer, model_template.as_ref())?;
+            (tokenizer, data)
         } else {
-            shard.split_files(train_files.len(), recipe.train.context)?
-        };
-        (tokenizer, TrainData::Tokens { shard, train, val })
+            // Held-out files go last, so the validation range is exactly their tokens.
+            let (train_files, val_files) = held_out(&files, &recipe.data.val_files)?;
+            let ordered: Vec<PathBuf> = train_files.iter().chain(&val_files).cloned().collect();
+            let shard =
+                TokenShard::build_or_open(&ordered, &tokenizer, &out_dir.join("data/tokens.bin"))?;
+            let (train, val) = if val_files.is_empty() {
+                shard.split(recipe.data.val_fraction, recipe.train.context)?
+            } else {
+                shard.split_files(train_files.len(), recipe.train.context)?
+            };
+            (tokenizer, TrainData::Tokens { shard, train, val })
+        }
     };
     tokenizer.save(&out_dir.join("tokenizer.json"))?;
 
@@ -736,6 +767,116 @@ fn text_run(
     }
 
     Ok((tokenizer, data, model, store, carried))
+}
+
+/// The chat template an instruction run renders with: `sft.template` is `model` (the model's
+/// own), a built-in name, or a Jinja file.
+fn sft_template(recipe: &Recipe, own: Option<&ChatTemplate>, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    let name = recipe.sft.template.as_str();
+    if name == "model" {
+        return own.cloned().ok_or_else(|| {
+            Error::Config(format!(
+                "the model has no chat template: set sft.template (--template) to one of {} or a .jinja file",
+                sft::BUILTIN_TEMPLATES.join(", ")
+            ))
+        });
+    }
+    // Special tokens the template may name: the model's, else GPT-2's end of text.
+    let eos = own
+        .and_then(|t| t.eos_token.clone())
+        .or_else(|| tokenizer.token_id(EOT).map(|_| EOT.to_string()));
+    let bos = own.and_then(|t| t.bos_token.clone());
+    let source = match sft::builtin_template(name) {
+        Some(src) => src.to_string(),
+        None => {
+            let path = Path::new(name);
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "sft.template {name:?} is neither model, a built-in ({}) nor a file",
+                    sft::BUILTIN_TEMPLATES.join(", ")
+                )));
+            }
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+        }
+    };
+    ChatTemplate::new(&source, bos, eos).map_err(|e| Error::Config(format!("{name}: {e}")))
+}
+
+/// The instruction examples of an `sft` run: read from `corpus`, rendered with the template,
+/// tokenised with their trained positions, split (seeded, `data.val_fraction` of the examples
+/// held out) and arranged in rows (packed best-fit decreasing with `sft.packing`).
+fn instruct_data(
+    recipe: &Recipe,
+    corpus: &[PathBuf],
+    tokenizer: &Tokenizer,
+    own_template: Option<&ChatTemplate>,
+) -> Result<TrainData> {
+    let mut examples = vec![];
+    let mut notes = vec![];
+    for path in corpus {
+        let (ex, report) = crate::data::instruct::read(path)?;
+        if let Some(s) = report.summary() {
+            notes.push(format!("{}: {s}", path.display()));
+        }
+        examples.extend(ex);
+    }
+    // Plain prompt-completion text needs no template.
+    let needs_template = examples
+        .iter()
+        .any(|e| !matches!(e, crate::data::instruct::Example::Text { .. }));
+    let template = if needs_template {
+        Some(sft_template(recipe, own_template, tokenizer)?)
+    } else {
+        None
+    };
+    let s = &recipe.sft;
+    let context = recipe.train.context;
+    let (mut all, report) = sft::tokenize_all(
+        &examples,
+        template.as_ref(),
+        tokenizer,
+        s.train_on == "all",
+        context,
+        sft::Overflow::parse(&s.overflow)?,
+    )?;
+    if report.truncated + report.dropped > 0 {
+        notes.push(format!(
+            "of {} examples, {} longer than train.context ({context}) were {}, {} left out{}",
+            report.examples,
+            report.truncated + if s.overflow == "drop" { report.dropped } else { 0 },
+            if s.overflow == "drop" { "left out" } else { "truncated" },
+            report.dropped,
+            if s.overflow == "drop" { "" } else { " (nothing left to train)" }
+        ));
+    }
+    if all.is_empty() {
+        return Err(Error::Data("no instruction example has anything to train".into()));
+    }
+    let mut rng = Rng::new(recipe.data.split_seed);
+    rng.shuffle(&mut all);
+    let n_val = if recipe.data.val_fraction > 0.0 && all.len() > 1 {
+        ((all.len() as f64 * recipe.data.val_fraction).round() as usize).clamp(1, all.len() - 1)
+    } else {
+        0
+    };
+    let train = all.split_off(n_val);
+    let val = all;
+    let rows = |set: &[Tokenized]| -> Vec<Vec<usize>> {
+        if s.packing {
+            let lengths: Vec<usize> = set.iter().map(|e| e.ids.len()).collect();
+            sft::pack_bfd(&lengths, context)
+        } else {
+            (0..set.len()).map(|i| vec![i]).collect()
+        }
+    };
+    Ok(TrainData::Instruct {
+        train_rows: rows(&train),
+        val_rows: rows(&val),
+        train,
+        val,
+        packed: s.packing,
+        notes,
+    })
 }
 
 /// The tokenizer, data and model of a text classification run: the labelled texts of the
@@ -1173,6 +1314,36 @@ impl Trainer {
                     hits: Some((l.count, l.correct)),
                 })
             }
+            (
+                TrainModel::Causal(m),
+                TrainData::Instruct {
+                    train: tr,
+                    val: va,
+                    train_rows,
+                    val_rows,
+                    packed,
+                    ..
+                },
+            ) => {
+                let (set, rows) = if val { (va, val_rows) } else { (tr, train_rows) };
+                let idx = self.example_indices(rows.len(), train, micro, rng);
+                let batch_rows: Vec<Vec<&Tokenized>> = idx
+                    .iter()
+                    .map(|&r| rows[r].iter().map(|&i| &set[i]).collect())
+                    .collect();
+                let pad = self.tokenizer.as_ref().and_then(|t| t.token_id(EOT)).unwrap_or(0);
+                let batch = SftBatch::new(&batch_rows, *packed, t, pad, device)?;
+                let loss = sft::loss(m, &batch, dropout, train)?;
+                Ok(BatchLoss {
+                    loss,
+                    tokens: batch_rows
+                        .iter()
+                        .flatten()
+                        .map(|e| e.ids.len())
+                        .sum(),
+                    hits: None,
+                })
+            }
             (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) => {
                 let pairs = if val { &p.valid } else { &p.train };
                 let c = &model.config;
@@ -1386,6 +1557,7 @@ impl Trainer {
             TrainData::Pairs(p) => !p.valid.is_empty(),
             TrainData::Images { val, .. } => !val.is_empty(),
             TrainData::Texts { val, .. } => !val.is_empty(),
+            TrainData::Instruct { val, .. } => !val.is_empty(),
         };
         let (val_loss, val_accuracy) = if let (true, Some((l, a))) = (has_val, self.full_val()?) {
             (Some(l), Some(a))
