@@ -194,7 +194,7 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
+        inner.with_post_processor(Some(ByteLevel::new(false, false, true)));
         inner.add_special_tokens(&[AddedToken::from(EOT, true)]);
         Ok(Tokenizer { inner })
     }
@@ -296,7 +296,7 @@ impl Tokenizer {
                 inner.with_post_processor(Some(tp));
             }
             _ => {
-                inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
+                inner.with_post_processor(Some(ByteLevel::new(false, false, true)));
             }
         }
         Ok(Tokenizer { inner })

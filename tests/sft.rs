@@ -31,7 +31,10 @@ fn packed_rows_equal_unpacked_examples() {
         let exs = examples(9, vocab, context as u64 / 2, 7);
         let lengths: Vec<usize> = exs.iter().map(|e| e.ids.len()).collect();
         let bins = sft::pack_bfd(&lengths, context);
-        assert!(bins.len() < exs.len(), "{dir}: something was packed together");
+        assert!(
+            bins.len() < exs.len(),
+            "{dir}: something was packed together"
+        );
         let packed_rows: Vec<Vec<&Tokenized>> = bins
             .iter()
             .map(|b| b.iter().map(|&i| &exs[i]).collect())
@@ -70,5 +73,102 @@ fn packed_rows_equal_unpacked_examples() {
             }
         }
         ferroformer::nn::kernels::set_plain(false);
+    }
+}
+
+fn trl_fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("sft/expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn messages(v: &serde_json::Value) -> Vec<ferroformer::chat::Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            ferroformer::chat::Message::new(
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+/// Token ids and labels (-100 where not trained) against TRL 1.16's SFTTrainer on the real
+/// SmolLM2 tokenizer and chat template (fixture sft/, make_sft_fixtures.py): a system turn, two
+/// assistant turns, the template's inserted default system prompt, contents that start with
+/// whitespace (tokens straddling the turn header), and a prompt-completion pair; with the loss
+/// on responses only and on everything.
+#[test]
+fn tokens_and_labels_match_trl() {
+    use ferroformer::data::instruct::Example;
+    let want = trl_fixture();
+    let path = ferroformer::assets::ensure("smollm2-135m-instruct")
+        .unwrap()
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = ferroformer::pretrained::Pretrained::from_gguf(&path, &Device::Cpu, true).unwrap();
+    let template = p.chat().unwrap();
+    assert_eq!(template.source, want["chat_template"].as_str().unwrap());
+    assert_eq!(template.eos_token.as_deref(), want["eos_token"].as_str());
+    let mut cases: Vec<(String, Example, &serde_json::Value)> = want["conversational"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), Example::Chat(messages(&v["messages"])), v))
+        .collect();
+    for (k, v) in want["prompt_completion"].as_object().unwrap() {
+        let ex = Example::ChatCompletion {
+            prompt: messages(&v["prompt"]),
+            completion: messages(&v["completion"]),
+        };
+        cases.push((k.clone(), ex, v));
+    }
+    assert_eq!(cases.len(), 6);
+    for (name, ex, v) in &cases {
+        let (text, _) = sft::render_example(ex, Some(&template), false, None).unwrap();
+        assert_eq!(text, v["text"].as_str().unwrap(), "{name}: rendered text");
+        for (all, key) in [(false, "labels"), (true, "labels_full")] {
+            let t = sft::tokenize(ex, Some(&template), &p.tokenizer, all, None).unwrap();
+            let got_ids: Vec<i64> = t.ids.iter().map(|&i| i as i64).collect();
+            assert_eq!(got_ids, ids(&v["input_ids"]), "{name}: ids");
+            let labels: Vec<i64> = t
+                .ids
+                .iter()
+                .zip(&t.trained)
+                .map(|(&i, &tr)| if tr { i as i64 } else { -100 })
+                .collect();
+            assert_eq!(labels, ids(&v[key]), "{name}: {key}");
+        }
+    }
+}
+
+/// Best-fit-decreasing packing against TRL's `pack_dataset(strategy="bfd")`: which examples
+/// share a row and in what order, with ties, over-long and empty sequences.
+#[test]
+fn packing_matches_trl_bfd() {
+    let want = trl_fixture();
+    for case in ["random_12", "ties_overflow_bfd", "equal_space_fifo"] {
+        let c = &want["packing"][case];
+        let lengths: Vec<usize> = ids(&c["input_lengths"])
+            .iter()
+            .map(|&n| n as usize)
+            .collect();
+        let cap = c["seq_length"].as_u64().unwrap() as usize;
+        let got = sft::pack_bfd(&lengths, cap);
+        let expected: Vec<Vec<usize>> = c["assignment_by_input_index"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| ids(b).iter().map(|&i| i as usize).collect())
+            .collect();
+        assert_eq!(got, expected, "{case}");
     }
 }

@@ -51,7 +51,11 @@ fn quoted(s: &str) -> String {
 
 pub fn run(a: InstructArgs, c: &Common) -> Result<()> {
     let mut set = vec!["objective=\"sft\"".to_string()];
-    let data: Vec<String> = a.data.iter().map(|p| quoted(&p.display().to_string())).collect();
+    let data: Vec<String> = a
+        .data
+        .iter()
+        .map(|p| quoted(&p.display().to_string()))
+        .collect();
     set.push(format!("data.corpus=[{}]", data.join(", ")));
     if let Some(t) = &a.template {
         set.push(format!("sft.template={}", quoted(t)));
@@ -70,7 +74,10 @@ pub fn run(a: InstructArgs, c: &Common) -> Result<()> {
             std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
             p.clone(),
         ),
-        None => (DEFAULT_RECIPE.to_string(), PathBuf::from("recipes/instruct.toml")),
+        None => (
+            DEFAULT_RECIPE.to_string(),
+            PathBuf::from("recipes/instruct.toml"),
+        ),
     };
     let mut table: toml::Table = text
         .parse()

@@ -2,12 +2,14 @@
 //! and trained with the loss on the responses only (or on everything), optionally packed
 //! several to a row.
 //!
-//! Which tokens are trained follows TRL's SFT pipeline (tests/fixtures/sft): in a conversation,
-//! every assistant turn from the end of the generation prompt (`<|im_start|>assistant\n`)
-//! through its end-of-turn marker (`<|im_end|>`), not the separator after it; in a
-//! prompt-completion example, everything after the prompt rendered with the generation prompt.
-//! Token `i` is trained when its text overlaps a trained span; it is then the target predicted
-//! from tokens `..i`.
+//! Which tokens are trained follows TRL's SFT pipeline (tests/fixtures/sft, TRL 1.16 with its
+//! ChatML training template): in a conversation, every assistant turn from the end of the
+//! generation prompt (`<|im_start|>assistant\n`) through what the template writes after the
+//! content (`<|im_end|>\n`), found as the difference between the conversation rendered up to
+//! the turn with the generation prompt and through the turn; in a prompt-completion example,
+//! everything after the prompt rendered with the generation prompt. The whole text is tokenised
+//! at once and token `i` is trained when its text overlaps a trained span (transformers'
+//! `return_assistant_tokens_mask`); it is then the target predicted from tokens `..i`.
 
 use crate::chat::{ChatTemplate, Message};
 use crate::data::instruct::Example;
@@ -149,9 +151,7 @@ pub fn render_example(
                         i + 1
                     )));
                 }
-                // The separator after the end-of-turn marker is the template's, not the answer's.
-                let end = through.trim_end().len().max(head.len());
-                spans.push(head.len()..end);
+                spans.push(head.len()..through.len());
             }
             (text, spans)
         }
@@ -224,9 +224,11 @@ pub fn tokenize_all(
 /// longest first (ties in input order), each into the fullest bin it fits (among bins with the
 /// same free space, the one that reached it first), or a new bin. Returns each bin's sequence
 /// indices in the order placed; bins in the order opened. Lengths above `capacity` count as
-/// `capacity` (TRL truncates them first).
+/// `capacity` (TRL truncates them first); empty sequences are left out, as TRL drops them.
+/// (TRL packs each run of 1,000 examples on its own, an artefact of `datasets.map` batches;
+/// this packs the whole set, which fills rows at least as well.)
 pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    let mut order: Vec<usize> = (0..lengths.len()).filter(|&i| lengths[i] > 0).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i].min(capacity)));
     let mut bins: Vec<Vec<usize>> = vec![];
     let mut by_space: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();

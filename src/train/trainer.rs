@@ -2,6 +2,7 @@
 //! exact resume.
 
 use crate::assets;
+use crate::chat::ChatTemplate;
 use crate::data::corpus::for_each_chunk;
 use crate::data::images::{self, ImageSet, ImageSplit, Preprocessor};
 use crate::data::lexicon::{Lexicon, Part};
@@ -14,7 +15,6 @@ use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
 use crate::objective::seq2seq::{pad_batch, pair_loss, sample, PairData};
-use crate::chat::ChatTemplate;
 use crate::objective::sft::{self, SftBatch, Tokenized};
 use crate::objective::CausalLm;
 use crate::rng::Rng;
@@ -771,7 +771,11 @@ fn text_run(
 
 /// The chat template an instruction run renders with: `sft.template` is `model` (the model's
 /// own), a built-in name, or a Jinja file.
-fn sft_template(recipe: &Recipe, own: Option<&ChatTemplate>, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+fn sft_template(
+    recipe: &Recipe,
+    own: Option<&ChatTemplate>,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate> {
     let name = recipe.sft.template.as_str();
     if name == "model" {
         return own.cloned().ok_or_else(|| {
@@ -843,14 +847,29 @@ fn instruct_data(
         notes.push(format!(
             "of {} examples, {} longer than train.context ({context}) were {}, {} left out{}",
             report.examples,
-            report.truncated + if s.overflow == "drop" { report.dropped } else { 0 },
-            if s.overflow == "drop" { "left out" } else { "truncated" },
+            report.truncated
+                + if s.overflow == "drop" {
+                    report.dropped
+                } else {
+                    0
+                },
+            if s.overflow == "drop" {
+                "left out"
+            } else {
+                "truncated"
+            },
             report.dropped,
-            if s.overflow == "drop" { "" } else { " (nothing left to train)" }
+            if s.overflow == "drop" {
+                ""
+            } else {
+                " (nothing left to train)"
+            }
         ));
     }
     if all.is_empty() {
-        return Err(Error::Data("no instruction example has anything to train".into()));
+        return Err(Error::Data(
+            "no instruction example has anything to train".into(),
+        ));
     }
     let mut rng = Rng::new(recipe.data.split_seed);
     rng.shuffle(&mut all);
@@ -1325,22 +1344,26 @@ impl Trainer {
                     ..
                 },
             ) => {
-                let (set, rows) = if val { (va, val_rows) } else { (tr, train_rows) };
+                let (set, rows) = if val {
+                    (va, val_rows)
+                } else {
+                    (tr, train_rows)
+                };
                 let idx = self.example_indices(rows.len(), train, micro, rng);
                 let batch_rows: Vec<Vec<&Tokenized>> = idx
                     .iter()
                     .map(|&r| rows[r].iter().map(|&i| &set[i]).collect())
                     .collect();
-                let pad = self.tokenizer.as_ref().and_then(|t| t.token_id(EOT)).unwrap_or(0);
+                let pad = self
+                    .tokenizer
+                    .as_ref()
+                    .and_then(|t| t.token_id(EOT))
+                    .unwrap_or(0);
                 let batch = SftBatch::new(&batch_rows, *packed, t, pad, device)?;
                 let loss = sft::loss(m, &batch, dropout, train)?;
                 Ok(BatchLoss {
                     loss,
-                    tokens: batch_rows
-                        .iter()
-                        .flatten()
-                        .map(|e| e.ids.len())
-                        .sum(),
+                    tokens: batch_rows.iter().flatten().map(|e| e.ids.len()).sum(),
                     hits: None,
                 })
             }
