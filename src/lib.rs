@@ -22,6 +22,7 @@ pub mod params;
 pub mod peft;
 pub mod pretrained;
 pub mod rng;
+pub mod semnet;
 pub mod tokenizer;
 pub mod train;
 pub mod translate;

@@ -3,7 +3,7 @@
 
 use super::{pretrain, Common};
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use ferroformer::train::Recipe;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 const DEFAULT_RECIPE: &str = include_str!("../../recipes/instruct.toml");
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct InstructArgs {
+    #[command(subcommand)]
+    pub cmd: Option<InstructCmd>,
     /// The model to tune: a run or Hugging Face directory, a .gguf file or an asset name
     /// [default: the recipe's model.init; built-in recipe: smollm2-135m-instruct].
     #[arg(long)]
@@ -45,11 +48,69 @@ pub struct InstructArgs {
     pub resume: bool,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum InstructCmd {
+    /// Write an instruction mixture from the project's real data, several phrasings per task
+    /// (FLAN-style): sentiment (movie-review polarity), story_ending (Story Cloze),
+    /// pronunciation (CMUdict syllables, rhymes, ARPAbet), definition (WordNet glosses to
+    /// words), taxonomy (WordNet is-a / part-of). OUT/train.jsonl holds the training families;
+    /// OUT/eval.jsonl multiple-choice questions of every family never used for training
+    /// (score them with `eval choices`); OUT/manifest.json the counts.
+    Build(BuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Families held out from training (comma-separated).
+    #[arg(long, default_value = "sentiment,story_ending")]
+    pub held_out: String,
+    /// Training examples per training family.
+    #[arg(long, default_value_t = 2000)]
+    pub train_per_family: usize,
+    /// Evaluation questions per family.
+    #[arg(long, default_value_t = 300)]
+    pub eval_per_family: usize,
+}
+
+fn build(a: BuildArgs, c: &Common) -> Result<()> {
+    use ferroformer::data::instruct_tasks::{build, BuildOptions, Sources};
+    let opts = BuildOptions {
+        seed: c.seed.unwrap_or(1234),
+        train_per_family: a.train_per_family,
+        eval_per_family: a.eval_per_family,
+        held_out: a
+            .held_out
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    let manifest = build(&a.out, &Sources::assets()?, &opts)?;
+    if c.json {
+        println!("{manifest}");
+    } else {
+        println!(
+            "{} training examples, {} evaluation questions in {} (held out: {})",
+            manifest["train_examples"],
+            manifest["eval_examples"],
+            a.out.display(),
+            opts.held_out.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 pub fn run(a: InstructArgs, c: &Common) -> Result<()> {
+    if let Some(InstructCmd::Build(b)) = a.cmd {
+        return build(b, c);
+    }
     let mut set = vec!["objective=\"sft\"".to_string()];
     let data: Vec<String> = a
         .data

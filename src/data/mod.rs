@@ -3,6 +3,7 @@
 pub mod corpus;
 pub mod images;
 pub mod instruct;
+pub mod instruct_tasks;
 pub mod labelled;
 pub mod lexicon;
 pub mod shards;

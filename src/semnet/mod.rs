@@ -1,0 +1,3 @@
+//! Semantic networks: concept graphs with typed relations, and the sources they are read from.
+
+pub mod wordnet;
