@@ -630,3 +630,115 @@ fn seq2seq_pretrain_translate_eval() {
         &["dev2"],
     );
 }
+
+/// Instruction tuning end to end on the real SmolLM2: build the task mixture from the fetched
+/// sources, a two-step LoRA run with packing, zero-shot multiple choice with the adapter, chat
+/// generation through it; bad data and templates fail clearly.
+#[test]
+fn instruct_build_tune_evaluate_and_chat() {
+    let d = tempfile::tempdir().unwrap();
+    let mix = d.path().join("mix");
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "instruct", "build", "--out"])
+            .arg(&mix)
+            .args(["--train-per-family", "30", "--eval-per-family", "4"]),
+    );
+    let m = last_json(&out);
+    assert_eq!(m["train_examples"], 90, "{m}");
+    assert_eq!(m["eval_examples"], 20, "{m}");
+    let run = d.path().join("run");
+    let out = stdout_of(
+        ff().args([
+            "--quiet",
+            "--json",
+            "instruct",
+            "--from",
+            "smollm2-135m-instruct",
+            "--data",
+        ])
+        .arg(&mix)
+        .args([
+            "--set",
+            "train.steps=2",
+            "--set",
+            "train.batch_size=1",
+            "--set",
+            "train.context=128",
+            "--set",
+            "train.eval_interval=2",
+            "--set",
+            "train.eval_iters=1",
+            "--set",
+            "peft.r=4",
+            "--set",
+        ])
+        .arg(format!("train.out_dir={:?}", run.display().to_string())),
+    );
+    assert_eq!(last_json(&out)["step"], 2, "{out}");
+    for f in ["adapter_config.json", "adapter_model.safetensors", "recipe.toml"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let recipe = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("objective = \"sft\""), "{recipe}");
+    assert!(recipe.contains("packing = true"), "{recipe}");
+
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "eval", "choices", "--model"])
+            .arg(&run)
+            .arg("--data")
+            .arg(&mix)
+            .args(["--families", "sentiment,taxonomy"]),
+    );
+    let j = last_json(&out);
+    assert_eq!(j["all"]["n"], 8, "{j}");
+    assert_eq!(j["held_out"]["n"], 4, "{j}");
+    let acc = j["families"]["taxonomy"]["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{j}");
+
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "generate", "--model"])
+            .arg(&run)
+            .args([
+                "--chat",
+                "--prompt",
+                "Is a dog a kind of animal? Answer yes or no.",
+                "--max-tokens",
+                "4",
+                "--temperature",
+                "0",
+            ]),
+    );
+    assert!(last_json(&out)["text"].is_string(), "{out}");
+
+    // Bad input: nothing usable, an unknown template, a template that fails to render.
+    let bad = d.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"instruction\": \"no output\"}\n{\"x\": 1}\n").unwrap();
+    let tune = |data: &Path, extra: &[&str]| {
+        let mut c = ff();
+        c.args(["--quiet", "instruct", "--from", "smollm2-135m-instruct", "--data"])
+            .arg(data)
+            .args(["--set", "train.steps=1"])
+            .args(extra)
+            .arg("--set")
+            .arg(format!("train.out_dir={:?}", d.path().join("bad-run").display().to_string()));
+        c
+    };
+    fails_with(
+        &mut tune(&bad, &[]),
+        &["bad.jsonl", "no usable instruction records", "line 1: no \"output\""],
+    );
+    fails_with(
+        &mut tune(&mix, &["--template", "nonesuch"]),
+        &["nonesuch", "chatml, alpaca, llama-2"],
+    );
+    let jinja = d.path().join("t.jinja");
+    std::fs::write(
+        &jinja,
+        "{% for m in messages %}\n{{ m['content'] }}\n{% if m['role'] == 'assistant' %}{{ raise_exception('no assistants here') }}{% endif %}\n{% endfor %}",
+    )
+    .unwrap();
+    fails_with(
+        &mut tune(&mix, &["--template", jinja.to_str().unwrap()]),
+        &["no assistants here", "line 3"],
+    );
+}
