@@ -56,8 +56,12 @@ fn env() -> minijinja::Environment<'static> {
 }
 
 fn jinja_err(e: minijinja::Error) -> Error {
-    // minijinja's alternate form includes the failing template line.
-    Error::Config(format!("chat template: {e:#}"))
+    let at = e.line().map(|l| format!(", line {l}")).unwrap_or_default();
+    let what = match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    Error::Config(format!("chat template{at}: {what}"))
 }
 
 impl ChatTemplate {

@@ -113,6 +113,9 @@ fn scan_alphabet(
 /// the decoder's start token), end of sequence, unknown; ids 0, 1, 2.
 pub const SEQ2SEQ_SPECIAL: [&str; 3] = ["<pad>", "</s>", "<unk>"];
 
+/// Byte ranges of tokens in their text.
+pub type Offsets = Vec<(usize, usize)>;
+
 /// A loaded tokenizer.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -545,7 +548,7 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` (without special tokens added) and each token's byte range in it.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let enc = self
             .inner
             .encode(text, false)

@@ -675,7 +675,11 @@ fn instruct_build_tune_evaluate_and_chat() {
         .arg(format!("train.out_dir={:?}", run.display().to_string())),
     );
     assert_eq!(last_json(&out)["step"], 2, "{out}");
-    for f in ["adapter_config.json", "adapter_model.safetensors", "recipe.toml"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "recipe.toml",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let recipe = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
@@ -715,17 +719,30 @@ fn instruct_build_tune_evaluate_and_chat() {
     std::fs::write(&bad, "{\"instruction\": \"no output\"}\n{\"x\": 1}\n").unwrap();
     let tune = |data: &Path, extra: &[&str]| {
         let mut c = ff();
-        c.args(["--quiet", "instruct", "--from", "smollm2-135m-instruct", "--data"])
-            .arg(data)
-            .args(["--set", "train.steps=1"])
-            .args(extra)
-            .arg("--set")
-            .arg(format!("train.out_dir={:?}", d.path().join("bad-run").display().to_string()));
+        c.args([
+            "--quiet",
+            "instruct",
+            "--from",
+            "smollm2-135m-instruct",
+            "--data",
+        ])
+        .arg(data)
+        .args(["--set", "train.steps=1"])
+        .args(extra)
+        .arg("--set")
+        .arg(format!(
+            "train.out_dir={:?}",
+            d.path().join("bad-run").display().to_string()
+        ));
         c
     };
     fails_with(
         &mut tune(&bad, &[]),
-        &["bad.jsonl", "no usable instruction records", "line 1: no \"output\""],
+        &[
+            "bad.jsonl",
+            "no usable instruction records",
+            "line 1: no \"output\"",
+        ],
     );
     fails_with(
         &mut tune(&mix, &["--template", "nonesuch"]),
@@ -739,6 +756,9 @@ fn instruct_build_tune_evaluate_and_chat() {
     .unwrap();
     fails_with(
         &mut tune(&mix, &["--template", jinja.to_str().unwrap()]),
-        &["no assistants here", "line 3"],
+        &[
+            "example 1: rendering the conversation: chat template, line 3",
+            "no assistants here",
+        ],
     );
 }

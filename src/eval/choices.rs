@@ -53,7 +53,11 @@ pub fn read_choices(path: &Path) -> Result<Vec<ChoiceRecord>> {
             return Err(at("empty choices".into()));
         }
         if r.answer >= r.choices.len() {
-            return Err(at(format!("answer {} but {} choices", r.answer, r.choices.len())));
+            return Err(at(format!(
+                "answer {} but {} choices",
+                r.answer,
+                r.choices.len()
+            )));
         }
         if r.messages.is_empty() {
             return Err(at("no messages".into()));

@@ -8,8 +8,8 @@
 
 use crate::nn::kernels::attention::causal_attention;
 use crate::nn::{
-    grouped_attention, Activation, Dropout, Embedding, Init, KvCache, ParamStore, Projection,
-    QuantizedWeight, RmsNorm, Rope, RopeScaling, Segments, TokenEmbedding,
+    attention::causal_attention_in, Activation, Dropout, Embedding, Init, KvCache, ParamStore,
+    Projection, QuantizedWeight, RmsNorm, Rope, RopeScaling, Segments, TokenEmbedding,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -287,16 +287,7 @@ impl LlamaAttention {
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = crate::nn::Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
         // Llama has no attention dropout.
-        let mask = segments.map(|s| s.mask(x.device())).transpose()?;
-        let y = grouped_attention(
-            &q,
-            &k,
-            &v,
-            Some(offset),
-            mask.as_ref(),
-            &Dropout::default(),
-            None,
-        )?;
+        let y = causal_attention_in(&q, &k, &v, offset, segments, &Dropout::default(), None)?;
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }

@@ -187,6 +187,21 @@ pub fn grouped_attention(
     Ok(y.reshape((b, h, t, d))?)
 }
 
+/// Causal [`grouped_attention`] (queries from position `offset`), kept inside each packed
+/// example when `segments` is given.
+pub fn causal_attention_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+    segments: Option<&Segments>,
+    dropout: &Dropout,
+    rng: Option<&mut Rng>,
+) -> Result<Tensor> {
+    let mask = segments.map(|s| s.mask(q.device())).transpose()?;
+    grouped_attention(q, k, v, Some(offset), mask.as_ref(), dropout, rng)
+}
+
 /// The attention probabilities `[b, h, t, s]` of [`grouped_attention`] (before dropout).
 pub fn attention_probs(
     q: &Tensor,
@@ -462,16 +477,7 @@ impl CausalSelfAttention {
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let offset = Prefix::offset(self.prefix.as_ref(), cache.as_deref());
         let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
-        let mask = segments.map(|s| s.mask(qkv.device())).transpose()?;
-        let y = grouped_attention(
-            &q,
-            &k,
-            &v,
-            Some(offset),
-            mask.as_ref(),
-            &self.attn_dropout,
-            rng,
-        )?;
+        let y = causal_attention_in(&q, &k, &v, offset, segments, &self.attn_dropout, rng)?;
         Ok(y.transpose(1, 2)?.reshape((b, t, c))?)
     }
 }

@@ -91,9 +91,17 @@ pub struct TokenizeReport {
     pub dropped: usize,
 }
 
+/// The message of a configuration error without its kind (for nesting).
+fn message(e: Error) -> String {
+    match e {
+        Error::Config(m) | Error::Data(m) => m,
+        other => other.to_string(),
+    }
+}
+
 fn render(t: &ChatTemplate, m: &[Message], gen: bool, what: &str) -> Result<String> {
     t.render(m, gen)
-        .map_err(|e| Error::Config(format!("{what}: {e}")))
+        .map_err(|e| Error::Config(format!("{what}: {}", message(e))))
 }
 
 /// The rendered text of an example and its trained byte ranges (all of it with
@@ -158,7 +166,7 @@ pub fn render_example(
     };
     Ok(if train_on_all {
         let n = text.len();
-        (text, vec![0..n])
+        (text, std::iter::once(0..n).collect())
     } else {
         (text, spans)
     })
@@ -201,7 +209,7 @@ pub fn tokenize_all(
     for (i, ex) in examples.iter().enumerate() {
         report.examples += 1;
         let mut t = tokenize(ex, template, tokenizer, train_on_all, eos.as_deref())
-            .map_err(|e| Error::Data(format!("example {}: {e}", i + 1)))?;
+            .map_err(|e| Error::Data(format!("example {}: {}", i + 1, message(e))))?;
         if t.ids.len() > context {
             if overflow == Overflow::Drop {
                 report.dropped += 1;

@@ -128,6 +128,8 @@ impl TrainData {
 }
 
 /// The model a run trains, with its objective.
+// One per run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TrainModel {
     /// A causal LM (GPT-2, Llama), trained to predict the next token.
     Causal(CausalModel),
