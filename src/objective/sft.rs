@@ -396,7 +396,7 @@ mod tests {
                 render_example(&Example::Chat(m.clone()), Some(&t), false, None).unwrap();
             let trained: Vec<&str> = spans.iter().map(|s| &text[s.clone()]).collect();
             match *name {
-                "chatml" => assert_eq!(trained, ["Hello<|im_end|>", "Ciao<|im_end|>"]),
+                "chatml" => assert_eq!(trained, ["Hello<|im_end|>\n", "Ciao<|im_end|>\n"]),
                 "alpaca" => {
                     assert!(
                         text.starts_with(
@@ -404,7 +404,7 @@ mod tests {
                         ),
                         "{text}"
                     );
-                    assert_eq!(trained, ["Hello</s>", "Ciao</s>"]);
+                    assert_eq!(trained, ["Hello</s>\n\n", "Ciao</s>\n\n"]);
                 }
                 _ => {
                     assert!(
