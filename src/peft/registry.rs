@@ -29,6 +29,21 @@ pub struct PeftRegistry {
     saved: BTreeMap<(String, String), Tensor>,
 }
 
+impl PeftRegistry {
+    /// The first active adapter of `kind` that `accepts`.
+    fn active_of(
+        &self,
+        kind: PeftType,
+        accepts: impl Fn(&RegisteredAdapter) -> bool,
+    ) -> Option<RegisteredAdapter> {
+        let active = self.switch.lock().expect("adapter state").active.clone();
+        self.adapters
+            .iter()
+            .find(|a| a.config.peft_type == kind && active.contains(&a.name) && accepts(a))
+            .cloned()
+    }
+}
+
 /// A store key of an adapter tensor: `{module}.{kind}.{adapter}` plus `.weight` for the
 /// `nn.Linear`-held ones (PEFT's in-memory names); `prompt_embeddings.{adapter}` for a prompt.
 pub fn param_name(module: &str, kind: &str, adapter: &str) -> String {
@@ -250,23 +265,9 @@ impl ParamStore {
     /// from `base` if new), else `base`. (Switching between LN-tuning adapters rebuilds the
     /// model.)
     pub fn ln_tuned(&mut self, module: &str, param: &str, base: Tensor) -> Result<Tensor> {
-        let active = self
+        let Some(RegisteredAdapter { name, source, .. }) = self
             .peft()
-            .switch
-            .lock()
-            .expect("adapter state")
-            .active
-            .clone();
-        let Some((name, source)) = self
-            .peft()
-            .adapters
-            .iter()
-            .find(|a| {
-                a.config.peft_type == PeftType::LnTuning
-                    && active.contains(&a.name)
-                    && a.config.targets(module)
-            })
-            .map(|a| (a.name.clone(), a.source.clone()))
+            .active_of(PeftType::LnTuning, |a| a.config.targets(module))
         else {
             return Ok(base);
         };
@@ -289,20 +290,7 @@ impl ParamStore {
     /// `[num_virtual_tokens, hidden]` (created as its `prompt_tuning_init` says if new, rows of
     /// `table` for SAMPLE_VOCAB), or `None`.
     pub fn prompt_for(&mut self, hidden: usize, table: Option<&Tensor>) -> Result<Option<Tensor>> {
-        let active = self
-            .peft()
-            .switch
-            .lock()
-            .expect("adapter state")
-            .active
-            .clone();
-        let Some(a) = self
-            .peft()
-            .adapters
-            .iter()
-            .find(|a| a.config.peft_type == PeftType::PromptTuning && active.contains(&a.name))
-            .cloned()
-        else {
+        let Some(a) = self.peft().active_of(PeftType::PromptTuning, |_| true) else {
             return Ok(None);
         };
         let n = a.config.num_virtual_tokens.unwrap_or(0);
@@ -336,41 +324,35 @@ impl ParamStore {
         heads: usize,
         head_dim: usize,
     ) -> Result<Option<Tensor>> {
-        let active = self
-            .peft()
-            .switch
-            .lock()
-            .expect("adapter state")
-            .active
-            .clone();
-        let Some(i) =
-            self.peft().adapters.iter().position(|a| {
-                a.config.peft_type == PeftType::PrefixTuning && active.contains(&a.name)
-            })
-        else {
+        let Some(a) = self.peft().active_of(PeftType::PrefixTuning, |_| true) else {
             return Ok(None);
         };
-        let a = self.peft().adapters[i].clone();
         let n = a.config.num_virtual_tokens.unwrap_or(0);
         let key = param_name(PROMPT, PROMPT, &a.name);
         let width = layers * 2 * heads * head_dim;
         let t = self.adapter_param(&key, &[n, width], Init::Normal(1.0), a.source.as_deref())?;
         let reg = self.peft_mut();
         // What PEFT needs to lay the tensor out again (GQA: the key/value heads).
-        let cfg = &mut reg.adapters[i].config;
-        cfg.token_dim = Some(heads * head_dim);
-        cfg.other
-            .insert("num_layers".into(), serde_json::json!(layers));
-        cfg.other
-            .insert("num_attention_heads".into(), serde_json::json!(heads));
-        cfg.other.insert(
-            "encoder_hidden_size".into(),
-            serde_json::json!(heads * head_dim),
-        );
-        cfg.other
-            .insert("num_transformer_submodules".into(), serde_json::json!(1));
-        cfg.other
-            .insert("prefix_projection".into(), serde_json::json!(false));
+        if let Some(cfg) = reg
+            .adapters
+            .iter_mut()
+            .find(|r| r.name == a.name)
+            .map(|r| &mut r.config)
+        {
+            cfg.token_dim = Some(heads * head_dim);
+            cfg.other
+                .insert("num_layers".into(), serde_json::json!(layers));
+            cfg.other
+                .insert("num_attention_heads".into(), serde_json::json!(heads));
+            cfg.other.insert(
+                "encoder_hidden_size".into(),
+                serde_json::json!(heads * head_dim),
+            );
+            cfg.other
+                .insert("num_transformer_submodules".into(), serde_json::json!(1));
+            cfg.other
+                .insert("prefix_projection".into(), serde_json::json!(false));
+        }
         reg.modules
             .insert(PROMPT.to_string(), AdaptedModule::default());
         Ok(Some(t))
