@@ -45,7 +45,8 @@ pub struct ChoicesArgs {
     /// Only these families (comma-separated) [default: all].
     #[arg(long)]
     pub families: Option<String>,
-    /// Also write each record's choice log-likelihoods and prediction here (JSON lines).
+    /// Also write each record's family, task, answer and choice log-likelihoods here (JSON
+    /// lines).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -64,22 +65,11 @@ fn choices(a: ChoicesArgs, c: &Common) -> Result<()> {
         anyhow::bail!("{}: no records left to score", a.data.display());
     }
     let p = a.model.load(c)?;
-    let template = match a.template.as_str() {
-        "model" => p.chat()?,
-        name => {
-            let own = p.chat().ok();
-            let src = match ferroformer::objective::sft::builtin_template(name) {
-                Some(s) => s.to_string(),
-                None => std::fs::read_to_string(name)
-                    .map_err(|e| anyhow::anyhow!("--template {name}: {e}"))?,
-            };
-            ferroformer::chat::ChatTemplate::new(
-                &src,
-                own.as_ref().and_then(|t| t.bos_token.clone()),
-                own.as_ref().and_then(|t| t.eos_token.clone()),
-            )?
-        }
-    };
+    let template = ferroformer::objective::sft::resolve_template(
+        &a.template,
+        p.chat().ok().as_ref(),
+        &p.tokenizer,
+    )?;
     let bar = if c.progress() {
         indicatif::ProgressBar::new(records.len() as u64)
     } else {

@@ -30,19 +30,6 @@ pub enum Example {
     Text { prompt: String, completion: String },
 }
 
-impl Example {
-    /// The conversation's messages (prompt then completion), or none for plain text.
-    pub fn messages(&self) -> Vec<Message> {
-        match self {
-            Example::Chat(m) => m.clone(),
-            Example::ChatCompletion { prompt, completion } => {
-                prompt.iter().chain(completion).cloned().collect()
-            }
-            Example::Text { .. } => vec![],
-        }
-    }
-}
-
 /// What reading instruction data found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadReport {
@@ -398,9 +385,14 @@ mod tests {
                 Message::new("assistant", "5")
             ])
         );
-        assert_eq!(ex[1].messages()[0].content, "Greet");
-        assert_eq!(ex[2].messages().len(), 5);
-        assert_eq!(ex[2].messages()[0].role, "system");
+        let Example::Chat(greet) = &ex[1] else {
+            panic!("{:?}", ex[1])
+        };
+        assert_eq!(greet[0].content, "Greet");
+        let Example::Chat(multi) = &ex[2] else {
+            panic!("{:?}", ex[2])
+        };
+        assert_eq!((multi.len(), multi[0].role.as_str()), (5, "system"));
         assert!(matches!(ex[4], Example::Text { .. }));
         assert!(matches!(ex[5], Example::ChatCompletion { .. }));
     }

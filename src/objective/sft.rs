@@ -59,6 +59,43 @@ const ALPACA: &str = "{% if messages[0]['role'] != 'system' %}{{ 'Below is an in
 /// Meta's Llama-2 chat format (`[INST]`, `<<SYS>>`), as transformers' template for it.
 const LLAMA2: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{% elif message['role'] == 'user' %}{% if loop.index0 == 1 and messages[0]['role'] == 'system' %}{% set content = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% else %}{{ ' ' + message['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
 
+/// The template named `name`: `model` (the model's own, `own`), a built-in, or a Jinja file.
+/// A built-in's special tokens are the model's, else GPT-2's end of text when the tokenizer
+/// has it.
+pub fn resolve_template(
+    name: &str,
+    own: Option<&ChatTemplate>,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate> {
+    if name == "model" {
+        return own.cloned().ok_or_else(|| {
+            Error::Config(format!(
+                "the model has no chat template: name one of {} or a .jinja file",
+                BUILTIN_TEMPLATES.join(", ")
+            ))
+        });
+    }
+    let eos = own.and_then(|t| t.eos_token.clone()).or_else(|| {
+        let eot = crate::tokenizer::EOT;
+        tokenizer.token_id(eot).map(|_| eot.to_string())
+    });
+    let bos = own.and_then(|t| t.bos_token.clone());
+    let source = match builtin_template(name) {
+        Some(src) => src.to_string(),
+        None => {
+            let path = std::path::Path::new(name);
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "template {name:?} is neither model, a built-in ({}) nor a file",
+                    BUILTIN_TEMPLATES.join(", ")
+                )));
+            }
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+        }
+    };
+    ChatTemplate::new(&source, bos, eos).map_err(|e| Error::Config(format!("{name}: {e}")))
+}
+
 /// How examples longer than the context are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -185,11 +222,7 @@ pub fn tokenize(
     let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
     let trained = offsets
         .iter()
-        .map(|&(a, b)| {
-            spans
-                .iter()
-                .any(|s| a < s.end && (b > s.start || (a == b && a >= s.start)))
-        })
+        .map(|&(a, b)| spans.iter().any(|s| a < s.end && b > s.start))
         .collect();
     Ok(Tokenized { ids, trained })
 }

@@ -771,43 +771,6 @@ fn text_run(
     Ok((tokenizer, data, model, store, carried))
 }
 
-/// The chat template an instruction run renders with: `sft.template` is `model` (the model's
-/// own), a built-in name, or a Jinja file.
-fn sft_template(
-    recipe: &Recipe,
-    own: Option<&ChatTemplate>,
-    tokenizer: &Tokenizer,
-) -> Result<ChatTemplate> {
-    let name = recipe.sft.template.as_str();
-    if name == "model" {
-        return own.cloned().ok_or_else(|| {
-            Error::Config(format!(
-                "the model has no chat template: set sft.template (--template) to one of {} or a .jinja file",
-                sft::BUILTIN_TEMPLATES.join(", ")
-            ))
-        });
-    }
-    // Special tokens the template may name: the model's, else GPT-2's end of text.
-    let eos = own
-        .and_then(|t| t.eos_token.clone())
-        .or_else(|| tokenizer.token_id(EOT).map(|_| EOT.to_string()));
-    let bos = own.and_then(|t| t.bos_token.clone());
-    let source = match sft::builtin_template(name) {
-        Some(src) => src.to_string(),
-        None => {
-            let path = Path::new(name);
-            if !path.is_file() {
-                return Err(Error::Config(format!(
-                    "sft.template {name:?} is neither model, a built-in ({}) nor a file",
-                    sft::BUILTIN_TEMPLATES.join(", ")
-                )));
-            }
-            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
-        }
-    };
-    ChatTemplate::new(&source, bos, eos).map_err(|e| Error::Config(format!("{name}: {e}")))
-}
-
 /// The instruction examples of an `sft` run: read from `corpus`, rendered with the template,
 /// tokenised with their trained positions, split (seeded, `data.val_fraction` of the examples
 /// held out) and arranged in rows (packed best-fit decreasing with `sft.packing`).
@@ -831,7 +794,11 @@ fn instruct_data(
         .iter()
         .any(|e| !matches!(e, crate::data::instruct::Example::Text { .. }));
     let template = if needs_template {
-        Some(sft_template(recipe, own_template, tokenizer)?)
+        Some(sft::resolve_template(
+            &recipe.sft.template,
+            own_template,
+            tokenizer,
+        )?)
     } else {
         None
     };
