@@ -110,13 +110,13 @@ fn last_logits(
 
 /// Generates up to `cfg.max_tokens` token ids after `prompt` (non-empty, inside the
 /// vocabulary), calling `on_token` with each as it is chosen; stops early at any of `stop`
-/// (which is not returned).
+/// (which is not returned) or when `on_token` returns `false` (that token is returned).
 pub fn generate_ids(
     model: &CausalModel,
     prompt: &[u32],
     cfg: &SamplingConfig,
     stop: &[u32],
-    on_token: &mut dyn FnMut(u32) -> Result<()>,
+    on_token: &mut dyn FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
     cfg.validate()?;
     if prompt.is_empty() {
@@ -140,7 +140,9 @@ pub fn generate_ids(
         }
         out.push(next);
         context.push(next);
-        on_token(next)?;
+        if !on_token(next)? {
+            break;
+        }
         if caches[0].len() + 1 > max_pos {
             // Window full: restart the cache on the most recent half of the context.
             let keep = max_pos / 2;
@@ -194,7 +196,7 @@ pub fn generate_stream(
         if let Some(piece) = piece {
             on_text(&piece);
         }
-        Ok(())
+        Ok(true)
     })
 }
 

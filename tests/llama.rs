@@ -175,13 +175,13 @@ fn smollm2_gguf_matches_transformers() {
         seed: 0,
     };
     let got =
-        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(())).unwrap();
+        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(true)).unwrap();
     assert_eq!(got, want);
     // With the model's stop tokens, the reply ends at the end of the turn.
     let stop = p.stop_tokens();
     assert!(stop.contains(&p.tokenizer.token_id("<|im_end|>").unwrap()));
     let reply =
-        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &stop, &mut |_| Ok(()))
+        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &stop, &mut |_| Ok(true))
             .unwrap();
     assert_eq!(
         p.tokenizer.decode(&reply).unwrap(),

@@ -196,7 +196,7 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
         let ids = generate_ids(&model, &prompt, &greedy, &[], &mut |_| {
             // The first token's time is the prompt's (prefill) time.
             first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-            Ok(())
+            Ok(true)
         })?;
         let total = t0.elapsed().as_secs_f64();
         let p = first.unwrap_or(total);
