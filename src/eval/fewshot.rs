@@ -25,23 +25,22 @@ fn py_space(c: char) -> bool {
 
 /// lm-eval's `_encode_pair`: token ids of the context and of the continuation. An empty
 /// context becomes `[prefix]` (the BOS or end-of-text token).
-pub fn encode_pair(
-    tokenizer: &Tokenizer,
-    prefix: u32,
-    context: &str,
-    continuation: &str,
-) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn encode_pair(m: &Prompted, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
     if context.is_empty() {
-        let cont = tokenizer.encode_special(continuation)?;
+        let cont = m.tokenizer.encode(continuation)?;
         if cont.is_empty() {
             return Err(Error::Data("an empty continuation".into()));
         }
-        return Ok((vec![prefix], cont));
+        // A continuation that itself starts with the prefix token is its own context.
+        if cont[0] == m.prefix && cont.len() > 1 {
+            return Ok((vec![cont[0]], cont[1..].to_vec()));
+        }
+        return Ok((vec![m.prefix], cont));
     }
     let kept = context.trim_end_matches(py_space);
     let (ctx, cont) = (kept, format!("{}{continuation}", &context[kept.len()..]));
-    let whole = tokenizer.encode_special(&format!("{ctx}{cont}"))?;
-    let ctx_ids = tokenizer.encode_special(ctx)?;
+    let whole = m.encode(&format!("{ctx}{cont}"))?;
+    let ctx_ids = m.encode(ctx)?;
     let cont_ids = whole.get(ctx_ids.len()..).unwrap_or_default().to_vec();
     if cont_ids.is_empty() {
         return Err(Error::Data(format!(
@@ -148,13 +147,6 @@ pub fn score_continuations(
         }
     }
     Ok((out, over))
-}
-
-/// The token an empty context starts from: BOS, else end-of-text.
-pub fn prefix_token(tokenizer: &Tokenizer, bos: Option<u32>, eos: Option<u32>) -> Result<u32> {
-    bos.or(eos)
-        .or_else(|| tokenizer.token_id(EOT))
-        .ok_or_else(|| Error::Config("the tokenizer has no BOS or end-of-text token to start an empty context".into()))
 }
 
 /// One evaluated document.
@@ -272,10 +264,41 @@ pub struct FewshotConfig {
 pub struct Prompted<'a> {
     pub model: &'a CausalModel,
     pub tokenizer: &'a Tokenizer,
-    /// Token an empty context starts from ([`prefix_token`]).
+    /// Put before every encoded text (when the tokenizer adds a BOS, as transformers' encode
+    /// does by default).
+    pub bos: Option<u32>,
+    /// Token an empty context starts from: BOS, else end of text (lm-eval's prefix token).
     pub prefix: u32,
     /// Tokens that end a generation (end of text/turn).
     pub stop_tokens: Vec<u32>,
+}
+
+impl<'a> Prompted<'a> {
+    /// A loaded model as lm-eval's HF wrapper prompts it.
+    pub fn new(p: &'a crate::pretrained::Pretrained) -> Result<Self> {
+        let prefix = p
+            .special
+            .bos
+            .or(p.special.eos)
+            .or_else(|| p.tokenizer.token_id(EOT))
+            .ok_or_else(|| {
+                Error::Config("the tokenizer has no BOS or end-of-text token to start an empty context".into())
+            })?;
+        Ok(Prompted {
+            model: &p.model,
+            tokenizer: &p.tokenizer,
+            bos: p.special.bos.filter(|_| p.special.add_bos),
+            prefix,
+            stop_tokens: p.stop_tokens(),
+        })
+    }
+
+    /// Token ids of `text`, after the BOS when the tokenizer adds one.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(self.tokenizer.encode(text)?);
+        Ok(ids)
+    }
 }
 
 /// Evaluates `task` with `cfg.shots` exemplars per document; `progress` is called after each
@@ -310,12 +333,8 @@ pub fn evaluate(
                 let conts = choices
                     .iter()
                     .map(|c| {
-                        let (ctx, cont) = encode_pair(
-                            m.tokenizer,
-                            m.prefix,
-                            &context,
-                            &format!("{}{c}", task.target_delimiter),
-                        )?;
+                        let (ctx, cont) =
+                            encode_pair(m, &context, &format!("{}{c}", task.target_delimiter))?;
                         ctx_ids = ctx;
                         Ok(cont)
                     })
@@ -348,7 +367,7 @@ pub fn evaluate(
                 }
             }
             (OutputType::GenerateUntil, Target::Text(answers)) => {
-                let mut ids = m.tokenizer.encode_special(&context)?;
+                let mut ids = m.encode(&context)?;
                 if ids.is_empty() {
                     ids.push(m.prefix);
                 }
