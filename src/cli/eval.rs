@@ -25,6 +25,307 @@ pub enum EvalCmd {
     /// per-character normalised accuracy (`acc_norm`), overall, per family and for the
     /// held-out families, e.g. on the eval.jsonl of `instruct build`.
     Choices(ChoicesArgs),
+    /// In-context few-shot evaluation of a causal LM as lm-evaluation-harness does it: k solved
+    /// exemplars (drawn like lm-eval's, seed 1234) before each document; multiple choice by the
+    /// log-likelihood of " " + choice after the context (`acc`, and `acc_norm` per character
+    /// of the choice), generation tasks by exact match. Prints one summary per --shots value,
+    /// e.g. {"task", "shots", "n", "acc", "acc_norm", ...}.
+    Fewshot(FewshotArgs),
+    /// Few-shot classifiers on sentence embeddings: k labelled examples per class (drawn per
+    /// seed) classify the rest by the nearest class mean (prototype, cosine) and by k-NN;
+    /// accuracy as mean and sample standard deviation over the seeds.
+    Prototypes(PrototypesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FewshotArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A task TOML file (see tasks/ for the format) or a built-in task: storycloze, polarity.
+    #[arg(long)]
+    pub task: String,
+    /// Exemplars per prompt; a comma-separated list evaluates each in turn (e.g. 0,1,5).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub shots: Vec<usize>,
+    /// Seed of the exemplar draws [default: the task's fewshot_seed, 1234 as in lm-eval].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Only the first N test documents [default: all].
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write each document's result here (JSON lines: shots, exemplars, context tokens,
+    /// choice log-likelihoods and greediness, predictions; or the generated answer).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Draw accuracy (acc and acc_norm, or exact match) against the number of shots to this
+    /// PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PrototypesArgs {
+    /// Sentence encoder: a BERT-family model directory (sentence-transformers files give its
+    /// pooling and normalisation) or an asset name such as all-minilm-l6-v2.
+    #[arg(long)]
+    pub model: String,
+    /// A classification task (the same choices for every document, its answer an index into
+    /// them): a TOML file or a built-in task such as polarity. Support sets come from its
+    /// exemplar split; the test split is classified (minus the support, when they are one).
+    #[arg(long)]
+    pub task: String,
+    /// Labelled examples per class; a comma-separated list evaluates each (e.g. 2,4,8,16).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub shots: Vec<usize>,
+    /// Support sets drawn per value of --shots (seeds 0..N).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: usize,
+    /// Neighbours voting in k-NN (at most the support set's size).
+    #[arg(long, default_value_t = 1)]
+    pub neighbors: usize,
+    /// Pooling: mean or cls [default: the model's 1_Pooling/config.json, else mean].
+    #[arg(long)]
+    pub pooling: Option<String>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Draw mean accuracy ± sd against shots per class to this PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+fn bar(c: &Common, n: usize) -> indicatif::ProgressBar {
+    if c.progress() {
+        let b = indicatif::ProgressBar::new(n as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
+    use ferroformer::eval::fewshot::{evaluate, FewshotConfig, Prompted};
+    use ferroformer::eval::task::{OutputType, Task};
+    use ferroformer::train::plot::{plot_against_shots, ShotSeries};
+    let task = Task::load(&a.task)?;
+    let limit = a.limit.map(|l| l.min(task.test_docs().len()));
+    if limit == Some(0) {
+        anyhow::bail!("--limit 0 leaves no documents");
+    }
+    // Check every k before loading the model.
+    let most = *a.shots.iter().max().unwrap_or(&0);
+    let need = most + usize::from(task.fewshot_split == task.test_split);
+    if most > 0 && need > task.fewshot_docs().len() {
+        anyhow::bail!(
+            "--shots {most}: the exemplar split `{}` of {} has {} documents{}",
+            task.fewshot_split,
+            task.path.display(),
+            task.fewshot_docs().len(),
+            if need > most { " (one is the document evaluated)" } else { "" }
+        );
+    }
+    let p = a.model.load(c)?;
+    let m = Prompted::new(&p)?;
+    let n = limit.unwrap_or(task.test_docs().len());
+    let progress = bar(c, n * a.shots.len());
+    let mut lines = String::new();
+    let mut points = (vec![], vec![]);
+    for (round, &shots) in a.shots.iter().enumerate() {
+        progress.set_message(format!("{} {shots}-shot", task.name));
+        let cfg = FewshotConfig {
+            shots,
+            seed: a.seed.unwrap_or(task.fewshot_seed),
+            limit,
+        };
+        let (report, docs) = evaluate(&m, &task, &cfg, &mut |d| {
+            progress.set_position((round * n + d) as u64)
+        })?;
+        for d in &docs {
+            let mut v = serde_json::to_value(d)?;
+            v["shots"] = serde_json::json!(shots);
+            lines += &format!("{v}\n");
+        }
+        let (main, main_se) = match task.output_type {
+            OutputType::MultipleChoice => (report.acc, report.acc_stderr),
+            OutputType::GenerateUntil => (report.exact_match, report.exact_match_stderr),
+        };
+        points.0.push((shots as f64, main.unwrap_or(0.0), main_se.unwrap_or(0.0)));
+        if let (Some(an), Some(se)) = (report.acc_norm, report.acc_norm_stderr) {
+            points.1.push((shots as f64, an, se));
+        }
+        progress.suspend(|| -> Result<()> {
+            if c.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let metrics = match (report.acc, report.acc_norm, report.exact_match) {
+                    (Some(acc), Some(an), _) => format!(
+                        "acc {acc:.4} ± {:.4}  acc_norm {an:.4} ± {:.4}",
+                        report.acc_stderr.unwrap_or(0.0),
+                        report.acc_norm_stderr.unwrap_or(0.0)
+                    ),
+                    (_, _, Some(em)) => format!(
+                        "exact_match {em:.4} ± {:.4}",
+                        report.exact_match_stderr.unwrap_or(0.0)
+                    ),
+                    _ => String::new(),
+                };
+                println!(
+                    "{} {shots}-shot  n {}  {metrics}  ({:.0} s, {} tokens{})",
+                    report.task,
+                    report.n,
+                    report.seconds,
+                    report.tokens,
+                    if report.truncated > 0 {
+                        format!(", {} contexts cut to fit the window", report.truncated)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(())
+        })?;
+    }
+    progress.finish_and_clear();
+    if let Some(out) = &a.out {
+        ferroformer::io::write_atomic(out, lines.as_bytes())?;
+    }
+    if let Some(png) = &a.plot {
+        let (first, norm) = points;
+        let mut series = vec![ShotSeries {
+            name: match task.output_type {
+                OutputType::MultipleChoice => "acc".into(),
+                OutputType::GenerateUntil => "exact match".into(),
+            },
+            points: first,
+        }];
+        if !norm.is_empty() {
+            series.push(ShotSeries {
+                name: "acc_norm".into(),
+                points: norm,
+            });
+        }
+        let chance = match task.output_type {
+            OutputType::MultipleChoice => {
+                // Mean of 1/choices over the documents scored.
+                let docs = &task.test_docs()[..n];
+                let mut sum = 0.0;
+                for d in docs {
+                    sum += 1.0 / task.choices(d)?.len() as f64;
+                }
+                Some(sum / n as f64)
+            }
+            OutputType::GenerateUntil => None,
+        };
+        let model_name = std::path::Path::new(&a.model.model)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        plot_against_shots(
+            &series,
+            &format!("{} ({n} documents), {model_name}", task.name),
+            "exemplars in the prompt (k)",
+            chance,
+            png,
+        )?;
+    }
+    Ok(())
+}
+
+fn prototypes(a: PrototypesArgs, c: &Common) -> Result<()> {
+    use ferroformer::embed::{Pooling, SentenceEncoder};
+    use ferroformer::eval::prototypes::{evaluate, FewShotSet};
+    use ferroformer::eval::task::{Target, Task};
+    use ferroformer::train::plot::{plot_against_shots, ShotSeries};
+    if a.batch == 0 || a.seeds == 0 || a.neighbors == 0 {
+        anyhow::bail!("--batch, --seeds and --neighbors must be positive");
+    }
+    if a.shots.contains(&0) {
+        anyhow::bail!("--shots: at least one example per class");
+    }
+    let task = Task::load(&a.task)?;
+    let same = task.fewshot_split == task.test_split;
+    let mut docs: Vec<&ferroformer::eval::task::Doc> = task.fewshot_docs().iter().collect();
+    if !same {
+        docs.extend(task.test_docs());
+    }
+    let classes = task.choices(docs[0])?;
+    let mut labels = vec![];
+    let mut texts = vec![];
+    for (i, d) in docs.iter().enumerate() {
+        let ch = task.choices(d)?;
+        if ch != classes {
+            anyhow::bail!(
+                "{}: document {i} has choices {ch:?}, the first {classes:?}: embedding classifiers need one set of classes",
+                task.path.display()
+            );
+        }
+        match task.target(d, &ch)? {
+            Target::Index(l) => labels.push(l),
+            Target::Text(_) => anyhow::bail!("{}: not a classification task", task.path.display()),
+        }
+        texts.push(task.embed_text(d)?);
+    }
+    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let mut enc = SentenceEncoder::load(&dir, &c.device()?)?;
+    if let Some(p) = &a.pooling {
+        enc.pooling = p.parse::<Pooling>()?;
+    }
+    let toks: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| enc.tokenize(t).map(|t| t.ids))
+        .collect::<Result<_, _>>()?;
+    let progress = bar(c, toks.len());
+    progress.set_message("embedding");
+    let emb = enc.embed_all(&toks, a.batch, &mut |d| progress.set_position(d as u64))?;
+    progress.finish_and_clear();
+    let nf = task.fewshot_docs().len();
+    let pool: Vec<usize> = (0..nf).collect();
+    let queries: Vec<usize> = if same { pool.clone() } else { (nf..docs.len()).collect() };
+    let set = FewShotSet {
+        emb: &emb,
+        labels: &labels,
+        classes: classes.len(),
+        pool: &pool,
+        queries: &queries,
+    };
+    let (mut proto, mut knn) = (vec![], vec![]);
+    for &k in &a.shots {
+        let r = evaluate(&set, k, a.seeds, a.neighbors)?;
+        proto.push((k as f64, r.prototype.mean, r.prototype.sd));
+        knn.push((k as f64, r.knn.mean, r.knn.sd));
+        if c.json {
+            let mut v = serde_json::to_value(&r)?;
+            v["task"] = serde_json::json!(task.name);
+            println!("{v}");
+        } else {
+            println!(
+                "{} {k} per class ({} seeds, {} queries): prototype {:.4} ± {:.4}  {}-NN {:.4} ± {:.4}",
+                task.name, r.seeds, r.queries, r.prototype.mean, r.prototype.sd, r.neighbors, r.knn.mean, r.knn.sd
+            );
+        }
+    }
+    if let Some(png) = &a.plot {
+        let model_name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        plot_against_shots(
+            &[
+                ShotSeries { name: "prototype (cosine)".into(), points: proto },
+                ShotSeries { name: format!("{}-NN (cosine)", a.neighbors), points: knn },
+            ],
+            &format!("{}: {model_name} embeddings, mean ± sd over {} seeds", task.name, a.seeds),
+            "labelled examples per class (k)",
+            Some(1.0 / classes.len() as f64),
+            png,
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -343,6 +644,8 @@ pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
         EvalCmd::Seq2seq(a) => seq2seq(a, c),
         EvalCmd::Accuracy(a) => accuracy(a, c),
         EvalCmd::Choices(a) => choices(a, c),
+        EvalCmd::Fewshot(a) => fewshot(a, c),
+        EvalCmd::Prototypes(a) => prototypes(a, c),
         EvalCmd::Perplexity(a) => {
             let p = a.model.load(c)?;
             let model = &p.model;

@@ -172,3 +172,94 @@ pub fn plot_confusion(
     }
     std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
 }
+
+/// One line of [`plot_against_shots`]: points `(k, mean, sd)`.
+pub struct ShotSeries {
+    pub name: String,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Draws accuracy against the number of shots into `png`, atomically: a line per series,
+/// with ±sd bars where the sd is positive, and chance level dashed when given.
+pub fn plot_against_shots(
+    series: &[ShotSeries],
+    title: &str,
+    x_desc: &str,
+    chance: Option<f64>,
+    png: &Path,
+) -> Result<()> {
+    let all: Vec<&(f64, f64, f64)> = series.iter().flat_map(|s| &s.points).collect();
+    if all.is_empty() {
+        return Err(Error::Data("nothing to plot".into()));
+    }
+    register_font();
+    let x_min = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let x_max = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let x_pad = ((x_max - x_min) * 0.05).max(0.5);
+    let lo = all.iter().map(|p| p.1 - p.2).chain(chance).fold(1.0, f64::min);
+    let hi = all.iter().map(|p| p.1 + p.2).chain(chance).fold(0.0, f64::max);
+    let pad = ((hi - lo) * 0.08).max(0.02);
+    let (y0, y1) = ((lo - pad).max(0.0), (hi + pad).min(1.0));
+    let tmp = png.with_extension("tmp.png");
+    let err = |e: &dyn std::fmt::Display| Error::format(png, format!("cannot draw plot: {e}"));
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), y0..y1)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("accuracy")
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()
+            .map_err(|e| err(&e))?;
+        if let Some(c) = chance {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(x_min - x_pad, c), (x_max + x_pad, c)],
+                    6,
+                    4,
+                    RGBColor(120, 120, 120).into(),
+                ))
+                .map_err(|e| err(&e))?
+                .label("chance")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(120, 120, 120)));
+        }
+        for (s, color) in series.iter().zip(colors.iter().cycle()) {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().map(|p| (p.0, p.1)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart
+                .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled())))
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(s.points.iter().filter(|p| p.2 > 0.0).map(|p| {
+                    ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.stroke_width(1), 8)
+                }))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
+}
