@@ -121,10 +121,7 @@ impl PyRandom {
             }
         }
         mt[0] = 0x8000_0000;
-        PyRandom {
-            mt,
-            index: Self::N,
-        }
+        PyRandom { mt, index: Self::N }
     }
 
     fn twist(&mut self) {
@@ -234,8 +231,14 @@ mod tests {
     fn python_random_matches_cpython() {
         let mut r = PyRandom::new(1234);
         let got: Vec<u32> = (0..5).map(|_| r.next_u32()).collect();
-        assert_eq!(got, [4150886329, 3342196574, 1892932127, 501869158, 32175636]);
-        assert_eq!(PyRandom::new(1234).sample(1870, 5), [1593, 902, 239, 15, 185]);
+        assert_eq!(
+            got,
+            [4150886329, 3342196574, 1892932127, 501869158, 32175636]
+        );
+        assert_eq!(
+            PyRandom::new(1234).sample(1870, 5),
+            [1593, 902, 239, 15, 185]
+        );
         let mut r = PyRandom::new(0);
         let got: Vec<u32> = (0..3).map(|_| r.next_u32()).collect();
         assert_eq!(got, [3626764237, 1654615998, 3255389356]);
@@ -247,8 +250,8 @@ mod tests {
         assert_eq!(
             r.sample(100, 30),
             [
-                4, 11, 55, 53, 8, 30, 98, 70, 54, 7, 72, 15, 28, 80, 86, 74, 90, 73, 84, 50, 6,
-                87, 5, 71, 17, 37, 96, 18, 69, 88
+                4, 11, 55, 53, 8, 30, 98, 70, 54, 7, 72, 15, 28, 80, 86, 74, 90, 73, 84, 50, 6, 87,
+                5, 71, 17, 37, 96, 18, 69, 88
             ]
         );
     }

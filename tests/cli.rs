@@ -762,3 +762,134 @@ fn instruct_build_tune_evaluate_and_chat() {
         ],
     );
 }
+
+#[test]
+fn fewshot_and_prototypes_evaluate_and_reject_bad_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = "smollm2-135m-instruct";
+    let (out, png) = (d.join("docs.jsonl"), d.join("acc.png"));
+    let s = stdout_of(ff().args([
+        "--quiet",
+        "--json",
+        "eval",
+        "fewshot",
+        "--model",
+        model,
+        "--task",
+        "storycloze",
+        "--shots",
+        "0,2",
+        "--limit",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]));
+    let lines: Vec<serde_json::Value> = s
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let j = &lines[1];
+    assert_eq!(
+        (j["task"].as_str(), j["shots"].as_u64(), j["n"].as_u64()),
+        (Some("storycloze"), Some(2), Some(3))
+    );
+    for key in ["acc", "acc_norm"] {
+        let v = j[key].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&v) && (v * 3.0).fract() < 1e-9,
+            "{key} {v}"
+        );
+    }
+    let docs: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 6);
+    assert_eq!(docs[3]["shots"], 2);
+    assert_eq!(docs[3]["exemplars"], serde_json::json!([1593, 902]));
+    assert_eq!(docs[3]["logliks"].as_array().unwrap().len(), 2);
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+
+    // Embedding classifiers on the built-in polarity task.
+    let s = stdout_of(ff().args([
+        "--quiet",
+        "--json",
+        "eval",
+        "prototypes",
+        "--model",
+        "all-minilm-l6-v2",
+        "--task",
+        "polarity",
+        "--shots",
+        "2,4",
+        "--seeds",
+        "3",
+        "--neighbors",
+        "3",
+    ]));
+    let j = last_json(&s);
+    assert_eq!(
+        (
+            j["shots"].as_u64(),
+            j["seeds"].as_u64(),
+            j["queries"].as_u64()
+        ),
+        (Some(4), Some(3), Some(192))
+    );
+    assert_eq!(j["prototype"]["per_seed"].as_array().unwrap().len(), 3);
+    assert!(j["knn"]["mean"].as_f64().unwrap() > 0.3);
+
+    // Bad tasks: a template naming a missing field, k beyond the exemplar split, empty choices.
+    std::fs::write(d.join("qa.jsonl"), "{\"question\": \"2+2?\", \"answer\": 0, \"options\": [\"4\", \"5\"]}\n{\"question\": \"3+3?\", \"answer\": 1, \"options\": [\"5\", \"6\"]}\n").unwrap();
+    let task = |body: &str| -> String {
+        let p = d.join("qa.toml");
+        std::fs::write(
+            &p,
+            format!("{body}\ntest_split = \"all\"\n[splits]\nall = \"qa.jsonl\"\n"),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let run = |t: &str, shots: &str| {
+        let mut c = ff();
+        c.args([
+            "--quiet", "eval", "fewshot", "--model", model, "--task", t, "--shots", shots,
+        ]);
+        c
+    };
+    let t = task("doc_to_text = \"Q: {{question}}\"\ndoc_to_choice = \"{{opts}}\"\ndoc_to_target = \"answer\"");
+    fails_with(
+        &mut run(&t, "0"),
+        &[
+            "qa.toml",
+            "line 2",
+            "doc_to_choice",
+            "`opts`",
+            "answer, options, question",
+        ],
+    );
+    let t = task("doc_to_text = \"Q: {{question}}\"\ndoc_to_choice = \"{{options}}\"\ndoc_to_target = \"answer\"");
+    fails_with(
+        &mut run(&t, "2"),
+        &[
+            "--shots 2",
+            "has 2 documents",
+            "one is the document evaluated",
+        ],
+    );
+    std::fs::write(
+        d.join("qa.jsonl"),
+        "{\"question\": \"2+2?\", \"answer\": 0, \"options\": []}\n",
+    )
+    .unwrap();
+    fails_with(&mut run(&t, "0"), &["qa.toml", "no choices"]);
+    fails_with(
+        &mut run("no-such-task", "0"),
+        &["no-such-task", "storycloze, polarity"],
+    );
+}

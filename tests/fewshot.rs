@@ -76,13 +76,20 @@ fn zero_shot_storycloze_matches_lm_eval() {
             assert_eq!(c, w["choices"][j].as_str().unwrap());
             let (ctx, cont) = encode_pair(&m, &context, &format!(" {c}")).unwrap();
             assert_eq!(ctx, ids(&w["context_ids"]), "doc {i} context ids");
-            assert_eq!(cont, ids(&w["continuation_ids"][j]), "doc {i} choice {j} ids");
+            assert_eq!(
+                cont,
+                ids(&w["continuation_ids"][j]),
+                "doc {i} choice {j} ids"
+            );
         }
         assert_eq!(got.target, Some(w["target"].as_u64().unwrap() as usize));
         for (j, ll) in got.logliks.iter().enumerate() {
             let want_ll = w["loglikelihoods"][j].as_f64().unwrap();
             worst = worst.max((ll - want_ll).abs());
-            assert!((ll - want_ll).abs() < 1e-3, "doc {i} choice {j}: {ll} vs {want_ll}");
+            assert!(
+                (ll - want_ll).abs() < 1e-3,
+                "doc {i} choice {j}: {ll} vs {want_ll}"
+            );
             assert_eq!(got.is_greedy[j], w["is_greedy"][j].as_bool().unwrap());
         }
         assert_eq!(got.correct, w["acc"].as_f64().unwrap(), "doc {i} acc");
@@ -118,7 +125,11 @@ fn token_splits_and_scores_match_lm_eval_cases() {
         assert_eq!(cont, ids(&case["continuation_ids"]), "{c:?} + {k:?}");
         let (s, _) = fewshot::score_continuations(m.model, &ctx, &[cont]).unwrap();
         let want = case["loglikelihood"].as_f64().unwrap();
-        assert!((s[0].loglik - want).abs() < 1e-3, "{c:?}: {} vs {want}", s[0].loglik);
+        assert!(
+            (s[0].loglik - want).abs() < 1e-3,
+            "{c:?}: {} vs {want}",
+            s[0].loglik
+        );
         assert_eq!(s[0].is_greedy, case["is_greedy"].as_bool().unwrap());
     }
     // A continuation that merges into the context's last token adds nothing: a clear error.
@@ -154,10 +165,8 @@ fn few_shot_prompts_match_lm_eval() {
 
     let same = &f["fewshot_split_equals_test_split"];
     let dir = tempfile::tempdir().unwrap();
-    let toml = include_str!("../tasks/storycloze.toml").replace(
-        "fewshot_split = \"validation\"",
-        "fewshot_split = \"test\"",
-    );
+    let toml = include_str!("../tasks/storycloze.toml")
+        .replace("fewshot_split = \"validation\"", "fewshot_split = \"test\"");
     let t = Task::parse(&toml, &dir.path().join("same.toml"), dir.path()).unwrap();
     let mut rng = PyRandom::new(1234);
     for d in same["docs"].as_array().unwrap() {
@@ -221,4 +230,80 @@ fn prototypes_and_knn_match_numpy_and_sklearn() {
         }
     }
     assert!(compared > 5000, "{compared}");
+}
+
+/// A generation task of our own (JSON lines, 2 exemplars from the evaluated split): the
+/// answer is greedy decoding cut at the first stop string, whitespace-trimmed, and matched
+/// exactly; the generated text equals plain greedy generation from the same prompt.
+#[test]
+fn generate_until_cuts_at_the_stop_string_and_matches_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        ("France", "Paris"),
+        ("Germany", "Berlin"),
+        ("Italy", "Rome"),
+        ("Spain", "Madrid"),
+        ("Japan", "Tokyo"),
+        ("Egypt", "Cairo"),
+    ];
+    let data: String = rows
+        .iter()
+        .map(|(c, k)| format!("{}\n", serde_json::json!({"country": c, "capital": k})))
+        .collect();
+    std::fs::write(dir.path().join("capitals.jsonl"), data).unwrap();
+    let toml = r#"
+output_type = "generate_until"
+doc_to_text = "Q: What is the capital of {{country}}?\nA:"
+doc_to_target = "{{capital}}"
+test_split = "all"
+[generation]
+max_gen_toks = 12
+[splits]
+all = "capitals.jsonl"
+"#;
+    let path = dir.path().join("capitals.toml");
+    std::fs::write(&path, toml).unwrap();
+    let task = Task::load(path.to_str().unwrap()).unwrap();
+    assert_eq!(task.name, "capitals");
+    let p = smollm2();
+    let m = Prompted::new(p).unwrap();
+    let cfg = FewshotConfig {
+        shots: 2,
+        seed: 1234,
+        limit: None,
+    };
+    let (report, docs) = fewshot::evaluate(&m, &task, &cfg, &mut |_| {}).unwrap();
+    let mut rng = PyRandom::new(1234);
+    for d in &docs {
+        let ex = task.exemplars(d.doc, 2, &mut rng).unwrap();
+        assert_eq!(d.exemplars, ex);
+        let prompt = task.context(d.doc, &ex).unwrap();
+        assert!(prompt.ends_with(&format!("capital of {}?\nA:", rows[d.doc].0)));
+        let greedy = ferroformer::generate::SamplingConfig {
+            max_tokens: 12,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        };
+        let ids = p.tokenizer.encode(&prompt).unwrap();
+        let out = ferroformer::generate::generate_ids(
+            &p.model,
+            &ids,
+            &greedy,
+            &m.stop_tokens,
+            &mut |_| Ok(true),
+        )
+        .unwrap();
+        let text = p.tokenizer.decode_with(&out, true).unwrap();
+        let cut = text.split("\n\n").next().unwrap();
+        assert_eq!(d.generated.as_deref(), Some(cut), "doc {}", d.doc);
+        assert_eq!(d.correct, f64::from(u8::from(cut.trim() == rows[d.doc].1)));
+    }
+    let em = report.exact_match.unwrap();
+    assert!(
+        em >= 0.5,
+        "SmolLM2 should name most of these capitals: {docs:?}"
+    );
+    assert!(report.acc.is_none());
 }

@@ -174,8 +174,8 @@ fn smollm2_gguf_matches_transformers() {
         top_p: None,
         seed: 0,
     };
-    let got =
-        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(true)).unwrap();
+    let got = ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(true))
+        .unwrap();
     assert_eq!(got, want);
     // With the model's stop tokens, the reply ends at the end of the turn.
     let stop = p.stop_tokens();

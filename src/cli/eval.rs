@@ -98,9 +98,11 @@ fn bar(c: &Common, n: usize) -> indicatif::ProgressBar {
     if c.progress() {
         let b = indicatif::ProgressBar::new(n as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
         b
     } else {
@@ -126,7 +128,11 @@ fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
             task.fewshot_split,
             task.path.display(),
             task.fewshot_docs().len(),
-            if need > most { " (one is the document evaluated)" } else { "" }
+            if need > most {
+                " (one is the document evaluated)"
+            } else {
+                ""
+            }
         );
     }
     let p = a.model.load(c)?;
@@ -154,7 +160,9 @@ fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
             OutputType::MultipleChoice => (report.acc, report.acc_stderr),
             OutputType::GenerateUntil => (report.exact_match, report.exact_match_stderr),
         };
-        points.0.push((shots as f64, main.unwrap_or(0.0), main_se.unwrap_or(0.0)));
+        points
+            .0
+            .push((shots as f64, main.unwrap_or(0.0), main_se.unwrap_or(0.0)));
         if let (Some(an), Some(se)) = (report.acc_norm, report.acc_norm_stderr) {
             points.1.push((shots as f64, an, se));
         }
@@ -285,7 +293,11 @@ fn prototypes(a: PrototypesArgs, c: &Common) -> Result<()> {
     progress.finish_and_clear();
     let nf = task.fewshot_docs().len();
     let pool: Vec<usize> = (0..nf).collect();
-    let queries: Vec<usize> = if same { pool.clone() } else { (nf..docs.len()).collect() };
+    let queries: Vec<usize> = if same {
+        pool.clone()
+    } else {
+        (nf..docs.len()).collect()
+    };
     let set = FewShotSet {
         emb: &emb,
         labels: &labels,
@@ -316,10 +328,19 @@ fn prototypes(a: PrototypesArgs, c: &Common) -> Result<()> {
             .unwrap_or_default();
         plot_against_shots(
             &[
-                ShotSeries { name: "prototype (cosine)".into(), points: proto },
-                ShotSeries { name: format!("{}-NN (cosine)", a.neighbors), points: knn },
+                ShotSeries {
+                    name: "prototype (cosine)".into(),
+                    points: proto,
+                },
+                ShotSeries {
+                    name: format!("{}-NN (cosine)", a.neighbors),
+                    points: knn,
+                },
             ],
-            &format!("{}: {model_name} embeddings, mean ± sd over {} seeds", task.name, a.seeds),
+            &format!(
+                "{}: {model_name} embeddings, mean ± sd over {} seeds",
+                task.name, a.seeds
+            ),
             "labelled examples per class (k)",
             Some(1.0 / classes.len() as f64),
             png,

@@ -25,7 +25,11 @@ fn py_space(c: char) -> bool {
 
 /// lm-eval's `_encode_pair`: token ids of the context and of the continuation. An empty
 /// context becomes `[prefix]` (the BOS or end-of-text token).
-pub fn encode_pair(m: &Prompted, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn encode_pair(
+    m: &Prompted,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     if context.is_empty() {
         let cont = m.tokenizer.encode(continuation)?;
         if cont.is_empty() {
@@ -62,7 +66,12 @@ pub struct Scored {
 /// Log-probability of `target` under `logits`, and whether it is the argmax.
 fn token_score(logits: &[f32], target: u32) -> (f64, bool) {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let lse = (logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>()).ln() + max as f64;
+    let lse = (logits
+        .iter()
+        .map(|&x| ((x - max) as f64).exp())
+        .sum::<f64>())
+    .ln()
+        + max as f64;
     let t = logits[target as usize];
     // First maximum, as torch's argmax.
     let best = logits.iter().position(|&x| x == max).unwrap_or(0);
@@ -87,8 +96,14 @@ pub fn score_continuations(
         return Err(Error::Data("an empty context".into()));
     }
     let vocab = model.vocab_size();
-    if let Some(&bad) = context.iter().chain(continuations.iter().flatten()).find(|&&t| t as usize >= vocab) {
-        return Err(Error::Data(format!("token id {bad} is outside the model's vocabulary ({vocab})")));
+    if let Some(&bad) = context
+        .iter()
+        .chain(continuations.iter().flatten())
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(Error::Data(format!(
+            "token id {bad} is outside the model's vocabulary ({vocab})"
+        )));
     }
     let window = model.max_positions();
     // The model sees context + continuation minus its last token.
@@ -237,7 +252,11 @@ pub fn argmax(xs: &[f64]) -> usize {
 fn exact_match(task: &Task, generated: &str, answers: &[String]) -> bool {
     let g = &task.generation;
     let norm = |s: &str| -> String {
-        let mut s = if g.strip { s.trim().to_string() } else { s.to_string() };
+        let mut s = if g.strip {
+            s.trim().to_string()
+        } else {
+            s.to_string()
+        };
         if g.ignore_case {
             s = s.to_lowercase();
         }
@@ -282,7 +301,10 @@ impl<'a> Prompted<'a> {
             .or(p.special.eos)
             .or_else(|| p.tokenizer.token_id(EOT))
             .ok_or_else(|| {
-                Error::Config("the tokenizer has no BOS or end-of-text token to start an empty context".into())
+                Error::Config(
+                    "the tokenizer has no BOS or end-of-text token to start an empty context"
+                        .into(),
+                )
             })?;
         Ok(Prompted {
             model: &p.model,
@@ -342,7 +364,8 @@ pub fn evaluate(
                     .map_err(at)?;
                 let (scores, truncated) =
                     score_continuations(m.model, &ctx_ids, &conts).map_err(at)?;
-                tokens += ctx_ids.len() - truncated + conts.iter().map(|c| c.len() - 1).sum::<usize>();
+                tokens +=
+                    ctx_ids.len() - truncated + conts.iter().map(|c| c.len() - 1).sum::<usize>();
                 let logliks: Vec<f64> = scores.iter().map(|s| s.loglik).collect();
                 let per_char: Vec<f64> = logliks
                     .iter()
@@ -390,7 +413,9 @@ pub fn evaluate(
                 generate_ids(m.model, ids, &sampling, &m.stop_tokens, &mut |id| {
                     out_ids.push(id);
                     text = m.tokenizer.decode_with(&out_ids, true)?;
-                    Ok(!until.iter().any(|u| !u.is_empty() && text.contains(u.as_str())))
+                    Ok(!until
+                        .iter()
+                        .any(|u| !u.is_empty() && text.contains(u.as_str())))
                 })
                 .map_err(at)?;
                 tokens += ids.len() + out_ids.len();
@@ -417,7 +442,9 @@ pub fn evaluate(
                     correct_norm: None,
                 }
             }
-            _ => unreachable!("Task::target returns an index for multiple choice and text for generation"),
+            _ => unreachable!(
+                "Task::target returns an index for multiple choice and text for generation"
+            ),
         };
         results.push(r);
         progress(i + 1);

@@ -2,8 +2,8 @@
 
 pub mod choices;
 pub mod fewshot;
-pub mod task;
 pub mod perplexity;
 pub mod prototypes;
+pub mod task;
 
 pub use perplexity::{perplexity, PerplexityReport};

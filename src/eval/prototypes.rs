@@ -183,7 +183,11 @@ pub fn evaluate(set: &FewShotSet, k: usize, seeds: usize, neighbors: usize) -> R
     let mut knn = vec![];
     let mut queries = 0;
     let acc = |pred: &[usize], q: &[usize]| {
-        pred.iter().zip(q).filter(|(p, &i)| **p == set.labels[i]).count() as f64 / q.len() as f64
+        pred.iter()
+            .zip(q)
+            .filter(|(p, &i)| **p == set.labels[i])
+            .count() as f64
+            / q.len() as f64
     };
     for seed in 0..seeds as u64 {
         let support = draw_support(set.labels, set.classes, set.pool, k, seed)?;
@@ -228,7 +232,9 @@ mod tests {
         assert!(s.iter().all(|i| pool.contains(i)));
         assert_eq!(s.iter().filter(|&&i| labels[i] == 0).count(), 2);
         assert_eq!(s, draw_support(&labels, 2, &pool, 2, 3).unwrap());
-        let e = draw_support(&labels, 2, &pool, 4, 0).unwrap_err().to_string();
+        let e = draw_support(&labels, 2, &pool, 4, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("class 0 has 3"), "{e}");
     }
 

@@ -286,12 +286,18 @@ impl Task {
             o => {
                 return Err(Error::format(
                     path,
-                    format!("line {}: output_type {o:?} is not multiple_choice or generate_until", key_line(text, "output_type")),
+                    format!(
+                        "line {}: output_type {o:?} is not multiple_choice or generate_until",
+                        key_line(text, "output_type")
+                    ),
                 ))
             }
         };
         let fewshot_split = t.fewshot_split.unwrap_or_else(|| t.test_split.clone());
-        for (key, split) in [("test_split", &t.test_split), ("fewshot_split", &fewshot_split)] {
+        for (key, split) in [
+            ("test_split", &t.test_split),
+            ("fewshot_split", &fewshot_split),
+        ] {
             if !t.splits.contains_key(split) {
                 return Err(Error::format(
                     path,
@@ -350,7 +356,11 @@ impl Task {
             };
             Ok(Tmpl { key, form, line })
         };
-        let text_t = make("doc_to_text".into(), t.doc_to_text, key_line(text, "doc_to_text"))?;
+        let text_t = make(
+            "doc_to_text".into(),
+            t.doc_to_text,
+            key_line(text, "doc_to_text"),
+        )?;
         let target_t = make(
             "doc_to_target".into(),
             t.doc_to_target,
@@ -433,7 +443,9 @@ impl Task {
                 let Some(doc) = docs.first() else { continue };
                 let mut missing: Vec<&String> = names
                     .iter()
-                    .filter(|n| !doc.contains_key(*n) && self.env.globals().all(|(g, _)| g != n.as_str()))
+                    .filter(|n| {
+                        !doc.contains_key(*n) && self.env.globals().all(|(g, _)| g != n.as_str())
+                    })
                     .collect();
                 missing.sort();
                 if let Some(name) = missing.first() {
@@ -520,7 +532,11 @@ impl Task {
                     )
                 })?;
                 items
-                    .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
                     .collect()
             }
             many => many
@@ -569,11 +585,11 @@ impl Task {
             OutputType::MultipleChoice => {
                 let i = match (index, v.as_str()) {
                     (Some(i), _) => i,
-                    (None, Some(s)) => choices
-                        .iter()
-                        .position(|c| c == s)
-                        .ok_or_else(|| bad(format!("gave {s:?}, which is none of the choices {choices:?}")))?
-                        as i64,
+                    (None, Some(s)) => choices.iter().position(|c| c == s).ok_or_else(|| {
+                        bad(format!(
+                            "gave {s:?}, which is none of the choices {choices:?}"
+                        ))
+                    })? as i64,
                     (None, None) => return Err(bad(format!("gave {v}, not an index or a choice"))),
                 };
                 if i < 0 || i as usize >= choices.len() {
@@ -586,16 +602,23 @@ impl Task {
             }
             OutputType::GenerateUntil => {
                 if let (Some(i), false) = (index, choices.is_empty()) {
-                    let c = choices
-                        .get(i as usize)
-                        .ok_or_else(|| bad(format!("gave index {i} but {} choices", choices.len())))?;
+                    let c = choices.get(i as usize).ok_or_else(|| {
+                        bad(format!("gave index {i} but {} choices", choices.len()))
+                    })?;
                     return Ok(Target::Text(vec![c.clone()]));
                 }
                 let answers: Vec<String> = if v.as_str().is_some() || v.as_i64().is_some() {
-                    vec![v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())]
+                    vec![v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())]
                 } else if let Ok(items) = v.try_iter() {
                     items
-                        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
                         .collect()
                 } else {
                     vec![v.to_string()]
@@ -656,7 +679,11 @@ impl Task {
                     self.fewshot_split
                 )));
             }
-            picked = rng.sample(rest.len(), k).into_iter().map(|i| rest[i]).collect();
+            picked = rng
+                .sample(rest.len(), k)
+                .into_iter()
+                .map(|i| rest[i])
+                .collect();
         }
         picked.truncate(k);
         Ok(picked)
@@ -695,7 +722,10 @@ fn template_err(path: &Path, key: &str, line: usize, e: &minijinja::Error) -> Er
         Some(l) if l > 1 => format!("line {} (template line {l})", line + l - 1),
         _ => format!("line {line}"),
     };
-    let what = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
+    let what = e
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.kind().to_string());
     Error::format(path, format!("{at}: {key}: {what}"))
 }
 
@@ -799,14 +829,21 @@ fn row_doc(path: &Path, header: &[String], row: Vec<String>, line: usize) -> Res
 
 /// TSV: a header row, then rows of tab-separated fields, every value a string.
 fn read_tsv(path: &Path, text: &str) -> Result<Vec<Doc>> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, head)) = lines.next() else {
         return Ok(vec![]);
     };
     let header: Vec<String> = head.split('\t').map(|s| s.trim().to_string()).collect();
     lines
         .map(|(i, l)| {
-            let row = l.trim_end_matches('\r').split('\t').map(str::to_string).collect();
+            let row = l
+                .trim_end_matches('\r')
+                .split('\t')
+                .map(str::to_string)
+                .collect();
             row_doc(path, &header, row, i + 1)
         })
         .collect()
@@ -863,9 +900,15 @@ mod tests {
         let d = &t.test_docs()[1];
         assert_eq!(t.doc_text(d).unwrap(), "Q: how? \"x\"\nA:");
         assert_eq!(t.choices(d).unwrap(), ["so", "thus"]);
-        assert_eq!(t.target(d, &t.choices(d).unwrap()).unwrap(), Target::Index(0));
+        assert_eq!(
+            t.target(d, &t.choices(d).unwrap()).unwrap(),
+            Target::Index(0)
+        );
         let d0 = &t.test_docs()[0];
-        assert_eq!(t.target(d0, &t.choices(d0).unwrap()).unwrap(), Target::Index(1));
+        assert_eq!(
+            t.target(d0, &t.choices(d0).unwrap()).unwrap(),
+            Target::Index(1)
+        );
         // A field name is the field; a target may name the choice.
         let (_d, t) = task(
             "doc_to_text = \"q\"\ndoc_to_choice = [\"yes\", \"{{other}}\"]\ndoc_to_target = \"ans\"",
@@ -876,7 +919,10 @@ mod tests {
         let d = &t.test_docs()[0];
         assert_eq!(t.doc_text(d).unwrap(), "Is it?");
         assert_eq!(t.choices(d).unwrap(), ["yes", "no"]);
-        assert_eq!(t.target(d, &t.choices(d).unwrap()).unwrap(), Target::Index(1));
+        assert_eq!(
+            t.target(d, &t.choices(d).unwrap()).unwrap(),
+            Target::Index(1)
+        );
     }
 
     #[test]
@@ -904,7 +950,10 @@ mod tests {
         let d = &t.test_docs()[0];
         let e = t.choices(d).unwrap_err().to_string();
         assert!(e.contains("empty choice"), "{e}");
-        let e = t.target(d, &["p".into(), "q".into()]).unwrap_err().to_string();
+        let e = t
+            .target(d, &["p".into(), "q".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("index 5") && e.contains("line 3"), "{e}");
         let (_d, t) = task(
             "doc_to_text = \"q\"\ndoc_to_choice = []\ndoc_to_target = \"0\"",
@@ -929,7 +978,10 @@ mod tests {
             assert!(!ex.contains(&doc));
         }
         let e = t.exemplars(0, 3, &mut rng).unwrap_err().to_string();
-        assert!(e.contains("3 shots need 4 documents") && e.contains("has 3"), "{e}");
+        assert!(
+            e.contains("3 shots need 4 documents") && e.contains("has 3"),
+            "{e}"
+        );
         let ctx = t.context(2, &[0, 1]).unwrap();
         assert_eq!(ctx, "x a\n\ny a\n\nz");
     }

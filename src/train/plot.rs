@@ -196,8 +196,16 @@ pub fn plot_against_shots(
     let x_min = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
     let x_max = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let x_pad = ((x_max - x_min) * 0.05).max(0.5);
-    let lo = all.iter().map(|p| p.1 - p.2).chain(chance).fold(1.0, f64::min);
-    let hi = all.iter().map(|p| p.1 + p.2).chain(chance).fold(0.0, f64::max);
+    let lo = all
+        .iter()
+        .map(|p| p.1 - p.2)
+        .chain(chance)
+        .fold(1.0, f64::min);
+    let hi = all
+        .iter()
+        .map(|p| p.1 + p.2)
+        .chain(chance)
+        .fold(0.0, f64::max);
     let pad = ((hi - lo) * 0.08).max(0.02);
     let (y0, y1) = ((lo - pad).max(0.0), (hi + pad).min(1.0));
     let tmp = png.with_extension("tmp.png");
@@ -231,7 +239,9 @@ pub fn plot_against_shots(
                 ))
                 .map_err(|e| err(&e))?
                 .label("chance")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(120, 120, 120)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(120, 120, 120))
+                });
         }
         for (s, color) in series.iter().zip(colors.iter().cycle()) {
             let color = *color;
@@ -244,7 +254,11 @@ pub fn plot_against_shots(
                 .label(s.name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart
-                .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled())))
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
+                )
                 .map_err(|e| err(&e))?;
             chart
                 .draw_series(s.points.iter().filter(|p| p.2 > 0.0).map(|p| {
