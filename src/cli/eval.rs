@@ -111,7 +111,7 @@ fn bar(c: &Common, n: usize) -> indicatif::ProgressBar {
 }
 
 fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
-    use ferroformer::eval::fewshot::{evaluate, FewshotConfig, Prompted};
+    use ferroformer::eval::few_shot::{evaluate, FewshotConfig, Prompted};
     use ferroformer::eval::task::{OutputType, Task};
     use ferroformer::train::plot::{plot_against_shots, ShotSeries};
     let task = Task::load(&a.task)?;

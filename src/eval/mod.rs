@@ -1,7 +1,7 @@
 //! Evaluation of trained models.
 
 pub mod choices;
-pub mod fewshot;
+pub mod few_shot;
 pub mod perplexity;
 pub mod prototypes;
 pub mod task;

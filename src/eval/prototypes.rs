@@ -67,7 +67,7 @@ pub fn prototype_predict(
                     }
                 })
                 .collect();
-            crate::eval::fewshot::argmax(&sims)
+            crate::eval::few_shot::argmax(&sims)
         })
         .collect()
 }

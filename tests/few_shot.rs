@@ -7,7 +7,7 @@
 mod common;
 
 use common::fixture;
-use ferroformer::eval::fewshot::{self, encode_pair, FewshotConfig, Prompted};
+use ferroformer::eval::few_shot::{self, encode_pair, FewshotConfig, Prompted};
 use ferroformer::eval::prototypes::{knn_predict, prototype_predict};
 use ferroformer::eval::task::Task;
 use ferroformer::pretrained::Pretrained;
@@ -63,7 +63,7 @@ fn zero_shot_storycloze_matches_lm_eval() {
         seed: 1234,
         limit: Some(50),
     };
-    let (report, docs) = fewshot::evaluate(&m, task, &cfg, &mut |_| {}).unwrap();
+    let (report, docs) = few_shot::evaluate(&m, task, &cfg, &mut |_| {}).unwrap();
     let want = f["docs"].as_array().unwrap();
     assert_eq!(docs.len(), want.len());
     let mut worst = 0f64;
@@ -123,7 +123,7 @@ fn token_splits_and_scores_match_lm_eval_cases() {
         }
         assert_eq!(ctx, ids(&case["context_ids"]), "{c:?} + {k:?}");
         assert_eq!(cont, ids(&case["continuation_ids"]), "{c:?} + {k:?}");
-        let (s, _) = fewshot::score_continuations(m.model, &ctx, &[cont]).unwrap();
+        let (s, _) = few_shot::score_continuations(m.model, &ctx, &[cont]).unwrap();
         let want = case["loglikelihood"].as_f64().unwrap();
         assert!(
             (s[0].loglik - want).abs() < 1e-3,
@@ -272,7 +272,7 @@ all = "capitals.jsonl"
         seed: 1234,
         limit: None,
     };
-    let (report, docs) = fewshot::evaluate(&m, &task, &cfg, &mut |_| {}).unwrap();
+    let (report, docs) = few_shot::evaluate(&m, &task, &cfg, &mut |_| {}).unwrap();
     let mut rng = PyRandom::new(1234);
     for d in &docs {
         let ex = task.exemplars(d.doc, 2, &mut rng).unwrap();

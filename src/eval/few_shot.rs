@@ -143,9 +143,9 @@ pub fn score_continuations(
         let mut targets = vec![];
         for (i, c) in continuations.iter().enumerate() {
             ids[i * t..i * t + c.len() - 1].copy_from_slice(&c[..c.len() - 1]);
-            for j in 1..c.len() {
+            for (j, &tok) in c.iter().enumerate().skip(1) {
                 rows.push((i * t + j - 1) as u32);
-                targets.push((i, c[j]));
+                targets.push((i, tok));
             }
         }
         let x = Tensor::from_vec(ids, (n, t), dev)?;
