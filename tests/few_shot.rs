@@ -307,3 +307,34 @@ all = "capitals.jsonl"
     );
     assert!(report.acc.is_none());
 }
+
+/// `eval choices` runs a chat prompt once and shares its cache among the replies: the same
+/// log-likelihoods as running every prompt + reply row whole.
+#[test]
+fn chat_choices_with_a_shared_prompt_equal_whole_rows() {
+    use ferroformer::eval::choices::{choice_logliks, choice_rows, rows_logliks, ChoiceRecord};
+    let p = smollm2();
+    let template = p.chat().unwrap();
+    let record: ChoiceRecord = serde_json::from_value(serde_json::json!({
+        "messages": [{"role": "user", "content": "Is this review positive or negative? \"A tedious, joyless film.\""}],
+        "choices": ["negative", "positive", "It is negative."],
+        "answer": 0
+    }))
+    .unwrap();
+    let shared = choice_logliks(&p.model, &p.tokenizer, &template, &record).unwrap();
+    let rows = choice_rows(&p.tokenizer, &template, &record).unwrap();
+    // The replies do share the prompt's tokens (so the shared path ran).
+    let first =
+        |r: &ferroformer::objective::sft::Tokenized| r.trained.iter().position(|&t| t).unwrap();
+    let s = first(&rows[0]);
+    assert!(rows
+        .iter()
+        .all(|r| first(r) == s && r.ids[..s] == rows[0].ids[..s]));
+    let whole = rows_logliks(&p.model, &rows).unwrap();
+    for (a, b) in shared.iter().zip(&whole) {
+        assert!(
+            (a - b).abs() < 1e-3 * b.abs().max(1.0),
+            "{shared:?} vs {whole:?}"
+        );
+    }
+}

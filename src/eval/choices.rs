@@ -70,14 +70,14 @@ pub fn read_choices(path: &Path) -> Result<Vec<ChoiceRecord>> {
     Ok(out)
 }
 
-/// The log-likelihood of each choice as the assistant's reply.
-pub fn choice_logliks(
-    model: &CausalModel,
+/// Each choice as the assistant's reply to the record's messages, tokenized with its trained
+/// (scored) tokens marked.
+pub fn choice_rows(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     record: &ChoiceRecord,
-) -> Result<Vec<f64>> {
-    let rows: Vec<sft::Tokenized> = record
+) -> Result<Vec<sft::Tokenized>> {
+    record
         .choices
         .iter()
         .map(|c| {
@@ -87,7 +87,18 @@ pub fn choice_logliks(
             };
             sft::tokenize(&ex, Some(template), tokenizer, false, None)
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The log-likelihood of each choice as the assistant's reply (the prompt run once when the
+/// replies share its tokens, else each row whole).
+pub fn choice_logliks(
+    model: &CausalModel,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    record: &ChoiceRecord,
+) -> Result<Vec<f64>> {
+    let rows = choice_rows(tokenizer, template, record)?;
     let max = model.max_positions();
     if let Some(r) = rows.iter().find(|r| r.ids.len() > max) {
         return Err(Error::Data(format!(
@@ -95,6 +106,31 @@ pub fn choice_logliks(
             r.ids.len()
         )));
     }
+    // Usually every reply follows the same prompt tokens: run the prompt once and share its
+    // key/value cache among the replies.
+    let split = |r: &sft::Tokenized| -> Option<usize> {
+        let s = (1..r.ids.len()).find(|&i| r.trained[i])?;
+        r.trained[s..].iter().all(|&t| t).then_some(s)
+    };
+    let splits: Vec<Option<usize>> = rows.iter().map(split).collect();
+    if let Some(Some(s)) = splits.first() {
+        let prompt = &rows[0].ids[..*s];
+        let shared = rows
+            .iter()
+            .zip(&splits)
+            .all(|(r, &sp)| sp == Some(*s) && &r.ids[..*s] == prompt);
+        if shared {
+            let conts: Vec<Vec<u32>> = rows.iter().map(|r| r.ids[*s..].to_vec()).collect();
+            let (scores, _) = crate::eval::few_shot::score_continuations(model, prompt, &conts)?;
+            return Ok(scores.iter().map(|x| x.loglik).collect());
+        }
+    }
+    rows_logliks(model, &rows)
+}
+
+/// The summed log-likelihood of each row's trained tokens, every row run whole in one batch.
+pub fn rows_logliks(model: &CausalModel, rows: &[sft::Tokenized]) -> Result<Vec<f64>> {
+    let max = model.max_positions();
     let refs: Vec<Vec<&sft::Tokenized>> = rows.iter().map(|r| vec![r]).collect();
     let batch = SftBatch::new(&refs, false, max, 0, model.device())?;
     let h = model.hidden(&batch.ids, None, None)?;
