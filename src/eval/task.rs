@@ -889,6 +889,10 @@ mod tests {
         (dir, t)
     }
 
+    fn target_of(t: &Task, d: &Doc) -> Target {
+        t.target(d, &t.choices(d).unwrap()).unwrap()
+    }
+
     #[test]
     fn templates_follow_lm_eval_rules() {
         let (_d, t) = task(
@@ -900,15 +904,8 @@ mod tests {
         let d = &t.test_docs()[1];
         assert_eq!(t.doc_text(d).unwrap(), "Q: how? \"x\"\nA:");
         assert_eq!(t.choices(d).unwrap(), ["so", "thus"]);
-        assert_eq!(
-            t.target(d, &t.choices(d).unwrap()).unwrap(),
-            Target::Index(0)
-        );
-        let d0 = &t.test_docs()[0];
-        assert_eq!(
-            t.target(d0, &t.choices(d0).unwrap()).unwrap(),
-            Target::Index(1)
-        );
+        assert_eq!(target_of(&t, d), Target::Index(0));
+        assert_eq!(target_of(&t, &t.test_docs()[0]), Target::Index(1));
         // A field name is the field; a target may name the choice.
         let (_d, t) = task(
             "doc_to_text = \"q\"\ndoc_to_choice = [\"yes\", \"{{other}}\"]\ndoc_to_target = \"ans\"",
@@ -919,10 +916,7 @@ mod tests {
         let d = &t.test_docs()[0];
         assert_eq!(t.doc_text(d).unwrap(), "Is it?");
         assert_eq!(t.choices(d).unwrap(), ["yes", "no"]);
-        assert_eq!(
-            t.target(d, &t.choices(d).unwrap()).unwrap(),
-            Target::Index(1)
-        );
+        assert_eq!(target_of(&t, d), Target::Index(1));
     }
 
     #[test]
