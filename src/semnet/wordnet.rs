@@ -5,6 +5,8 @@
 //!
 //! (wndb(5WN)). License lines start with two spaces.
 
+use crate::semnet::graph::{Concept, Graph};
+use crate::semnet::relation::Relations;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -129,6 +131,163 @@ pub fn read_data(path: &Path) -> Result<HashMap<u32, Synset>> {
         return Err(Error::format(path, "no synsets (not a WordNet data file?)"));
     }
     Ok(out)
+}
+
+/// The relation a pointer symbol names (wninput(5WN)); `pos` is the pointing synset's, since
+/// `\\` means pertainym for adjectives and "derived from" for adverbs.
+pub fn relation_name(symbol: &str, pos: char) -> Option<&'static str> {
+    Some(match symbol {
+        "!" => "antonym",
+        "@" => "hypernym",
+        "@i" => "instance_hypernym",
+        "~" => "hyponym",
+        "~i" => "instance_hyponym",
+        "#m" => "member_holonym",
+        "#s" => "substance_holonym",
+        "#p" => "part_holonym",
+        "%m" => "member_meronym",
+        "%s" => "substance_meronym",
+        "%p" => "part_meronym",
+        "=" => "attribute",
+        "+" => "derivationally_related_form",
+        ";c" => "domain_topic",
+        "-c" => "member_of_domain_topic",
+        ";r" => "domain_region",
+        "-r" => "member_of_domain_region",
+        ";u" => "domain_usage",
+        "-u" => "member_of_domain_usage",
+        "*" => "entailment",
+        ">" => "cause",
+        "^" => "also_see",
+        "$" => "verb_group",
+        "&" => "similar_to",
+        "<" => "participle",
+        "\\" if pos == 'r' => "derived_from",
+        "\\" => "pertainym",
+        _ => return None,
+    })
+}
+
+/// The data file a part of speech lives in (satellites share the adjectives').
+fn file_pos(pos: char) -> char {
+    if pos == 's' {
+        'a'
+    } else {
+        pos
+    }
+}
+
+const FILES: [(char, &str); 4] = [('n', "noun"), ('v', "verb"), ('a', "adj"), ('r', "adv")];
+
+/// An index file (`index.noun`, ...): lemma -> synset offsets in sense order.
+pub fn read_index(path: &Path) -> Result<HashMap<String, Vec<u32>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("  ") || line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| Error::format(path, format!("line {}: {what}", i + 1));
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        let synset_cnt: usize = f
+            .get(2)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad synset_cnt"))?;
+        if f.len() < synset_cnt + 1 {
+            return Err(bad("fewer offsets than synset_cnt"));
+        }
+        let offsets = f[f.len() - synset_cnt..]
+            .iter()
+            .map(|s| s.parse::<u32>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad("bad synset offset"))?;
+        out.insert(f[0].to_string(), offsets);
+    }
+    Ok(out)
+}
+
+/// Reads WordNet from a directory of database files (`data.*`, `index.*`) into a network:
+/// one concept per synset named as NLTK names it (`dog.n.01`: first lemma lower-cased, part
+/// of speech, its sense number in the index), lemmas as labels, the gloss, and every pointer
+/// as an edge (word-to-word pointers become edges between their synsets).
+pub fn import(dir: &Path) -> Result<Graph> {
+    let mut data: Vec<(char, HashMap<u32, Synset>)> = Vec::new();
+    let mut index: HashMap<char, HashMap<String, Vec<u32>>> = HashMap::new();
+    for (pos, name) in FILES {
+        data.push((pos, read_data(&dir.join(format!("data.{name}")))?));
+        index.insert(pos, read_index(&dir.join(format!("index.{name}")))?);
+    }
+    let mut g = Graph::new(Relations::builtin());
+    let source = g.source_id("wordnet");
+    // Concepts in file order (by offset), nouns first, so ids are stable.
+    let mut at: HashMap<(char, u32), u32> = HashMap::new();
+    for (fpos, synsets) in &data {
+        let mut offsets: Vec<u32> = synsets.keys().copied().collect();
+        offsets.sort_unstable();
+        let idx = &index[fpos];
+        for off in offsets {
+            let s = &synsets[&off];
+            let lemma = s
+                .lemmas
+                .first()
+                .map(|l| l.to_lowercase())
+                .unwrap_or_default();
+            let sense = idx
+                .get(&lemma)
+                .and_then(|o| o.iter().position(|&x| x == off))
+                .ok_or_else(|| {
+                    Error::format(
+                        dir.join(format!(
+                            "index.{}",
+                            FILES.iter().find(|f| f.0 == *fpos).unwrap().1
+                        )),
+                        format!("{lemma:?} does not list synset {off:08} of data file pos {fpos}"),
+                    )
+                })?;
+            let i = g.add_concept(Concept {
+                id: format!("{lemma}.{}.{:02}", s.pos, sense + 1),
+                labels: s.lemmas.clone(),
+                gloss: (!s.gloss.is_empty()).then(|| s.gloss.clone()),
+                pos: Some(s.pos),
+            });
+            at.insert((*fpos, off), i);
+        }
+    }
+    let mut unknown = Vec::new();
+    for (fpos, synsets) in &data {
+        let mut offsets: Vec<u32> = synsets.keys().copied().collect();
+        offsets.sort_unstable();
+        for off in offsets {
+            let s = &synsets[&off];
+            let head = at[&(*fpos, off)];
+            for p in &s.pointers {
+                let Some(name) = relation_name(&p.symbol, s.pos) else {
+                    if !unknown.contains(&p.symbol) {
+                        unknown.push(p.symbol.clone());
+                    }
+                    continue;
+                };
+                let tail = *at.get(&(file_pos(p.pos), p.offset)).ok_or_else(|| {
+                    Error::format(
+                        dir,
+                        format!(
+                            "synset {off:08}-{} points to missing {:08}-{}",
+                            s.pos, p.offset, p.pos
+                        ),
+                    )
+                })?;
+                let rel = g.relations.require(name)?;
+                g.add_edge(head, rel, tail, 1.0, source);
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::format(
+            dir,
+            format!("unknown pointer symbols {unknown:?}"),
+        ));
+    }
+    Ok(g)
 }
 
 #[cfg(test)]
