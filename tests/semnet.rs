@@ -143,3 +143,186 @@ fn wordnet_saves_and_loads_unchanged() {
         .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2 && a.3 == b.3));
     assert_eq!(h.relations, g.relations);
 }
+
+// ---- the hand-built network of the toolkit's vocabulary (examples/semnet/toolkit.tsv) ----
+
+fn toolkit() -> Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/semnet/toolkit.tsv");
+    let (g, opened) = semnet::open(path.to_str().unwrap(), None).unwrap();
+    match opened {
+        semnet::Opened::Tsv(r) => assert_eq!(r.skipped, 0, "{}", r.summary()),
+        o => panic!("{o:?}"),
+    }
+    g
+}
+
+fn ids(g: &Graph, cs: impl IntoIterator<Item = u32>) -> Vec<String> {
+    cs.into_iter().map(|c| g.concept(c).id.clone()).collect()
+}
+
+#[test]
+fn inheritance_follows_is_a_and_nearer_exceptions_win() {
+    let g = toolkit();
+    let c = |n: &str| g.resolve(n).unwrap();
+    let rel = |n: &str| g.relations.require(n).unwrap();
+    let (cap, prop) = (rel("capable_of"), rel("has_property"));
+    // Transformers attend to every position; decoder-only ones do not (causal mask), and
+    // their descendants inherit the nearer exception; encoder-only ones inherit the rule.
+    assert!(g
+        .holds(c("BERT"), cap, c("attend to every position"))
+        .unwrap());
+    assert!(g
+        .holds(c("ViT"), cap, c("attend to every position"))
+        .unwrap());
+    assert!(!g
+        .holds(c("GPT-2"), cap, c("attend to every position"))
+        .unwrap());
+    assert!(!g
+        .holds(
+            c("decoder-only Transformer"),
+            cap,
+            c("attend to every position")
+        )
+        .unwrap());
+    assert!(g
+        .holds(c("Llama"), cap, c("generate text one token at a time"))
+        .unwrap());
+    // Fine-tuning updates every weight; PEFT methods do not, so neither does LoRA.
+    let every = c("updating every weight");
+    assert!(g.holds(c("full fine-tuning"), prop, every).unwrap());
+    assert!(g.holds(c("instruction tuning"), prop, every).unwrap());
+    assert!(!g.holds(c("LoRA"), prop, every).unwrap());
+    assert!(!g.holds(c("frozen-layer fine-tuning"), prop, every).unwrap());
+    assert!(g.holds(c("LoRA"), prop, c("small adapter files")).unwrap());
+    assert!(g.holds(c("CLM"), prop, c("self-supervised")).unwrap());
+    // Where an inherited value comes from, and how far.
+    let lora = g.inherited(c("LoRA"));
+    let small = lora
+        .iter()
+        .find(|i| i.value == c("small adapter files"))
+        .unwrap();
+    assert_eq!(
+        (g.concept(small.from).id.as_str(), small.distance),
+        ("PEFT method", 1)
+    );
+    // Not inheritable: refused by name.
+    assert!(g.holds(c("LoRA"), rel("is_a"), c("fine-tuning")).is_err());
+}
+
+#[test]
+fn symmetric_and_inverse_relations_read_both_ways() {
+    let g = toolkit();
+    let c = |n: &str| g.resolve(n).unwrap();
+    let rel = |n: &str| g.relations.require(n).unwrap();
+    let to = |from: &str, r: &str| ids(&g, g.hops(c(from), rel(r)).iter().map(|h| h.to));
+    // related_to is symmetric: stated once, read from either end.
+    assert_eq!(
+        to("in-context learning", "related_to"),
+        ["few-shot evaluation"]
+    );
+    assert_eq!(
+        to("few-shot evaluation", "related_to"),
+        ["in-context learning"]
+    );
+    assert_eq!(to("MLM", "related_to"), ["BERT"]);
+    // part_of and has_part are declared inverses: each is read from the other's edges.
+    assert_eq!(to("encoder", "part_of"), ["Transformer"]);
+    assert_eq!(to("self-attention", "part_of"), ["encoder", "decoder"]);
+    assert_eq!(to("LoRA", "has_part"), ["low-rank matrices"]);
+    assert!(g.hops(c("encoder"), rel("part_of"))[0].reversed);
+    // part_of is transitive: closure climbs through the inverse edges.
+    let up = g.closure(
+        c("self-attention"),
+        &[rel("part_of")],
+        semnet::Toward::Up,
+        0,
+    );
+    assert_eq!(
+        ids(&g, up.iter().map(|r| r.concept)),
+        ["encoder", "decoder", "Transformer"]
+    );
+    assert_eq!(up.iter().map(|r| r.distance).collect::<Vec<_>>(), [1, 1, 2]);
+    // Descendants along is_a, nearest first.
+    let down = g.closure(c("Transformer"), &[rel("is_a")], semnet::Toward::Down, 0);
+    assert_eq!(
+        ids(&g, down.iter().map(|r| r.concept)),
+        [
+            "decoder-only Transformer",
+            "encoder-only Transformer",
+            "encoder-decoder Transformer",
+            "GPT-2",
+            "Llama",
+            "BERT",
+            "ViT",
+            "Marian"
+        ]
+    );
+    // Labels find concepts; an ambiguous or unknown name gets suggestions.
+    assert_eq!(g.resolve("low-rank adaptation").unwrap(), c("LoRA"));
+    assert_eq!(g.resolve("lora").unwrap(), c("LoRA"));
+    let e = g.resolve("Lorra").unwrap_err().to_string();
+    assert!(e.contains("LoRA"), "{e}");
+}
+
+#[test]
+fn paths_depths_and_similarity_on_the_hand_built_network() {
+    let g = toolkit();
+    let c = |n: &str| g.resolve(n).unwrap();
+    let hops = g
+        .path(c("LoRA"), c("updating every weight"), &[], 0)
+        .unwrap();
+    assert_eq!(
+        ids(&g, hops.iter().map(|h| h.to)),
+        ["PEFT method", "updating every weight"]
+    );
+    let rels: Vec<&str> = hops.iter().map(|h| g.relations.name(h.rel)).collect();
+    assert_eq!(rels, ["is_a", "not_has_property"]);
+    assert!(
+        g.path(c("LoRA"), c("GGUF"), &[], 0).is_none(),
+        "no chain joins LoRA and GGUF"
+    );
+    let t = Taxonomy::new(&g).unwrap();
+    // Several top nodes (Transformer, attention, fine-tuning, ...): the root is simulated.
+    assert!(t.needs_root(c("GPT-2")));
+    assert_eq!(t.max_depth(Node::Concept(c("GPT-2"))).unwrap(), 2);
+    // GPT-2 and Llama: siblings under decoder-only Transformer (depth 1). NLTK's Wu-Palmer:
+    // 2*2 / ((1+2) + (1+2)).
+    let wup = t
+        .wup_similarity(c("GPT-2"), c("Llama"), true)
+        .unwrap()
+        .unwrap();
+    assert!((wup - 4.0 / 6.0).abs() < 1e-12, "{wup}");
+    // Path: GPT-2 -> decoder-only -> Transformer <- encoder-only <- BERT: 4 hops.
+    assert_eq!(t.path_similarity(c("GPT-2"), c("BERT"), true), Some(0.2));
+    // LCH: taxonomy depth 2 (+1 for the simulated root) = 3: -ln(5/6).
+    let lch = t
+        .lch_similarity(c("GPT-2"), c("BERT"), true)
+        .unwrap()
+        .unwrap();
+    assert!((lch + (5.0f64 / 6.0).ln()).abs() < 1e-12, "{lch}");
+}
+
+#[test]
+fn cycles_in_acyclic_relations_are_reported_not_looped_on() {
+    let mut g = toolkit();
+    let c = |g: &Graph, n: &str| g.resolve(n).unwrap();
+    let isa = g.relations.require("is_a").unwrap();
+    let src = g.source_id("test");
+    let (t, gpt) = (c(&g, "Transformer"), c(&g, "GPT-2"));
+    assert!(g.cycles(&[isa]).is_empty());
+    g.add_edge(t, isa, gpt, 1.0, src);
+    let cycles = g.cycles(&[isa]);
+    assert_eq!(cycles.len(), 1);
+    let cyc = ids(&g, cycles[0].1.iter().copied());
+    assert_eq!(cyc.first(), cyc.last());
+    assert!(
+        cyc.contains(&"GPT-2".to_string()) && cyc.contains(&"Transformer".to_string()),
+        "{cyc:?}"
+    );
+    // Closure terminates and the taxonomy measures say why they cannot answer.
+    let up = g.closure(gpt, &[isa], semnet::Toward::Up, 0);
+    assert_eq!(up.len(), 2);
+    let tax = Taxonomy::new(&g).unwrap();
+    let e = tax.max_depth(Node::Concept(gpt)).unwrap_err().to_string();
+    assert!(e.contains("cycle") && e.contains("GPT-2"), "{e}");
+}

@@ -14,6 +14,7 @@ use crate::chat::Message;
 use crate::data::labelled::read_labelled;
 use crate::data::lexicon::Lexicon;
 use crate::rng::Rng;
+use crate::semnet::verbalize::article;
 use crate::semnet::wordnet::{self, Synset};
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -95,13 +96,6 @@ impl Default for BuildOptions {
 
 fn pick<'a, T>(rng: &mut Rng, xs: &'a [T]) -> &'a T {
     &xs[rng.below(xs.len() as u64) as usize]
-}
-
-fn article(word: &str) -> &'static str {
-    match word.chars().next() {
-        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
-        _ => "a",
-    }
 }
 
 /// `n` candidate choices with the right one at a random place.

@@ -201,11 +201,12 @@ impl Graph {
         }
         if close.is_empty() {
             let n = name.chars().count();
+            let lower = name.to_lowercase();
             let mut scored: Vec<(usize, &str)> = self
                 .concepts
                 .iter()
                 .filter(|c| c.id.chars().count().abs_diff(n) <= 2)
-                .map(|c| (strsim_small(&c.id, name), c.id.as_str()))
+                .map(|c| (strsim_small(&c.id.to_lowercase(), &lower), c.id.as_str()))
                 .filter(|&(d, _)| d <= 2)
                 .collect();
             scored.sort();

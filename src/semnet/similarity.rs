@@ -50,6 +50,8 @@ pub struct Taxonomy<'g> {
     min_depth: RefCell<Vec<u32>>,
     /// Leacock-Chodorow's taxonomy depth per (part of speech, simulated root).
     lch_depth: RefCell<HashMap<(Option<char>, bool), u32>>,
+    /// Whether concepts without a part of speech have several top nodes.
+    multi_rooted: bool,
 }
 
 const UNKNOWN: u32 = u32::MAX;
@@ -62,7 +64,7 @@ impl<'g> Taxonomy<'g> {
                 "the network declares no taxonomic (is-a) relation".into(),
             ));
         }
-        let parents = (0..graph.len() as u32)
+        let parents: Vec<Vec<u32>> = (0..graph.len() as u32)
             .map(|c| {
                 graph
                     .step(c, &tax, Toward::Up)
@@ -71,12 +73,23 @@ impl<'g> Taxonomy<'g> {
                     .collect()
             })
             .collect();
+        // Top nodes among the concepts the taxonomy covers (someone's parent).
+        let mut has_child = vec![false; graph.len()];
+        for ps in &parents {
+            for &p in ps {
+                has_child[p as usize] = true;
+            }
+        }
+        let tops = (0..graph.len())
+            .filter(|&c| graph.concepts[c].pos.is_none() && parents[c].is_empty() && has_child[c])
+            .count();
         Ok(Taxonomy {
             graph,
             parents,
             max_depth: RefCell::new(vec![UNKNOWN; graph.len()]),
             min_depth: RefCell::new(vec![UNKNOWN; graph.len()]),
             lch_depth: RefCell::new(HashMap::new()),
+            multi_rooted: tops > 1,
         })
     }
 
@@ -91,9 +104,14 @@ impl<'g> Taxonomy<'g> {
         }
     }
 
-    /// NLTK's `_needs_root`: nouns share one top node, other parts of speech do not.
+    /// NLTK's `_needs_root`: WordNet's nouns share one top node, its other parts of speech
+    /// do not. A concept without a part of speech needs the simulated root when its network's
+    /// taxonomy has several top nodes.
     pub fn needs_root(&self, c: u32) -> bool {
-        self.graph.concept(c).pos != Some('n')
+        match self.graph.concept(c).pos {
+            Some(p) => p != 'n',
+            None => self.multi_rooted,
+        }
     }
 
     fn cycle_error(&self, at: u32) -> Error {

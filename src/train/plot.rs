@@ -8,7 +8,7 @@ use std::sync::Once;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         // plotters draws text only with a registered font; embed DejaVu so no system font is needed.
         let _ = plotters::style::register_font(
