@@ -16,76 +16,25 @@ pub struct Found {
 }
 
 /// Words that end a noun phrase.
+#[rustfmt::skip]
 const STOP: &[&str] = &[
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "been",
-    "a",
-    "an",
-    "the",
-    "of",
-    "and",
-    "or",
-    "such",
-    "as",
-    "other",
-    "including",
-    "has",
-    "have",
-    "had",
-    "part",
-    "kind",
-    "type",
-    "sort",
-    "form",
-    "which",
-    "that",
-    "in",
-    "on",
-    "with",
-    "to",
-    "for",
-    "by",
-    "its",
-    "their",
-    "this",
-    "these",
-    "those",
-    "it",
-    "they",
-    "can",
-    "also",
-    "not",
-    "no",
-    "from",
-    "at",
-    "into",
-    "consists",
-    "consist",
-    "contains",
-    "contain",
-    "made",
-    "up",
-    "like",
-    "especially",
-    "but",
-    "than",
-    "then",
-    "there",
-    "when",
-    "where",
-    "who",
-    "whose",
-    "while",
-    "because",
-    "often",
-    "usually",
-    "called",
+    "is", "are", "was", "were", "be", "been", "a", "an", "the", "of", "and", "or", "such", "as",
+    "other", "including", "has", "have", "had", "part", "kind", "type", "sort", "form", "which",
+    "that", "in", "on", "with", "to", "for", "by", "its", "their", "this", "these", "those",
+    "it", "they", "can", "also", "not", "no", "from", "at", "into", "consists", "consist",
+    "contains", "contain", "made", "up", "like", "especially", "but", "than", "then", "there",
+    "when", "where", "who", "whose", "while", "because", "often", "usually", "called",
+    // Pronouns and frequent transitive verbs: without a tagger they would join the phrase
+    // ("he plays instruments such as ...").
+    "he", "she", "we", "i", "you", "him", "her", "them", "his", "our", "my", "your", "play",
+    "plays", "use", "uses", "include", "includes", "eat", "eats", "make", "makes", "see", "sees",
+    "study", "studies", "build", "builds", "grow", "grows", "need", "needs", "produce",
+    "produces", "love", "loves", "find", "finds", "know", "knows", "sell", "sells", "buy",
+    "buys", "want", "wants", "visit", "visits", "prefer", "prefers", "hunt", "hunts", "keep",
+    "keeps", "collect", "collects", "enjoy", "enjoys", "grew", "saw", "bought", "built",
 ];
 /// Determiners dropped at the start of a noun phrase.
+#[rustfmt::skip]
 const DET: &[&str] = &[
     "a", "an", "the", "some", "many", "most", "all", "every", "each", "any", "several", "various",
 ];
@@ -161,6 +110,19 @@ fn np_after(t: &[String], mut at: usize) -> Option<(String, usize)> {
         at += 1;
     }
     (at > start).then(|| (t[start..at].join(" "), at))
+}
+
+/// "Other Y" names a plural: the phrase ends at its first plural word ("trees shed leaves"
+/// -> "trees", "woodwind instruments" stays).
+fn plural_head(np: String) -> String {
+    let words: Vec<&str> = np.split(' ').collect();
+    match words
+        .iter()
+        .position(|w| w.len() > 3 && w.ends_with('s') && !w.ends_with("ss"))
+    {
+        Some(k) => words[..=k].join(" "),
+        None => np,
+    }
 }
 
 /// A list of noun phrases from `at`: "x, y and z" / "x or y".
@@ -284,7 +246,7 @@ pub fn extract(text: &str) -> Vec<Found> {
             }
             // X1, X2 and/or other Y
             if matches!(t[i].as_str(), "and" | "or") && t.get(i + 1).is_some_and(|w| w == "other") {
-                if let Some((y, _)) = np_after(&t, i + 2) {
+                if let Some((y, _)) = np_after(&t, i + 2).map(|(y, e)| (plural_head(y), e)) {
                     // Walk the list back: NP (, NP)* before "and other".
                     let mut end = i;
                     while let Some(x) = np_before(&t, end) {
