@@ -14,6 +14,7 @@ pub mod generate;
 pub mod instruct;
 pub mod params;
 pub mod pretrain;
+pub mod semnet;
 pub mod similar;
 pub mod tokenizer;
 pub mod translate;
@@ -95,6 +96,10 @@ pub enum Command {
     Eval(eval::EvalCmd),
     /// Count a model's parameters; estimate training memory and FLOPs.
     Params(params::ParamsArgs),
+    /// Semantic networks: import WordNet, ConceptNet or triples; query, infer, measure
+    /// similarity; verbalize, extract and retrieve facts for language models; export.
+    #[command(subcommand)]
+    Semnet(semnet::SemnetCmd),
     /// Measure training, forward and generation throughput (random GPTs, or real models for generation).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -147,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a, c),
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),
+        Command::Semnet(a) => semnet::run(a, c),
     }
 }
 

@@ -247,7 +247,7 @@ fn draw_rings(g: &Graph, nodes: &[(u32, u32)], path: &Path) -> Result<()> {
         }
         for (i, &(c, d)) in nodes.iter().enumerate() {
             let label = g.concept(c).label();
-            let tw = 8 * label.chars().count() as i32 + 12;
+            let tw = 9 * label.chars().count() as i32 + 14;
             let (x, y) = pos[i];
             let fill = if d == 0 {
                 RGBColor(207, 226, 255)
