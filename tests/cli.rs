@@ -893,3 +893,151 @@ fn fewshot_and_prototypes_evaluate_and_reject_bad_tasks() {
         &["no-such-task", "storycloze, polarity"],
     );
 }
+
+#[test]
+fn semnet_commands_end_to_end() {
+    let ex = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/semnet/toolkit.tsv");
+    // The example: WordNet (the asset), Wu-Palmer, prints the number.
+    let out = stdout_of(ff().args([
+        "--quiet",
+        "semnet",
+        "similarity",
+        "--graph",
+        "wordnet",
+        "--measure",
+        "wup",
+        "dog.n.01",
+        "cat.n.01",
+    ]));
+    assert_eq!(out.trim(), "0.8571428571428571");
+    let out = stdout_of(ff().args([
+        "--quiet",
+        "--json",
+        "semnet",
+        "similarity",
+        "--measure",
+        "lch",
+        "dog.n.01",
+        "cat.n.01",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["lowest_common_hypernyms"][0], "carnivore.n.01");
+    assert!((v["similarity"].as_f64().unwrap() - 2.0281482472922856).abs() < 1e-12);
+    // An unknown synset: exit 1, the word's senses suggested.
+    let out = ff()
+        .args(["--quiet", "semnet", "similarity", "dog.n.99", "cat.n.01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown concept \"dog.n.99\"") && err.contains("dog.n.01"),
+        "{err}"
+    );
+    // Import saves a compact file that the other verbs open.
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("toolkit.semnet");
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "semnet", "import", ex, "--out"])
+            .arg(&saved),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            v["concepts"].as_u64(),
+            v["edges"].as_u64(),
+            v["cycles"].as_u64()
+        ),
+        (Some(50), Some(52), Some(0))
+    );
+    let g = saved.to_str().unwrap();
+    let out = stdout_of(ff().args(["--quiet", "semnet", "closure", "--graph", g, "GPT-2"]));
+    assert_eq!(out, "1\tdecoder-only Transformer\n2\tTransformer\n");
+    let out = stdout_of(ff().args([
+        "--quiet",
+        "semnet",
+        "path",
+        "--graph",
+        g,
+        "GPT-2",
+        "BERT",
+        "--relation",
+        "is_a",
+    ]));
+    assert!(out.starts_with("GPT-2 -is_a-> decoder-only Transformer -is_a-> Transformer <-is_a- encoder-only Transformer <-is_a- BERT\n"), "{out}");
+    let out = stdout_of(ff().args(["--quiet", "--json", "semnet", "query", "--graph", g, "LoRA"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["inherited"][0]["value"], "small to store");
+    assert_eq!(
+        v["hypernym_paths"][0],
+        serde_json::json!(["fine-tuning", "PEFT method", "LoRA"])
+    );
+    let out = stdout_of(ff().args([
+        "--quiet",
+        "semnet",
+        "verbalize",
+        "--graph",
+        g,
+        "--concept",
+        "ViT",
+        "--relation",
+        "is_a",
+    ]));
+    assert_eq!(out, "ViT is a kind of encoder-only Transformer.\n");
+    let out = stdout_of(ff().args([
+        "--quiet",
+        "semnet",
+        "facts",
+        "--graph",
+        g,
+        "--prompt",
+        "What is ViT used for?",
+    ]));
+    assert!(
+        out.contains("- ViT is used for image classification.\n")
+            && out.contains("Question: What is ViT used for?"),
+        "{out}"
+    );
+    let png = dir.path().join("vit.png");
+    stdout_of(
+        ff().args([
+            "--quiet",
+            "semnet",
+            "export",
+            "--graph",
+            g,
+            "--around",
+            "ViT",
+            "--depth",
+            "2",
+            "--no-graphviz",
+            "--out",
+        ])
+        .arg(&png),
+    );
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    // A cycle in an acyclic relation is reported at import, and the file still saves.
+    let cyc = dir.path().join("cyc.tsv");
+    std::fs::write(&cyc, "a\tis_a\tb\nb\tis_a\tc\nc\tis_a\ta\n").unwrap();
+    let out = ff()
+        .args(["--json", "semnet", "import"])
+        .arg(&cyc)
+        .arg("--out")
+        .arg(dir.path().join("cyc.semnet"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relation is_a is declared acyclic but has a cycle: a -> b -> c -> a"),
+        "{err}"
+    );
+    // Extraction against hand labels.
+    let out = stdout_of(
+        ff().args(["--quiet", "--json", "semnet", "extract", "--gold"])
+            .arg(common::fixture("semnet/extract_gold.tsv"))
+            .arg(common::fixture("semnet/extract_text.txt")),
+    );
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["gold"], 38);
+}

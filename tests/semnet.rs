@@ -324,3 +324,231 @@ fn cycles_in_acyclic_relations_are_reported_not_looped_on() {
     let e = tax.max_depth(Node::Concept(gpt)).unwrap_err().to_string();
     assert!(e.contains("cycle") && e.contains("GPT-2"), "{e}");
 }
+
+// ---- ConceptNet, TSV, the store and bad input ----
+
+#[test]
+fn conceptnet_import_reads_edges_and_names_skipped_lines() {
+    let path = common::fixture("semnet/conceptnet_sample.csv");
+    let mut g = Graph::new(semnet::Relations::builtin());
+    let r = semnet::import::conceptnet(&mut g, &path, &[]).unwrap();
+    assert_eq!((r.lines, r.edges, r.skipped), (17, 14, 3));
+    let lines: Vec<&str> = r
+        .first_skipped
+        .iter()
+        .map(|s| s.rsplit_once(".csv:").unwrap().1)
+        .collect();
+    assert!(
+        lines[0].starts_with("4: 4 fields")
+            && lines[1].starts_with("8: info is not")
+            && lines[2].starts_with("11: start"),
+        "{lines:?}"
+    );
+    assert_eq!(r.new_relations, ["dbpedia/genre"]);
+    let c = |n: &str| g.resolve(n).unwrap();
+    assert_eq!(g.concept(c("/c/en/dog")).pos, Some('n'));
+    assert_eq!(g.resolve("penguin").unwrap(), c("/c/en/penguin"));
+    // ConceptNet's relation names map onto the declared ones: IsA is taxonomic, so birds fly,
+    // sparrows inherit it, penguins' NotCapableOf overrides it; animals' HasProperty alive
+    // reaches penguins two steps up.
+    let cap = g.relations.require("CapableOf").unwrap();
+    assert!(g.holds(c("/c/en/sparrow"), cap, c("/c/en/fly")).unwrap());
+    assert!(!g.holds(c("/c/en/penguin"), cap, c("/c/en/fly")).unwrap());
+    assert!(g.holds(c("/c/en/penguin"), cap, c("/c/en/swim")).unwrap());
+    let prop = g.relations.require("HasProperty").unwrap();
+    assert!(g.holds(c("/c/en/penguin"), prop, c("/c/en/alive")).unwrap());
+    // Antonym is symmetric; weights and datasets are kept.
+    let ant = g.relations.require("Antonym").unwrap();
+    assert_eq!(
+        ids(&g, g.hops(c("/c/en/cold"), ant).iter().map(|h| h.to)),
+        ["/c/en/hot"]
+    );
+    let (e, _, _) = g.all_edges(c("/c/en/hot"))[0];
+    assert_eq!(
+        (e.weight, g.sources[e.source as usize].as_str()),
+        (2.5, "/d/wiktionary/en")
+    );
+    // A language filter keeps edges with both ends in the languages.
+    let mut en = Graph::new(semnet::Relations::builtin());
+    let r = semnet::import::conceptnet(&mut en, &path, &["en".to_string()]).unwrap();
+    assert_eq!(r.edges, 12);
+    assert!(en.id_of("/c/fr/chien").is_none());
+}
+
+#[test]
+fn bad_input_is_named_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // Malformed TSV lines are skipped, counted and named.
+    std::fs::write(
+        p("t.tsv"),
+        "a\tis_a\tb\nbroken line\nc\tis_a\td\tnot-a-number\n\te\tis_a\n",
+    )
+    .unwrap();
+    let (g, how) = semnet::open(p("t.tsv").to_str().unwrap(), None).unwrap();
+    let semnet::Opened::Tsv(r) = how else {
+        panic!()
+    };
+    assert_eq!((r.edges, r.skipped, g.edge_count()), (1, 3, 1));
+    assert!(
+        r.first_skipped[0].contains("t.tsv:2: 1 fields"),
+        "{:?}",
+        r.first_skipped
+    );
+    assert!(
+        r.first_skipped[1].contains(":3: weight \"not-a-number\""),
+        "{:?}",
+        r.first_skipped
+    );
+    // Not UTF-8, empty, missing, unknown format: errors naming the file.
+    std::fs::write(p("bin.tsv"), b"a\tis_a\t\xff\n").unwrap();
+    let e = semnet::open(p("bin.tsv").to_str().unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bin.tsv") && e.contains("not UTF-8") && e.contains("line 1"),
+        "{e}"
+    );
+    std::fs::write(p("empty.tsv"), "# nothing\n").unwrap();
+    let e = semnet::open(p("empty.tsv").to_str().unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty.tsv") && e.contains("no triples"), "{e}");
+    let e = semnet::open(p("missing.semnet").to_str().unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.semnet"), "{e}");
+    std::fs::write(p("x.xml"), "<x/>").unwrap();
+    assert!(semnet::open(p("x.xml").to_str().unwrap(), None)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown network format"));
+    // A corrupt or truncated store is refused, never half-read.
+    let g = toolkit();
+    semnet::store::save(&g, &p("t.semnet")).unwrap();
+    let bytes = std::fs::read(p("t.semnet")).unwrap();
+    for cut in [4, 20, bytes.len() / 2, bytes.len() - 3] {
+        std::fs::write(p("cut.semnet"), &bytes[..cut]).unwrap();
+        let e = semnet::store::load(&p("cut.semnet"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut.semnet"), "{e}");
+    }
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    std::fs::write(p("bad.semnet"), &bad).unwrap();
+    assert!(semnet::store::load(&p("bad.semnet"))
+        .unwrap_err()
+        .to_string()
+        .contains("not a ferroformer"));
+    // Saved and loaded, the example network is the same.
+    let h = semnet::store::load(&p("t.semnet")).unwrap();
+    assert_eq!(h.concepts, g.concepts);
+    assert_eq!(
+        semnet::export::to_tsv(&h, None),
+        semnet::export::to_tsv(&g, None)
+    );
+    // A declaration file with an unknown key or an undeclared inverse names itself.
+    std::fs::write(p("rels.toml"), "[teaches]\ninverse = \"learns\"\n").unwrap();
+    let e = semnet::open(p("t.tsv").to_str().unwrap(), Some(&p("rels.toml")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rels.toml") && e.contains("learns"), "{e}");
+}
+
+#[test]
+fn exports_read_back_and_draw() {
+    let g = toolkit();
+    let dir = tempfile::tempdir().unwrap();
+    // TSV export is what TSV import reads: the same triples, labels and glosses.
+    let tsv = dir.path().join("again.tsv");
+    std::fs::write(&tsv, semnet::export::to_tsv(&g, None)).unwrap();
+    let (h, _) = semnet::open(tsv.to_str().unwrap(), None).unwrap();
+    assert_eq!(h.concepts, g.concepts);
+    let t = |g: &Graph| {
+        g.triples()
+            .map(|(a, r, b, _)| (a, g.relations.name(r).to_string(), b))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(t(&h), t(&g));
+    // JSON: every concept and edge; a neighbourhood keeps only its own.
+    let j = semnet::export::to_json(&g, None);
+    assert_eq!(j["concepts"].as_array().unwrap().len(), g.len());
+    assert_eq!(j["edges"].as_array().unwrap().len(), g.edge_count());
+    assert_eq!(j["relations"]["is_a"]["transitive"], true);
+    let lora = g.resolve("LoRA").unwrap();
+    let near = semnet::export::neighbourhood(&g, lora, 1, 50);
+    assert_eq!(
+        ids(&g, near.iter().map(|n| n.0)),
+        ["LoRA", "PEFT method", "low-rank update"]
+    );
+    let idx: Vec<u32> = near.iter().map(|n| n.0).collect();
+    let dot = semnet::export::to_dot(&g, Some(&idx), Some(lora));
+    assert!(
+        dot.starts_with("digraph")
+            && dot.contains("label=\"is_a\"")
+            && dot.matches(" -> ").count() == 2,
+        "{dot}"
+    );
+    // PNG drawn without Graphviz: a real image.
+    let png = dir.path().join("n.png");
+    assert_eq!(
+        semnet::export::png(&g, &near, &png, false).unwrap(),
+        "built-in"
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}
+
+#[test]
+fn extraction_precision_and_recall_on_the_hand_labelled_text() {
+    let text = std::fs::read_to_string(common::fixture("semnet/extract_text.txt")).unwrap();
+    let gold: Vec<(String, String, String)> =
+        std::fs::read_to_string(common::fixture("semnet/extract_gold.tsv"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect();
+    assert_eq!(gold.len(), 38);
+    let found = semnet::extract::extract(&text);
+    let (p, r) = semnet::extract::score(&found, &gold);
+    // 31 of 39 found are right, 31 of 38 labelled are found (README of the fixtures).
+    assert_eq!(found.len(), 39);
+    assert!(
+        (p - 31.0 / 39.0).abs() < 1e-12 && (r - 31.0 / 38.0).abs() < 1e-12,
+        "precision {p}, recall {r}"
+    );
+}
+
+#[test]
+fn facts_name_the_concepts_of_a_question() {
+    let g = toolkit();
+    let named = semnet::facts::mentions(&g, "Can a Vision Transformer use LoRA adapters?");
+    assert_eq!(ids(&g, named), ["ViT", "LoRA"]);
+    let fs = semnet::facts::facts(&g, "Is LoRA costly in memory?", 10);
+    let texts: Vec<&str> = fs.iter().map(|f| f.text.as_str()).collect();
+    assert!(
+        texts.contains(&"LoRA is a kind of PEFT method."),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"LoRA is small to store."), "{texts:?}");
+    assert!(
+        !texts.iter().any(|t| t.contains("LoRA is costly")),
+        "{texts:?}"
+    );
+    let p = semnet::facts::prompt(&fs, "Is LoRA costly in memory?");
+    assert!(
+        p.starts_with("Facts:\n- ") && p.ends_with("Question: Is LoRA costly in memory?"),
+        "{p}"
+    );
+    // WordNet: a word names its first sense.
+    let wn = wordnet();
+    assert_eq!(
+        ids(wn, semnet::facts::mentions(wn, "Why does a dog bark?")),
+        ["dog.n.01", "bark.n.01"]
+    );
+}

@@ -97,6 +97,9 @@ fn np_before(t: &[String], end: usize) -> Option<String> {
     while start > 0 && end - start < MAX_NP && !stop(&t[start - 1]) {
         start -= 1;
     }
+    while start < end && DET.contains(&t[start].as_str()) {
+        start += 1;
+    }
     (start < end).then(|| t[start..end].join(" "))
 }
 
@@ -116,10 +119,9 @@ fn np_after(t: &[String], mut at: usize) -> Option<(String, usize)> {
 /// -> "trees", "woodwind instruments" stays).
 fn plural_head(np: String) -> String {
     let words: Vec<&str> = np.split(' ').collect();
-    match words
-        .iter()
-        .position(|w| w.len() > 3 && w.ends_with('s') && !w.ends_with("ss"))
-    {
+    match words.iter().position(|w| {
+        w.len() > 3 && w.ends_with('s') && !["ss", "us", "is"].iter().any(|e| w.ends_with(e))
+    }) {
         Some(k) => words[..=k].join(" "),
         None => np,
     }
@@ -247,8 +249,8 @@ pub fn extract(text: &str) -> Vec<Found> {
             // X1, X2 and/or other Y
             if matches!(t[i].as_str(), "and" | "or") && t.get(i + 1).is_some_and(|w| w == "other") {
                 if let Some((y, _)) = np_after(&t, i + 2).map(|(y, e)| (plural_head(y), e)) {
-                    // Walk the list back: NP (, NP)* before "and other".
-                    let mut end = i;
+                    // Walk the list back: NP (, NP)* before "(,) and other".
+                    let mut end = if i > 0 && t[i - 1] == "," { i - 1 } else { i };
                     while let Some(x) = np_before(&t, end) {
                         let start = end - x.split(' ').count();
                         add(x, "is_a", y.clone(), "X and other Y");
