@@ -132,6 +132,10 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
     // Perplexity and masked tokens mean something for language models; classifiers get plain
     // accuracy.
     let images = trainer.data.classes() > 0;
+    let triples = matches!(
+        trainer.data,
+        ferroformer::train::trainer::TrainData::Triples { .. }
+    );
     let outcome = trainer.run(c.progress(), &mut |ev| match ev {
         Event::Eval(e) => {
             if json {
@@ -149,7 +153,7 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
             } else {
                 let mut line = format!("step {:>6}: train loss {:.4}", e.step, e.train_loss);
                 match e.val_loss {
-                    Some(v) if images => line += &format!(", val loss {v:.4}"),
+                    Some(v) if images || triples => line += &format!(", val loss {v:.4}"),
                     Some(v) => line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp()),
                     None => {}
                 }
@@ -169,6 +173,8 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
                     };
                     let what = if images {
                         "accuracy"
+                    } else if triples {
+                        "pairwise accuracy (true triple closer than its corruption)"
                     } else {
                         "masked-token accuracy"
                     };

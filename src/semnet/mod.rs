@@ -9,9 +9,11 @@ pub mod facts;
 pub mod graph;
 pub mod import;
 pub mod inference;
+pub mod kg;
 pub mod relation;
 pub mod similarity;
 pub mod store;
+pub mod transe;
 pub mod verbalize;
 pub mod wordnet;
 

@@ -87,8 +87,9 @@ pub struct Recipe {
     pub name: String,
     /// Training objective: `clm` (causal language modelling: GPT-2, Llama), `sft` (instruction
     /// tuning of a causal LM: loss on the responses, see [`SftConfig`]), `mlm` (masked
-    /// language modelling: BERT), `seq2seq` (source/target pairs: Marian) or `classify` (image
-    /// classification with a ViT; text classification with BERT, GPT-2 or Llama).
+    /// language modelling: BERT), `seq2seq` (source/target pairs: Marian), `classify` (image
+    /// classification with a ViT; text classification with BERT, GPT-2 or Llama) or `transe`
+    /// (knowledge-graph embeddings from triples).
     #[serde(default = "d_objective")]
     pub objective: String,
     pub data: DataConfig,
@@ -110,6 +111,39 @@ pub struct Recipe {
     /// Instruction tuning (objective `sft`): template, what the loss covers, packing.
     #[serde(default)]
     pub sft: SftConfig,
+    /// Knowledge-graph embeddings (objective `transe`): scoring norm and margin; the
+    /// dimension is `model.n_embd`, the data a split directory in `data.corpus`.
+    #[serde(default)]
+    pub transe: TranseRecipe,
+}
+
+/// TransE's scoring (objective `transe`, model.architecture `transe`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TranseRecipe {
+    /// Distance: 1 (L1, Bordes et al.'s choice for WordNet) or 2.
+    #[serde(default = "d_transe_norm")]
+    pub norm: u8,
+    /// Margin of the ranking loss.
+    #[serde(default = "d_transe_margin")]
+    pub margin: f64,
+}
+
+fn d_transe_norm() -> u8 {
+    1
+}
+
+fn d_transe_margin() -> f64 {
+    1.0
+}
+
+impl Default for TranseRecipe {
+    fn default() -> Self {
+        TranseRecipe {
+            norm: d_transe_norm(),
+            margin: d_transe_margin(),
+        }
+    }
 }
 
 /// Supervised fine-tuning on instruction data (objective `sft`; `data.corpus` names the files
@@ -449,10 +483,10 @@ impl Recipe {
         }
         if !matches!(
             self.model.architecture.as_str(),
-            "gpt2" | "llama" | "bert" | "marian" | "vit"
+            "gpt2" | "llama" | "bert" | "marian" | "vit" | "transe"
         ) {
             return Err(Error::Config(format!(
-                "model.architecture {:?} is not supported (known: gpt2, llama, bert, marian, vit)",
+                "model.architecture {:?} is not supported (known: gpt2, llama, bert, marian, vit, transe)",
                 self.model.architecture
             )));
         }
@@ -460,16 +494,17 @@ impl Recipe {
             ("clm" | "sft", "gpt2" | "llama")
             | ("mlm", "bert")
             | ("seq2seq", "marian")
-            | ("classify", "vit" | "bert" | "gpt2" | "llama") => {}
-            ("clm" | "sft" | "mlm" | "seq2seq" | "classify", arch) => {
+            | ("classify", "vit" | "bert" | "gpt2" | "llama")
+            | ("transe", "transe") => {}
+            ("clm" | "sft" | "mlm" | "seq2seq" | "classify" | "transe", arch) => {
                 return Err(Error::Config(format!(
-                    "objective {:?} does not fit model.architecture {arch:?} (clm and sft train gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit on images or bert, gpt2, llama on texts)",
+                    "objective {:?} does not fit model.architecture {arch:?} (clm and sft train gpt2 or llama, mlm trains bert, seq2seq trains marian, classify trains vit on images or bert, gpt2, llama on texts, transe trains transe)",
                     self.objective
                 )))
             }
             (other, _) => {
                 return Err(Error::Config(format!(
-                    "objective {other:?} is not supported (known: clm, sft, mlm, seq2seq, classify)"
+                    "objective {other:?} is not supported (known: clm, sft, mlm, seq2seq, classify, transe)"
                 )))
             }
         }
@@ -559,7 +594,8 @@ impl Recipe {
             return Err(Error::Config("data.corpus is empty".into()));
         }
         let m = &self.model;
-        if m.init.is_none() && (m.n_layer == 0 || m.n_head == 0 || m.n_embd == 0) {
+        let layered = m.architecture != "transe";
+        if m.init.is_none() && (m.n_embd == 0 || layered && (m.n_layer == 0 || m.n_head == 0)) {
             return Err(Error::Config(
                 "a fresh model needs positive model.n_layer, model.n_head and model.n_embd (or model.init to start from a pretrained one)".into(),
             ));

@@ -18,6 +18,7 @@ use crate::objective::seq2seq::{pad_batch, pair_loss, sample, PairData};
 use crate::objective::sft::{self, SftBatch, Tokenized};
 use crate::objective::CausalLm;
 use crate::rng::Rng;
+use crate::semnet::transe::{TransE, TransEConfig};
 use crate::tokenizer::{Tokenizer, EOT};
 use crate::train::checkpoint::{self, Checkpoint, TrainerState};
 use crate::train::metrics::{peak_rss, reset_peak_rss, MetricsLog};
@@ -94,6 +95,11 @@ pub enum TrainData {
         val: Vec<(Vec<u32>, u32)>,
         classes: Vec<String>,
     },
+    /// Knowledge-graph triples (objective `transe`): the split and every known triple.
+    Triples {
+        split: Box<crate::semnet::kg::KgSplit>,
+        known: std::collections::HashSet<crate::semnet::kg::Triple>,
+    },
 }
 
 impl TrainData {
@@ -105,6 +111,7 @@ impl TrainData {
             TrainData::Images { train, val } => (train.len(), val.len(), "images"),
             TrainData::Texts { train, val, .. } => (train.len(), val.len(), "texts"),
             TrainData::Instruct { train, val, .. } => (train.len(), val.len(), "examples"),
+            TrainData::Triples { split, .. } => (split.train.len(), split.valid.len(), "triples"),
         }
     }
 
@@ -147,6 +154,8 @@ pub enum TrainModel {
     },
     /// A text classifier (an encoder or decoder with a classification head).
     Text(Box<SequenceClassifier>),
+    /// Knowledge-graph embeddings.
+    TransE(Box<TransE>),
 }
 
 impl TrainModel {
@@ -155,7 +164,7 @@ impl TrainModel {
             TrainModel::Causal(m) => m.vocab_size(),
             TrainModel::Masked { model, .. } => model.config.vocab_size,
             TrainModel::Seq2Seq { model, .. } => model.config.vocab_size,
-            TrainModel::Vit { .. } | TrainModel::Text(_) => 0,
+            TrainModel::Vit { .. } | TrainModel::Text(_) | TrainModel::TransE(_) => 0,
         }
     }
 
@@ -166,6 +175,7 @@ impl TrainModel {
             TrainModel::Seq2Seq { model, .. } => model.config.max_position_embeddings,
             TrainModel::Vit { model, .. } => model.config.grid().pow(2) + 1,
             TrainModel::Text(m) => m.max_positions(),
+            TrainModel::TransE(_) => 0,
         }
     }
 
@@ -199,6 +209,7 @@ impl TrainModel {
                 preprocessor,
             },
             TrainModel::Text(m) => TrainModel::Text(Box::new(m.rebuild(store)?)),
+            TrainModel::TransE(m) => TrainModel::TransE(Box::new(TransE::new(&m.config, store)?)),
         })
     }
 
@@ -213,6 +224,7 @@ impl TrainModel {
                 Body::Bert(_) => "bert",
                 Body::Causal(c) => c.model_type(),
             },
+            TrainModel::TransE(_) => "transe",
         }
     }
 
@@ -223,7 +235,8 @@ impl TrainModel {
             TrainModel::Masked { .. }
             | TrainModel::Seq2Seq { .. }
             | TrainModel::Vit { .. }
-            | TrainModel::Text(_) => None,
+            | TrainModel::Text(_)
+            | TrainModel::TransE(_) => None,
         }
     }
 
@@ -246,6 +259,7 @@ impl TrainModel {
                 c.hidden_dropout_prob > 0.0 || c.attention_probs_dropout_prob > 0.0
             }
             TrainModel::Text(m) => m.uses_dropout(),
+            TrainModel::TransE(_) => false,
         }
     }
 
@@ -283,6 +297,7 @@ impl TrainModel {
                 vit::save_dir(dir, model, store)?;
                 preprocessor.save(&dir.join("preprocessor_config.json"))?;
             }
+            TrainModel::TransE(m) => m.save_dir(dir, store, None)?,
             TrainModel::Text(m) => {
                 sequence_classifier::save_dir(dir, m, store)?;
                 if let (Body::Bert(b), Some(tok)) = (&m.body, tokenizer) {
@@ -1094,6 +1109,45 @@ fn epoch_indices(
         .collect()
 }
 
+/// A TransE run: the split directory's triples and fresh (or `from`'s) embeddings, sized
+/// by the split.
+fn transe_run(
+    recipe: &Recipe,
+    split_dir: &Path,
+    from: Option<&Path>,
+    device: &Device,
+) -> Result<(TrainData, TrainModel, ParamStore)> {
+    let split = crate::semnet::kg::KgSplit::load(split_dir)?;
+    let config = TransEConfig {
+        model_type: "transe".into(),
+        n_entities: split.entities.len(),
+        n_relations: split.relations.len(),
+        dim: recipe.model.n_embd,
+        norm: recipe.transe.norm,
+        margin: recipe.transe.margin,
+    };
+    let mut store = match from {
+        Some(dir) => {
+            let path = dir.join("model.safetensors");
+            let tensors = crate::io::safetensors::load(&path, device)?;
+            let mut s = ParamStore::from_tensors(tensors, device, Some(&path))?;
+            s.allow_init(recipe.train.seed);
+            s
+        }
+        None => ParamStore::new_init(device, recipe.train.seed),
+    };
+    let model = TransE::new(&config, &mut store)?;
+    let known = split.known();
+    Ok((
+        TrainData::Triples {
+            split: Box::new(split),
+            known,
+        },
+        TrainModel::TransE(Box::new(model)),
+        store,
+    ))
+}
+
 /// Cross-entropy (label-smoothed by `smoothing`) of a ViT's class logits for images `x`, and
 /// how many it classifies right.
 fn image_loss(
@@ -1158,6 +1212,9 @@ impl Trainer {
                 let (tokenizer, data, model, store) =
                     text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
                 (Some(tokenizer), data, model, store, vec![])
+            } else if recipe.objective == "transe" {
+                let (data, model, store) = transe_run(&recipe, &corpus[0], from.as_deref(), device)?;
+                (None, data, model, store, vec![])
             } else if recipe.objective == "classify" {
                 let (data, model, store) =
                     image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
@@ -1397,6 +1454,18 @@ impl Trainer {
                     hits: Some((b, correct)),
                 })
             }
+            (TrainModel::TransE(model), TrainData::Triples { split, .. }) => {
+                let set = if val { &split.valid } else { &split.train };
+                let idx = self.example_indices(set.len(), train, micro, rng);
+                let pos: Vec<_> = idx.iter().map(|&i| set[i]).collect();
+                let neg = TransE::corrupt(&pos, model.config.n_entities, rng);
+                let l = model.margin_loss(&pos, &neg)?;
+                Ok(BatchLoss {
+                    loss: l.loss,
+                    tokens: b,
+                    hits: Some((b, l.correct)),
+                })
+            }
             _ => Err(Error::Config(
                 "this model cannot be trained on this kind of data".into(),
             )),
@@ -1550,6 +1619,7 @@ impl Trainer {
             TrainData::Images { val, .. } => !val.is_empty(),
             TrainData::Texts { val, .. } => !val.is_empty(),
             TrainData::Instruct { val, .. } => !val.is_empty(),
+            TrainData::Triples { split, .. } => !split.valid.is_empty(),
         };
         let (val_loss, val_accuracy) = if let (true, Some((l, a))) = (has_val, self.full_val()?) {
             (Some(l), Some(a))

@@ -1,0 +1,206 @@
+//! Link-prediction data: (head, relation, tail) triples over numbered entities and relations,
+//! split into train/valid/test and written as TSV (`train.txt`, `valid.txt`, `test.txt`, one
+//! `head<TAB>relation<TAB>tail` per line, as WN18RR ships), and a WN18RR-style split built
+//! from WordNet 3.0.
+
+use crate::rng::Rng;
+use crate::semnet::graph::Graph;
+use crate::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// A triple of ids: head entity, relation, tail entity.
+pub type Triple = [u32; 3];
+
+/// Entities, relations and the three splits.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KgSplit {
+    pub entities: Vec<String>,
+    pub relations: Vec<String>,
+    pub train: Vec<Triple>,
+    pub valid: Vec<Triple>,
+    pub test: Vec<Triple>,
+}
+
+/// WN18RR's relations (Dettmers et al., 2018: WN18 with the inverse relations removed) as
+/// WordNet pointer relations, with WN18RR's names. Among nouns, also_see, verb_group and
+/// similar_to do not occur.
+pub const WN18RR_RELATIONS: &[(&str, &str)] = &[
+    ("hypernym", "_hypernym"),
+    ("instance_hypernym", "_instance_hypernym"),
+    ("member_meronym", "_member_meronym"),
+    ("part_meronym", "_has_part"),
+    ("domain_topic", "_synset_domain_topic_of"),
+    ("member_of_domain_usage", "_member_of_domain_usage"),
+    ("member_of_domain_region", "_member_of_domain_region"),
+    ("derivationally_related_form", "_derivationally_related_form"),
+    ("also_see", "_also_see"),
+    ("verb_group", "_verb_group"),
+    ("similar_to", "_similar_to"),
+];
+
+/// The number of `name`, numbering it next if new.
+fn id(map: &mut HashMap<String, u32>, list: &mut Vec<String>, name: &str) -> u32 {
+    *map.entry(name.to_string()).or_insert_with(|| {
+        list.push(name.to_string());
+        (list.len() - 1) as u32
+    })
+}
+
+/// What building a split kept and dropped.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct SplitReport {
+    pub triples: usize,
+    pub train: usize,
+    pub valid: usize,
+    pub test: usize,
+    /// Valid/test triples dropped because an entity never occurs in training (it would
+    /// have no trained embedding).
+    pub dropped_unseen: usize,
+}
+
+impl KgSplit {
+    /// The WN18RR-style split of WordNet: noun synsets, the WN18RR relations between two
+    /// nouns, shuffled with `seed` and cut `train_frac`/`valid_frac`/rest; valid and test
+    /// triples with an entity unseen in training are dropped (counted in the report).
+    pub fn wordnet_nouns(g: &Graph, seed: u64, train_frac: f64, valid_frac: f64) -> Result<(Self, SplitReport)> {
+        let rel_ids: Vec<(u16, &str)> = WN18RR_RELATIONS
+            .iter()
+            .filter_map(|(ours, theirs)| g.relations.id(ours).map(|i| (i, *theirs)))
+            .collect();
+        let mut triples: Vec<(u32, usize, u32)> = Vec::new();
+        let mut used_rel: Vec<&str> = Vec::new();
+        for (h, r, t, _) in g.triples() {
+            let (Some('n'), Some('n')) = (g.concept(h).pos, g.concept(t).pos) else {
+                continue;
+            };
+            let Some(&(_, name)) = rel_ids.iter().find(|(i, _)| *i == r) else {
+                continue;
+            };
+            let k = match used_rel.iter().position(|n| *n == name) {
+                Some(k) => k,
+                None => {
+                    used_rel.push(name);
+                    used_rel.len() - 1
+                }
+            };
+            triples.push((h, k, t));
+        }
+        if triples.is_empty() {
+            return Err(Error::Data("the network has no noun-to-noun WN18RR relation".into()));
+        }
+        let named: Vec<(String, String, String)> = triples
+            .iter()
+            .map(|&(h, k, t)| (g.concept(h).id.clone(), used_rel[k].to_string(), g.concept(t).id.clone()))
+            .collect();
+        Self::split(named, seed, train_frac, valid_frac)
+    }
+
+    /// Numbers named triples (entities and relations in order of first appearance in the
+    /// shuffled list) and splits them.
+    pub fn split(
+        mut named: Vec<(String, String, String)>,
+        seed: u64,
+        train_frac: f64,
+        valid_frac: f64,
+    ) -> Result<(Self, SplitReport)> {
+        if !(0.0 < train_frac && train_frac < 1.0 && valid_frac >= 0.0 && train_frac + valid_frac <= 1.0) {
+            return Err(Error::Config(format!(
+                "split fractions train {train_frac}, valid {valid_frac} must be in (0, 1) and sum to at most 1"
+            )));
+        }
+        named.sort();
+        named.dedup();
+        Rng::new(seed).shuffle(&mut named);
+        let n = named.len();
+        let n_train = (n as f64 * train_frac).round() as usize;
+        let n_valid = (n as f64 * valid_frac).round() as usize;
+        let mut s = KgSplit::default();
+        let mut ents: HashMap<String, u32> = HashMap::new();
+        let mut rels: HashMap<String, u32> = HashMap::new();
+        let mut report = SplitReport {
+            triples: n,
+            ..Default::default()
+        };
+        for (i, (h, r, t)) in named.iter().enumerate() {
+            if i >= n_train && (!ents.contains_key(h) || !ents.contains_key(t) || !rels.contains_key(r)) {
+                report.dropped_unseen += 1;
+                continue;
+            }
+            let tr = [
+                id(&mut ents, &mut s.entities, h),
+                id(&mut rels, &mut s.relations, r),
+                id(&mut ents, &mut s.entities, t),
+            ];
+            if i < n_train {
+                s.train.push(tr);
+            } else if i < n_train + n_valid {
+                s.valid.push(tr);
+            } else {
+                s.test.push(tr);
+            }
+        }
+        report.train = s.train.len();
+        report.valid = s.valid.len();
+        report.test = s.test.len();
+        Ok((s, report))
+    }
+
+    /// Every known triple (all splits): the filter of filtered ranking.
+    pub fn known(&self) -> HashSet<Triple> {
+        self.train.iter().chain(&self.valid).chain(&self.test).copied().collect()
+    }
+
+    /// Writes `train.txt`, `valid.txt`, `test.txt` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, set) in [("train.txt", &self.train), ("valid.txt", &self.valid), ("test.txt", &self.test)] {
+            let mut s = String::with_capacity(set.len() * 40);
+            for [h, r, t] in set {
+                s.push_str(&format!(
+                    "{}\t{}\t{}\n",
+                    self.entities[*h as usize], self.relations[*r as usize], self.entities[*t as usize]
+                ));
+            }
+            crate::io::atomic::write_atomic(&dir.join(name), s.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Reads a split directory (`train.txt`, `valid.txt`, `test.txt`). Entities and relations
+    /// are numbered in order of first appearance, training first; malformed lines are errors
+    /// naming file and line.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut s = KgSplit::default();
+        let mut ents: HashMap<String, u32> = HashMap::new();
+        let mut rels: HashMap<String, u32> = HashMap::new();
+        for name in ["train.txt", "valid.txt", "test.txt"] {
+            let path = dir.join(name);
+            let text = crate::data::read_text(&path)?;
+            let mut set = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let f: Vec<&str> = line.split('\t').map(str::trim).collect();
+                if f.len() != 3 || f.iter().any(|x| x.is_empty()) {
+                    return Err(Error::format(&path, format!("line {}: expected head<TAB>relation<TAB>tail", i + 1)));
+                }
+                set.push([
+                    id(&mut ents, &mut s.entities, f[0]),
+                    id(&mut rels, &mut s.relations, f[1]),
+                    id(&mut ents, &mut s.entities, f[2]),
+                ]);
+            }
+            match name {
+                "train.txt" => s.train = set,
+                "valid.txt" => s.valid = set,
+                _ => s.test = set,
+            }
+        }
+        if s.train.is_empty() {
+            return Err(Error::format(dir.join("train.txt"), "no training triples"));
+        }
+        Ok(s)
+    }
+}
