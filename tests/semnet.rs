@@ -552,3 +552,93 @@ fn facts_name_the_concepts_of_a_question() {
         ["dog.n.01", "bark.n.01"]
     );
 }
+
+// ---- TransE against PyTorch (tests/fixtures/semnet/make_transe_fixture.py) ----
+
+#[test]
+fn transe_loss_gradients_and_ranking_match_pytorch() {
+    use candle_core::{Device, Tensor};
+    use ferroformer::semnet::transe::{self, TransE, TransEConfig};
+    let f: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("semnet/transe_torch.json")).unwrap(),
+    )
+    .unwrap();
+    let table = |k: &str| -> (Vec<f32>, usize) {
+        let rows: Vec<Vec<f32>> = serde_json::from_value(f[k].clone()).unwrap();
+        let w = rows[0].len();
+        (rows.concat(), w)
+    };
+    let triples = |k: &str| -> Vec<[u32; 3]> { serde_json::from_value(f[k].clone()).unwrap() };
+    let (e, dim) = table("entities");
+    let (r, _) = table("relations");
+    let (ne, nr) = (e.len() / dim, r.len() / dim);
+    let known: std::collections::HashSet<[u32; 3]> = triples("known").into_iter().collect();
+    for p in [1u8, 2] {
+        let mut tensors = std::collections::BTreeMap::new();
+        tensors.insert(
+            transe::ENTITY_KEY.to_string(),
+            Tensor::from_vec(e.clone(), (ne, dim), &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            transe::RELATION_KEY.to_string(),
+            Tensor::from_vec(r.clone(), (nr, dim), &Device::Cpu).unwrap(),
+        );
+        let mut store =
+            ferroformer::nn::ParamStore::from_tensors(tensors, &Device::Cpu, None).unwrap();
+        let config = TransEConfig {
+            model_type: "transe".into(),
+            n_entities: ne,
+            n_relations: nr,
+            dim,
+            norm: p,
+            margin: f["margin"].as_f64().unwrap(),
+        };
+        let m = TransE::new(&config, &mut store).unwrap();
+        let want = &f["loss"][p.to_string()];
+        let l = m.margin_loss(&triples("pos"), &triples("neg")).unwrap();
+        let loss = l.loss.to_scalar::<f32>().unwrap() as f64;
+        let lw = want["loss"].as_f64().unwrap();
+        assert!(
+            (loss - lw).abs() <= 1e-5 * lw.abs(),
+            "p={p}: loss {loss} vs PyTorch {lw}"
+        );
+        let grads = l.loss.backward().unwrap();
+        for (key, name) in [
+            (transe::ENTITY_KEY, "grad_entities"),
+            (transe::RELATION_KEY, "grad_relations"),
+        ] {
+            let g: Vec<f32> = grads
+                .get(store.vars()[key].as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w: Vec<Vec<f64>> = serde_json::from_value(want[name].clone()).unwrap();
+            let w = w.concat();
+            let scale = w.iter().fold(0f64, |a, x| a.max(x.abs()));
+            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-5 * scale,
+                    "p={p} {name}[{i}]: {a} vs PyTorch {b}"
+                );
+            }
+        }
+        let want = &f["ranking"][p.to_string()];
+        let got = transe::rank(&m, &triples("test"), &known).unwrap();
+        assert_eq!(got.queries as u64, want["queries"].as_u64().unwrap());
+        for (ours, key) in [
+            (got.mrr, "mrr"),
+            (got.mean_rank, "mean_rank"),
+            (got.hits1, "hits1"),
+            (got.hits3, "hits3"),
+            (got.hits10, "hits10"),
+        ] {
+            let theirs = want[key].as_f64().unwrap();
+            assert!(
+                (ours - theirs).abs() < 1e-12,
+                "p={p} {key}: {ours} vs {theirs}"
+            );
+        }
+    }
+}

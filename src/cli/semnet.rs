@@ -42,8 +42,9 @@ pub enum SemnetCmd {
     Export(ExportArgs),
     /// Train TransE knowledge-graph embeddings through the training engine (checkpoints,
     /// metrics.jsonl, loss.png, exact resume) and evaluate link prediction: filtered MRR,
-    /// mean rank, Hits@1/3/10 on the validation and test triples. From a network (a
-    /// WN18RR-style split of its noun synsets is built, seeded 90/5/5) or a split directory.
+    /// mean rank, Hits@1/3/10 on the validation and test triples. From a network (split
+    /// seeded 90/5/5: for WordNet, WN18RR-style over noun synsets; else all triples) or a
+    /// split directory.
     Embed(EmbedArgs),
 }
 
@@ -248,6 +249,9 @@ pub struct EmbedArgs {
     /// Adam learning rate (constant after a short warmup).
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
+    /// Warmup steps (linear, from 0 to --lr).
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
     /// Triples per step (each with one corrupted triple).
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
@@ -272,7 +276,7 @@ fn embed_cmd(a: EmbedArgs, c: &Common) -> Result<()> {
             let d = a.out.join("data");
             if !(a.resume && d.join("train.txt").exists()) {
                 let g = a.graph.open(c)?;
-                let (split, report) = semnet::kg::KgSplit::wordnet_nouns(&g, a.split_seed, 0.9, 0.05)?;
+                let (split, report) = semnet::kg::KgSplit::from_graph(&g, a.split_seed, 0.9, 0.05)?;
                 split.save(&d)?;
                 ferroformer::io::write_json_atomic(&d.join("split.json"), &report)?;
                 if c.progress() {
@@ -320,16 +324,19 @@ seed = {seed}
         steps = a.steps,
         batch = a.batch,
         lr = a.lr,
-        warmup = (a.steps / 100).min(100),
+        warmup = a.warmup.min(a.steps),
         every = a.eval_every,
     );
-    let recipe = ferroformer::train::Recipe::parse(&recipe, &[], std::path::Path::new("semnet embed"))?;
+    let recipe =
+        ferroformer::train::Recipe::parse(&recipe, &[], std::path::Path::new("semnet embed"))?;
     let (trainer, outcome) = super::pretrain::train_one(recipe, a.resume, c)?;
     if let ferroformer::train::Outcome::Interrupted { .. } = outcome {
         return Ok(());
     }
-    let (ferroformer::train::trainer::TrainModel::TransE(model), ferroformer::train::trainer::TrainData::Triples { split, known }) =
-        (&trainer.model, &trainer.data)
+    let (
+        ferroformer::train::trainer::TrainModel::TransE(model),
+        ferroformer::train::trainer::TrainData::Triples { split, known },
+    ) = (&trainer.model, &trainer.data)
     else {
         bail!("not a TransE run");
     };
@@ -338,8 +345,14 @@ seed = {seed}
         v[..a.rank_limit.unwrap_or(v.len()).min(v.len())].to_vec()
     };
     let t = Instant::now();
-    let valid = semnet::transe::rank(model, &limit(&split.valid), known)?;
-    let test = semnet::transe::rank(model, &limit(&split.test), known)?;
+    // An empty split (a tiny network) has no ranking: null, not an error.
+    let rank = |v: &[semnet::kg::Triple]| -> Result<Option<semnet::transe::Ranking>> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(semnet::transe::rank(model, &limit(v), known)?))
+    };
+    let (valid, test) = (rank(&split.valid)?, rank(&split.test)?);
     let summary = json!({
         "entities": split.entities.len(), "relations": split.relations.len(),
         "train": split.train.len(), "valid": valid, "test": test, "dim": a.dim, "norm": a.norm,
@@ -350,6 +363,10 @@ seed = {seed}
         println!("{summary}");
     } else {
         for (name, r) in [("valid", valid), ("test", test)] {
+            let Some(r) = r else {
+                println!("{name}: no triples");
+                continue;
+            };
             println!(
                 "{name}: filtered MRR {:.4}, mean rank {:.0}, Hits@1 {:.4}, Hits@3 {:.4}, Hits@10 {:.4} ({} queries)",
                 r.mrr, r.mean_rank, r.hits1, r.hits3, r.hits10, r.queries

@@ -33,7 +33,10 @@ pub const WN18RR_RELATIONS: &[(&str, &str)] = &[
     ("domain_topic", "_synset_domain_topic_of"),
     ("member_of_domain_usage", "_member_of_domain_usage"),
     ("member_of_domain_region", "_member_of_domain_region"),
-    ("derivationally_related_form", "_derivationally_related_form"),
+    (
+        "derivationally_related_form",
+        "_derivationally_related_form",
+    ),
     ("also_see", "_also_see"),
     ("verb_group", "_verb_group"),
     ("similar_to", "_similar_to"),
@@ -63,7 +66,12 @@ impl KgSplit {
     /// The WN18RR-style split of WordNet: noun synsets, the WN18RR relations between two
     /// nouns, shuffled with `seed` and cut `train_frac`/`valid_frac`/rest; valid and test
     /// triples with an entity unseen in training are dropped (counted in the report).
-    pub fn wordnet_nouns(g: &Graph, seed: u64, train_frac: f64, valid_frac: f64) -> Result<(Self, SplitReport)> {
+    pub fn wordnet_nouns(
+        g: &Graph,
+        seed: u64,
+        train_frac: f64,
+        valid_frac: f64,
+    ) -> Result<(Self, SplitReport)> {
         let rel_ids: Vec<(u16, &str)> = WN18RR_RELATIONS
             .iter()
             .filter_map(|(ours, theirs)| g.relations.id(ours).map(|i| (i, *theirs)))
@@ -87,12 +95,49 @@ impl KgSplit {
             triples.push((h, k, t));
         }
         if triples.is_empty() {
-            return Err(Error::Data("the network has no noun-to-noun WN18RR relation".into()));
+            return Err(Error::Data(
+                "the network has no noun-to-noun WN18RR relation".into(),
+            ));
         }
         let named: Vec<(String, String, String)> = triples
             .iter()
-            .map(|&(h, k, t)| (g.concept(h).id.clone(), used_rel[k].to_string(), g.concept(t).id.clone()))
+            .map(|&(h, k, t)| {
+                (
+                    g.concept(h).id.clone(),
+                    used_rel[k].to_string(),
+                    g.concept(t).id.clone(),
+                )
+            })
             .collect();
+        Self::split(named, seed, train_frac, valid_frac)
+    }
+
+    /// The split a network calls for: WordNet's (noun synsets with a hypernym relation) is
+    /// [`KgSplit::wordnet_nouns`]; any other network gives all its triples.
+    pub fn from_graph(
+        g: &Graph,
+        seed: u64,
+        train_frac: f64,
+        valid_frac: f64,
+    ) -> Result<(Self, SplitReport)> {
+        let wordnet =
+            g.relations.id("hypernym").is_some() && g.concepts.iter().any(|c| c.pos == Some('n'));
+        if wordnet {
+            return Self::wordnet_nouns(g, seed, train_frac, valid_frac);
+        }
+        let named: Vec<(String, String, String)> = g
+            .triples()
+            .map(|(h, r, t, _)| {
+                (
+                    g.concept(h).id.clone(),
+                    g.relations.name(r).to_string(),
+                    g.concept(t).id.clone(),
+                )
+            })
+            .collect();
+        if named.is_empty() {
+            return Err(Error::Data("the network has no triples to embed".into()));
+        }
         Self::split(named, seed, train_frac, valid_frac)
     }
 
@@ -104,7 +149,11 @@ impl KgSplit {
         train_frac: f64,
         valid_frac: f64,
     ) -> Result<(Self, SplitReport)> {
-        if !(0.0 < train_frac && train_frac < 1.0 && valid_frac >= 0.0 && train_frac + valid_frac <= 1.0) {
+        if !(0.0 < train_frac
+            && train_frac < 1.0
+            && valid_frac >= 0.0
+            && train_frac + valid_frac <= 1.0)
+        {
             return Err(Error::Config(format!(
                 "split fractions train {train_frac}, valid {valid_frac} must be in (0, 1) and sum to at most 1"
             )));
@@ -123,7 +172,9 @@ impl KgSplit {
             ..Default::default()
         };
         for (i, (h, r, t)) in named.iter().enumerate() {
-            if i >= n_train && (!ents.contains_key(h) || !ents.contains_key(t) || !rels.contains_key(r)) {
+            if i >= n_train
+                && (!ents.contains_key(h) || !ents.contains_key(t) || !rels.contains_key(r))
+            {
                 report.dropped_unseen += 1;
                 continue;
             }
@@ -148,18 +199,29 @@ impl KgSplit {
 
     /// Every known triple (all splits): the filter of filtered ranking.
     pub fn known(&self) -> HashSet<Triple> {
-        self.train.iter().chain(&self.valid).chain(&self.test).copied().collect()
+        self.train
+            .iter()
+            .chain(&self.valid)
+            .chain(&self.test)
+            .copied()
+            .collect()
     }
 
     /// Writes `train.txt`, `valid.txt`, `test.txt` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        for (name, set) in [("train.txt", &self.train), ("valid.txt", &self.valid), ("test.txt", &self.test)] {
+        for (name, set) in [
+            ("train.txt", &self.train),
+            ("valid.txt", &self.valid),
+            ("test.txt", &self.test),
+        ] {
             let mut s = String::with_capacity(set.len() * 40);
             for [h, r, t] in set {
                 s.push_str(&format!(
                     "{}\t{}\t{}\n",
-                    self.entities[*h as usize], self.relations[*r as usize], self.entities[*t as usize]
+                    self.entities[*h as usize],
+                    self.relations[*r as usize],
+                    self.entities[*t as usize]
                 ));
             }
             crate::io::atomic::write_atomic(&dir.join(name), s.as_bytes())?;
@@ -184,7 +246,10 @@ impl KgSplit {
                 }
                 let f: Vec<&str> = line.split('\t').map(str::trim).collect();
                 if f.len() != 3 || f.iter().any(|x| x.is_empty()) {
-                    return Err(Error::format(&path, format!("line {}: expected head<TAB>relation<TAB>tail", i + 1)));
+                    return Err(Error::format(
+                        &path,
+                        format!("line {}: expected head<TAB>relation<TAB>tail", i + 1),
+                    ));
                 }
                 set.push([
                     id(&mut ents, &mut s.entities, f[0]),

@@ -47,16 +47,31 @@ impl TransE {
     /// Builds (or reads from `store`) the embeddings: uniform on ±6/√dim as in the paper.
     pub fn new(config: &TransEConfig, store: &mut ParamStore) -> Result<Self> {
         if !matches!(config.norm, 1 | 2) {
-            return Err(Error::Config(format!("transe norm {} (expected 1 or 2)", config.norm)));
+            return Err(Error::Config(format!(
+                "transe norm {} (expected 1 or 2)",
+                config.norm
+            )));
         }
-        if config.dim == 0 || config.n_entities < 2 || config.n_relations == 0 || config.margin <= 0.0 {
+        if config.dim == 0
+            || config.n_entities < 2
+            || config.n_relations == 0
+            || config.margin <= 0.0
+        {
             return Err(Error::Config(format!(
                 "transe needs a positive dim and margin, two or more entities and a relation (got {config:?})"
             )));
         }
         let b = 6.0 / (config.dim as f64).sqrt();
-        let entities = store.get(ENTITY_KEY, &[config.n_entities, config.dim], Init::Uniform(b))?;
-        let relations = store.get(RELATION_KEY, &[config.n_relations, config.dim], Init::Uniform(b))?;
+        let entities = store.get(
+            ENTITY_KEY,
+            &[config.n_entities, config.dim],
+            Init::Uniform(b),
+        )?;
+        let relations = store.get(
+            RELATION_KEY,
+            &[config.n_relations, config.dim],
+            Init::Uniform(b),
+        )?;
         Ok(TransE {
             config: config.clone(),
             entities,
@@ -89,10 +104,16 @@ impl TransE {
     pub fn margin_loss(&self, pos: &[Triple], neg: &[Triple]) -> Result<MarginLoss> {
         let dev = self.entities.device();
         let d = |s: &[Triple]| -> Result<Tensor> {
-            self.distance(&Self::ids(s, 0, dev)?, &Self::ids(s, 1, dev)?, &Self::ids(s, 2, dev)?)
+            self.distance(
+                &Self::ids(s, 0, dev)?,
+                &Self::ids(s, 1, dev)?,
+                &Self::ids(s, 2, dev)?,
+            )
         };
         let (dp, dn) = (d(pos)?, d(neg)?);
-        let loss = ((dp.clone() - dn.clone())? + self.config.margin)?.relu()?.mean_all()?;
+        let loss = ((dp.clone() - dn.clone())? + self.config.margin)?
+            .relu()?
+            .mean_all()?;
         let (p, n) = (dp.to_vec1::<f32>()?, dn.to_vec1::<f32>()?);
         let correct = p.iter().zip(&n).filter(|(a, b)| a < b).count();
         Ok(MarginLoss { loss, correct })
@@ -126,8 +147,14 @@ impl TransE {
         crate::io::safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
         write_json_atomic(&dir.join("config.json"), &self.config)?;
         if let Some(s) = names {
-            write_atomic(&dir.join("entities.txt"), (s.entities.join("\n") + "\n").as_bytes())?;
-            write_atomic(&dir.join("relations.txt"), (s.relations.join("\n") + "\n").as_bytes())?;
+            write_atomic(
+                &dir.join("entities.txt"),
+                (s.entities.join("\n") + "\n").as_bytes(),
+            )?;
+            write_atomic(
+                &dir.join("relations.txt"),
+                (s.relations.join("\n") + "\n").as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -155,11 +182,20 @@ pub fn rank(model: &TransE, triples: &[Triple], known: &HashSet<Triple>) -> Resu
     let e = model.entities.to_device(&Device::Cpu)?;
     let n = e.sqr()?.sum_keepdim(1)?.sqrt()?;
     let ents: Vec<f32> = e.broadcast_div(&n)?.flatten_all()?.to_vec1()?;
-    let rels: Vec<f32> = model.relations.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let rels: Vec<f32> = model
+        .relations
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
     let dist = |q: &[f32], x: &[f32]| -> f32 {
         match c.norm {
             1 => q.iter().zip(x).map(|(a, b)| (a - b).abs()).sum(),
-            _ => q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt(),
+            _ => q
+                .iter()
+                .zip(x)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt(),
         }
     };
     // One query: distance of every candidate to `q`, the true one's rank among the unfiltered.
@@ -185,7 +221,10 @@ pub fn rank(model: &TransE, triples: &[Triple], known: &HashSet<Triple>) -> Resu
     let ranks: Vec<f64> = triples
         .par_iter()
         .flat_map_iter(|&[h, r, t]| {
-            let (eh, et) = (&ents[h as usize * d..(h as usize + 1) * d], &ents[t as usize * d..(t as usize + 1) * d]);
+            let (eh, et) = (
+                &ents[h as usize * d..(h as usize + 1) * d],
+                &ents[t as usize * d..(t as usize + 1) * d],
+            );
             let er = &rels[r as usize * d..(r as usize + 1) * d];
             // Tail: q = h + r, candidates t'. Head: ‖h' + r − t‖ = ‖h' − (t − r)‖.
             let qt: Vec<f32> = eh.iter().zip(er).map(|(a, b)| a + b).collect();

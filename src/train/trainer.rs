@@ -1207,23 +1207,24 @@ impl Trainer {
                     .into(),
             ));
         }
-        let (tokenizer, data, mut model, mut store, model_files) =
-            if recipe.is_text_classification() {
-                let (tokenizer, data, model, store) =
-                    text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
-                (Some(tokenizer), data, model, store, vec![])
-            } else if recipe.objective == "transe" {
-                let (data, model, store) = transe_run(&recipe, &corpus[0], from.as_deref(), device)?;
-                (None, data, model, store, vec![])
-            } else if recipe.objective == "classify" {
-                let (data, model, store) =
-                    image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
-                (None, data, model, store, vec![])
-            } else {
-                let (tokenizer, data, model, store, files) =
-                    text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
-                (Some(tokenizer), data, model, store, files)
-            };
+        let (tokenizer, data, mut model, mut store, model_files) = if recipe
+            .is_text_classification()
+        {
+            let (tokenizer, data, model, store) =
+                text_classification_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+            (Some(tokenizer), data, model, store, vec![])
+        } else if recipe.objective == "transe" {
+            let (data, model, store) = transe_run(&recipe, &corpus[0], from.as_deref(), device)?;
+            (None, data, model, store, vec![])
+        } else if recipe.objective == "classify" {
+            let (data, model, store) =
+                image_run(&recipe, &corpus[0], from.as_deref(), &out_dir, device)?;
+            (None, data, model, store, vec![])
+        } else {
+            let (tokenizer, data, model, store, files) =
+                text_run(&recipe, &corpus, from.as_deref(), &out_dir, device)?;
+            (Some(tokenizer), data, model, store, files)
+        };
         let spec = crate::peft::FreezeSpec {
             freeze: recipe.train.freeze.clone(),
             train_only: recipe.train.train_only.clone(),
