@@ -237,6 +237,10 @@ pub struct EmbedArgs {
     /// Seed of the train/valid/test split built from --graph.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// Keep only entities in at least this many triples (repeatedly, the k-core) before
+    /// splitting; 1 keeps all. WN18 kept well-connected synsets only.
+    #[arg(long, default_value_t = 1)]
+    pub min_degree: usize,
     /// Embedding dimension.
     #[arg(long, default_value_t = 100)]
     pub dim: usize,
@@ -276,7 +280,8 @@ fn embed_cmd(a: EmbedArgs, c: &Common) -> Result<()> {
             let d = a.out.join("data");
             if !(a.resume && d.join("train.txt").exists()) {
                 let g = a.graph.open(c)?;
-                let (split, report) = semnet::kg::KgSplit::from_graph(&g, a.split_seed, 0.9, 0.05)?;
+                let (split, report) =
+                    semnet::kg::KgSplit::from_graph(&g, a.split_seed, 0.9, 0.05, a.min_degree)?;
                 split.save(&d)?;
                 ferroformer::io::write_json_atomic(&d.join("split.json"), &report)?;
                 if c.progress() {

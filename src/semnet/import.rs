@@ -203,9 +203,8 @@ pub fn conceptnet(g: &mut Graph, path: &Path, langs: &[String]) -> Result<Import
                 continue;
             }
         };
-        if !langs.is_empty()
-            && !(langs.iter().any(|l| l == start.1) && langs.iter().any(|l| l == end.1))
-        {
+        let wanted = |lang: &str| langs.is_empty() || langs.iter().any(|l| l == lang);
+        if !(wanted(start.1) && wanted(end.1)) {
             continue;
         }
         let weight = info["weight"].as_f64().unwrap_or(1.0) as f32;

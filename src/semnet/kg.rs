@@ -66,11 +66,13 @@ impl KgSplit {
     /// The WN18RR-style split of WordNet: noun synsets, the WN18RR relations between two
     /// nouns, shuffled with `seed` and cut `train_frac`/`valid_frac`/rest; valid and test
     /// triples with an entity unseen in training are dropped (counted in the report).
+    /// `min_degree` > 1 keeps only the k-core first (see [`KgSplit::min_degree`]).
     pub fn wordnet_nouns(
         g: &Graph,
         seed: u64,
         train_frac: f64,
         valid_frac: f64,
+        min_degree: usize,
     ) -> Result<(Self, SplitReport)> {
         let rel_ids: Vec<(u16, &str)> = WN18RR_RELATIONS
             .iter()
@@ -109,7 +111,12 @@ impl KgSplit {
                 )
             })
             .collect();
-        Self::split(named, seed, train_frac, valid_frac)
+        Self::split(
+            Self::min_degree(named, min_degree),
+            seed,
+            train_frac,
+            valid_frac,
+        )
     }
 
     /// The split a network calls for: WordNet's (noun synsets with a hypernym relation) is
@@ -119,11 +126,12 @@ impl KgSplit {
         seed: u64,
         train_frac: f64,
         valid_frac: f64,
+        min_degree: usize,
     ) -> Result<(Self, SplitReport)> {
         let wordnet =
             g.relations.id("hypernym").is_some() && g.concepts.iter().any(|c| c.pos == Some('n'));
         if wordnet {
-            return Self::wordnet_nouns(g, seed, train_frac, valid_frac);
+            return Self::wordnet_nouns(g, seed, train_frac, valid_frac, min_degree);
         }
         let named: Vec<(String, String, String)> = g
             .triples()
@@ -135,10 +143,37 @@ impl KgSplit {
                 )
             })
             .collect();
+        let named = Self::min_degree(named, min_degree);
         if named.is_empty() {
             return Err(Error::Data("the network has no triples to embed".into()));
         }
         Self::split(named, seed, train_frac, valid_frac)
+    }
+
+    /// Keeps the triples whose two entities each take part in at least `k` of the kept
+    /// triples (the k-core, found by repeated removal): WN18 kept only well-connected
+    /// synsets, and an entity met once is unpredictable once its one triple is held out.
+    pub fn min_degree(
+        named: Vec<(String, String, String)>,
+        k: usize,
+    ) -> Vec<(String, String, String)> {
+        let mut named = named;
+        loop {
+            let mut deg: HashMap<&str, usize> = HashMap::new();
+            for (h, _, t) in &named {
+                *deg.entry(h).or_default() += 1;
+                *deg.entry(t).or_default() += 1;
+            }
+            let keep: Vec<bool> = named
+                .iter()
+                .map(|(h, _, t)| deg[h.as_str()] >= k && deg[t.as_str()] >= k)
+                .collect();
+            if keep.iter().all(|&x| x) {
+                return named;
+            }
+            let mut it = keep.into_iter();
+            named.retain(|_| it.next().unwrap_or(false));
+        }
     }
 
     /// Numbers named triples (entities and relations in order of first appearance in the
