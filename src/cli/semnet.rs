@@ -241,6 +241,10 @@ pub struct EmbedArgs {
     /// splitting; 1 keeps all. WN18 kept well-connected synsets only.
     #[arg(long, default_value_t = 1)]
     pub min_degree: usize,
+    /// WordNet: keep triples between synsets of every part of speech, as WN18RR does,
+    /// instead of nouns only.
+    #[arg(long, default_value_t = false)]
+    pub all_pos: bool,
     /// Embedding dimension.
     #[arg(long, default_value_t = 100)]
     pub dim: usize,
@@ -280,8 +284,15 @@ fn embed_cmd(a: EmbedArgs, c: &Common) -> Result<()> {
             let d = a.out.join("data");
             if !(a.resume && d.join("train.txt").exists()) {
                 let g = a.graph.open(c)?;
-                let (split, report) =
-                    semnet::kg::KgSplit::from_graph(&g, a.split_seed, 0.9, 0.05, a.min_degree)?;
+                let (split, report) = semnet::kg::KgSplit::from_graph(
+                    &g,
+                    &semnet::kg::SplitOptions {
+                        seed: a.split_seed,
+                        min_degree: a.min_degree,
+                        nouns_only: !a.all_pos,
+                        ..Default::default()
+                    },
+                )?;
                 split.save(&d)?;
                 ferroformer::io::write_json_atomic(&d.join("split.json"), &report)?;
                 if c.progress() {

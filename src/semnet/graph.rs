@@ -53,6 +53,17 @@ pub struct Graph {
     by_label: HashMap<String, Vec<u32>>,
 }
 
+/// Hops with the first of each target concept kept, in order.
+pub fn unique(hops: impl IntoIterator<Item = Hop>) -> Vec<Hop> {
+    let mut out: Vec<Hop> = Vec::new();
+    for h in hops {
+        if !out.iter().any(|o| o.to == h.to) {
+            out.push(h);
+        }
+    }
+    out
+}
+
 /// One neighbour reached from a concept: the concept, the relation as asked, and whether the
 /// stored edge was read backwards (symmetric or inverse).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,73 +236,48 @@ impl Graph {
         }))
     }
 
+    /// The edges of `c` in direction `dir` whose relation passes `keep`, as hops to their
+    /// other ends, in the order they were added (petgraph lists a node's edges newest first).
+    pub fn hops_where(&self, c: u32, dir: Direction, keep: impl Fn(RelId) -> bool) -> Vec<Hop> {
+        let reversed = dir == Direction::Incoming;
+        let mut v: Vec<Hop> = self
+            .graph
+            .edges_directed(NodeIndex::new(c as usize), dir)
+            .filter(|e| keep(e.weight().rel))
+            .map(|e| Hop {
+                to: if reversed { e.source() } else { e.target() }.index() as u32,
+                rel: e.weight().rel,
+                edge: e.id(),
+                reversed,
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+
     /// The concepts `from` reaches by `rel`: its own edges, edges into it for a symmetric
     /// relation, and edges into it of the declared inverse. Each concept once, in edge order.
     pub fn hops(&self, from: u32, rel: RelId) -> Vec<Hop> {
-        let node = NodeIndex::new(from as usize);
-        let r = self.relations.get(rel);
+        let symmetric = self.relations.get(rel).symmetric;
         let inverse = self.relations.inverse(rel);
-        let mut out: Vec<Hop> = Vec::new();
-        let mut push = |h: Hop| {
-            if !out.iter().any(|o| o.to == h.to) {
-                out.push(h);
-            }
-        };
-        let mut outgoing: Vec<_> = self
-            .graph
-            .edges_directed(node, Direction::Outgoing)
-            .filter(|e| e.weight().rel == rel)
-            .collect();
-        // petgraph lists a node's edges newest first; report them as they were added.
-        outgoing.reverse();
-        for e in outgoing {
-            push(Hop {
-                to: e.target().index() as u32,
-                rel,
-                edge: e.id(),
-                reversed: false,
-            });
+        let mut found = self.hops_where(from, Direction::Outgoing, |r| r == rel);
+        if symmetric || inverse.is_some() {
+            found.extend(self.hops_where(from, Direction::Incoming, |r| {
+                (symmetric && r == rel) || Some(r) == inverse
+            }));
         }
-        if r.symmetric || inverse.is_some() {
-            let mut incoming: Vec<_> = self
-                .graph
-                .edges_directed(node, Direction::Incoming)
-                .filter(|e| {
-                    let er = e.weight().rel;
-                    (r.symmetric && er == rel) || Some(er) == inverse
-                })
-                .collect();
-            incoming.reverse();
-            for e in incoming {
-                push(Hop {
-                    to: e.source().index() as u32,
-                    rel,
-                    edge: e.id(),
-                    reversed: true,
-                });
-            }
-        }
-        out
+        unique(found.into_iter().map(|h| Hop { rel, ..h }))
     }
 
     /// Every relation `from` takes part in, both ways: (relation as stored, other concept,
     /// whether `from` is the tail).
     pub fn all_edges(&self, from: u32) -> Vec<(Edge, u32, bool)> {
-        let node = NodeIndex::new(from as usize);
-        let mut out: Vec<_> = self
-            .graph
-            .edges_directed(node, Direction::Outgoing)
-            .map(|e| (*e.weight(), e.target().index() as u32, false))
-            .collect();
-        out.reverse();
-        let mut inc: Vec<_> = self
-            .graph
-            .edges_directed(node, Direction::Incoming)
-            .map(|e| (*e.weight(), e.source().index() as u32, true))
-            .collect();
-        inc.reverse();
-        out.extend(inc);
-        out
+        let all = |_| true;
+        self.hops_where(from, Direction::Outgoing, all)
+            .into_iter()
+            .chain(self.hops_where(from, Direction::Incoming, all))
+            .map(|h| (self.graph[h.edge], h.to, h.reversed))
+            .collect()
     }
 
     /// All edges as (head, relation, tail, edge), in insertion order.

@@ -1,9 +1,10 @@
 //! Inference over a network: transitive closure, inherited properties with exceptions,
 //! shortest paths between concepts, and cycle checks for relations declared acyclic.
 
-use crate::semnet::graph::{Graph, Hop};
+use crate::semnet::graph::{unique, Graph, Hop};
 use crate::semnet::relation::RelId;
 use crate::{Error, Result};
+use petgraph::Direction;
 use std::collections::VecDeque;
 
 /// A concept reached by closure, with its distance in hops.
@@ -25,56 +26,26 @@ impl Graph {
     pub fn step(&self, c: u32, rels: &[RelId], toward: Toward) -> Vec<Hop> {
         let mut out: Vec<Hop> = Vec::new();
         for &r in rels {
-            let rel = match toward {
-                Toward::Up => Some(r),
-                // Against r = along its inverse; a symmetric relation is its own inverse.
-                Toward::Down if self.relations.get(r).symmetric => Some(r),
-                Toward::Down => None,
+            // Against r = along its inverse; a symmetric relation is its own inverse.
+            let hops = match toward {
+                Toward::Down if !self.relations.get(r).symmetric => self.reverse_hops(c, r),
+                _ => self.hops(c, r),
             };
-            let hops = match rel {
-                Some(rel) => self.hops(c, rel),
-                None => self.reverse_hops(c, r),
-            };
-            for h in hops {
-                if !out.iter().any(|o| o.to == h.to) {
-                    out.push(h);
-                }
-            }
+            out.extend(hops);
         }
-        out
+        unique(out)
     }
 
-    /// Concepts with an `r` edge (or an inverse-of-`r` edge from `c`) to `c`.
+    /// Concepts with an `r` edge to `c`, or that `c` points to with r's inverse.
     fn reverse_hops(&self, c: u32, r: RelId) -> Vec<Hop> {
-        use petgraph::visit::EdgeRef;
-        let node = petgraph::graph::NodeIndex::new(c as usize);
         let inv = self.relations.inverse(r);
-        let mut out: Vec<Hop> = Vec::new();
-        let mut inc: Vec<_> = self
-            .graph
-            .edges_directed(node, petgraph::Direction::Incoming)
-            .filter(|e| e.weight().rel == r)
-            .map(|e| (e.source().index() as u32, e.id()))
-            .collect();
-        inc.reverse();
-        let mut outg: Vec<_> = self
-            .graph
-            .edges_directed(node, petgraph::Direction::Outgoing)
-            .filter(|e| Some(e.weight().rel) == inv)
-            .map(|e| (e.target().index() as u32, e.id()))
-            .collect();
-        outg.reverse();
-        for (to, edge) in inc.into_iter().chain(outg) {
-            if !out.iter().any(|o| o.to == to) {
-                out.push(Hop {
-                    to,
-                    rel: r,
-                    edge,
-                    reversed: true,
-                });
-            }
-        }
-        out
+        let mut found = self.hops_where(c, Direction::Incoming, |x| x == r);
+        found.extend(self.hops_where(c, Direction::Outgoing, |x| Some(x) == inv));
+        unique(found.into_iter().map(|h| Hop {
+            rel: r,
+            reversed: true,
+            ..h
+        }))
     }
 
     /// Breadth-first transitive closure of `c` over `rels` (`c` itself excluded), nearest
@@ -163,7 +134,6 @@ impl Graph {
         if a == b {
             return Some(Vec::new());
         }
-        use petgraph::visit::EdgeRef;
         let mut prev: Vec<Option<Hop>> = vec![None; self.len()];
         let mut seen = vec![false; self.len()];
         seen[a as usize] = true;
@@ -173,25 +143,8 @@ impl Graph {
             if max_len > 0 && d >= max_len {
                 continue;
             }
-            let node = petgraph::graph::NodeIndex::new(x as usize);
-            let mut next: Vec<Hop> = Vec::new();
-            for dir in [petgraph::Direction::Outgoing, petgraph::Direction::Incoming] {
-                let mut es: Vec<_> = self.graph.edges_directed(node, dir).collect();
-                es.reverse();
-                for e in es {
-                    if !allowed(e.weight().rel) {
-                        continue;
-                    }
-                    let reversed = dir == petgraph::Direction::Incoming;
-                    let to = if reversed { e.source() } else { e.target() }.index() as u32;
-                    next.push(Hop {
-                        to,
-                        rel: e.weight().rel,
-                        edge: e.id(),
-                        reversed,
-                    });
-                }
-            }
+            let mut next = self.hops_where(x, Direction::Outgoing, allowed);
+            next.extend(self.hops_where(x, Direction::Incoming, allowed));
             for h in next {
                 if seen[h.to as usize] {
                     continue;

@@ -62,76 +62,70 @@ pub struct SplitReport {
     pub dropped_unseen: usize,
 }
 
+/// How a network's triples become a split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitOptions {
+    pub seed: u64,
+    pub train_frac: f64,
+    pub valid_frac: f64,
+    /// Keep only the k-core first (see [`KgSplit::min_degree`]); 1 keeps all.
+    pub min_degree: usize,
+    /// WordNet: only noun-to-noun triples (the default); otherwise every part of speech, as
+    /// WN18RR has.
+    pub nouns_only: bool,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions {
+            seed: 0,
+            train_frac: 0.9,
+            valid_frac: 0.05,
+            min_degree: 1,
+            nouns_only: true,
+        }
+    }
+}
+
 impl KgSplit {
-    /// The WN18RR-style split of WordNet: noun synsets, the WN18RR relations between two
-    /// nouns, shuffled with `seed` and cut `train_frac`/`valid_frac`/rest; valid and test
-    /// triples with an entity unseen in training are dropped (counted in the report).
-    /// `min_degree` > 1 keeps only the k-core first (see [`KgSplit::min_degree`]).
-    pub fn wordnet_nouns(
-        g: &Graph,
-        seed: u64,
-        train_frac: f64,
-        valid_frac: f64,
-        min_degree: usize,
-    ) -> Result<(Self, SplitReport)> {
+    /// The WN18RR-style split of WordNet: the WN18RR relations (inverses removed) between
+    /// noun synsets (or all synsets), with WN18RR's relation names, shuffled with the seed
+    /// and cut train/valid/rest; valid and test triples with an entity unseen in training
+    /// are dropped (counted in the report).
+    pub fn wordnet(g: &Graph, o: &SplitOptions) -> Result<(Self, SplitReport)> {
         let rel_ids: Vec<(u16, &str)> = WN18RR_RELATIONS
             .iter()
             .filter_map(|(ours, theirs)| g.relations.id(ours).map(|i| (i, *theirs)))
             .collect();
-        let mut triples: Vec<(u32, usize, u32)> = Vec::new();
-        let mut used_rel: Vec<&str> = Vec::new();
+        let mut named: Vec<(String, String, String)> = Vec::new();
         for (h, r, t, _) in g.triples() {
-            let (Some('n'), Some('n')) = (g.concept(h).pos, g.concept(t).pos) else {
+            let nouns = g.concept(h).pos == Some('n') && g.concept(t).pos == Some('n');
+            if o.nouns_only && !nouns {
                 continue;
-            };
-            let Some(&(_, name)) = rel_ids.iter().find(|(i, _)| *i == r) else {
-                continue;
-            };
-            let k = match used_rel.iter().position(|n| *n == name) {
-                Some(k) => k,
-                None => {
-                    used_rel.push(name);
-                    used_rel.len() - 1
-                }
-            };
-            triples.push((h, k, t));
+            }
+            if let Some(&(_, name)) = rel_ids.iter().find(|(i, _)| *i == r) {
+                named.push((
+                    g.concept(h).id.clone(),
+                    name.to_string(),
+                    g.concept(t).id.clone(),
+                ));
+            }
         }
-        if triples.is_empty() {
+        if named.is_empty() {
             return Err(Error::Data(
-                "the network has no noun-to-noun WN18RR relation".into(),
+                "the network has no WN18RR relation to split".into(),
             ));
         }
-        let named: Vec<(String, String, String)> = triples
-            .iter()
-            .map(|&(h, k, t)| {
-                (
-                    g.concept(h).id.clone(),
-                    used_rel[k].to_string(),
-                    g.concept(t).id.clone(),
-                )
-            })
-            .collect();
-        Self::split(
-            Self::min_degree(named, min_degree),
-            seed,
-            train_frac,
-            valid_frac,
-        )
+        Self::split(Self::min_degree(named, o.min_degree), o)
     }
 
-    /// The split a network calls for: WordNet's (noun synsets with a hypernym relation) is
-    /// [`KgSplit::wordnet_nouns`]; any other network gives all its triples.
-    pub fn from_graph(
-        g: &Graph,
-        seed: u64,
-        train_frac: f64,
-        valid_frac: f64,
-        min_degree: usize,
-    ) -> Result<(Self, SplitReport)> {
+    /// The split a network calls for: WordNet's (synsets with parts of speech and a
+    /// hypernym relation) is [`KgSplit::wordnet`]; any other network gives all its triples.
+    pub fn from_graph(g: &Graph, o: &SplitOptions) -> Result<(Self, SplitReport)> {
         let wordnet =
             g.relations.id("hypernym").is_some() && g.concepts.iter().any(|c| c.pos == Some('n'));
         if wordnet {
-            return Self::wordnet_nouns(g, seed, train_frac, valid_frac, min_degree);
+            return Self::wordnet(g, o);
         }
         let named: Vec<(String, String, String)> = g
             .triples()
@@ -143,11 +137,11 @@ impl KgSplit {
                 )
             })
             .collect();
-        let named = Self::min_degree(named, min_degree);
+        let named = Self::min_degree(named, o.min_degree);
         if named.is_empty() {
             return Err(Error::Data("the network has no triples to embed".into()));
         }
-        Self::split(named, seed, train_frac, valid_frac)
+        Self::split(named, o)
     }
 
     /// Keeps the triples whose two entities each take part in at least `k` of the kept
@@ -180,10 +174,9 @@ impl KgSplit {
     /// shuffled list) and splits them.
     pub fn split(
         mut named: Vec<(String, String, String)>,
-        seed: u64,
-        train_frac: f64,
-        valid_frac: f64,
+        o: &SplitOptions,
     ) -> Result<(Self, SplitReport)> {
+        let (seed, train_frac, valid_frac) = (o.seed, o.train_frac, o.valid_frac);
         if !(0.0 < train_frac
             && train_frac < 1.0
             && valid_frac >= 0.0
@@ -302,5 +295,78 @@ impl KgSplit {
             return Err(Error::format(dir.join("train.txt"), "no training triples"));
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: &str, r: &str, x: &str) -> (String, String, String) {
+        (h.into(), r.into(), x.into())
+    }
+
+    #[test]
+    fn k_core_removes_weakly_connected_entities_repeatedly() {
+        // d hangs on c by one triple; once d goes, c has one triple left and goes too.
+        let named = vec![
+            t("a", "r", "b"),
+            t("b", "r", "a"),
+            t("b", "s", "c"),
+            t("c", "s", "d"),
+        ];
+        let kept = KgSplit::min_degree(named.clone(), 2);
+        assert_eq!(kept, [t("a", "r", "b"), t("b", "r", "a")]);
+        assert_eq!(KgSplit::min_degree(named.clone(), 1), named);
+    }
+
+    #[test]
+    fn split_is_seeded_counts_unseen_and_round_trips() {
+        let named: Vec<_> = (0..200)
+            .map(|i| {
+                t(
+                    &format!("e{}", i % 37),
+                    if i % 3 == 0 { "r" } else { "s" },
+                    &format!("e{}", (i * 7 + 1) % 41),
+                )
+            })
+            .collect();
+        let o = SplitOptions::default();
+        let (a, ra) = KgSplit::split(named.clone(), &o).unwrap();
+        let (b, _) = KgSplit::split(named.clone(), &o).unwrap();
+        assert_eq!(a, b);
+        let (c, _) = KgSplit::split(
+            named.clone(),
+            &SplitOptions {
+                seed: 1,
+                ..o.clone()
+            },
+        )
+        .unwrap();
+        assert_ne!(a.train, c.train);
+        assert_eq!(
+            ra.train + ra.valid + ra.test + ra.dropped_unseen,
+            ra.triples
+        );
+        assert_eq!(ra.train, 180);
+        // Every valid/test entity occurs in training.
+        let seen: std::collections::HashSet<u32> =
+            a.train.iter().flat_map(|x| [x[0], x[2]]).collect();
+        assert!(a
+            .valid
+            .iter()
+            .chain(&a.test)
+            .all(|x| seen.contains(&x[0]) && seen.contains(&x[2])));
+        let dir = tempfile::tempdir().unwrap();
+        a.save(dir.path()).unwrap();
+        assert_eq!(KgSplit::load(dir.path()).unwrap(), a);
+        let bad = KgSplit::split(
+            named,
+            &SplitOptions {
+                train_frac: 1.5,
+                ..o
+            },
+        );
+        assert!(bad.unwrap_err().to_string().contains("split fractions"));
     }
 }
