@@ -12,7 +12,8 @@ DIR holds train.txt, valid.txt, test.txt (head<TAB>relation<TAB>tail); entities 
 are numbered in order of first appearance reading train, valid, then test (KgSplit::load).
 
 The model, as transe.rs:
-  E [n_entities, dim], R [n_relations, dim], uniform on +-6/sqrt(dim) (float32);
+  E [n_entities, dim], R [n_relations, dim], uniform on +-6/sqrt(dim) (float32), each R row
+  then scaled to unit L2 norm (Bordes et al.'s initialisation);
   d(h, r, t) = || E[h]/||E[h]||_2 + R[r] - E[t]/||E[t]||_2 ||_p, p = 1 or 2;
   loss = mean relu(margin + d(pos) - d(neg)); each negative replaces the head (odds 1/2) or the
   tail by a uniformly drawn other entity.
@@ -153,7 +154,8 @@ def main():
 
     b = 6.0 / a.dim**0.5
     E = torch.empty(n_ent, a.dim).uniform_(-b, b).requires_grad_(True)
-    R = torch.empty(n_rel, a.dim).uniform_(-b, b).requires_grad_(True)
+    R = torch.empty(n_rel, a.dim).uniform_(-b, b)
+    R = (R / R.norm(dim=-1, keepdim=True)).requires_grad_(True)  # the paper's unit-norm init
     opt = torch.optim.Adam([E, R], lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     perm, perm_epoch = None, -1

@@ -161,8 +161,8 @@ pub struct VerbalizeArgs {
     /// Only triples about these concepts (as head or tail) [default: all].
     #[arg(long, value_delimiter = ',')]
     pub concept: Vec<String>,
-    /// text (one sentence per line), jsonl ({"text": ...}: a pre-training corpus) or
-    /// messages (chat records, the fact to complete: `instruct` trains on them).
+    /// text (one sentence per line; jsonl with --json), jsonl ({"text": ...}: a pre-training
+    /// corpus) or messages (chat records, the fact to complete: `instruct` trains on them).
     #[arg(long, default_value = "text")]
     pub format: String,
     /// At most this many (0: all).
@@ -666,7 +666,10 @@ fn path(a: PathArgs, c: &Common) -> Result<()> {
 }
 
 fn verbalize_cmd(a: VerbalizeArgs, c: &Common) -> Result<()> {
-    let form: verbalize::Form = a.format.parse()?;
+    let mut form: verbalize::Form = a.format.parse()?;
+    if c.json && form == verbalize::Form::Text {
+        form = verbalize::Form::Jsonl;
+    }
     let g = a.graph.open(c)?;
     let rels = relations(&g, &a.relation)?;
     let concepts: Vec<u32> = a

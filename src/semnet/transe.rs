@@ -44,7 +44,8 @@ pub struct MarginLoss {
 }
 
 impl TransE {
-    /// Builds (or reads from `store`) the embeddings: uniform on ±6/√dim as in the paper.
+    /// Builds (or reads from `store`) the embeddings: uniform on ±6/√dim as in the paper,
+    /// fresh relation vectors then scaled to unit L2 norm (the paper's initialisation).
     pub fn new(config: &TransEConfig, store: &mut ParamStore) -> Result<Self> {
         if !matches!(config.norm, 1 | 2) {
             return Err(Error::Config(format!(
@@ -62,16 +63,20 @@ impl TransE {
             )));
         }
         let b = 6.0 / (config.dim as f64).sqrt();
+        let fresh = !store.vars().contains_key(RELATION_KEY) && store.shapes().is_none();
         let entities = store.get(
             ENTITY_KEY,
             &[config.n_entities, config.dim],
             Init::Uniform(b),
         )?;
-        let relations = store.get(
-            RELATION_KEY,
-            &[config.n_relations, config.dim],
-            Init::Uniform(b),
-        )?;
+        let rel_dims = [config.n_relations, config.dim];
+        let mut relations = store.get(RELATION_KEY, &rel_dims, Init::Uniform(b))?;
+        if fresh {
+            // The paper scales each relation vector to unit norm once, at initialisation.
+            let n = relations.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+            store.insert(RELATION_KEY, relations.broadcast_div(&n)?)?;
+            relations = store.get(RELATION_KEY, &rel_dims, Init::Zeros)?;
+        }
         Ok(TransE {
             config: config.clone(),
             entities,
