@@ -5,7 +5,7 @@ same split with the same settings. Prints progress to stderr and one JSON line t
      "versions": {...}}
 
     ~/.cache/ferroformer-ref/bin/python bench/transe_torch.py --split DIR [--dim 100 --norm 1
-        --margin 1.0 --lr 0.01 --batch 1024 --steps 10000 --seed 0 --threads 2]
+        --margin 6.0 --lr 0.01 --batch 1024 --steps 10000 --seed 0 --threads 2]
         [--warmup N] [--log-every 1000] [--rank-limit N] [--save DIR]
 
 DIR holds train.txt, valid.txt, test.txt (head<TAB>relation<TAB>tail); entities and relations
@@ -130,7 +130,7 @@ def main():
     ap.add_argument("--split", required=True)
     ap.add_argument("--dim", type=int, default=100)
     ap.add_argument("--norm", type=int, default=1, choices=(1, 2))
-    ap.add_argument("--margin", type=float, default=1.0)
+    ap.add_argument("--margin", type=float, default=6.0)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=10000)
