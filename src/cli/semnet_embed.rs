@@ -41,7 +41,7 @@ pub struct EmbedArgs {
     /// Margin of the ranking loss (6 was best of 1, 2, 4, 6 on WordNet's validation MRR).
     #[arg(long, default_value_t = 6.0)]
     pub margin: f64,
-    /// Adam learning rate (constant after a short warmup).
+    /// Adam learning rate (betas 0.9, 0.999; constant after a short warmup).
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
     /// Warmup steps (linear, from 0 to --lr).
@@ -114,6 +114,7 @@ lr = {lr}
 min_lr = {lr}
 warmup_steps = {warmup}
 weight_decay = 0.0
+beta2 = 0.999
 grad_clip = 0.0
 eval_interval = {every}
 eval_iters = 5
