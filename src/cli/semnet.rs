@@ -5,7 +5,7 @@ use super::Common;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ferroformer::semnet::{
-    self, export, extract, facts, import, verbalize, Graph, Measure, Node, Opened, Taxonomy, Toward,
+    self, export, extract, facts, verbalize, Graph, Measure, Node, Opened, Taxonomy, Toward,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -240,17 +240,7 @@ pub fn run(cmd: SemnetCmd, c: &Common) -> Result<()> {
 
 fn import_cmd(a: ImportArgs, c: &Common) -> Result<()> {
     let t = Instant::now();
-    let (g, how) = if a.source.ends_with(".csv") && !a.lang.is_empty() {
-        let mut rels = semnet::Relations::builtin();
-        if let Some(r) = &a.relations {
-            rels.extend_file(r)?;
-        }
-        let mut g = Graph::new(rels);
-        let r = import::conceptnet(&mut g, std::path::Path::new(&a.source), &a.lang)?;
-        (g, Opened::ConceptNet(r))
-    } else {
-        semnet::open(&a.source, a.relations.as_deref())?
-    };
+    let (g, how) = semnet::open_with(&a.source, a.relations.as_deref(), &a.lang)?;
     let read_s = t.elapsed().as_secs_f64();
     let all: Vec<_> = g.relations.iter().map(|(i, _)| i).collect();
     let cycles = g.cycles(&all);

@@ -5,7 +5,6 @@
 use crate::io::atomic::write_atomic;
 use crate::semnet::graph::Graph;
 use crate::{Error, Result};
-use petgraph::visit::EdgeRef;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -203,18 +202,22 @@ fn draw_rings(g: &Graph, nodes: &[(u32, u32)], path: &Path) -> Result<()> {
             pos[i] = (w / 2 + (r * a.cos()) as i32, h / 2 + (r * a.sin()) as i32);
         }
     }
-    let index = |c: u32| nodes.iter().position(|n| n.0 == c);
+    let index: std::collections::HashMap<u32, usize> =
+        nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
     let tmp = path.with_extension("tmp.png");
     let err = |e: &dyn std::fmt::Display| Error::format(path, format!("cannot draw: {e}"));
     {
         let root = BitMapBackend::new(&tmp, (w as u32, h as u32)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let grey = RGBColor(110, 110, 110);
-        for e in g.graph.edge_references() {
-            let (Some(a), Some(b)) = (
-                index(e.source().index() as u32),
-                index(e.target().index() as u32),
-            ) else {
+        // Each edge among the drawn concepts once: from its head's outgoing edges.
+        let among = nodes.iter().flat_map(|&(c, _)| {
+            g.hops_where(c, petgraph::Direction::Outgoing, |_| true)
+                .into_iter()
+                .map(move |h| (c, h))
+        });
+        for (from, hop) in among {
+            let (a, Some(&b)) = (index[&from], index.get(&hop.to)) else {
                 continue;
             };
             let (p, q) = (pos[a], pos[b]);
@@ -237,7 +240,7 @@ fn draw_rings(g: &Graph, nodes: &[(u32, u32)], path: &Path) -> Result<()> {
             ))
             .map_err(|e| err(&e))?;
             let mid = ((p.0 + q.0) / 2, (p.1 + q.1) / 2);
-            let rel = g.relations.name(e.weight().rel);
+            let rel = g.relations.name(hop.rel);
             root.draw(&Text::new(
                 rel.to_string(),
                 mid,

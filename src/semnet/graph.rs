@@ -98,19 +98,6 @@ impl Graph {
         self.graph.edge_count()
     }
 
-    /// The index of the concept `id`, adding it (no labels) if new.
-    pub fn intern(&mut self, id: &str) -> u32 {
-        if let Some(&i) = self.by_id.get(id) {
-            return i;
-        }
-        self.add_concept(Concept {
-            id: id.to_string(),
-            labels: Vec::new(),
-            gloss: None,
-            pos: None,
-        })
-    }
-
     /// Adds a concept; an existing id is updated with any labels, gloss and pos it lacked.
     pub fn add_concept(&mut self, c: Concept) -> u32 {
         if let Some(&i) = self.by_id.get(&c.id) {

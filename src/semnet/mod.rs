@@ -38,6 +38,15 @@ pub enum Opened {
 /// saved `.semnet` file, TSV triples (`.tsv`/`.txt`) or a ConceptNet dump (`.csv`).
 /// `relations` (a TOML file) adds or overrides relation declarations for text imports.
 pub fn open(spec: &str, relations: Option<&Path>) -> Result<(Graph, Opened)> {
+    open_with(spec, relations, &[])
+}
+
+/// [`open`], keeping only ConceptNet edges whose two ends are in `langs` (empty: all).
+pub fn open_with(
+    spec: &str,
+    relations: Option<&Path>,
+    langs: &[String],
+) -> Result<(Graph, Opened)> {
     let path = Path::new(spec);
     let mut rels = Relations::builtin();
     if let Some(r) = relations {
@@ -70,7 +79,7 @@ pub fn open(spec: &str, relations: Option<&Path>) -> Result<(Graph, Opened)> {
         "semnet" => Ok((store::load(path)?, Opened::Saved)),
         "csv" => {
             let mut g = Graph::new(rels);
-            let r = import::conceptnet(&mut g, path, &[])?;
+            let r = import::conceptnet(&mut g, path, langs)?;
             Ok((g, Opened::ConceptNet(r)))
         }
         "tsv" | "txt" => {

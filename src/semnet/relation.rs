@@ -85,20 +85,8 @@ impl Relations {
     pub fn extend_toml(&mut self, text: &str, path: &Path) -> Result<()> {
         let decl: BTreeMap<String, Relation> = toml::from_str(text)
             .map_err(|e| Error::format(path, format!("relation declarations: {e}")))?;
-        // Keep the file's order: BTreeMap sorted them, so order by first appearance.
-        let mut names: Vec<(usize, String)> = decl
-            .keys()
-            .map(|n| {
-                (
-                    text.find(&format!("[{n}]")).unwrap_or(usize::MAX),
-                    n.clone(),
-                )
-            })
-            .collect();
-        names.sort();
-        let mut decl = decl;
-        for (_, name) in names {
-            let mut rel = decl.remove(&name).expect("declared");
+        // New relations get ids in name order; a saved network stores its ids with it.
+        for (name, mut rel) in decl {
             rel.name = name;
             self.declare(rel);
         }
