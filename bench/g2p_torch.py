@@ -26,7 +26,8 @@ token per phoneme; written with the first checkpoint. Until then it is rebuilt a
 builds it: the sorted phonemes of the training words after the specials, with a warning). The
 pronunciations come from the lexicon (--data, default: the recipe's data.corpus, asset:NAME
 being $FERROFORMER_CACHE/NAME or ~/.cache/ferroformer/NAME): `word PH1 PH2 ... # comment`
-lines, `word(2)` an alternate pronunciation of `word`.
+lines, `word(2)` an alternate pronunciation of `word`; with data.stress = false the stress digits
+are dropped and pronunciations that become equal merged, as ferroformer does.
 
 Same data: source = the word's characters + </s>, target = its phonemes + </s>; one training
 pair per (training word, pronunciation); batch_size pairs drawn with replacement per step
@@ -199,6 +200,15 @@ if data_arg.startswith("asset:"):
 if not os.path.exists(data_arg):
     sys.exit(f"{data_arg}: no such lexicon (pass --data, or set FERROFORMER_CACHE)")
 lex_path, lex = read_cmudict(data_arg)
+if not d_cfg.get("stress", True):
+    # ferroformer's Lexicon::without_stress: digits dropped, equal pronunciations merged.
+    for w, prons in lex.items():
+        merged = []
+        for pron in prons:
+            pron = [ph.rstrip("0123456789") for ph in pron]
+            if pron not in merged:
+                merged.append(pron)
+        lex[w] = merged
 parts = {k: split[k] for k in ("train", "valid", "test")}
 in_split = set().union(*map(set, parts.values()))
 missing = [w for w in in_split if w not in lex]

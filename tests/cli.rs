@@ -629,6 +629,26 @@ fn seq2seq_pretrain_translate_eval() {
         ff().args(["eval", "seq2seq", "--model", model, "--split", "dev2"]),
         &["dev2"],
     );
+    // data.stress = false: the target vocabulary and the references lose their stress digits.
+    let plain = d.path().join("plain");
+    stdout_of(
+        ff().args(["--quiet", "pretrain", "--recipe"])
+            .arg(&recipe)
+            .args(["--set", "data.stress=false", "--set", "train.steps=1", "--set"])
+            .arg(format!("train.out_dir={:?}", plain.display().to_string())),
+    );
+    let vocab = std::fs::read_to_string(plain.join("target_tokenizer.json")).unwrap();
+    assert!(
+        vocab.contains("\"AA\"") && !vocab.contains("\"AA1\""),
+        "{vocab}"
+    );
+    let r = last_json(&stdout_of(
+        ff().args(["--json", "--quiet", "eval", "seq2seq", "--model"])
+            .arg(&plain)
+            .args(["--split", "test"]),
+    ));
+    assert_eq!(r["n"].as_u64().unwrap(), n, "the same split");
+    assert_eq!(r["wer"], r["wer_no_stress"], "{r}");
 }
 
 /// Instruction tuning end to end on the real SmolLM2: build the task mixture from the fetched

@@ -570,8 +570,12 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("the recipe names no corpus; pass --data"))?,
     };
-    let lex = Lexicon::read_cmudict(&ferroformer::assets::resolve(&data)?)?;
+    let mut lex = Lexicon::read_cmudict(&ferroformer::assets::resolve(&data)?)?;
     let d = &recipe.data;
+    if !d.stress {
+        // Scored as trained: the references without stress digits too.
+        lex = lex.without_stress();
+    }
     let words = lex.split(
         d.split_seed,
         [1.0 - d.val_fraction - d.test_fraction, d.val_fraction],

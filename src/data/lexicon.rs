@@ -90,6 +90,26 @@ impl Lexicon {
         Ok(Lexicon { entries })
     }
 
+    /// The same words with ARPAbet stress digits removed (`AH0`, `AH1` -> `AH`), and the
+    /// pronunciations that become identical merged: the setting most published CMUdict G2P
+    /// results use. The split by word is unchanged, since it depends on the words alone.
+    pub fn without_stress(mut self) -> Self {
+        for e in &mut self.entries {
+            let mut prons: Vec<Vec<String>> = Vec::with_capacity(e.prons.len());
+            for p in &e.prons {
+                let p: Vec<String> = p
+                    .iter()
+                    .map(|ph| ph.trim_end_matches(|c: char| c.is_ascii_digit()).to_string())
+                    .collect();
+                if !prons.contains(&p) {
+                    prons.push(p);
+                }
+            }
+            e.prons = prons;
+        }
+        self
+    }
+
     /// The entries of `part` of a split by word: the words are shuffled with `seed` (from
     /// their sorted order, so the split does not depend on the file's order), then the first
     /// `fractions[0]` go to training, the next `fractions[1]` to validation, the rest to test.
@@ -112,6 +132,30 @@ impl Lexicon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_stress_strips_digits_and_merges_equal_pronunciations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cmudict.dict");
+        // `record` as noun and verb differ only in stress; `a` differs in its vowel.
+        let text = "record R EH1 K ER0 D\nrecord(2) R IH0 K AO1 R D\nrecord(3) R EH0 K ER0 D\na AH0\na(2) EY1\n";
+        std::fs::write(&p, text).unwrap();
+        let lex = Lexicon::read_cmudict(&p).unwrap();
+        let split = |l: &Lexicon| -> Vec<String> {
+            l.split(3, [0.5, 0.0], Part::Test)
+                .iter()
+                .map(|e| e.word.clone())
+                .collect()
+        };
+        let before = split(&lex);
+        let plain = lex.without_stress();
+        assert_eq!(
+            plain.entries[0].prons,
+            vec![vec!["R", "EH", "K", "ER", "D"], vec!["R", "IH", "K", "AO", "R", "D"]]
+        );
+        assert_eq!(plain.entries[1].prons, vec![vec!["AH"], vec!["EY"]]);
+        assert_eq!(split(&plain), before, "the split depends on the words alone");
+    }
 
     #[test]
     fn reads_alternates_comments_and_splits_by_word() {

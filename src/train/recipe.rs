@@ -210,6 +210,10 @@ pub struct DataConfig {
     /// Sequence-to-sequence: the fraction of words held out for the test split.
     #[serde(default)]
     pub test_fraction: f64,
+    /// Sequence-to-sequence lexicons: keep ARPAbet stress digits (`AH0`, `AH1`, `AH2`); false
+    /// strips them (`AH`), as most published CMUdict G2P results are trained and scored.
+    #[serde(default = "d_true")]
+    pub stress: bool,
     /// Sequence-to-sequence: the seed of the split by word; images: of the validation images
     /// held out of the training set.
     #[serde(default = "d_seed")]

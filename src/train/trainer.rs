@@ -679,7 +679,10 @@ fn text_run(
     let mut carried = ModelFiles::new();
     let mut model_template = None;
     let (tokenizer, data) = if recipe.objective == "seq2seq" {
-        let lex = Lexicon::read_cmudict(&corpus[0])?;
+        let mut lex = Lexicon::read_cmudict(&corpus[0])?;
+        if !recipe.data.stress {
+            lex = lex.without_stress();
+        }
         let tokenizers = match from {
             Some(dir) => Some((
                 Tokenizer::load_dir(dir)?,
