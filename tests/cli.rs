@@ -634,7 +634,13 @@ fn seq2seq_pretrain_translate_eval() {
     stdout_of(
         ff().args(["--quiet", "pretrain", "--recipe"])
             .arg(&recipe)
-            .args(["--set", "data.stress=false", "--set", "train.steps=1", "--set"])
+            .args([
+                "--set",
+                "data.stress=false",
+                "--set",
+                "train.steps=1",
+                "--set",
+            ])
             .arg(format!("train.out_dir={:?}", plain.display().to_string())),
     );
     let vocab = std::fs::read_to_string(plain.join("target_tokenizer.json")).unwrap();

@@ -626,7 +626,7 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     let unstressed = |ids: &Vec<u32>| -> Vec<String> {
         ids.iter()
             .map(|&i| match t.target.id_token(i) {
-                Some(p) => p.trim_end_matches(|c: char| c.is_ascii_digit()).to_string(),
+                Some(p) => ferroformer::data::lexicon::unstressed(&p).to_string(),
                 None => format!("#{i}"),
             })
             .collect()

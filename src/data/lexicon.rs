@@ -20,6 +20,11 @@ pub struct Lexicon {
     pub entries: Vec<LexEntry>,
 }
 
+/// An ARPAbet phoneme without its stress digit (`AH0` -> `AH`).
+pub fn unstressed(phoneme: &str) -> &str {
+    phoneme.trim_end_matches(|c: char| c.is_ascii_digit())
+}
+
 /// Which part of a split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -97,10 +102,7 @@ impl Lexicon {
         for e in &mut self.entries {
             let mut prons: Vec<Vec<String>> = Vec::with_capacity(e.prons.len());
             for p in &e.prons {
-                let p: Vec<String> = p
-                    .iter()
-                    .map(|ph| ph.trim_end_matches(|c: char| c.is_ascii_digit()).to_string())
-                    .collect();
+                let p: Vec<String> = p.iter().map(|ph| unstressed(ph).to_string()).collect();
                 if !prons.contains(&p) {
                     prons.push(p);
                 }
@@ -151,10 +153,17 @@ mod tests {
         let plain = lex.without_stress();
         assert_eq!(
             plain.entries[0].prons,
-            vec![vec!["R", "EH", "K", "ER", "D"], vec!["R", "IH", "K", "AO", "R", "D"]]
+            vec![
+                vec!["R", "EH", "K", "ER", "D"],
+                vec!["R", "IH", "K", "AO", "R", "D"]
+            ]
         );
         assert_eq!(plain.entries[1].prons, vec![vec!["AH"], vec!["EY"]]);
-        assert_eq!(split(&plain), before, "the split depends on the words alone");
+        assert_eq!(
+            split(&plain),
+            before,
+            "the split depends on the words alone"
+        );
     }
 
     #[test]
