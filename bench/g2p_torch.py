@@ -34,7 +34,9 @@ pair per (training word, pronunciation); batch_size pairs drawn with replacement
 (torch.Generator seeded with train.seed) as ferroformer draws them (train.group_by_length, on by
 default: from a random window of neighbours among the pairs sorted by length), padded with <pad>; decoder input = <pad> (the
 start token) + the target without its last token; loss = cross-entropy with
-train.label_smoothing over the non-padding target positions, averaged over them.
+train.label_smoothing over the non-padding target positions, averaged over them (with
+group_by_length: summed and divided by batch_size * the mean training target length, so the
+tokens of short-word and long-word batches weigh alike).
 
 Same model (transformers' MarianMTModel as ferroformer builds it, post-norm): separate source
 and target embeddings scaled by sqrt(d_model), plus fixed sinusoidal positions from 0 (sin in
@@ -262,6 +264,7 @@ for w in parts["train"]:
         src_ids.append(s)
         tgt_ids.append(t)
 n_pairs = len(src_ids)
+mean_target_len = sum(map(len, tgt_ids)) / n_pairs
 if group_by_length:
     # ferroformer sorts the training pairs by (source, target) length, stably.
     order = sorted(range(n_pairs), key=lambda i: (len(src_ids[i]), len(tgt_ids[i])))
@@ -529,6 +532,8 @@ if not a.skip_train:
         src, dec_in, labels = batch(gen)
         opt.zero_grad(set_to_none=True)
         loss = pair_loss(model, src, dec_in, labels)
+        if group_by_length:
+            loss = loss * (int((labels != PAD).sum()) / (B * mean_target_len))
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
         opt.step()

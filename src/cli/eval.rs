@@ -553,7 +553,7 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
 }
 
 fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
-    use ferroformer::data::lexicon::{Lexicon, Part};
+    use ferroformer::data::lexicon::Part;
     use ferroformer::translate::{strip_eos, Translator};
     if a.beam == 0 || a.batch == 0 {
         anyhow::bail!("--beam and --batch must be positive");
@@ -570,17 +570,10 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("the recipe names no corpus; pass --data"))?,
     };
-    let mut lex = Lexicon::read_cmudict(&ferroformer::assets::resolve(&data)?)?;
+    // Scored as trained: without stress digits in the references too when the run was.
     let d = &recipe.data;
-    if !d.stress {
-        // Scored as trained: the references without stress digits too.
-        lex = lex.without_stress();
-    }
-    let words = lex.split(
-        d.split_seed,
-        [1.0 - d.val_fraction - d.test_fraction, d.val_fraction],
-        part,
-    );
+    let lex = d.lexicon(&ferroformer::assets::resolve(&data)?)?;
+    let words = lex.split(d.split_seed, d.split_fractions(), part);
     if words.is_empty() {
         anyhow::bail!("the {} split is empty", a.split);
     }

@@ -28,6 +28,9 @@ pub struct PairData {
     /// several pairs. Sorted by source then target length (stably, so pairs of one length
     /// stay in the split's shuffled order) for [`sample`]'s length grouping.
     pub train: Vec<Pair>,
+    /// Mean target length (with end of sequence) over `train`: the per-batch token count a
+    /// length-grouped batch's loss is normalised to.
+    pub mean_target_len: f64,
     /// The same for the validation part (teacher-forced loss).
     pub valid: Vec<Pair>,
     /// Each validation input once, with all its outputs (error rates).
@@ -131,6 +134,8 @@ impl PairData {
             }));
         }
         train.sort_by_key(|p| (p.src.len(), p.tgt.len()));
+        let mean_target_len =
+            train.iter().map(|p| p.tgt.len()).sum::<usize>() as f64 / train.len().max(1) as f64;
         // Validation words may hold characters or phonemes training never saw: <unk>.
         let mut valid = vec![];
         let mut valid_refs = vec![];
@@ -147,6 +152,7 @@ impl PairData {
             PairData {
                 target_tokenizer: tgt_tok,
                 train,
+                mean_target_len,
                 valid,
                 valid_refs,
             },

@@ -1,6 +1,7 @@
 //! Recipes: a TOML file describing one training job (data, model, training, sampling), with
 //! any key overridable from the command line as `--set section.key=value`.
 
+use crate::data::lexicon::Lexicon;
 use crate::objective::mlm::MaskingConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -239,6 +240,28 @@ pub struct DataConfig {
     pub encoding: String,
 }
 
+impl DataConfig {
+    /// Sequence-to-sequence: the lexicon at `path` as the run trains and is scored on it
+    /// (without stress digits unless `stress`).
+    pub fn lexicon(&self, path: &Path) -> Result<Lexicon> {
+        let lex = Lexicon::read_cmudict(path)?;
+        Ok(if self.stress {
+            lex
+        } else {
+            lex.without_stress()
+        })
+    }
+
+    /// Sequence-to-sequence: the training and validation fractions [`Lexicon::split`] takes
+    /// (the test split is the rest).
+    pub fn split_fractions(&self) -> [f64; 2] {
+        [
+            1.0 - self.val_fraction - self.test_fraction,
+            self.val_fraction,
+        ]
+    }
+}
+
 /// The model to build (sizes are ignored when `init` names an existing model).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -339,7 +362,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub label_smoothing: f64,
     /// Sequence-to-sequence: draw each training batch from pairs of about the same length
-    /// (little padding, so far less work per pair); false draws them uniformly.
+    /// (little padding, so far less work per pair), its loss divided by the expected rather
+    /// than its own target token count so every token weighs alike; false draws them
+    /// uniformly.
     #[serde(default = "d_true")]
     pub group_by_length: bool,
     /// Clip the global gradient norm to this (0 disables).

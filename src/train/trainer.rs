@@ -5,7 +5,7 @@ use crate::assets;
 use crate::chat::ChatTemplate;
 use crate::data::corpus::for_each_chunk;
 use crate::data::images::{self, ImageSet, ImageSplit, Preprocessor};
-use crate::data::lexicon::{Lexicon, Part};
+use crate::data::lexicon::Part;
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
@@ -679,10 +679,7 @@ fn text_run(
     let mut carried = ModelFiles::new();
     let mut model_template = None;
     let (tokenizer, data) = if recipe.objective == "seq2seq" {
-        let mut lex = Lexicon::read_cmudict(&corpus[0])?;
-        if !recipe.data.stress {
-            lex = lex.without_stress();
-        }
+        let lex = recipe.data.lexicon(&corpus[0])?;
         let tokenizers = match from {
             Some(dir) => Some((
                 Tokenizer::load_dir(dir)?,
@@ -692,7 +689,7 @@ fn text_run(
         };
         let d = &recipe.data;
         let max_len = recipe.model.n_positions.unwrap_or(recipe.train.context);
-        let fractions = [1.0 - d.val_fraction - d.test_fraction, d.val_fraction];
+        let fractions = d.split_fractions();
         let (tok, pairs) =
             PairData::from_lexicon(&lex, d.split_seed, fractions, tokenizers, max_len)?;
         // The words of each part, so other tools (bench/g2p_torch.py) use the same split.
@@ -1400,11 +1397,19 @@ impl Trainer {
             (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) => {
                 let pairs = if val { &p.valid } else { &p.train };
                 let c = &model.config;
-                let drawn = sample(pairs, b, !val && self.recipe.train.group_by_length, rng);
+                let grouped = !val && self.recipe.train.group_by_length;
+                let drawn = sample(pairs, b, grouped, rng);
                 let tokens = drawn.iter().map(|p| p.src.len() + p.tgt.len()).sum();
                 let batch = pad_batch(&drawn, c.pad_token_id, c.decoder_start_token_id, device)?;
-                let (loss, _) =
+                let (mut loss, n) =
                     pair_loss(model, &batch, self.recipe.train.label_smoothing, dropout)?;
+                if grouped {
+                    // A grouped batch's words share a length, so its per-token mean would
+                    // weigh each token of a short-word batch ~3x one of a long-word batch;
+                    // normalising by the expected token count instead weighs every target
+                    // token alike, as uniform batches do.
+                    loss = (loss * (n as f64 / (b as f64 * p.mean_target_len)))?;
+                }
                 Ok(BatchLoss {
                     loss,
                     tokens,
