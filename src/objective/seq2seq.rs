@@ -185,6 +185,16 @@ pub fn sample<'a>(
         .collect()
 }
 
+/// The factor that turns a length-grouped batch's per-token mean loss into a sum over its
+/// target tokens divided by the expected count, `batch.len() * mean_target_len`. A grouped
+/// batch's pairs share a length, so its per-token mean would weigh a token of a short-word
+/// batch ~3x one of a long-word batch; scaled, every target token weighs alike, as in uniform
+/// batches, and the expected loss is the per-token mean over the training pairs.
+pub fn grouped_loss_scale(batch: &[&Pair], mean_target_len: f64) -> f64 {
+    let n: usize = batch.iter().map(|p| p.tgt.len()).sum();
+    n as f64 / (batch.len() as f64 * mean_target_len)
+}
+
 /// A padded batch.
 pub struct PairBatch {
     /// `[b, s]` source ids, padded.
@@ -400,6 +410,48 @@ mod tests {
             let mean = chunk.iter().sum::<u32>() as f64 / chunk.len() as f64;
             assert!((mean / expected - 1.0).abs() < 0.08, "{mean} vs {expected}");
         }
+    }
+
+    #[test]
+    fn grouped_batches_weigh_every_target_token_alike() {
+        // Target lengths 2..=13, sorted as PairData::train is; every token of a pair of
+        // target length L has loss L (long words are the hard ones).
+        let mut pairs: Vec<Pair> = (0..3000usize)
+            .map(|i| Pair {
+                src: vec![1; 2 + i % 12],
+                tgt: vec![1; 2 + (i * 7) % 12],
+            })
+            .collect();
+        pairs.sort_by_key(|p| (p.src.len(), p.tgt.len()));
+        let tokens: usize = pairs.iter().map(|p| p.tgt.len()).sum();
+        let mean_len = tokens as f64 / pairs.len() as f64;
+        // What uniform batches estimate: the mean loss over all target tokens.
+        let per_token =
+            pairs.iter().map(|p| p.tgt.len().pow(2)).sum::<usize>() as f64 / tokens as f64;
+        let (batch, draws) = (16, 40_000);
+        let mut rng = Rng::new(11);
+        let (mut scaled, mut unscaled) = (0.0, 0.0);
+        for _ in 0..draws {
+            let b = sample(&pairs, batch, true, &mut rng);
+            let n: usize = b.iter().map(|p| p.tgt.len()).sum();
+            // pair_loss's value for this batch: the mean over its target tokens.
+            let mean = b.iter().map(|p| p.tgt.len().pow(2)).sum::<usize>() as f64 / n as f64;
+            scaled += mean * grouped_loss_scale(&b, mean_len);
+            unscaled += mean;
+        }
+        let (scaled, unscaled) = (scaled / draws as f64, unscaled / draws as f64);
+        assert!(
+            (scaled / per_token - 1.0).abs() < 0.01,
+            "{scaled} vs {per_token}"
+        );
+        // Without the scale, short-word batches count as much as long-word ones: biased low.
+        assert!(unscaled / per_token < 0.95, "{unscaled} vs {per_token}");
+        // A uniform-looking batch of mean length is left as it is.
+        let avg = Pair {
+            src: vec![1],
+            tgt: vec![1; 4],
+        };
+        assert!((grouped_loss_scale(&[&avg, &avg], 4.0) - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::models::vit::{self, Vit, VitConfig};
 use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
-use crate::objective::seq2seq::{pad_batch, pair_loss, sample, PairData};
+use crate::objective::seq2seq::{grouped_loss_scale, pad_batch, pair_loss, sample, PairData};
 use crate::objective::sft::{self, SftBatch, Tokenized};
 use crate::objective::CausalLm;
 use crate::rng::Rng;
@@ -1401,14 +1401,10 @@ impl Trainer {
                 let drawn = sample(pairs, b, grouped, rng);
                 let tokens = drawn.iter().map(|p| p.src.len() + p.tgt.len()).sum();
                 let batch = pad_batch(&drawn, c.pad_token_id, c.decoder_start_token_id, device)?;
-                let (mut loss, n) =
+                let (mut loss, _) =
                     pair_loss(model, &batch, self.recipe.train.label_smoothing, dropout)?;
                 if grouped {
-                    // A grouped batch's words share a length, so its per-token mean would
-                    // weigh each token of a short-word batch ~3x one of a long-word batch;
-                    // normalising by the expected token count instead weighs every target
-                    // token alike, as uniform batches do.
-                    loss = (loss * (n as f64 / (b as f64 * p.mean_target_len)))?;
+                    loss = (loss * grouped_loss_scale(&drawn, p.mean_target_len))?;
                 }
                 Ok(BatchLoss {
                     loss,
