@@ -283,13 +283,15 @@ impl DecoderLayer {
             &self.dropout,
             rng.as_deref_mut(),
         )?;
-        let (k, v) = match cross {
-            Some(kv) => kv,
-            None => self.encoder_attn.keys_values(enc)?,
+        let c = match cross {
+            Some((k, v)) => {
+                self.encoder_attn
+                    .attend(&x, &k, &v, None, enc_mask, rng.as_deref_mut())?
+            }
+            None => self
+                .encoder_attn
+                .attend_full(&x, enc, false, enc_mask, rng.as_deref_mut())?,
         };
-        let c = self
-            .encoder_attn
-            .attend(&x, &k, &v, None, enc_mask, rng.as_deref_mut())?;
         let x = residual(
             &self.encoder_attn_layer_norm,
             &x,

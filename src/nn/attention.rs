@@ -304,6 +304,54 @@ impl MultiHeadAttention {
         )
     }
 
+    /// The queries of `x` `[b, t, c]` attend over keys and values projected from `src`
+    /// `[b, s, c]` (`x` itself in self-attention), none cached: training and whole-sequence
+    /// evaluation. `causal` hides later positions; `mask` as in [`grouped_attention`]. On CPU
+    /// the fused op; the composition of [`Self::attend`] elsewhere (and as its reference).
+    pub fn attend_full(
+        &self,
+        x: &Tensor,
+        src: &Tensor,
+        causal: bool,
+        mask: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = (
+            self.q.forward(x)?,
+            self.k.forward(src)?,
+            self.v.forward(src)?,
+        );
+        if let Some(y) = crate::nn::kernels::mha::multi_head_attention(
+            &q,
+            &k,
+            &v,
+            self.n_head,
+            causal,
+            mask,
+            self.dropout.p,
+            rng.as_deref_mut(),
+        )? {
+            return self.out.forward(&y);
+        }
+        let split = |t: &Tensor| -> Result<Tensor> {
+            let (b, s, c) = t.dims3()?;
+            Ok(t.reshape((b, s, self.n_head, c / self.n_head))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (b, t, c) = x.dims3()?;
+        let y = grouped_attention(
+            &split(&q)?,
+            &split(&k)?,
+            &split(&v)?,
+            causal.then_some(0),
+            mask,
+            &self.dropout,
+            rng,
+        )?;
+        self.out.forward(&y.transpose(1, 2)?.reshape((b, t, c))?)
+    }
+
     /// Self-attention over `x` `[b, t, c]`. With `cache`, the new keys and values are appended
     /// and the queries (positions after the cached ones) attend over all of them; `causal`
     /// hides later positions.
@@ -315,12 +363,12 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (k, v) = self.keys_values(x)?;
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
+        let Some(cache) = cache else {
+            return self.attend_full(x, x, causal, mask, rng);
         };
+        let (k, v) = self.keys_values(x)?;
+        let offset = cache.len();
+        let (k, v) = cache.append(&k, &v)?;
         self.attend(x, &k, &v, causal.then_some(offset), mask, rng)
     }
 }

@@ -23,9 +23,10 @@ fn keep(seed: u64, i: u64, threshold: u64) -> bool {
 }
 
 multiversion! {
-    fn apply(x: &[f32], y: &mut [f32], first: u64, seed: u64, threshold: u64, scale: f32) {
-        for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            *y = if keep(seed, first + j as u64, threshold) { x * scale } else { 0.0 };
+    /// `y_j *= m(first + j)`.
+    fn mask_in_place(y: &mut [f32], first: u64, seed: u64, threshold: u64, scale: f32) {
+        for (j, y) in y.iter_mut().enumerate() {
+            *y = if keep(seed, first + j as u64, threshold) { *y * scale } else { 0.0 };
         }
     }
 }
@@ -47,13 +48,21 @@ impl DropoutOp {
         (1.0 / (1.0 - self.p)) as f32
     }
 
+    /// Multiplies `y` in place by the mask values of elements `first ..` (of the tensor this
+    /// op's mask covers).
+    pub(crate) fn apply_in_place(&self, y: &mut [f32], first: u64) {
+        mask_in_place(y, first, self.seed, self.threshold(), self.scale());
+    }
+
     /// `x * m` into `y`, in parallel (the mask does not depend on the split).
     fn run(&self, x: &[f32], y: &mut [f32]) {
-        let (t, s) = (self.threshold(), self.scale());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (y, x))| apply(x, y, (c * CHUNK) as u64, self.seed, t, s));
+            .for_each(|(c, (y, x))| {
+                y.copy_from_slice(x);
+                self.apply_in_place(y, (c * CHUNK) as u64);
+            });
     }
 
     /// The mask itself, `[n]`: the reference path's factor.

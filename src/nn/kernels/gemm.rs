@@ -143,6 +143,62 @@ fn small_m(dst: &mut ViewMut, a: View, b: View, accumulate: bool, parallel: bool
     true
 }
 
+/// Products this small (multiply-adds) run as plain loops: the gemm crate's packing and
+/// dispatch cost about as much as ~50k multiply-adds, and attention over short sequences
+/// (a 9-letter word: 9 x 9 scores of 32-wide heads) is thousands of such products per step.
+const TINY: usize = 16 * 1024;
+
+crate::multiversion! {
+    /// `dst (+)= a @ b` as rows of `b` scaled and added into rows of `dst` (both contiguous).
+    fn tiny_axpy(dst: &mut ViewMut, a: View, b: View, accumulate: bool) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        for i in 0..m {
+            let out = &mut dst.data[i * dst.rs..i * dst.rs + n];
+            if !accumulate {
+                out.iter_mut().for_each(|o| *o = 0.0);
+            }
+            for p in 0..k {
+                let alpha = a.data[i * a.rs + p * a.cs];
+                let row = &b.data[p * b.rs..p * b.rs + n];
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o += alpha * x;
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dst (+)= a @ b` as dot products of contiguous rows of `a` and columns of `b`.
+    fn tiny_dot(dst: &mut ViewMut, a: View, b: View, accumulate: bool) {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        for i in 0..m {
+            let ai = &a.data[i * a.rs..i * a.rs + k];
+            for j in 0..n {
+                let v = super::math::dot(ai, &b.data[j * b.cs..j * b.cs + k]);
+                let o = &mut dst.data[i * dst.rs + j * dst.cs];
+                *o = if accumulate { *o + v } else { v };
+            }
+        }
+    }
+}
+
+/// The loop form of a tiny product whose layout vectorises; false if none does.
+fn tiny(dst: &mut ViewMut, a: View, b: View, accumulate: bool) -> bool {
+    if a.rows * a.cols * b.cols > TINY {
+        return false;
+    }
+    if b.cs == 1 && dst.cs == 1 {
+        tiny_axpy(dst, a, b, accumulate);
+        true
+    } else if a.cs == 1 && b.rs == 1 {
+        tiny_dot(dst, a, b, accumulate);
+        true
+    } else {
+        false
+    }
+}
+
 /// `dst = a @ b` (or `dst += a @ b` with `accumulate`). Multi-threaded when `parallel`.
 pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
@@ -174,7 +230,7 @@ pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) 
         return;
     }
     let mut dst = dst;
-    if small_m(&mut dst, a, b, accumulate, parallel) {
+    if small_m(&mut dst, a, b, accumulate, parallel) || tiny(&mut dst, a, b, accumulate) {
         return;
     }
     let threads = rayon::current_num_threads();
@@ -227,6 +283,72 @@ mod tests {
             for j in 0..5 {
                 let want: f32 = 1.0 + (0..4).map(|p| a[i * 6 + p] * b[j * 4 + p]).sum::<f32>();
                 assert!((c[i * 5 + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tiny_tests {
+    use super::*;
+
+    /// The loop forms equal a naive product for every layout attention uses (rows of both,
+    /// a transposed left side, a transposed right side; strided rows), with and without
+    /// accumulation.
+    #[test]
+    fn tiny_products_match_naive() {
+        let (m, k, n, stride) = (7, 9, 33, 40);
+        let data = |len: usize, s: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * s % 17) as f32 - 8.0) * 0.1)
+                .collect()
+        };
+        let a = data(m * stride, 7);
+        let at = data(k * stride, 3); // a stored transposed: [k, m] rows
+        let b = data(k * stride, 5);
+        let bt = data(n * stride, 11); // b stored transposed: [n, k] rows
+        let lefts = [
+            (View::rows(&a, m, k, stride), false),
+            (View::rows(&at, k, m, stride).t(), true),
+        ];
+        let rights = [
+            (View::rows(&b, k, n, stride), false),
+            (View::rows(&bt, n, k, stride).t(), true),
+        ];
+        for &(av, a_t) in &lefts {
+            for &(bv, b_t) in &rights {
+                for accumulate in [false, true] {
+                    let mut out = vec![0.5f32; m * stride];
+                    let mut dst = ViewMut::rows(&mut out, m, n, stride);
+                    let ran = tiny(&mut dst, av, bv, accumulate);
+                    // Both inputs transposed has no vectorising loop form (gemm takes it).
+                    assert_eq!(ran, !(a_t && b_t));
+                    if !ran {
+                        continue;
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f32 = (0..k)
+                                .map(|p| {
+                                    let x = if a_t {
+                                        at[p * stride + i]
+                                    } else {
+                                        a[i * stride + p]
+                                    };
+                                    let y = if b_t {
+                                        bt[j * stride + p]
+                                    } else {
+                                        b[p * stride + j]
+                                    };
+                                    x * y
+                                })
+                                .sum::<f32>()
+                                + if accumulate { 0.5 } else { 0.0 };
+                            let got = out[i * stride + j];
+                            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+                        }
+                    }
+                }
             }
         }
     }

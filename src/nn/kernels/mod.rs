@@ -18,6 +18,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lora;
 pub mod math;
+pub mod mha;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
