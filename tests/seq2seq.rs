@@ -237,37 +237,43 @@ fn training_gradients_match_pytorch() {
                 .map(|&l| (l >= 0).then_some(l as u32))
                 .collect(),
         };
-        let (loss, n) = pair_loss(&model, &batch, 0.1, None).unwrap();
-        assert_eq!(n, 9);
-        let got = loss.to_scalar::<f32>().unwrap();
-        let want = e["train_loss"].to_vec1::<f32>().unwrap()[0];
-        assert!(
-            (got - want).abs() <= 1e-5 * want.abs(),
-            "{dir} loss {got} vs {want}"
-        );
-        let grads = loss.backward().unwrap();
-        let mut n = 0;
-        for (name, var) in store.vars() {
-            let want = &e[&format!("grad.{name}")];
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{dir}: no gradient reached {name}"));
-            // Absolute floor relative to the gradient's scale; the key-projection bias has a
-            // zero gradient in exact arithmetic (softmax ignores a constant shift).
-            assert_close(
-                &format!("{dir} grad {name}"),
-                g,
-                want,
-                1e-4,
-                (1e-5 * common::max_abs(want)).max(1e-6),
+        // The fused kernels (attention over padded sources among them) and the plain
+        // composition they stand beside.
+        for plain in [false, true] {
+            ferroformer::nn::kernels::set_plain(plain);
+            let (loss, n) = pair_loss(&model, &batch, 0.1, None).unwrap();
+            assert_eq!(n, 9);
+            let got = loss.to_scalar::<f32>().unwrap();
+            let want = e["train_loss"].to_vec1::<f32>().unwrap()[0];
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{dir} (plain {plain}) loss {got} vs {want}"
             );
-            n += 1;
+            let grads = loss.backward().unwrap();
+            let mut n = 0;
+            for (name, var) in store.vars() {
+                let want = &e[&format!("grad.{name}")];
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{dir}: no gradient reached {name}"));
+                // Absolute floor relative to the gradient's scale; the key-projection bias has
+                // a zero gradient in exact arithmetic (softmax ignores a constant shift).
+                assert_close(
+                    &format!("{dir} (plain {plain}) grad {name}"),
+                    g,
+                    want,
+                    1e-4,
+                    (1e-5 * common::max_abs(want)).max(1e-6),
+                );
+                n += 1;
+            }
+            // transformers 5 leaves the loaded sinusoid tables trainable; here they stay fixed.
+            let saved = e
+                .keys()
+                .filter(|k| k.starts_with("grad.") && !k.contains("embed_positions"))
+                .count();
+            assert_eq!(n, saved, "{dir}: every trainable tensor compared");
         }
-        // transformers 5 leaves the loaded sinusoid tables trainable; here they stay fixed.
-        let saved = e
-            .keys()
-            .filter(|k| k.starts_with("grad.") && !k.contains("embed_positions"))
-            .count();
-        assert_eq!(n, saved, "{dir}: every trainable tensor compared");
+        ferroformer::nn::kernels::set_plain(false);
     }
 }

@@ -264,11 +264,22 @@ impl MultiHeadAttention {
 
     /// `[b, t, c]` projected by `p` and split into heads `[b, h, t, c / h]`.
     fn heads(&self, p: &Projection, x: &Tensor) -> Result<Tensor> {
+        self.split_heads(&p.forward(x)?)
+    }
+
+    /// `[b, t, c]` split into heads `[b, h, t, c / h]`.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
-        Ok(p.forward(x)?
-            .reshape((b, t, self.n_head, c / self.n_head))?
+        Ok(x.reshape((b, t, self.n_head, c / self.n_head))?
             .transpose(1, 2)?
             .contiguous()?)
+    }
+
+    /// Heads `[b, h, t, d]` joined into `[b, t, h * d]` and projected.
+    fn merge_heads(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = y.dims4()?;
+        self.out
+            .forward(&y.transpose(1, 2)?.reshape((b, t, h * d))?)
     }
 
     /// Keys and values `[b, h, s, d]` of `src` `[b, s, c]`: computed once per source sequence
@@ -288,10 +299,16 @@ impl MultiHeadAttention {
         mask: Option<&Tensor>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
         let q = self.heads(&self.q, x)?;
-        let y = grouped_attention(&q, k, v, causal, mask, &self.dropout, rng)?;
-        self.out.forward(&y.transpose(1, 2)?.reshape((b, t, c))?)
+        self.merge_heads(&grouped_attention(
+            &q,
+            k,
+            v,
+            causal,
+            mask,
+            &self.dropout,
+            rng,
+        )?)
     }
 
     /// The self-attention probabilities `[b, h, t, t]` over `x` `[b, t, c]` (attention maps).
@@ -333,23 +350,16 @@ impl MultiHeadAttention {
         )? {
             return self.out.forward(&y);
         }
-        let split = |t: &Tensor| -> Result<Tensor> {
-            let (b, s, c) = t.dims3()?;
-            Ok(t.reshape((b, s, self.n_head, c / self.n_head))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (b, t, c) = x.dims3()?;
-        let y = grouped_attention(
-            &split(&q)?,
-            &split(&k)?,
-            &split(&v)?,
-            causal.then_some(0),
+        self.merge_heads(&grouped_attention(
+            &self.split_heads(&q)?,
+            &self.split_heads(&k)?,
+            &self.split_heads(&v)?,
+            // The queries are the last of the keys' positions, as in the fused op.
+            causal.then_some(k.dim(1)?.saturating_sub(q.dim(1)?)),
             mask,
             &self.dropout,
             rng,
-        )?;
-        self.out.forward(&y.transpose(1, 2)?.reshape((b, t, c))?)
+        )?)
     }
 
     /// Self-attention over `x` `[b, t, c]`. With `cache`, the new keys and values are appended
