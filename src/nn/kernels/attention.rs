@@ -5,7 +5,7 @@
 //! recomputes each block's probabilities from q and k. Heads run in parallel; q, k and v are
 //! read in place as strided views, so there are no transposes or copies.
 
-use super::gemm::{matmul, View, ViewMut};
+use super::gemm::{a_bt, matmul, View, ViewMut};
 use super::softmax::{bwd_row, softmax_in_place};
 use super::{f32s, fused};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -74,13 +74,7 @@ fn block_probs(
 ) {
     let kmax = i0 + nb;
     let p = &mut p[..nb * kmax];
-    matmul(
-        ViewMut::rows(p, nb, kmax, kmax),
-        q.row_range(i0, nb),
-        k.row_range(0, kmax).t(),
-        false,
-        false,
-    );
+    a_bt(p, q.row_range(i0, nb), k.row_range(0, kmax));
     for (r, row) in p.chunks_mut(kmax).enumerate() {
         // Query i0 + r sees keys start ..= i0 + r.
         let start = starts.map_or(0, |s| s[i0 + r] as usize);
@@ -199,13 +193,7 @@ impl CustomOp2 for CausalAttentionGrad {
                         false,
                     );
                     // dP = dY V^T
-                    matmul(
-                        ViewMut::rows(&mut dp[..nb * kmax], nb, kmax, kmax),
-                        dy_blk,
-                        v.row_range(0, kmax).t(),
-                        false,
-                        false,
-                    );
+                    a_bt(&mut dp[..nb * kmax], dy_blk, v.row_range(0, kmax));
                     for ((prow, dprow), dsrow) in p[..nb * kmax]
                         .chunks(kmax)
                         .zip(dp[..nb * kmax].chunks(kmax))

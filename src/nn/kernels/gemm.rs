@@ -143,6 +143,19 @@ fn small_m(dst: &mut ViewMut, a: View, b: View, accumulate: bool, parallel: bool
     true
 }
 
+/// `dst = a @ b^T` into a contiguous `[a.rows, b.rows]` buffer: attention scores `q k^T`, and
+/// their gradient's `dy v^T`.
+pub fn a_bt(dst: &mut [f32], a: View, b: View) {
+    let (m, n) = (a.rows, b.rows);
+    matmul(
+        ViewMut::rows(&mut dst[..m * n], m, n, n),
+        a,
+        b.t(),
+        false,
+        false,
+    );
+}
+
 /// Products this small (multiply-adds) run as plain loops: the gemm crate's packing and
 /// dispatch cost about as much as ~50k multiply-adds, and attention over short sequences
 /// (a 9-letter word: 9 x 9 scores of 32-wide heads) is thousands of such products per step.

@@ -7,7 +7,7 @@
 //! mask from its seed instead of storing either.
 
 use super::dropout::DropoutOp;
-use super::gemm::{matmul, View, ViewMut};
+use super::gemm::{a_bt, matmul, View, ViewMut};
 use super::softmax::{bwd_row, softmax_in_place};
 use super::{f32s, fused};
 use crate::rng::Rng;
@@ -47,6 +47,26 @@ struct Geometry {
     h: usize,
     hd: usize,
     scale: f32,
+}
+
+struct Inputs<'a> {
+    g: Geometry,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl<'a> Inputs<'a> {
+    /// Batch element `bi`'s `[t, c]` queries and `[s, c]` keys and values.
+    fn batch(&self, bi: usize) -> (&'a [f32], &'a [f32], &'a [f32]) {
+        let g = &self.g;
+        let (nq, nk) = (g.t * g.c, g.s * g.c);
+        (
+            &self.q[bi * nq..(bi + 1) * nq],
+            &self.k[bi * nk..(bi + 1) * nk],
+            &self.v[bi * nk..(bi + 1) * nk],
+        )
+    }
 }
 
 impl MultiHeadOp {
@@ -90,6 +110,26 @@ impl MultiHeadOp {
         })
     }
 
+    /// The geometry and the contiguous f32 data of q, k and v (`op` names errors).
+    #[allow(clippy::too_many_arguments)]
+    fn inputs<'a>(
+        &self,
+        op: &str,
+        sq: &'a CpuStorage,
+        lq: &Layout,
+        sk: &'a CpuStorage,
+        lk: &Layout,
+        sv: &'a CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<Inputs<'a>> {
+        Ok(Inputs {
+            g: self.geometry(lq, lk, lv)?,
+            q: f32s(sq, lq, op)?,
+            k: f32s(sk, lk, op)?,
+            v: f32s(sv, lv, op)?,
+        })
+    }
+
     /// Keys visible to the query block starting at `i0` of `nb` queries.
     fn keys(&self, g: &Geometry, i0: usize, nb: usize) -> usize {
         if self.causal {
@@ -116,13 +156,7 @@ impl MultiHeadOp {
     ) -> usize {
         let kmax = self.keys(g, i0, nb);
         let p = &mut p[..nb * kmax];
-        matmul(
-            ViewMut::rows(p, nb, kmax, kmax),
-            q.row_range(i0, nb),
-            k.row_range(0, kmax).t(),
-            false,
-            false,
-        );
+        a_bt(p, q.row_range(i0, nb), k.row_range(0, kmax));
         let bias = self
             .key_bias
             .as_ref()
@@ -178,19 +212,13 @@ impl CustomOp3 for MultiHeadOp {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.geometry(lq, lk, lv)?;
-        let (q, k, v) = (
-            f32s(sq, lq, self.name())?,
-            f32s(sk, lk, self.name())?,
-            f32s(sv, lv, self.name())?,
-        );
+        let inp = self.inputs(self.name(), sq, lq, sk, lk, sv, lv)?;
+        let g = inp.g;
         let mut y = vec![0f32; g.b * g.t * g.c];
         y.par_chunks_mut(g.t * g.c)
             .enumerate()
             .for_each(|(bi, yb)| {
-                let qb = &q[bi * g.t * g.c..(bi + 1) * g.t * g.c];
-                let kb = &k[bi * g.s * g.c..(bi + 1) * g.s * g.c];
-                let vb = &v[bi * g.s * g.c..(bi + 1) * g.s * g.c];
+                let (qb, kb, vb) = inp.batch(bi);
                 let n = BQ.min(g.t) * g.s;
                 let mut p = vec![0f32; n];
                 let mut pd = vec![0f32; if self.dropout.is_some() { n } else { 0 }];
@@ -257,12 +285,8 @@ impl CustomOp3 for MultiHeadGrad {
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = &self.op;
-        let g = op.geometry(lq, lk, lv)?;
-        let (q, k, v) = (
-            f32s(sq, lq, self.name())?,
-            f32s(sk, lk, self.name())?,
-            f32s(sv, lv, self.name())?,
-        );
+        let inp = op.inputs(self.name(), sq, lq, sk, lk, sv, lv)?;
+        let g = inp.g;
         let (dy_storage, dy_layout) = self.dy.storage_and_layout();
         let dy = match &*dy_storage {
             Storage::Cpu(st) => f32s(st, dy_layout, self.name())?,
@@ -287,9 +311,7 @@ impl CustomOp3 for MultiHeadGrad {
             .zip(dv.par_chunks_mut(g.s * g.c))
             .enumerate()
             .for_each(|(bi, ((dqb, dkb), dvb))| {
-                let qb = &q[bi * g.t * g.c..(bi + 1) * g.t * g.c];
-                let kb = &k[bi * g.s * g.c..(bi + 1) * g.s * g.c];
-                let vb = &v[bi * g.s * g.c..(bi + 1) * g.s * g.c];
+                let (qb, kb, vb) = inp.batch(bi);
                 let dyb = &dy[bi * g.t * g.c..(bi + 1) * g.t * g.c];
                 let n = BQ.min(g.t) * g.s;
                 let mut p = vec![0f32; n];
@@ -318,13 +340,7 @@ impl CustomOp3 for MultiHeadGrad {
                             false,
                         );
                         // dP = (dY V^T) * mask
-                        matmul(
-                            ViewMut::rows(&mut dp[..m], nb, kmax, kmax),
-                            dy_blk,
-                            vh.row_range(0, kmax).t(),
-                            false,
-                            false,
-                        );
+                        a_bt(&mut dp[..m], dy_blk, vh.row_range(0, kmax));
                         if let Some(d) = &op.dropout {
                             for (r, row) in dp[..m].chunks_mut(kmax).enumerate() {
                                 let first = (((bi * g.h + hh) * g.t + i0 + r) * g.s) as u64;
