@@ -27,7 +27,7 @@ pub struct MultiHeadOp {
     /// `[b, s]`, added to every query's scaled scores (0 or minus infinity for padding).
     pub key_bias: Option<Arc<Vec<f32>>>,
     /// Dropout on the probabilities; element `(b, h, i, j)` of the `[b, h, t, s]`
-    /// probabilities takes mask value number `((b * h + h) * t + i) * s + j`, as dropout of
+    /// probabilities takes mask value number `((b * heads + h) * t + i) * s + j`, as dropout of
     /// the composed path's probability tensor does.
     pub dropout: Option<DropoutOp>,
 }
