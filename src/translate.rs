@@ -4,10 +4,14 @@
 //! processors for banning the pad token, forcing end-of-sequence at the length limit and
 //! renormalising; its beam search bookkeeping and length penalty), so checkpoints decode the
 //! same here and there.
+//!
+//! Several models with the same vocabularies decode as an ensemble: each step's next-token
+//! distribution is the mean of the models' probabilities (fairseq's `EnsembleModel`), each
+//! model keeping its own encoder output and caches. One model decodes exactly as alone.
 
-use crate::models::seq2seq::Seq2Seq;
+use crate::models::seq2seq::{DecoderCache, Seq2Seq};
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 /// How to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,9 +93,146 @@ impl DecodeOptions {
     }
 }
 
-/// The last position's logits of `h` `[n, 1, d]` as rows of f32.
-fn last_logits(model: &Seq2Seq, h: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(model.logits(&h.squeeze(1)?)?.to_vec2()?)
+/// The models decoded together, each with its encoder output and decoder caches.
+struct Decoders<'a> {
+    models: &'a [&'a Seq2Seq],
+    encs: Vec<Tensor>,
+    caches: Vec<Vec<DecoderCache>>,
+}
+
+impl<'a> Decoders<'a> {
+    /// Encodes `src` with every model. `models` must be non-empty and compatible (see
+    /// [`check_ensemble`]).
+    fn new(models: &'a [&'a Seq2Seq], src: &Tensor, mask: Option<&Tensor>) -> Result<Self> {
+        let encs = models
+            .iter()
+            .map(|m| m.encode(src, mask, None))
+            .collect::<Result<_>>()?;
+        Ok(Decoders {
+            models,
+            encs,
+            caches: models.iter().map(|m| m.new_caches()).collect(),
+        })
+    }
+
+    fn device(&self) -> &Device {
+        self.models[0].device()
+    }
+
+    /// Source rows of the encoder outputs selected (repeated) by `idx`.
+    fn select_sources(&mut self, idx: &Tensor) -> Result<()> {
+        for e in self.encs.iter_mut() {
+            *e = e.index_select(idx, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Decoder rows of the caches selected by `idx` (beams followed).
+    fn reorder(&mut self, idx: &Tensor) -> Result<()> {
+        for caches in self.caches.iter_mut() {
+            for cache in caches.iter_mut() {
+                cache.self_kv.reorder(idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One decoder step for the tokens `next` (one per row): each row's next-token scores.
+    /// One model: its logits. Several: the log of the mean of their probabilities.
+    fn step(&mut self, next: &[u32], mask: Option<&Tensor>) -> Result<Vec<Vec<f32>>> {
+        let input = Tensor::from_vec(next.to_vec(), (next.len(), 1), self.device())?;
+        let mut all = Vec::with_capacity(self.models.len());
+        for ((m, enc), caches) in self.models.iter().zip(&self.encs).zip(&mut self.caches) {
+            let h = m.decode(&input, enc, mask, Some(caches), None)?;
+            all.push(m.logits(&h.squeeze(1)?)?.to_vec2::<f32>()?);
+        }
+        Ok(combine(all))
+    }
+}
+
+/// Per-model score rows (`[model][row][token]`) as one row set: one model's rows unchanged;
+/// several models' as the log of the mean of their probabilities.
+fn combine(mut all: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+    if all.len() == 1 {
+        return all.pop().unwrap_or_default();
+    }
+    all.iter_mut().flatten().for_each(|row| log_softmax(row));
+    let ln_n = (all.len() as f32).ln();
+    let mut out = all.pop().unwrap_or_default();
+    for (r, row) in out.iter_mut().enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            let vals = all.iter().map(|m| m[r][j]).chain([*x]);
+            let max = vals.clone().fold(f32::NEG_INFINITY, f32::max);
+            *x = if max == f32::NEG_INFINITY {
+                max
+            } else {
+                max + vals.map(|v| (v - max).exp()).sum::<f32>().ln() - ln_n
+            };
+        }
+    }
+    out
+}
+
+/// Teacher-forced next-token log-probabilities `[b, t, v]` of one model or an ensemble (the log
+/// of the mean of the models' probabilities) for sources `src` `[b, s]` (`mask` `[b, s]` 0/1
+/// for padded batches) and decoder inputs `tgt` `[b, t]` (start token first).
+pub fn log_probs(
+    models: &[&Seq2Seq],
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    tgt: &Tensor,
+) -> Result<Tensor> {
+    check_ensemble(models)?;
+    let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
+    let (b, t) = tgt.dims2()?;
+    let mut all = Vec::with_capacity(models.len());
+    for m in models {
+        let enc = m.encode(src, add_mask.as_ref(), None)?;
+        let h = m.decode(tgt, &enc, add_mask.as_ref(), None, None)?;
+        let rows: Vec<Vec<f32>> = m.logits(&h)?.flatten_to(1)?.to_vec2()?;
+        all.push(rows);
+    }
+    let mut rows = combine(all);
+    if models.len() == 1 {
+        rows.iter_mut().for_each(|r| log_softmax(r));
+    }
+    let v = rows.first().map_or(0, Vec::len);
+    Ok(Tensor::from_vec(
+        rows.concat(),
+        (b, t, v),
+        models[0].device(),
+    )?)
+}
+
+/// Checks that `models` can decode together: at least one, with the same vocabulary sizes and
+/// special token ids (same vocabularies are the caller's to check: the models hold no
+/// tokenizer).
+pub fn check_ensemble(models: &[&Seq2Seq]) -> Result<()> {
+    let first = models
+        .first()
+        .ok_or_else(|| Error::Config("decoding needs at least one model".into()))?;
+    let key = |m: &Seq2Seq| {
+        let c = &m.config;
+        (
+            c.vocab_size,
+            c.decoder_vocab_size.unwrap_or(c.vocab_size),
+            c.pad_token_id,
+            c.eos_token_id,
+            c.decoder_start_token_id,
+        )
+    };
+    for (i, m) in models.iter().enumerate().skip(1) {
+        if key(m) != key(first) {
+            return Err(Error::Config(format!(
+                "ensemble model {} has vocabulary sizes and pad/eos/start ids {:?}, model 1 {:?}: \
+                 models decoded together must share their vocabularies",
+                i + 1,
+                key(m),
+                key(first)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes every source row of `src` `[b, s]` (u32; `mask` `[b, s]` 0/1 for padded batches):
@@ -102,45 +243,55 @@ pub fn decode(
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<Vec<Hypothesis>> {
-    decode_with(model, src, mask, opts, opts.num_beams > 1)
+    decode_with(&[model], src, mask, opts, opts.num_beams > 1)
 }
 
-/// As [`decode`], with beam search even for one beam (which then normally equals greedy).
-pub fn decode_beam(
-    model: &Seq2Seq,
+/// As [`decode`], with several models as one ensemble (see the module documentation).
+pub fn decode_ensemble(
+    models: &[&Seq2Seq],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<Vec<Hypothesis>> {
-    decode_with(model, src, mask, opts, true)
+    decode_with(models, src, mask, opts, opts.num_beams > 1)
+}
+
+/// As [`decode_ensemble`], with beam search even for one beam (which then normally equals
+/// greedy).
+pub fn decode_beam(
+    models: &[&Seq2Seq],
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    opts: &DecodeOptions,
+) -> Result<Vec<Hypothesis>> {
+    decode_with(models, src, mask, opts, true)
 }
 
 fn decode_with(
-    model: &Seq2Seq,
+    models: &[&Seq2Seq],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
     beam: bool,
 ) -> Result<Vec<Hypothesis>> {
     opts.validate()?;
+    check_ensemble(models)?;
     let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
-    let enc = model.encode(src, add_mask.as_ref(), None)?;
+    let dec = Decoders::new(models, src, add_mask.as_ref())?;
     if beam {
-        beam_search(model, &enc, add_mask.as_ref(), opts)
+        beam_search(dec, src.dim(0)?, add_mask.as_ref(), opts)
     } else {
-        greedy(model, &enc, add_mask.as_ref(), opts)
+        greedy(dec, src.dim(0)?, add_mask.as_ref(), opts)
     }
 }
 
 fn greedy(
-    model: &Seq2Seq,
-    enc: &Tensor,
+    mut dec: Decoders,
+    b: usize,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<Vec<Hypothesis>> {
-    let c = &model.config;
-    let b = enc.dim(0)?;
-    let mut caches = model.new_caches();
+    let c = &dec.models[0].config;
     let mut out: Vec<Hypothesis> = vec![
         Hypothesis {
             tokens: vec![],
@@ -151,9 +302,7 @@ fn greedy(
     let mut done = vec![false; b];
     let mut next = vec![c.decoder_start_token_id; b];
     for step in 0..opts.max_new_tokens {
-        let input = Tensor::from_vec(next.clone(), (b, 1), model.device())?;
-        let h = model.decode(&input, enc, mask, Some(&mut caches), None)?;
-        let rows = last_logits(model, &h)?;
+        let rows = dec.step(&next, mask)?;
         for (i, mut row) in rows.into_iter().enumerate() {
             if done[i] {
                 next[i] = c.pad_token_id;
@@ -193,23 +342,22 @@ struct Slot {
 }
 
 fn beam_search(
-    model: &Seq2Seq,
-    enc: &Tensor,
+    mut dec: Decoders,
+    b: usize,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<Vec<Hypothesis>> {
     const NEG: f32 = -1.0e9;
-    let c = &model.config;
-    let (b, beams) = (enc.dim(0)?, opts.num_beams);
-    let device = model.device();
+    let c = &dec.models[0].config;
+    let beams = opts.num_beams;
+    let device = dec.device().clone();
     // Each source row repeated once per beam.
     let rep: Vec<u32> = (0..b as u32)
         .flat_map(|i| std::iter::repeat_n(i, beams))
         .collect();
-    let rep = Tensor::new(rep.as_slice(), device)?;
-    let enc = enc.index_select(&rep, 0)?;
+    let rep = Tensor::new(rep.as_slice(), &device)?;
+    dec.select_sources(&rep)?;
     let mask = mask.map(|m| m.index_select(&rep, 0)).transpose()?;
-    let mut caches = model.new_caches();
     let lp_pow = |n: usize| (n as f64).powf(opts.length_penalty) as f32;
     let mut run_scores: Vec<f32> = (0..b * beams)
         .map(|i| if i % beams == 0 { 0.0 } else { NEG })
@@ -231,9 +379,7 @@ fn beam_search(
     let max_length = opts.max_new_tokens + 1;
     let mut cur_len = 1;
     while cur_len < max_length {
-        let input = Tensor::from_vec(next.clone(), (b * beams, 1), device)?;
-        let h = model.decode(&input, &enc, mask.as_ref(), Some(&mut caches), None)?;
-        let rows = last_logits(model, &h)?;
+        let rows = dec.step(&next, mask.as_ref())?;
         let v = rows[0].len();
         let k = 2 * beams;
         let mut src_beams = Vec::with_capacity(b * beams);
@@ -297,10 +443,7 @@ fn beam_search(
             slots[r] = cands;
         }
         // Follow the kept beams.
-        let idx = Tensor::new(src_beams.as_slice(), device)?;
-        for cache in caches.iter_mut() {
-            cache.self_kv.reorder(&idx)?;
-        }
+        dec.reorder(&Tensor::new(src_beams.as_slice(), &device)?)?;
         run_tokens = src_beams
             .iter()
             .zip(&new_tokens)
@@ -345,15 +488,17 @@ fn beam_search(
         .collect())
 }
 
-/// Decodes source id sequences (each ending with end-of-sequence) as one padded batch;
-/// returns each output's token ids (without end-of-sequence) and its score.
+/// Decodes source id sequences (each ending with end-of-sequence) as one padded batch with one
+/// model or an ensemble; returns each output's token ids (without end-of-sequence) and its
+/// score.
 pub fn decode_ids(
-    model: &Seq2Seq,
+    models: &[&Seq2Seq],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<(Vec<u32>, f32)>> {
     use crate::objective::seq2seq::{pad_batch, Pair};
-    let c = &model.config;
+    check_ensemble(models)?;
+    let c = &models[0].config;
     let pairs: Vec<Pair> = inputs
         .iter()
         .map(|s| Pair {
@@ -366,9 +511,9 @@ pub fn decode_ids(
         &refs,
         c.pad_token_id,
         c.decoder_start_token_id,
-        model.device(),
+        models[0].device(),
     )?;
-    let hyps = decode(model, &batch.src, Some(&batch.src_mask), opts)?;
+    let hyps = decode_ensemble(models, &batch.src, Some(&batch.src_mask), opts)?;
     Ok(hyps
         .into_iter()
         .map(|h| (strip_eos(&h.tokens, c.eos_token_id).to_vec(), h.score))
@@ -383,38 +528,94 @@ pub fn strip_eos(tokens: &[u32], eos: u32) -> &[u32] {
     }
 }
 
-/// A trained sequence-to-sequence model with its source and target vocabularies (a run
-/// directory of a `seq2seq` recipe: `tokenizer.json` for the source, `target_tokenizer.json`
-/// for the target; a shared vocabulary when the latter is absent).
+/// Trained sequence-to-sequence models with their source and target vocabularies (run
+/// directories of a `seq2seq` recipe: `tokenizer.json` for the source, `target_tokenizer.json`
+/// for the target; a shared vocabulary when the latter is absent). Several models decode as an
+/// ensemble.
 pub struct Translator {
-    pub model: Seq2Seq,
+    pub models: Vec<Seq2Seq>,
     pub source: crate::tokenizer::Tokenizer,
     pub target: crate::tokenizer::Tokenizer,
 }
 
+/// A run directory's model and its source and target tokenizers.
+fn load_one(
+    dir: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<(
+    Seq2Seq,
+    crate::tokenizer::Tokenizer,
+    crate::tokenizer::Tokenizer,
+)> {
+    let (model, _) = crate::models::seq2seq::load_dir(dir, device)?;
+    let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
+    let tgt_path = dir.join("target_tokenizer.json");
+    let target = if tgt_path.exists() {
+        crate::tokenizer::Tokenizer::load(&tgt_path)?
+    } else {
+        source.clone()
+    };
+    Ok((model, source, target))
+}
+
 impl Translator {
     pub fn load(dir: &std::path::Path, device: &candle_core::Device) -> Result<Self> {
-        let (model, _) = crate::models::seq2seq::load_dir(dir, device)?;
-        let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
-        let tgt_path = dir.join("target_tokenizer.json");
-        let target = if tgt_path.exists() {
-            crate::tokenizer::Tokenizer::load(&tgt_path)?
-        } else {
-            source.clone()
-        };
+        Self::load_ensemble(&[dir], device)
+    }
+
+    /// Loads several models to decode as one ensemble; their source and target vocabularies
+    /// must be identical (checked; an error names the directory that differs).
+    pub fn load_ensemble<P: AsRef<std::path::Path>>(
+        dirs: &[P],
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let first = dirs
+            .first()
+            .ok_or_else(|| Error::Config("translation needs at least one model".into()))?;
+        let (model, source, target) = load_one(first.as_ref(), device)?;
+        let fp = (source.fingerprint()?, target.fingerprint()?);
+        let mut models = vec![model];
+        for dir in &dirs[1..] {
+            let dir = dir.as_ref();
+            let (m, s, t) = load_one(dir, device)?;
+            if (s.fingerprint()?, t.fingerprint()?) != fp {
+                return Err(Error::Config(format!(
+                    "{}: its source or target vocabulary differs from {}'s; models decoded \
+                     together must share them",
+                    dir.display(),
+                    first.as_ref().display()
+                )));
+            }
+            models.push(m);
+        }
+        check_ensemble(&models.iter().collect::<Vec<_>>())?;
         Ok(Translator {
-            model,
+            models,
             source,
             target,
         })
     }
 
+    /// The first model's configuration (the special token ids all models share).
+    pub fn config(&self) -> &crate::models::seq2seq::Seq2SeqConfig {
+        &self.models[0].config
+    }
+
+    /// The longest input or output every model takes (end-of-sequence included).
+    fn max_positions(&self) -> usize {
+        self.models
+            .iter()
+            .map(|m| m.config.max_position_embeddings)
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Source ids of one input (characters, then end-of-sequence). Characters outside the
     /// vocabulary are an error naming them unless `allow_unk` (then `<unk>`); an input longer
-    /// than the model's positions is an error.
+    /// than the models' positions is an error.
     pub fn encode(&self, text: &str, allow_unk: bool) -> Result<Vec<u32>> {
         let ids = crate::objective::seq2seq::encode_source(&self.source, text, allow_unk)?;
-        let max = self.model.config.max_position_embeddings;
+        let max = self.max_positions();
         if ids.len() > max {
             return Err(Error::Data(format!(
                 "{text:?} is {} tokens long (end of sequence included); the model takes at most {max}",
@@ -430,7 +631,7 @@ impl Translator {
         inputs: &[Vec<u32>],
         opts: &DecodeOptions,
     ) -> Result<Vec<(Vec<u32>, f32)>> {
-        decode_ids(&self.model, inputs, opts)
+        decode_ids(&self.models.iter().collect::<Vec<_>>(), inputs, opts)
     }
 
     /// The text of target ids (symbols joined by spaces).
@@ -438,11 +639,11 @@ impl Translator {
         self.target.decode_with(ids, true)
     }
 
-    /// Decoding options from the model: at most as many tokens as it has positions, the pad
+    /// Decoding options from the models: at most as many tokens as they have positions, the pad
     /// token banned.
     pub fn options(&self, num_beams: usize, length_penalty: f64) -> DecodeOptions {
         DecodeOptions {
-            max_new_tokens: self.model.config.max_position_embeddings,
+            max_new_tokens: self.max_positions(),
             num_beams,
             length_penalty,
             ..Default::default()

@@ -463,9 +463,11 @@ pub struct AccuracyArgs {
 
 #[derive(Args, Debug)]
 pub struct Seq2seqArgs {
-    /// A run directory (or checkpoint folder) of a seq2seq recipe.
-    #[arg(long)]
-    pub model: String,
+    /// A run directory (or checkpoint folder) of a seq2seq recipe. Repeat to score an ensemble
+    /// (mean of the models' next-token probabilities); the models must share their vocabularies
+    /// and their recipes' [data] (the same split).
+    #[arg(long, required = true)]
+    pub model: Vec<String>,
     /// The lexicon [default: the recipe's data.corpus].
     #[arg(long)]
     pub data: Option<String>,
@@ -554,12 +556,28 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
 
 fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     use ferroformer::data::lexicon::Part;
-    use ferroformer::translate::{strip_eos, Translator};
+    use ferroformer::translate::strip_eos;
     if a.beam == 0 || a.batch == 0 {
         anyhow::bail!("--beam and --batch must be positive");
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
-    let recipe = ferroformer::train::Recipe::load(&dir.join("recipe.toml"), &[])?;
+    let mut recipes = vec![];
+    for m in &a.model {
+        let dir = ferroformer::pretrained::resolve_model(m)?;
+        recipes.push(ferroformer::train::Recipe::load(
+            &dir.join("recipe.toml"),
+            &[],
+        )?);
+    }
+    let recipe = &recipes[0];
+    // A word one model trained on would be scored as unseen by the ensemble.
+    if let Some(i) = recipes.iter().position(|r| r.data != recipe.data) {
+        anyhow::bail!(
+            "--model {} was trained with a different [data] section (split, stress or corpus) \
+             than --model {}; an ensemble is scored on one split",
+            a.model[i],
+            a.model[0]
+        );
+    }
     let part: Part = a.split.parse()?;
     let data = match &a.data {
         Some(d) => d.clone(),
@@ -577,9 +595,9 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     if words.is_empty() {
         anyhow::bail!("the {} split is empty", a.split);
     }
-    let t = Translator::load(&dir, &c.device()?)?;
+    let t = super::load_translator(&a.model, c)?;
     let opts = t.options(a.beam, a.length_penalty);
-    let eos = t.model.config.eos_token_id;
+    let eos = t.config().eos_token_id;
     let bar = if c.progress() {
         indicatif::ProgressBar::new(words.len() as u64)
     } else {

@@ -247,6 +247,19 @@ pub fn load_model(
     Ok(p)
 }
 
+/// Loads the `--model`s of `translate` / `eval seq2seq` (one, or several as an ensemble); the
+/// error names the argument that failed.
+pub fn load_translator(args: &[String], c: &Common) -> Result<ferroformer::translate::Translator> {
+    let dirs = args
+        .iter()
+        .map(|m| ferroformer::pretrained::resolve_model(m).with_context(|| format!("--model {m}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ferroformer::translate::Translator::load_ensemble(
+        &dirs,
+        &c.device()?,
+    )?)
+}
+
 /// Installs the Ctrl-C handler: the first press asks training to checkpoint and stop; the
 /// second exits at once (checkpoint writes are atomic, so nothing is left torn).
 pub fn install_interrupt_handler(quiet: bool) {

@@ -3,15 +3,16 @@
 use super::Common;
 use anyhow::{bail, Result};
 use clap::Args;
-use ferroformer::translate::Translator;
 use std::io::{BufRead, Write};
 
 #[derive(Args, Debug)]
 pub struct TranslateArgs {
     /// Sequence-to-sequence model: a run directory of a seq2seq recipe (e.g. g2p-cmudict) or a
-    /// Marian directory with tokenizer.json (and target_tokenizer.json).
-    #[arg(long)]
-    pub model: String,
+    /// Marian directory with tokenizer.json (and target_tokenizer.json). Repeat to decode with
+    /// an ensemble (models with the same vocabularies; each step uses the mean of their
+    /// next-token probabilities).
+    #[arg(long, required = true)]
+    pub model: Vec<String>,
     /// Beam width (1: greedy).
     #[arg(long, default_value_t = 1)]
     pub beam: usize,
@@ -30,8 +31,7 @@ pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
     if a.beam == 0 || a.batch == 0 {
         bail!("--beam and --batch must be positive");
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
-    let t = Translator::load(&dir, &c.device()?)?;
+    let t = super::load_translator(&a.model, c)?;
     let opts = t.options(a.beam, a.length_penalty);
     let stdin = std::io::stdin();
     let mut lines = vec![];

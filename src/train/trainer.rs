@@ -1510,7 +1510,7 @@ impl Trainer {
         let mut outputs = Vec::with_capacity(refs.len());
         for chunk in refs.chunks(self.recipe.train.batch_size.max(1) * 4) {
             let srcs: Vec<Vec<u32>> = chunk.iter().map(|(s, _)| s.clone()).collect();
-            let decoded = crate::translate::decode_ids(model, &srcs, &opts)?;
+            let decoded = crate::translate::decode_ids(&[model], &srcs, &opts)?;
             outputs.extend(decoded.into_iter().map(|(tokens, _)| tokens));
         }
         let references: Vec<Vec<Vec<u32>>> = refs

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Grapheme-to-phoneme on CMUdict as an ensemble trained in one hour on 2 cores: two models of
+# recipes/g2p-cmudict.toml (stress-free, length-grouped batches, 46,000 steps, seeds 1337 and
+# 4242) train side by side, one thread each, then the test words are decoded by both together
+# (each step the mean of their next-token probabilities; beam 4) and scored.
+#
+#   bench/g2p_ensemble.sh [OUT_PREFIX]     # default runs/g2p-ens: runs/g2p-ens-a, runs/g2p-ens-b
+#
+# Prints each run's training time (seconds, from its metrics.jsonl), then the JSON of
+# `eval seq2seq` for each model alone (greedy) and for the ensemble (greedy and beam 4).
+# FF overrides the binary (default: target/release/ferroformer, built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=${1:-runs/g2p-ens}
+ff=${FF:-target/release/ferroformer}
+[ -x "$ff" ] || cargo build --release
+common=(--recipe recipes/g2p-cmudict.toml --set data.stress=false
+        --set train.group_by_length=true --set train.steps=46000 --set train.eval_interval=11500)
+start=$(date +%s)
+"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed=1337 \
+    --set train.out_dir="$prefix-a" > "$prefix-a.log" 2>&1 &
+a=$!
+"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed=4242 \
+    --set train.out_dir="$prefix-b" > "$prefix-b.log" 2>&1 &
+b=$!
+wait $a || { echo "run a failed; see $prefix-a.log" >&2; exit 1; }
+wait $b || { echo "run b failed; see $prefix-b.log" >&2; exit 1; }
+echo "wall time of both trainings: $(( $(date +%s) - start )) s"
+for r in a b; do
+    python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1]) if "\"elapsed_s\"" in l]; print(sys.argv[2], "seconds in training steps (validation excluded):", round(max(r["elapsed_s"] for r in rows)))' \
+        "$prefix-$r/metrics.jsonl" "$r"
+    echo "$r alone (greedy): $("$ff" --quiet --json eval seq2seq --model "$prefix-$r" --split test)"
+done
+ens=(--model "$prefix-a" --model "$prefix-b")
+echo "ensemble (greedy): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test)"
+echo "ensemble (beam 4): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test --beam 4)"
