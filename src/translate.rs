@@ -5,13 +5,40 @@
 //! renormalising; its beam search bookkeeping and length penalty), so checkpoints decode the
 //! same here and there.
 //!
-//! Several models with the same vocabularies decode as an ensemble: each step's next-token
-//! distribution is the mean of the models' probabilities (fairseq's `EnsembleModel`), each
-//! model keeping its own encoder output and caches. One model decodes exactly as alone.
+//! Several models with the same vocabularies decode as an ensemble, each model keeping its own
+//! encoder output and caches: each step's next-token distribution is the renormalised geometric
+//! mean of the models' (the mean of their log-probabilities; [`EnsembleMean::Log`], the default)
+//! or the arithmetic mean of their probabilities (fairseq's `EnsembleModel`;
+//! [`EnsembleMean::Probability`]). One model decodes exactly as alone.
 
 use crate::models::seq2seq::{DecoderCache, Seq2Seq};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
+
+/// How an ensemble's next-token distributions are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnsembleMean {
+    /// The mean of the models' log-probabilities, renormalised (a product of experts: a token
+    /// must be likely under every model). Fewer errors than [`EnsembleMean::Probability`] on
+    /// the CMUdict validation words, greedy and beam (bench/RESULTS.md).
+    #[default]
+    Log,
+    /// The mean of the models' probabilities (fairseq's `EnsembleModel`).
+    Probability,
+}
+
+impl std::str::FromStr for EnsembleMean {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "log" => Ok(EnsembleMean::Log),
+            "prob" | "probability" => Ok(EnsembleMean::Probability),
+            _ => Err(Error::Config(format!(
+                "ensemble mean {s:?}: expected \"log\" or \"prob\""
+            ))),
+        }
+    }
+}
 
 /// How to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +57,8 @@ pub struct DecodeOptions {
     pub forced_eos: bool,
     /// Renormalise the processed scores (`renormalize_logits`).
     pub renormalize: bool,
+    /// How several models' distributions are combined (one model: unused).
+    pub ensemble_mean: EnsembleMean,
 }
 
 impl Default for DecodeOptions {
@@ -42,6 +71,7 @@ impl Default for DecodeOptions {
             ban_pad: true,
             forced_eos: false,
             renormalize: false,
+            ensemble_mean: EnsembleMean::default(),
         }
     }
 }
@@ -138,28 +168,41 @@ impl<'a> Decoders<'a> {
     }
 
     /// One decoder step for the tokens `next` (one per row): each row's next-token scores.
-    /// One model: its logits. Several: the log of the mean of their probabilities.
-    fn step(&mut self, next: &[u32], mask: Option<&Tensor>) -> Result<Vec<Vec<f32>>> {
+    /// One model: its logits. Several: their log-probabilities combined by `mean`.
+    fn step(
+        &mut self,
+        next: &[u32],
+        mask: Option<&Tensor>,
+        mean: EnsembleMean,
+    ) -> Result<Vec<Vec<f32>>> {
         let input = Tensor::from_vec(next.to_vec(), (next.len(), 1), self.device())?;
         let mut all = Vec::with_capacity(self.models.len());
         for ((m, enc), caches) in self.models.iter().zip(&self.encs).zip(&mut self.caches) {
             let h = m.decode(&input, enc, mask, Some(caches), None)?;
             all.push(m.logits(&h.squeeze(1)?)?.to_vec2::<f32>()?);
         }
-        Ok(combine(all))
+        Ok(combine(all, mean))
     }
 }
 
 /// Per-model score rows (`[model][row][token]`) as one row set: one model's rows unchanged;
-/// several models' as the log of the mean of their probabilities.
-fn combine(mut all: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+/// several models' as log-probabilities combined by `mean`.
+fn combine(mut all: Vec<Vec<Vec<f32>>>, mean: EnsembleMean) -> Vec<Vec<f32>> {
     if all.len() == 1 {
         return all.pop().unwrap_or_default();
     }
     all.iter_mut().flatten().for_each(|row| log_softmax(row));
-    let ln_n = (all.len() as f32).ln();
+    let n = all.len() as f32;
+    let ln_n = n.ln();
     let mut out = all.pop().unwrap_or_default();
     for (r, row) in out.iter_mut().enumerate() {
+        if mean == EnsembleMean::Log {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = (all.iter().map(|m| m[r][j]).sum::<f32>() + *x) / n;
+            }
+            log_softmax(row);
+            continue;
+        }
         for (j, x) in row.iter_mut().enumerate() {
             let vals = all.iter().map(|m| m[r][j]).chain([*x]);
             let max = vals.clone().fold(f32::NEG_INFINITY, f32::max);
@@ -173,14 +216,15 @@ fn combine(mut all: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
     out
 }
 
-/// Teacher-forced next-token log-probabilities `[b, t, v]` of one model or an ensemble (the log
-/// of the mean of the models' probabilities) for sources `src` `[b, s]` (`mask` `[b, s]` 0/1
-/// for padded batches) and decoder inputs `tgt` `[b, t]` (start token first).
+/// Teacher-forced next-token log-probabilities `[b, t, v]` of one model or an ensemble (combined
+/// by `mean`) for sources `src` `[b, s]` (`mask` `[b, s]` 0/1 for padded batches) and decoder
+/// inputs `tgt` `[b, t]` (start token first).
 pub fn log_probs(
     models: &[&Seq2Seq],
     src: &Tensor,
     mask: Option<&Tensor>,
     tgt: &Tensor,
+    mean: EnsembleMean,
 ) -> Result<Tensor> {
     check_ensemble(models)?;
     let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
@@ -192,7 +236,7 @@ pub fn log_probs(
         let rows: Vec<Vec<f32>> = m.logits(&h)?.flatten_to(1)?.to_vec2()?;
         all.push(rows);
     }
-    let mut rows = combine(all);
+    let mut rows = combine(all, mean);
     if models.len() == 1 {
         rows.iter_mut().for_each(|r| log_softmax(r));
     }
@@ -302,7 +346,7 @@ fn greedy(
     let mut done = vec![false; b];
     let mut next = vec![c.decoder_start_token_id; b];
     for step in 0..opts.max_new_tokens {
-        let rows = dec.step(&next, mask)?;
+        let rows = dec.step(&next, mask, opts.ensemble_mean)?;
         for (i, mut row) in rows.into_iter().enumerate() {
             if done[i] {
                 next[i] = c.pad_token_id;
@@ -379,7 +423,7 @@ fn beam_search(
     let max_length = opts.max_new_tokens + 1;
     let mut cur_len = 1;
     while cur_len < max_length {
-        let rows = dec.step(&next, mask.as_ref())?;
+        let rows = dec.step(&next, mask.as_ref(), opts.ensemble_mean)?;
         let v = rows[0].len();
         let k = 2 * beams;
         let mut src_beams = Vec::with_capacity(b * beams);

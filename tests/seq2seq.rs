@@ -143,14 +143,16 @@ fn decoding_matches_transformers_generate() {
 }
 
 /// Two models as one ensemble (marian-tiny and marian-tiny-b, another depth) against the
-/// PyTorch reference in marian-tiny-b/ensemble.safetensors: teacher-forced log-probabilities
-/// (log of the mean probability), greedy tokens and scores with and without Marian's
-/// processors. A model ensembled with itself decodes as alone; ensemble beam 1 equals greedy,
-/// beam 4 never scores below it and its score is the teacher-forced ensemble score of its
-/// tokens; models with other vocabularies are refused.
+/// PyTorch reference in marian-tiny-b/ensemble.safetensors, for both ways of combining them
+/// (mean probability, mean log-probability): teacher-forced log-probabilities, greedy tokens and
+/// scores with and without Marian's processors. A model ensembled with itself decodes as alone;
+/// ensemble beam 1 equals greedy, beam 4 never scores below it and its score is the
+/// teacher-forced ensemble score of its tokens; models with other vocabularies are refused.
 #[test]
 fn ensemble_decoding_matches_pytorch() {
-    use ferroformer::translate::{decode, decode_beam, decode_ensemble, log_probs, DecodeOptions};
+    use ferroformer::translate::{
+        decode, decode_beam, decode_ensemble, log_probs, DecodeOptions, EnsembleMean,
+    };
     let dev = Device::Cpu;
     let (a, e) = load();
     let (b, _) = seq2seq::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
@@ -158,103 +160,110 @@ fn ensemble_decoding_matches_pytorch() {
     let src = e["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = &e["attention_mask"];
     let tgt = e["decoder_input_ids"].to_dtype(DType::U32).unwrap();
-    let lp = log_probs(&[&a, &b], &src, Some(mask), &tgt).unwrap();
-    assert_close("ensemble log-probs", &lp, &x["log_probs"], 1e-4, 1e-5);
-    let marian = DecodeOptions {
-        max_new_tokens: 10,
-        ban_pad: true,
-        forced_eos: true,
-        renormalize: true,
-        ..Default::default()
-    };
-    let plain = DecodeOptions {
-        ban_pad: false,
-        forced_eos: false,
-        renormalize: false,
-        ..marian.clone()
-    };
-    let rows = |t: &Tensor| -> Vec<Vec<u32>> { t.to_dtype(DType::U32).unwrap().to_vec2().unwrap() };
-    for (opts, name) in [(&marian, ""), (&plain, "_plain")] {
-        let got = decode_ensemble(&[&a, &b], &src, Some(mask), opts).unwrap();
-        let want = rows(&x[&format!("generated{name}")]);
-        let scores: Vec<f32> = x[&format!("scores{name}")].to_vec1().unwrap();
-        for ((g, w), s) in got.iter().zip(&want).zip(&scores) {
-            let n = g.tokens.len();
-            assert_eq!(
-                g.tokens[..],
-                w[1..1 + n],
-                "ensemble{name}: {got:?} vs {want:?}"
-            );
-            assert!(w[1 + n..].iter().all(|&t| t == 0), "{w:?}");
-            assert!((g.score - s).abs() <= 1e-4 * s.abs(), "{} vs {s}", g.score);
-        }
-    }
-    // The fixture's ensemble decides unlike either model alone.
-    let greedy = decode_ensemble(&[&a, &b], &src, Some(mask), &marian).unwrap();
-    for tag in ["a", "b"] {
-        assert_ne!(
-            rows(&x[&format!("generated_{tag}")]),
-            rows(&x["generated"]),
-            "{tag}"
-        );
-    }
-    // A model with itself: the same tokens and scores as alone.
-    let alone = decode(&a, &src, Some(mask), &marian).unwrap();
-    let twice = decode_ensemble(&[&a, &a], &src, Some(mask), &marian).unwrap();
-    for (t, o) in twice.iter().zip(&alone) {
-        assert_eq!(t.tokens, o.tokens);
-        assert!((t.score - o.score).abs() <= 1e-5 * o.score.abs().max(1.0));
-    }
-    // Beam search over the ensemble: beam 1 is its greedy.
     let ens = [&a, &b];
-    let opts = DecodeOptions {
-        num_beams: 1,
-        ..marian.clone()
-    };
-    let b1 = decode_beam(&ens, &src, Some(mask), &opts).unwrap();
-    assert_eq!(
-        b1.iter().map(|h| &h.tokens).collect::<Vec<_>>(),
-        greedy.iter().map(|h| &h.tokens).collect::<Vec<_>>()
-    );
-    let beam4 = DecodeOptions {
-        num_beams: 4,
-        ..plain.clone()
-    };
-    let greedy_plain = decode_ensemble(&ens, &src, Some(mask), &plain).unwrap();
-    let best = decode_ensemble(&ens, &src, Some(mask), &beam4).unwrap();
-    for (r, (bm, g)) in best.iter().zip(&greedy_plain).enumerate() {
-        assert!(bm.score >= g.score / g.tokens.len() as f32 - 1e-5);
-        // Its score recomputed teacher-forced from the full (uncached) ensemble log-probs.
-        let mut dec = vec![0u32];
-        dec.extend(&bm.tokens[..bm.tokens.len() - 1]);
-        let dec = Tensor::new(dec.as_slice(), &dev)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let one_src = src.narrow(0, r, 1).unwrap();
-        let one_mask = mask.narrow(0, r, 1).unwrap();
-        let lp: Vec<Vec<f32>> = log_probs(&ens, &one_src, Some(&one_mask), &dec)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let total: f32 = bm
-            .tokens
-            .iter()
-            .zip(&lp)
-            .map(|(&t, row)| row[t as usize])
-            .sum();
-        let want = total / bm.tokens.len() as f32;
-        assert!(
-            (bm.score - want).abs() <= 1e-4 * want.abs(),
-            "{} vs {want}",
-            bm.score
+    let rows = |t: &Tensor| -> Vec<Vec<u32>> { t.to_dtype(DType::U32).unwrap().to_vec2().unwrap() };
+    for (mean, key) in [
+        (EnsembleMean::Probability, "prob"),
+        (EnsembleMean::Log, "log"),
+    ] {
+        let lp = log_probs(&ens, &src, Some(mask), &tgt, mean).unwrap();
+        assert_close(key, &lp, &x[&format!("log_probs_{key}")], 1e-4, 1e-5);
+        let marian = DecodeOptions {
+            max_new_tokens: 10,
+            ban_pad: true,
+            forced_eos: true,
+            renormalize: true,
+            ensemble_mean: mean,
+            ..Default::default()
+        };
+        let plain = DecodeOptions {
+            ban_pad: false,
+            forced_eos: false,
+            renormalize: false,
+            ..marian.clone()
+        };
+        for (opts, name) in [(&marian, ""), (&plain, "_plain")] {
+            let got = decode_ensemble(&ens, &src, Some(mask), opts).unwrap();
+            let want = rows(&x[&format!("generated_{key}{name}")]);
+            let scores: Vec<f32> = x[&format!("scores_{key}{name}")].to_vec1().unwrap();
+            for ((g, w), s) in got.iter().zip(&want).zip(&scores) {
+                let n = g.tokens.len();
+                assert_eq!(
+                    g.tokens[..],
+                    w[1..1 + n],
+                    "{key}{name}: {got:?} vs {want:?}"
+                );
+                assert!(w[1 + n..].iter().all(|&t| t == 0), "{w:?}");
+                assert!((g.score - s).abs() <= 1e-4 * s.abs(), "{} vs {s}", g.score);
+            }
+        }
+        // The fixture's ensemble decides unlike either model alone.
+        for tag in ["a", "b"] {
+            assert_ne!(
+                rows(&x[&format!("generated_{tag}")]),
+                rows(&x[&format!("generated_{key}")]),
+                "{tag}"
+            );
+        }
+        // A model with itself: the same tokens and scores as alone.
+        let alone = decode(&a, &src, Some(mask), &marian).unwrap();
+        let twice = decode_ensemble(&[&a, &a], &src, Some(mask), &marian).unwrap();
+        for (t, o) in twice.iter().zip(&alone) {
+            assert_eq!(t.tokens, o.tokens);
+            assert!((t.score - o.score).abs() <= 1e-5 * o.score.abs().max(1.0));
+        }
+        // Beam search over the ensemble: beam 1 is its greedy.
+        let greedy = decode_ensemble(&ens, &src, Some(mask), &marian).unwrap();
+        let opts = DecodeOptions {
+            num_beams: 1,
+            ..marian.clone()
+        };
+        let b1 = decode_beam(&ens, &src, Some(mask), &opts).unwrap();
+        assert_eq!(
+            b1.iter().map(|h| &h.tokens).collect::<Vec<_>>(),
+            greedy.iter().map(|h| &h.tokens).collect::<Vec<_>>()
         );
+        let beam4 = DecodeOptions {
+            num_beams: 4,
+            ..plain.clone()
+        };
+        let greedy_plain = decode_ensemble(&ens, &src, Some(mask), &plain).unwrap();
+        let best = decode_ensemble(&ens, &src, Some(mask), &beam4).unwrap();
+        for (r, (bm, g)) in best.iter().zip(&greedy_plain).enumerate() {
+            assert!(bm.score >= g.score / g.tokens.len() as f32 - 1e-5);
+            // Its score recomputed teacher-forced from the full (uncached) ensemble log-probs.
+            let mut dec = vec![0u32];
+            dec.extend(&bm.tokens[..bm.tokens.len() - 1]);
+            let dec = Tensor::new(dec.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let one_src = src.narrow(0, r, 1).unwrap();
+            let one_mask = mask.narrow(0, r, 1).unwrap();
+            let lp: Vec<Vec<f32>> = log_probs(&ens, &one_src, Some(&one_mask), &dec, mean)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            let total: f32 = bm
+                .tokens
+                .iter()
+                .zip(&lp)
+                .map(|(&t, row)| row[t as usize])
+                .sum();
+            let want = total / bm.tokens.len() as f32;
+            assert!(
+                (bm.score - want).abs() <= 1e-4 * want.abs(),
+                "{} vs {want}",
+                bm.score
+            );
+        }
     }
     // Another target vocabulary cannot join.
     let (g2p, _) = seq2seq::load_dir(&fixture("marian-tiny-g2p"), &dev).unwrap();
-    let err = decode_ensemble(&[&a, &g2p], &src, Some(mask), &marian).unwrap_err();
+    let opts = DecodeOptions::default();
+    let err = decode_ensemble(&[&a, &g2p], &src, Some(mask), &opts).unwrap_err();
     assert!(err.to_string().contains("vocabular"), "{err}");
 }
 

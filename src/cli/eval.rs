@@ -480,6 +480,11 @@ pub struct Seq2seqArgs {
     /// Beam search length penalty exponent.
     #[arg(long, default_value_t = 1.0)]
     pub length_penalty: f64,
+    /// With several --model: `log` decodes with the renormalised mean of their
+    /// log-probabilities (a token must be likely under every model), `prob` with the mean of
+    /// their probabilities (fairseq's ensembles).
+    #[arg(long, default_value = "log")]
+    pub ensemble_mean: ferroformer::translate::EnsembleMean,
     /// Words decoded together.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
@@ -596,7 +601,10 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
         anyhow::bail!("the {} split is empty", a.split);
     }
     let t = super::load_translator(&a.model, c)?;
-    let opts = t.options(a.beam, a.length_penalty);
+    let opts = ferroformer::translate::DecodeOptions {
+        ensemble_mean: a.ensemble_mean,
+        ..t.options(a.beam, a.length_penalty)
+    };
     let eos = t.config().eos_token_id;
     let bar = if c.progress() {
         indicatif::ProgressBar::new(words.len() as u64)

@@ -19,6 +19,11 @@ pub struct TranslateArgs {
     /// Beam search: a hypothesis' score is its log-probability / length^this.
     #[arg(long, default_value_t = 1.0)]
     pub length_penalty: f64,
+    /// With several --model: `log` decodes with the renormalised mean of their
+    /// log-probabilities (a token must be likely under every model), `prob` with the mean of
+    /// their probabilities (fairseq's ensembles).
+    #[arg(long, default_value = "log")]
+    pub ensemble_mean: ferroformer::translate::EnsembleMean,
     /// Inputs decoded together.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -32,7 +37,10 @@ pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
         bail!("--beam and --batch must be positive");
     }
     let t = super::load_translator(&a.model, c)?;
-    let opts = t.options(a.beam, a.length_penalty);
+    let opts = ferroformer::translate::DecodeOptions {
+        ensemble_mean: a.ensemble_mean,
+        ..t.options(a.beam, a.length_penalty)
+    };
     let stdin = std::io::stdin();
     let mut lines = vec![];
     for (i, line) in stdin.lock().lines().enumerate() {
