@@ -53,6 +53,32 @@ fn tiny_marian_matches_transformers() {
     ferroformer::nn::kernels::set_plain(false);
 }
 
+/// The fixtures' decoding settings, 10 new tokens at most: Marian's processors (pad banned, end
+/// forced at the limit, renormalised) and none.
+fn marian_and_plain(
+    mean: ferroformer::translate::EnsembleMean,
+) -> (
+    ferroformer::translate::DecodeOptions,
+    ferroformer::translate::DecodeOptions,
+) {
+    let marian = ferroformer::translate::DecodeOptions {
+        max_new_tokens: 10,
+        num_beams: 1,
+        ban_pad: true,
+        forced_eos: true,
+        renormalize: true,
+        ensemble_mean: mean,
+        ..Default::default()
+    };
+    let plain = ferroformer::translate::DecodeOptions {
+        ban_pad: false,
+        forced_eos: false,
+        renormalize: false,
+        ..marian.clone()
+    };
+    (marian, plain)
+}
+
 /// Greedy and beam search against transformers' `generate` on the same inputs: tokens (and
 /// beam scores) with Marian's processors (pad banned, end forced at the limit, renormalised)
 /// and without; early stopping on and off; beam 1 equals greedy; beam search never scores
@@ -70,20 +96,7 @@ fn decoding_matches_transformers_generate() {
             .to_vec2::<u32>()
             .unwrap()
     };
-    let marian = DecodeOptions {
-        max_new_tokens: 10,
-        num_beams: 1,
-        ban_pad: true,
-        forced_eos: true,
-        renormalize: true,
-        ..Default::default()
-    };
-    let plain = DecodeOptions {
-        ban_pad: false,
-        forced_eos: false,
-        renormalize: false,
-        ..marian.clone()
-    };
+    let (marian, plain) = marian_and_plain(Default::default());
     let check = |opts: &DecodeOptions, name: &str, fill: u32| {
         let got = decode(&model, &src, Some(mask), opts).unwrap();
         let want = rows(name);
@@ -168,20 +181,7 @@ fn ensemble_decoding_matches_pytorch() {
     ] {
         let lp = log_probs(&ens, &src, Some(mask), &tgt, mean).unwrap();
         assert_close(key, &lp, &x[&format!("log_probs_{key}")], 1e-4, 1e-5);
-        let marian = DecodeOptions {
-            max_new_tokens: 10,
-            ban_pad: true,
-            forced_eos: true,
-            renormalize: true,
-            ensemble_mean: mean,
-            ..Default::default()
-        };
-        let plain = DecodeOptions {
-            ban_pad: false,
-            forced_eos: false,
-            renormalize: false,
-            ..marian.clone()
-        };
+        let (marian, plain) = marian_and_plain(mean);
         for (opts, name) in [(&marian, ""), (&plain, "_plain")] {
             let got = decode_ensemble(&ens, &src, Some(mask), opts).unwrap();
             let want = rows(&x[&format!("generated_{key}{name}")]);
