@@ -9,14 +9,15 @@
 #
 # Prints each run's training time (seconds, from its metrics.jsonl), then the JSON of
 # `eval seq2seq` for each model alone (greedy) and for the ensemble (greedy and beam 4).
-# FF overrides the binary (default: target/release/ferroformer, built if missing).
+# FF overrides the binary (default: target/release/ferroformer, built if missing); STEPS the
+# steps of each run (default 50000; fewer for a quick check of the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:-runs/g2p-ens}
 ff=${FF:-target/release/ferroformer}
 [ -x "$ff" ] || cargo build --release
 common=(--recipe recipes/g2p-cmudict.toml --set data.stress=false
-        --set train.group_by_length=true --set train.steps=50000 --set train.eval_interval=25000)
+        --set train.group_by_length=true --set train.steps="${STEPS:-50000}" --set train.eval_interval=$(( (${STEPS:-50000} + 1) / 2 )))
 start=$(date +%s)
 "$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed=1337 \
     --set train.out_dir="$prefix-a" > "$prefix-a.log" 2>&1 &

@@ -464,8 +464,8 @@ pub struct AccuracyArgs {
 #[derive(Args, Debug)]
 pub struct Seq2seqArgs {
     /// A run directory (or checkpoint folder) of a seq2seq recipe. Repeat to score an ensemble
-    /// (mean of the models' next-token probabilities); the models must share their vocabularies
-    /// and their recipes' [data] (the same split).
+    /// (see --ensemble-mean); the models must share their vocabularies and their recipes' [data]
+    /// (the same split).
     #[arg(long, required = true)]
     pub model: Vec<String>,
     /// The lexicon [default: the recipe's data.corpus].
@@ -565,14 +565,11 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     if a.beam == 0 || a.batch == 0 {
         anyhow::bail!("--beam and --batch must be positive");
     }
-    let mut recipes = vec![];
-    for m in &a.model {
-        let dir = ferroformer::pretrained::resolve_model(m)?;
-        recipes.push(ferroformer::train::Recipe::load(
-            &dir.join("recipe.toml"),
-            &[],
-        )?);
-    }
+    let dirs = super::model_dirs(&a.model)?;
+    let recipes = dirs
+        .iter()
+        .map(|d| ferroformer::train::Recipe::load(&d.join("recipe.toml"), &[]))
+        .collect::<Result<Vec<_>, _>>()?;
     let recipe = &recipes[0];
     // A word one model trained on would be scored as unseen by the ensemble.
     if let Some(i) = recipes.iter().position(|r| r.data != recipe.data) {
@@ -600,7 +597,7 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     if words.is_empty() {
         anyhow::bail!("the {} split is empty", a.split);
     }
-    let t = super::load_translator(&a.model, c)?;
+    let t = ferroformer::translate::Translator::load_ensemble(&dirs, &c.device()?)?;
     let opts = ferroformer::translate::DecodeOptions {
         ensemble_mean: a.ensemble_mean,
         ..t.options(a.beam, a.length_penalty)

@@ -247,17 +247,12 @@ pub fn load_model(
     Ok(p)
 }
 
-/// Loads the `--model`s of `translate` / `eval seq2seq` (one, or several as an ensemble); the
-/// error names the argument that failed.
-pub fn load_translator(args: &[String], c: &Common) -> Result<ferroformer::translate::Translator> {
-    let dirs = args
-        .iter()
+/// The directories of `--model` arguments (several for an ensemble); an error names the
+/// argument that failed.
+pub fn model_dirs(args: &[String]) -> Result<Vec<std::path::PathBuf>> {
+    args.iter()
         .map(|m| ferroformer::pretrained::resolve_model(m).with_context(|| format!("--model {m}")))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ferroformer::translate::Translator::load_ensemble(
-        &dirs,
-        &c.device()?,
-    )?)
+        .collect()
 }
 
 /// Installs the Ctrl-C handler: the first press asks training to checkpoint and stop; the

@@ -9,8 +9,7 @@ use std::io::{BufRead, Write};
 pub struct TranslateArgs {
     /// Sequence-to-sequence model: a run directory of a seq2seq recipe (e.g. g2p-cmudict) or a
     /// Marian directory with tokenizer.json (and target_tokenizer.json). Repeat to decode with
-    /// an ensemble (models with the same vocabularies; each step uses the mean of their
-    /// next-token probabilities).
+    /// an ensemble (models with the same vocabularies; see --ensemble-mean).
     #[arg(long, required = true)]
     pub model: Vec<String>,
     /// Beam width (1: greedy).
@@ -36,7 +35,10 @@ pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
     if a.beam == 0 || a.batch == 0 {
         bail!("--beam and --batch must be positive");
     }
-    let t = super::load_translator(&a.model, c)?;
+    let t = ferroformer::translate::Translator::load_ensemble(
+        &super::model_dirs(&a.model)?,
+        &c.device()?,
+    )?;
     let opts = ferroformer::translate::DecodeOptions {
         ensemble_mean: a.ensemble_mean,
         ..t.options(a.beam, a.length_penalty)
