@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Grapheme-to-phoneme on CMUdict as an ensemble trained in one hour on 2 cores: two models of
 # recipes/g2p-cmudict.toml (stress-free, length-grouped batches, 50,000 steps, seeds 1337 and
-# 4242) train side by side, one thread each (two single-threaded runs get more steps out of 2
+# 4242 unless SEEDS) train side by side, one thread each (two single-threaded runs get more steps out of 2
 # cores than one run on both), then the test words are decoded by both together (each step the
-# renormalised mean of their log-probabilities; beam 4) and scored.
+# renormalised mean of their log-probabilities; beam 4) and scored. With REVERSE_B=1 the second
+# run learns to write right to left (`data.reverse_target`); the pair then decodes by
+# bidirectional rescoring (each proposes its 4 best, the candidate with the best mean
+# log-probability under both wins).
 #
 #   bench/g2p_ensemble.sh [OUT_PREFIX]     # default runs/g2p-ens: runs/g2p-ens-a, runs/g2p-ens-b
 #
 # Prints each run's training time (seconds, from its metrics.jsonl), then the JSON of
 # `eval seq2seq` for each model alone (greedy) and for the ensemble (greedy and beam 4).
 # FF overrides the binary (default: target/release/ferroformer, built if missing); STEPS the
-# steps of each run (default 50000; fewer for a quick check of the script).
+# steps of each run (default 50000; fewer for a quick check of the script); SEEDS the two
+# runs' seeds (default "1337 4242").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:-runs/g2p-ens}
@@ -18,11 +22,13 @@ ff=${FF:-target/release/ferroformer}
 [ -x "$ff" ] || cargo build --release
 common=(--recipe recipes/g2p-cmudict.toml --set data.stress=false
         --set train.group_by_length=true --set train.steps="${STEPS:-50000}" --set train.eval_interval=$(( (${STEPS:-50000} + 1) / 2 )))
+read -r seed_a seed_b <<< "${SEEDS:-1337 4242}"
 start=$(date +%s)
-"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed=1337 \
+"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed="$seed_a" \
     --set train.out_dir="$prefix-a" > "$prefix-a.log" 2>&1 &
 a=$!
-"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed=4242 \
+"$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed="$seed_b" \
+    --set data.reverse_target="$([ "${REVERSE_B:-0}" = 1 ] && echo true || echo false)" \
     --set train.out_dir="$prefix-b" > "$prefix-b.log" 2>&1 &
 b=$!
 wait $a || { echo "run a failed; see $prefix-a.log" >&2; exit 1; }

@@ -10,8 +10,16 @@
 //! mean of the models' (the mean of their log-probabilities; [`EnsembleMean::Log`], the default)
 //! or the arithmetic mean of their probabilities (fairseq's `EnsembleModel`;
 //! [`EnsembleMean::Probability`]). One model decodes exactly as alone.
+//!
+//! Models trained to write their output right to left (`data.reverse_target`) decode alone with
+//! their output turned back. Beside left-to-right models they rescore: each direction's
+//! ensemble proposes its n-best outputs, and the candidate with the highest mean over all models
+//! of its whole-sequence log-probability (each model reading it in its own direction) wins, as
+//! in target-bidirectional G2P and NMT systems (Liu et al., 2016; Sennrich et al., 2016).
 
 use crate::models::seq2seq::{DecoderCache, Seq2Seq};
+use crate::nn::kernels::cross_entropy::nll_rows;
+use crate::objective::seq2seq::{pad_batch, Pair, PairBatch};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -318,15 +326,32 @@ fn decode_with(
     opts: &DecodeOptions,
     beam: bool,
 ) -> Result<Vec<Hypothesis>> {
+    if beam {
+        return Ok(decode_nbest(models, src, mask, opts)?
+            .into_iter()
+            .map(|mut n| n.swap_remove(0))
+            .collect());
+    }
     opts.validate()?;
     check_ensemble(models)?;
     let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
     let dec = Decoders::new(models, src, add_mask.as_ref())?;
-    if beam {
-        beam_search(dec, src.dim(0)?, add_mask.as_ref(), opts)
-    } else {
-        greedy(dec, src.dim(0)?, add_mask.as_ref(), opts)
-    }
+    greedy(dec, src.dim(0)?, add_mask.as_ref(), opts)
+}
+
+/// Beam search as [`decode_beam`], keeping every source row's finished hypotheses (at most
+/// `num_beams`, best first; at least one).
+pub fn decode_nbest(
+    models: &[&Seq2Seq],
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    opts: &DecodeOptions,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    opts.validate()?;
+    check_ensemble(models)?;
+    let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
+    let dec = Decoders::new(models, src, add_mask.as_ref())?;
+    beam_search(dec, src.dim(0)?, add_mask.as_ref(), opts)
 }
 
 fn greedy(
@@ -390,7 +415,7 @@ fn beam_search(
     b: usize,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
-) -> Result<Vec<Hypothesis>> {
+) -> Result<Vec<Vec<Hypothesis>>> {
     const NEG: f32 = -1.0e9;
     let c = &dec.models[0].config;
     let beams = opts.num_beams;
@@ -520,16 +545,44 @@ fn beam_search(
             break;
         }
     }
+    // The best slot even if unfilled (as transformers); the others only when filled.
     Ok(slots
         .into_iter()
         .map(|s| {
-            let best = &s[0];
-            Hypothesis {
-                tokens: best.tokens.clone(),
-                score: best.score,
-            }
+            s.into_iter()
+                .enumerate()
+                .filter(|(i, slot)| *i == 0 || slot.filled)
+                .map(|(_, slot)| Hypothesis {
+                    tokens: slot.tokens,
+                    score: slot.score,
+                })
+                .collect()
         })
         .collect())
+}
+
+/// An output's token ids (without end-of-sequence) and its score.
+pub type Scored = (Vec<u32>, f32);
+
+/// Source id sequences (each ending with end-of-sequence) and targets as one padded batch.
+fn padded(models: &[&Seq2Seq], inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<PairBatch> {
+    check_ensemble(models)?;
+    let c = &models[0].config;
+    let pairs: Vec<Pair> = inputs
+        .iter()
+        .zip(targets)
+        .map(|(s, t)| Pair {
+            src: s.clone(),
+            tgt: t.clone(),
+        })
+        .collect();
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    pad_batch(
+        &refs,
+        c.pad_token_id,
+        c.decoder_start_token_id,
+        models[0].device(),
+    )
 }
 
 /// Decodes source id sequences (each ending with end-of-sequence) as one padded batch with one
@@ -540,27 +593,176 @@ pub fn decode_ids(
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<(Vec<u32>, f32)>> {
-    use crate::objective::seq2seq::{pad_batch, Pair};
-    check_ensemble(models)?;
-    let c = &models[0].config;
-    let pairs: Vec<Pair> = inputs
-        .iter()
-        .map(|s| Pair {
-            src: s.clone(),
-            tgt: vec![c.eos_token_id],
-        })
-        .collect();
-    let refs: Vec<&Pair> = pairs.iter().collect();
-    let batch = pad_batch(
-        &refs,
-        c.pad_token_id,
-        c.decoder_start_token_id,
-        models[0].device(),
-    )?;
-    let hyps = decode_ensemble(models, &batch.src, Some(&batch.src_mask), opts)?;
-    Ok(hyps
+    Ok(decode_ids_nbest(models, inputs, opts)?
         .into_iter()
-        .map(|h| (strip_eos(&h.tokens, c.eos_token_id).to_vec(), h.score))
+        .map(|mut n| n.swap_remove(0))
+        .collect())
+}
+
+/// As [`decode_ids`], with every input's n-best outputs (beam search; greedy gives one).
+pub fn decode_ids_nbest(
+    models: &[&Seq2Seq],
+    inputs: &[Vec<u32>],
+    opts: &DecodeOptions,
+) -> Result<Vec<Vec<Scored>>> {
+    let eos_only = vec![vec![models.first().map_or(0, |m| m.config.eos_token_id)]; inputs.len()];
+    let batch = padded(models, inputs, &eos_only)?;
+    let eos = models[0].config.eos_token_id;
+    let nbest = if opts.num_beams > 1 {
+        decode_nbest(models, &batch.src, Some(&batch.src_mask), opts)?
+    } else {
+        decode_ensemble(models, &batch.src, Some(&batch.src_mask), opts)?
+            .into_iter()
+            .map(|h| vec![h])
+            .collect()
+    };
+    Ok(nbest
+        .into_iter()
+        .map(|n| {
+            n.into_iter()
+                .map(|h| (strip_eos(&h.tokens, eos).to_vec(), h.score))
+                .collect()
+        })
+        .collect())
+}
+
+/// Each target's log-probability under `model` (the sum over its tokens, end-of-sequence
+/// included; teacher-forced) given its source; `inputs` and `targets` pair up.
+pub fn sequence_log_probs(
+    model: &Seq2Seq,
+    inputs: &[Vec<u32>],
+    targets: &[Vec<u32>],
+) -> Result<Vec<f32>> {
+    if inputs.len() != targets.len() || inputs.is_empty() {
+        return Err(Error::Data(format!(
+            "scoring needs one target per input and at least one ({} inputs, {} targets)",
+            inputs.len(),
+            targets.len()
+        )));
+    }
+    // In chunks: the logits of every target position are rows x vocabulary floats.
+    let mut out = Vec::with_capacity(inputs.len());
+    for (srcs, tgts) in inputs.chunks(64).zip(targets.chunks(64)) {
+        let batch = padded(&[model], srcs, tgts)?;
+        let mask = Seq2Seq::source_mask(&batch.src_mask)?;
+        let enc = model.encode(&batch.src, Some(&mask), None)?;
+        let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, None)?;
+        let (b, t, d) = h.dims3()?;
+        let (mut rows, mut ys, mut owner) = (vec![], vec![], vec![]);
+        for (i, y) in batch.labels.iter().enumerate() {
+            if let Some(y) = y {
+                rows.push(i as u32);
+                ys.push(*y);
+                owner.push(i / t);
+            }
+        }
+        let idx = Tensor::new(rows.as_slice(), h.device())?;
+        let logits = model.logits(&h.reshape((b * t, d))?.index_select(&idx, 0)?)?;
+        let nll = nll_rows(&logits, &Tensor::new(ys.as_slice(), h.device())?)?;
+        let mut sums = vec![0f32; b];
+        for (o, x) in owner.into_iter().zip(nll.to_vec1::<f32>()?) {
+            sums[o] -= x;
+        }
+        out.extend(sums);
+    }
+    Ok(out)
+}
+
+/// Decodes with left-to-right models `forward` and right-to-left models `backward` (trained on
+/// reversed targets) together: each direction's ensemble proposes its n-best (`opts.num_beams`;
+/// the backward outputs turned around), and each input's candidate with the highest mean over
+/// all models of its sequence log-probability (`opts.ensemble_mean`: of the log-probabilities,
+/// or the log of the mean probability), divided by (tokens + 1)^`length_penalty` as beam search
+/// ranks, wins. Candidates that ran to the models' length limit without ending are not scored
+/// (if none is left, the forward ensemble's best stands). Returns the winners (left to right,
+/// without end-of-sequence) and their scores. Either list may be empty (then it is plain
+/// decoding, backward outputs turned around).
+pub fn decode_ids_bidirectional(
+    forward: &[&Seq2Seq],
+    backward: &[&Seq2Seq],
+    inputs: &[Vec<u32>],
+    opts: &DecodeOptions,
+) -> Result<Vec<(Vec<u32>, f32)>> {
+    let all: Vec<&Seq2Seq> = forward.iter().chain(backward).copied().collect();
+    check_ensemble(&all)?;
+    let turned = |mut out: Vec<(Vec<u32>, f32)>| {
+        out.iter_mut().for_each(|(t, _)| t.reverse());
+        out
+    };
+    if backward.is_empty() {
+        return decode_ids(forward, inputs, opts);
+    }
+    if forward.is_empty() {
+        return Ok(turned(decode_ids(backward, inputs, opts)?));
+    }
+    let eos = all[0].config.eos_token_id;
+    // A candidate that ran to the length limit without ending cannot be scored with its end.
+    let limit = all
+        .iter()
+        .map(|m| m.config.max_position_embeddings)
+        .min()
+        .unwrap_or(0);
+    let firsts = decode_ids_nbest(forward, inputs, opts)?;
+    let mut cands: Vec<Vec<Vec<u32>>> = firsts
+        .iter()
+        .map(|n| n.iter().map(|(t, _)| t.clone()).collect())
+        .collect();
+    for (c, n) in cands
+        .iter_mut()
+        .zip(decode_ids_nbest(backward, inputs, opts)?)
+    {
+        for (t, _) in n {
+            let t: Vec<u32> = t.into_iter().rev().collect();
+            if !c.contains(&t) {
+                c.push(t);
+            }
+        }
+        c.retain(|t| t.len() < limit);
+    }
+    // Every (input, candidate) pair, scored by every model in its own direction.
+    let (mut srcs, mut fwd, mut bwd) = (vec![], vec![], vec![]);
+    for (src, cs) in inputs.iter().zip(&cands) {
+        for t in cs {
+            srcs.push(src.clone());
+            fwd.push(t.iter().copied().chain([eos]).collect::<Vec<u32>>());
+            bwd.push(t.iter().rev().copied().chain([eos]).collect::<Vec<u32>>());
+        }
+    }
+    let mut per_model: Vec<Vec<f32>> = vec![];
+    if !srcs.is_empty() {
+        for (models, targets) in [(forward, &fwd), (backward, &bwd)] {
+            for m in models {
+                per_model.push(sequence_log_probs(m, &srcs, targets)?);
+            }
+        }
+    }
+    let n_models = all.len() as f32;
+    let mut scores = fwd.iter().enumerate().map(|(i, t)| {
+        let lps = per_model.iter().map(|m| m[i]);
+        let mean = match opts.ensemble_mean {
+            EnsembleMean::Log => lps.sum::<f32>() / n_models,
+            EnsembleMean::Probability => {
+                let max = lps.clone().fold(f32::NEG_INFINITY, f32::max);
+                max + lps.map(|x| (x - max).exp()).sum::<f32>().ln() - n_models.ln()
+            }
+        };
+        mean / (t.len() as f64).powf(opts.length_penalty) as f32
+    });
+    Ok(cands
+        .into_iter()
+        .zip(firsts)
+        .map(|(cs, mut first)| {
+            let mut best: Option<(Vec<u32>, f32)> = None;
+            for t in cs {
+                let score = scores.next().unwrap_or(f32::NEG_INFINITY);
+                // The first of equal scores: a forward candidate, the forward ensemble's best.
+                if best.as_ref().is_none_or(|b| score > b.1) {
+                    best = Some((t, score));
+                }
+            }
+            // No candidate ended within the limit: the forward ensemble's best, as it scored.
+            best.unwrap_or_else(|| first.swap_remove(0))
+        })
         .collect())
 }
 
@@ -575,14 +777,20 @@ pub fn strip_eos(tokens: &[u32], eos: u32) -> &[u32] {
 /// Trained sequence-to-sequence models with their source and target vocabularies (run
 /// directories of a `seq2seq` recipe: `tokenizer.json` for the source, `target_tokenizer.json`
 /// for the target; a shared vocabulary when the latter is absent). Several models decode as an
-/// ensemble.
+/// ensemble; right-to-left ones (runs trained with `data.reverse_target`) rescore beside
+/// left-to-right ones ([`decode_ids_bidirectional`]).
 pub struct Translator {
+    /// The left-to-right models.
     pub models: Vec<Seq2Seq>,
+    /// The right-to-left models.
+    pub reversed: Vec<Seq2Seq>,
     pub source: crate::tokenizer::Tokenizer,
     pub target: crate::tokenizer::Tokenizer,
 }
 
-/// A run directory's model and its source and target tokenizers.
+/// A run directory's model, its source and target tokenizers, and whether it writes right to
+/// left (its `recipe.toml` sets `data.reverse_target`; directories without one write left to
+/// right).
 fn load_one(
     dir: &std::path::Path,
     device: &candle_core::Device,
@@ -590,6 +798,7 @@ fn load_one(
     Seq2Seq,
     crate::tokenizer::Tokenizer,
     crate::tokenizer::Tokenizer,
+    bool,
 )> {
     let (model, _) = crate::models::seq2seq::load_dir(dir, device)?;
     let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
@@ -599,7 +808,12 @@ fn load_one(
     } else {
         source.clone()
     };
-    Ok((model, source, target))
+    let recipe = dir.join("recipe.toml");
+    let reversed = recipe.exists()
+        && crate::train::Recipe::load(&recipe, &[])?
+            .data
+            .reverse_target;
+    Ok((model, source, target, reversed))
 }
 
 impl Translator {
@@ -607,8 +821,8 @@ impl Translator {
         Self::load_ensemble(&[dir], device)
     }
 
-    /// Loads several models to decode as one ensemble; their source and target vocabularies
-    /// must be identical (checked; an error names the directory that differs).
+    /// Loads several models to decode together; their source and target vocabularies must be
+    /// identical (checked; an error names the directory that differs).
     pub fn load_ensemble<P: AsRef<std::path::Path>>(
         dirs: &[P],
         device: &candle_core::Device,
@@ -616,38 +830,56 @@ impl Translator {
         let first = dirs
             .first()
             .ok_or_else(|| Error::Config("translation needs at least one model".into()))?;
-        let (model, source, target) = load_one(first.as_ref(), device)?;
-        let fp = (source.fingerprint()?, target.fingerprint()?);
-        let mut models = vec![model];
-        for dir in &dirs[1..] {
+        let (mut models, mut reversed) = (vec![], vec![]);
+        type Tok = crate::tokenizer::Tokenizer;
+        let mut vocab: Option<((String, String), Tok, Tok)> = None;
+        for dir in dirs {
             let dir = dir.as_ref();
-            let (m, s, t) = load_one(dir, device)?;
-            if (s.fingerprint()?, t.fingerprint()?) != fp {
-                return Err(Error::Config(format!(
-                    "{}: its source or target vocabulary differs from {}'s; models decoded \
-                     together must share them",
-                    dir.display(),
-                    first.as_ref().display()
-                )));
+            let (m, source, target, rev) = load_one(dir, device)?;
+            let fp = (source.fingerprint()?, target.fingerprint()?);
+            match &vocab {
+                None => vocab = Some((fp, source, target)),
+                Some((first_fp, ..)) if *first_fp != fp => {
+                    return Err(Error::Config(format!(
+                        "{}: its source or target vocabulary differs from {}'s; models decoded \
+                         together must share them",
+                        dir.display(),
+                        first.as_ref().display()
+                    )))
+                }
+                Some(_) => {}
             }
-            models.push(m);
+            if rev {
+                reversed.push(m);
+            } else {
+                models.push(m);
+            }
         }
-        check_ensemble(&models.iter().collect::<Vec<_>>())?;
-        Ok(Translator {
+        let (_, source, target) = vocab.expect("at least one directory was loaded");
+        let t = Translator {
             models,
+            reversed,
             source,
             target,
-        })
+        };
+        check_ensemble(&t.all())?;
+        Ok(t)
+    }
+
+    /// Every model, left-to-right ones first.
+    fn all(&self) -> Vec<&Seq2Seq> {
+        self.models.iter().chain(&self.reversed).collect()
     }
 
     /// The first model's configuration (the special token ids all models share).
     pub fn config(&self) -> &crate::models::seq2seq::Seq2SeqConfig {
-        &self.models[0].config
+        let first = self.models.first().or(self.reversed.first());
+        &first.expect("a translator holds at least one model").config
     }
 
     /// The longest input or output every model takes (end-of-sequence included).
     fn max_positions(&self) -> usize {
-        self.models
+        self.all()
             .iter()
             .map(|m| m.config.max_position_embeddings)
             .min()
@@ -669,13 +901,19 @@ impl Translator {
         Ok(ids)
     }
 
-    /// Decodes already-encoded inputs in one batch; see [`decode_ids`].
+    /// Decodes already-encoded inputs in one batch, left to right; see [`decode_ids`] and, with
+    /// right-to-left models, [`decode_ids_bidirectional`].
     pub fn translate_ids(
         &self,
         inputs: &[Vec<u32>],
         opts: &DecodeOptions,
     ) -> Result<Vec<(Vec<u32>, f32)>> {
-        decode_ids(&self.models.iter().collect::<Vec<_>>(), inputs, opts)
+        decode_ids_bidirectional(
+            &self.models.iter().collect::<Vec<_>>(),
+            &self.reversed.iter().collect::<Vec<_>>(),
+            inputs,
+            opts,
+        )
     }
 
     /// The text of target ids (symbols joined by spaces).

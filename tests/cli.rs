@@ -652,6 +652,31 @@ fn seq2seq_pretrain_translate_eval() {
     // output of this model could match.
     assert!(r["wer"].as_f64().unwrap() < 0.1, "{r}");
     assert_eq!(r["wer"], r["wer_no_stress"], "{r}");
+    // data.reverse_target = true: the run learns right to left; its outputs come back left to
+    // right, alone and beside the left-to-right run (bidirectional rescoring).
+    let rev = d.path().join("rev");
+    stdout_of(
+        ff().args(["--quiet", "pretrain", "--recipe"])
+            .arg(&recipe)
+            .args(["--set", "data.reverse_target=true", "--set"])
+            .arg(format!("train.out_dir={:?}", rev.display().to_string())),
+    );
+    let rev = rev.to_str().unwrap();
+    for models in [vec![rev], vec![model, rev]] {
+        let mut args = vec!["--quiet", "translate", "--beam", "3"];
+        for m in &models {
+            args.extend(["--model", m]);
+        }
+        let out = stdout_of(ff().args(&args).write_stdin("cab\n\nhead\n"));
+        assert_eq!(out, "K AA1 B\n\nHH EH1 AA1 D\n", "{models:?}");
+        let mut args = vec!["--json", "--quiet", "eval", "seq2seq", "--split", "test"];
+        for m in &models {
+            args.extend(["--model", m]);
+        }
+        let r = last_json(&stdout_of(ff().args(&args)));
+        assert_eq!(r["n"].as_u64().unwrap(), n, "the same split");
+        assert!(r["wer"].as_f64().unwrap() < 0.1, "{models:?}: {r}");
+    }
 }
 
 /// Instruction tuning end to end on the real SmolLM2: build the task mixture from the fetched

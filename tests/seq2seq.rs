@@ -267,6 +267,136 @@ fn ensemble_decoding_matches_pytorch() {
     assert!(err.to_string().contains("vocabular"), "{err}");
 }
 
+/// Bidirectional rescoring: `sequence_log_probs` against the log-softmax of transformers'
+/// logits (fixture marian-tiny, its labels); the n-best lists of beam search (best first, the
+/// best as `decode_beam`'s, each score the teacher-forced one / length); and the winner of
+/// `decode_ids_bidirectional` recomputed by hand (the candidate of the two n-best lists, the
+/// backward one turned around, with the highest mean of the models' sequence log-probabilities,
+/// each model reading it in its own direction). One direction alone is plain decoding.
+#[test]
+fn bidirectional_rescoring_picks_the_best_mean_candidate() {
+    use ferroformer::translate::{
+        decode_beam, decode_ids, decode_ids_bidirectional, decode_ids_nbest, decode_nbest,
+        sequence_log_probs,
+    };
+    let dev = Device::Cpu;
+    let (a, e) = load();
+    let (b, _) = seq2seq::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
+    let eos = a.config.eos_token_id;
+    let ids: Vec<Vec<u32>> = e["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let lens: Vec<i64> = e["attention_mask"].sum(1).unwrap().to_vec1().unwrap();
+    let srcs: Vec<Vec<u32>> = ids
+        .iter()
+        .zip(&lens)
+        .map(|(r, &n)| r[..n as usize].to_vec())
+        .collect();
+    // Against transformers: the fixture's labels (-100 at padding) under its logits.
+    let labels: Vec<Vec<i64>> = e["labels"].to_vec2().unwrap();
+    let logits: Vec<Vec<Vec<f32>>> = e["logits"].to_vec3().unwrap();
+    let targets: Vec<Vec<u32>> = labels
+        .iter()
+        .map(|r| r.iter().filter(|&&l| l >= 0).map(|&l| l as u32).collect())
+        .collect();
+    let got = sequence_log_probs(&a, &srcs, &targets).unwrap();
+    for (i, t) in targets.iter().enumerate() {
+        let want: f32 = t
+            .iter()
+            .zip(&logits[i])
+            .map(|(&y, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+                row[y as usize] - lse
+            })
+            .sum();
+        assert!(
+            (got[i] - want).abs() <= 1e-4 * want.abs(),
+            "{} vs {want}",
+            got[i]
+        );
+    }
+    let (_, plain) = marian_and_plain(Default::default());
+    let opts = ferroformer::translate::DecodeOptions {
+        num_beams: 4,
+        ..plain
+    };
+    let with_eos = |t: &[u32]| t.iter().copied().chain([eos]).collect::<Vec<u32>>();
+    let turned = |t: &[u32]| t.iter().rev().copied().collect::<Vec<u32>>();
+    // n-best lists: best first, the best is decode_beam's, scores are sequence log-probs / length.
+    let src = e["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = &e["attention_mask"];
+    let nbest = decode_nbest(&[&a], &src, Some(mask), &opts).unwrap();
+    let best = decode_beam(&[&a], &src, Some(mask), &opts).unwrap();
+    for (r, (n, bm)) in nbest.iter().zip(&best).enumerate() {
+        assert!(n.len() > 1 && n.len() <= 4, "{n:?}");
+        assert_eq!(n[0], *bm);
+        assert!(n.windows(2).all(|w| w[0].score >= w[1].score), "{n:?}");
+        for h in n {
+            let lp = sequence_log_probs(
+                &a,
+                std::slice::from_ref(&srcs[r]),
+                std::slice::from_ref(&h.tokens),
+            )
+            .unwrap()[0];
+            let want = lp / h.tokens.len() as f32;
+            assert!(
+                (h.score - want).abs() <= 1e-4 * want.abs(),
+                "{} vs {want}",
+                h.score
+            );
+        }
+    }
+    // a left to right, b right to left (b was not trained so; the arithmetic is the same).
+    let fwd = decode_ids_nbest(&[&a], &srcs, &opts).unwrap();
+    let bwd = decode_ids_nbest(&[&b], &srcs, &opts).unwrap();
+    let got = decode_ids_bidirectional(&[&a], &[&b], &srcs, &opts).unwrap();
+    let mut differs = false;
+    for (r, src) in srcs.iter().enumerate() {
+        let mut cands: Vec<Vec<u32>> = fwd[r].iter().map(|(t, _)| t.clone()).collect();
+        for (t, _) in &bwd[r] {
+            if !cands.contains(&turned(t)) {
+                cands.push(turned(t));
+            }
+        }
+        let score = |c: &Vec<u32>| {
+            let one = |m: &Seq2Seq, t: Vec<u32>| {
+                sequence_log_probs(m, std::slice::from_ref(src), &[t]).unwrap()[0]
+            };
+            (one(&a, with_eos(c)) + one(&b, with_eos(&turned(c)))) / 2.0 / (c.len() + 1) as f32
+        };
+        let scores: Vec<f32> = cands.iter().map(score).collect();
+        let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            (got[r].1 - top).abs() <= 1e-4 * top.abs(),
+            "{} vs {top}",
+            got[r].1
+        );
+        let i = cands
+            .iter()
+            .position(|c| *c == got[r].0)
+            .expect("a candidate wins");
+        assert!((scores[i] - top).abs() <= 1e-5 * top.abs());
+        differs |= got[r].0 != fwd[r][0].0;
+    }
+    assert!(
+        differs,
+        "the fixture should show rescoring change an output"
+    );
+    // One direction alone: plain decoding (the backward one turned around).
+    assert_eq!(
+        decode_ids_bidirectional(&[&a], &[], &srcs, &opts).unwrap(),
+        decode_ids(&[&a], &srcs, &opts).unwrap()
+    );
+    let back = decode_ids_bidirectional(&[], &[&b], &srcs, &opts).unwrap();
+    for (g, w) in back.iter().zip(decode_ids(&[&b], &srcs, &opts).unwrap()) {
+        assert_eq!(g.0, turned(&w.0));
+        assert_eq!(g.1, w.1);
+    }
+}
+
 /// The teacher-forced loss against transformers' `MarianMTModel(..., labels=...)` (-100 at a
 /// padded position) and PyTorch's `cross_entropy(..., label_smoothing=0.1)`; our padded batch
 /// of the same pairs gives the same decoder inputs.

@@ -465,7 +465,8 @@ pub struct AccuracyArgs {
 pub struct Seq2seqArgs {
     /// A run directory (or checkpoint folder) of a seq2seq recipe. Repeat to score an ensemble
     /// (see --ensemble-mean); the models must share their vocabularies and their recipes' [data]
-    /// (the same split).
+    /// (the same split; `reverse_target` may differ: right-to-left runs rescore the
+    /// left-to-right runs' candidates, see `translate --help`).
     #[arg(long, required = true)]
     pub model: Vec<String>,
     /// The lexicon [default: the recipe's data.corpus].
@@ -570,9 +571,16 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
         .iter()
         .map(|d| ferroformer::train::Recipe::load(&d.join("recipe.toml"), &[]))
         .collect::<Result<Vec<_>, _>>()?;
-    let recipe = &recipes[0];
+    // Outputs come back left to right from every model, so the references are read so too.
+    let datas: Vec<_> = recipes
+        .iter()
+        .map(|r| ferroformer::train::recipe::DataConfig {
+            reverse_target: false,
+            ..r.data.clone()
+        })
+        .collect();
     // A word one model trained on would be scored as unseen by the ensemble.
-    if let Some(i) = recipes.iter().position(|r| r.data != recipe.data) {
+    if let Some(i) = datas.iter().position(|d| *d != datas[0]) {
         anyhow::bail!(
             "--model {} was trained with a different [data] section (split, stress or corpus) \
              than --model {}; an ensemble is scored on one split",
@@ -583,15 +591,14 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     let part: Part = a.split.parse()?;
     let data = match &a.data {
         Some(d) => d.clone(),
-        None => recipe
-            .data
+        None => datas[0]
             .corpus
             .first()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("the recipe names no corpus; pass --data"))?,
     };
     // Scored as trained: without stress digits in the references too when the run was.
-    let d = &recipe.data;
+    let d = &datas[0];
     let lex = d.lexicon(&ferroformer::assets::resolve(&data)?)?;
     let words = lex.split(d.split_seed, d.split_fractions(), part);
     if words.is_empty() {

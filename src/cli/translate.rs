@@ -9,7 +9,11 @@ use std::io::{BufRead, Write};
 pub struct TranslateArgs {
     /// Sequence-to-sequence model: a run directory of a seq2seq recipe (e.g. g2p-cmudict) or a
     /// Marian directory with tokenizer.json (and target_tokenizer.json). Repeat to decode with
-    /// an ensemble (models with the same vocabularies; see --ensemble-mean).
+    /// an ensemble (models with the same vocabularies; see --ensemble-mean). Runs trained with
+    /// `data.reverse_target` write right to left (their output is turned back); given beside
+    /// left-to-right runs, each direction proposes its --beam best outputs and the one with the
+    /// highest mean log-probability over all models (each reading it in its own direction,
+    /// divided by length^--length-penalty) is written.
     #[arg(long, required = true)]
     pub model: Vec<String>,
     /// Beam width (1: greedy).

@@ -112,6 +112,17 @@ impl Lexicon {
         self
     }
 
+    /// The same words with every pronunciation reversed (last phoneme first), for models that
+    /// write right to left. The split by word is unchanged.
+    pub fn reversed(mut self) -> Self {
+        for e in &mut self.entries {
+            for p in &mut e.prons {
+                p.reverse();
+            }
+        }
+        self
+    }
+
     /// The entries of `part` of a split by word: the words are shuffled with `seed` (from
     /// their sorted order, so the split does not depend on the file's order), then the first
     /// `fractions[0]` go to training, the next `fractions[1]` to validation, the rest to test.
@@ -164,6 +175,15 @@ mod tests {
             before,
             "the split depends on the words alone"
         );
+        let rev = plain.reversed();
+        assert_eq!(
+            rev.entries[0].prons,
+            vec![
+                vec!["D", "ER", "K", "EH", "R"],
+                vec!["D", "R", "AO", "K", "IH", "R"]
+            ]
+        );
+        assert_eq!(split(&rev), before);
     }
 
     #[test]

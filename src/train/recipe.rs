@@ -215,6 +215,12 @@ pub struct DataConfig {
     /// strips them (`AH`), as most published CMUdict G2P results are trained and scored.
     #[serde(default = "d_true")]
     pub stress: bool,
+    /// Sequence-to-sequence lexicons: learn to write each pronunciation right to left (last
+    /// phoneme first). Such a model makes other mistakes than a left-to-right one; decoded
+    /// together with one (`translate` / `eval seq2seq` with both as `--model`), it rescores
+    /// their candidates.
+    #[serde(default)]
+    pub reverse_target: bool,
     /// Sequence-to-sequence: the seed of the split by word; images: of the validation images
     /// held out of the training set.
     #[serde(default = "d_seed")]
@@ -242,14 +248,16 @@ pub struct DataConfig {
 
 impl DataConfig {
     /// Sequence-to-sequence: the lexicon at `path` as the run trains and is scored on it
-    /// (without stress digits unless `stress`).
+    /// (without stress digits unless `stress`; pronunciations reversed if `reverse_target`).
     pub fn lexicon(&self, path: &Path) -> Result<Lexicon> {
-        let lex = Lexicon::read_cmudict(path)?;
-        Ok(if self.stress {
-            lex
-        } else {
-            lex.without_stress()
-        })
+        let mut lex = Lexicon::read_cmudict(path)?;
+        if !self.stress {
+            lex = lex.without_stress();
+        }
+        if self.reverse_target {
+            lex = lex.reversed();
+        }
+        Ok(lex)
     }
 
     /// Sequence-to-sequence: the training and validation fractions [`Lexicon::split`] takes
