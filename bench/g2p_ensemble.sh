@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Grapheme-to-phoneme on CMUdict as an ensemble trained in one hour on 2 cores: two models of
+# Grapheme-to-phoneme on CMUdict with two models trained in one hour on 2 cores: two runs of
 # recipes/g2p-cmudict.toml (stress-free, length-grouped batches, 50,000 steps, seeds 1337 and
-# 4242 unless SEEDS) train side by side, one thread each (two single-threaded runs get more steps out of 2
-# cores than one run on both), then the test words are decoded by both together (each step the
-# renormalised mean of their log-probabilities; beam 4) and scored. With REVERSE_B=1 the second
-# run learns to write right to left (`data.reverse_target`); the pair then decodes by
-# bidirectional rescoring (each proposes its 4 best, the candidate with the best mean
-# log-probability under both wins).
+# 4242 unless SEEDS) train side by side, one thread each (two single-threaded runs get more
+# steps out of 2 cores than one run on both); the second learns to write right to left
+# (`data.reverse_target`). Then the test words are decoded by both together: each proposes its
+# 4 best (beam 4), and the candidate with the best mean log-probability under both wins
+# (bidirectional rescoring). REVERSE_B=0 trains two left-to-right runs instead, decoded as a
+# step-by-step ensemble (the renormalised mean of their log-probabilities).
 #
 #   bench/g2p_ensemble.sh [OUT_PREFIX]     # default runs/g2p-ens: runs/g2p-ens-a, runs/g2p-ens-b
 #
-# Prints each run's training time (seconds, from its metrics.jsonl), then the JSON of
-# `eval seq2seq` for each model alone (greedy) and for the ensemble (greedy and beam 4).
-# FF overrides the binary (default: target/release/ferroformer, built if missing); STEPS the
-# steps of each run (default 50000; fewer for a quick check of the script); SEEDS the two
-# runs' seeds (default "1337 4242").
+# Prints the wall time of both trainings and each run's time inside training steps (from its
+# metrics.jsonl), then the JSON of `eval seq2seq` for each model alone (greedy) and for the pair
+# (greedy and beam 4). FF overrides the binary (default: target/release/ferroformer, built if
+# missing); STEPS the steps of each run (default 50000; fewer for a quick check of the script);
+# SEEDS the two runs' seeds (default "1337 4242").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:-runs/g2p-ens}
@@ -28,7 +28,7 @@ start=$(date +%s)
     --set train.out_dir="$prefix-a" > "$prefix-a.log" 2>&1 &
 a=$!
 "$ff" --quiet --threads 1 pretrain "${common[@]}" --set train.seed="$seed_b" \
-    --set data.reverse_target="$([ "${REVERSE_B:-0}" = 1 ] && echo true || echo false)" \
+    --set data.reverse_target="$([ "${REVERSE_B:-1}" = 1 ] && echo true || echo false)" \
     --set train.out_dir="$prefix-b" > "$prefix-b.log" 2>&1 &
 b=$!
 wait $a || { echo "run a failed; see $prefix-a.log" >&2; exit 1; }
@@ -40,5 +40,5 @@ for r in a b; do
     echo "$r alone (greedy): $("$ff" --quiet --json eval seq2seq --model "$prefix-$r" --split test)"
 done
 ens=(--model "$prefix-a" --model "$prefix-b")
-echo "ensemble (greedy): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test)"
-echo "ensemble (beam 4): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test --beam 4)"
+echo "pair (greedy): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test)"
+echo "pair (beam 4): $("$ff" --quiet --json eval seq2seq "${ens[@]}" --split test --beam 4)"

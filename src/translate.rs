@@ -212,16 +212,19 @@ fn combine(mut all: Vec<Vec<Vec<f32>>>, mean: EnsembleMean) -> Vec<Vec<f32>> {
             continue;
         }
         for (j, x) in row.iter_mut().enumerate() {
-            let vals = all.iter().map(|m| m[r][j]).chain([*x]);
-            let max = vals.clone().fold(f32::NEG_INFINITY, f32::max);
-            *x = if max == f32::NEG_INFINITY {
-                max
-            } else {
-                max + vals.map(|v| (v - max).exp()).sum::<f32>().ln() - ln_n
-            };
+            *x = log_mean_exp(all.iter().map(|m| m[r][j]).chain([*x]), ln_n);
         }
     }
     out
+}
+
+/// `ln(mean(exp(v)))` of `n` values given `ln_n` (all `-inf`: `-inf`).
+fn log_mean_exp(vals: impl Iterator<Item = f32> + Clone, ln_n: f32) -> f32 {
+    let max = vals.clone().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + vals.map(|v| (v - max).exp()).sum::<f32>().ln() - ln_n
 }
 
 /// Teacher-forced next-token log-probabilities `[b, t, v]` of one model or an ensemble (combined
@@ -332,11 +335,23 @@ fn decode_with(
             .map(|mut n| n.swap_remove(0))
             .collect());
     }
+    let (dec, add_mask) = start(models, src, mask, opts)?;
+    greedy(dec, src.dim(0)?, add_mask.as_ref(), opts)
+}
+
+/// Checks the options and the models and encodes `src`: the decoders and the additive source
+/// mask.
+fn start<'a>(
+    models: &'a [&'a Seq2Seq],
+    src: &Tensor,
+    mask: Option<&Tensor>,
+    opts: &DecodeOptions,
+) -> Result<(Decoders<'a>, Option<Tensor>)> {
     opts.validate()?;
     check_ensemble(models)?;
     let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
     let dec = Decoders::new(models, src, add_mask.as_ref())?;
-    greedy(dec, src.dim(0)?, add_mask.as_ref(), opts)
+    Ok((dec, add_mask))
 }
 
 /// Beam search as [`decode_beam`], keeping every source row's finished hypotheses (at most
@@ -347,10 +362,7 @@ pub fn decode_nbest(
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    opts.validate()?;
-    check_ensemble(models)?;
-    let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
-    let dec = Decoders::new(models, src, add_mask.as_ref())?;
+    let (dec, add_mask) = start(models, src, mask, opts)?;
     beam_search(dec, src.dim(0)?, add_mask.as_ref(), opts)
 }
 
@@ -592,7 +604,7 @@ pub fn decode_ids(
     models: &[&Seq2Seq],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
-) -> Result<Vec<(Vec<u32>, f32)>> {
+) -> Result<Vec<Scored>> {
     Ok(decode_ids_nbest(models, inputs, opts)?
         .into_iter()
         .map(|mut n| n.swap_remove(0))
@@ -682,10 +694,10 @@ pub fn decode_ids_bidirectional(
     backward: &[&Seq2Seq],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
-) -> Result<Vec<(Vec<u32>, f32)>> {
+) -> Result<Vec<Scored>> {
     let all: Vec<&Seq2Seq> = forward.iter().chain(backward).copied().collect();
     check_ensemble(&all)?;
-    let turned = |mut out: Vec<(Vec<u32>, f32)>| {
+    let turned = |mut out: Vec<Scored>| {
         out.iter_mut().for_each(|(t, _)| t.reverse());
         out
     };
@@ -741,10 +753,7 @@ pub fn decode_ids_bidirectional(
         let lps = per_model.iter().map(|m| m[i]);
         let mean = match opts.ensemble_mean {
             EnsembleMean::Log => lps.sum::<f32>() / n_models,
-            EnsembleMean::Probability => {
-                let max = lps.clone().fold(f32::NEG_INFINITY, f32::max);
-                max + lps.map(|x| (x - max).exp()).sum::<f32>().ln() - n_models.ln()
-            }
+            EnsembleMean::Probability => log_mean_exp(lps, n_models.ln()),
         };
         mean / (t.len() as f64).powf(opts.length_penalty) as f32
     });
@@ -752,7 +761,7 @@ pub fn decode_ids_bidirectional(
         .into_iter()
         .zip(firsts)
         .map(|(cs, mut first)| {
-            let mut best: Option<(Vec<u32>, f32)> = None;
+            let mut best: Option<Scored> = None;
             for t in cs {
                 let score = scores.next().unwrap_or(f32::NEG_INFINITY);
                 // The first of equal scores: a forward candidate, the forward ensemble's best.
@@ -903,11 +912,7 @@ impl Translator {
 
     /// Decodes already-encoded inputs in one batch, left to right; see [`decode_ids`] and, with
     /// right-to-left models, [`decode_ids_bidirectional`].
-    pub fn translate_ids(
-        &self,
-        inputs: &[Vec<u32>],
-        opts: &DecodeOptions,
-    ) -> Result<Vec<(Vec<u32>, f32)>> {
+    pub fn translate_ids(&self, inputs: &[Vec<u32>], opts: &DecodeOptions) -> Result<Vec<Scored>> {
         decode_ids_bidirectional(
             &self.models.iter().collect::<Vec<_>>(),
             &self.reversed.iter().collect::<Vec<_>>(),

@@ -629,14 +629,19 @@ fn seq2seq_pretrain_translate_eval() {
         ff().args(["eval", "seq2seq", "--model", model, "--split", "dev2"]),
         &["dev2"],
     );
+    // The same recipe with one override, trained into a directory of its own.
+    let variant = |set: &str, name: &str| {
+        let out = d.path().join(name);
+        stdout_of(
+            ff().args(["--quiet", "pretrain", "--recipe"])
+                .arg(&recipe)
+                .args(["--set", set, "--set"])
+                .arg(format!("train.out_dir={:?}", out.display().to_string())),
+        );
+        out
+    };
     // data.stress = false: the target vocabulary and the references lose their stress digits.
-    let plain = d.path().join("plain");
-    stdout_of(
-        ff().args(["--quiet", "pretrain", "--recipe"])
-            .arg(&recipe)
-            .args(["--set", "data.stress=false", "--set"])
-            .arg(format!("train.out_dir={:?}", plain.display().to_string())),
-    );
+    let plain = variant("data.stress=false", "plain");
     let vocab = std::fs::read_to_string(plain.join("target_tokenizer.json")).unwrap();
     assert!(
         vocab.contains("\"AA\"") && !vocab.contains("\"AA1\""),
@@ -654,13 +659,7 @@ fn seq2seq_pretrain_translate_eval() {
     assert_eq!(r["wer"], r["wer_no_stress"], "{r}");
     // data.reverse_target = true: the run learns right to left; its outputs come back left to
     // right, alone and beside the left-to-right run (bidirectional rescoring).
-    let rev = d.path().join("rev");
-    stdout_of(
-        ff().args(["--quiet", "pretrain", "--recipe"])
-            .arg(&recipe)
-            .args(["--set", "data.reverse_target=true", "--set"])
-            .arg(format!("train.out_dir={:?}", rev.display().to_string())),
-    );
+    let rev = variant("data.reverse_target=true", "rev");
     let rev = rev.to_str().unwrap();
     for models in [vec![rev], vec![model, rev]] {
         let mut args = vec!["--quiet", "translate", "--beam", "3"];
