@@ -483,7 +483,8 @@ pub struct Seq2seqArgs {
     pub length_penalty: f64,
     /// With several --model: `log` decodes with the renormalised mean of their
     /// log-probabilities (a token must be likely under every model), `prob` with the mean of
-    /// their probabilities (fairseq's ensembles).
+    /// their probabilities (fairseq's ensembles). Left-to-right and right-to-left runs together: the
+    /// same kind of mean, over whole candidate outputs.
     #[arg(long, default_value = "log")]
     pub ensemble_mean: ferroformer::translate::EnsembleMean,
     /// Words decoded together.
