@@ -19,7 +19,7 @@
 
 use crate::models::seq2seq::{DecoderCache, Seq2Seq};
 use crate::nn::kernels::cross_entropy::nll_rows;
-use crate::objective::seq2seq::{pad_batch, Pair, PairBatch};
+use crate::objective::seq2seq::{pad_batch, target_logits, Pair, PairBatch};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -617,9 +617,9 @@ pub fn decode_ids_nbest(
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<Vec<Scored>>> {
-    let eos_only = vec![vec![models.first().map_or(0, |m| m.config.eos_token_id)]; inputs.len()];
-    let batch = padded(models, inputs, &eos_only)?;
+    check_ensemble(models)?;
     let eos = models[0].config.eos_token_id;
+    let batch = padded(models, inputs, &vec![vec![eos]; inputs.len()])?;
     let nbest = if opts.num_beams > 1 {
         decode_nbest(models, &batch.src, Some(&batch.src_mask), opts)?
     } else {
@@ -656,23 +656,12 @@ pub fn sequence_log_probs(
     let mut out = Vec::with_capacity(inputs.len());
     for (srcs, tgts) in inputs.chunks(64).zip(targets.chunks(64)) {
         let batch = padded(&[model], srcs, tgts)?;
-        let mask = Seq2Seq::source_mask(&batch.src_mask)?;
-        let enc = model.encode(&batch.src, Some(&mask), None)?;
-        let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, None)?;
-        let (b, t, d) = h.dims3()?;
-        let (mut rows, mut ys, mut owner) = (vec![], vec![], vec![]);
-        for (i, y) in batch.labels.iter().enumerate() {
-            if let Some(y) = y {
-                rows.push(i as u32);
-                ys.push(*y);
-                owner.push(i / t);
-            }
-        }
-        let idx = Tensor::new(rows.as_slice(), h.device())?;
-        let logits = model.logits(&h.reshape((b * t, d))?.index_select(&idx, 0)?)?;
-        let nll = nll_rows(&logits, &Tensor::new(ys.as_slice(), h.device())?)?;
-        let mut sums = vec![0f32; b];
-        for (o, x) in owner.into_iter().zip(nll.to_vec1::<f32>()?) {
+        let (logits, y, owners) = target_logits(model, &batch, None)?;
+        let mut sums = vec![0f32; srcs.len()];
+        for (o, x) in owners
+            .into_iter()
+            .zip(nll_rows(&logits, &y)?.to_vec1::<f32>()?)
+        {
             sums[o] -= x;
         }
         out.extend(sums);
@@ -697,15 +686,13 @@ pub fn decode_ids_bidirectional(
 ) -> Result<Vec<Scored>> {
     let all: Vec<&Seq2Seq> = forward.iter().chain(backward).copied().collect();
     check_ensemble(&all)?;
-    let turned = |mut out: Vec<Scored>| {
-        out.iter_mut().for_each(|(t, _)| t.reverse());
-        out
-    };
     if backward.is_empty() {
         return decode_ids(forward, inputs, opts);
     }
     if forward.is_empty() {
-        return Ok(turned(decode_ids(backward, inputs, opts)?));
+        let mut out = decode_ids(backward, inputs, opts)?;
+        out.iter_mut().for_each(|(t, _)| t.reverse());
+        return Ok(out);
     }
     let eos = all[0].config.eos_token_id;
     // A candidate that ran to the length limit without ending cannot be scored with its end.
@@ -839,35 +826,27 @@ impl Translator {
         let first = dirs
             .first()
             .ok_or_else(|| Error::Config("translation needs at least one model".into()))?;
-        let (mut models, mut reversed) = (vec![], vec![]);
-        type Tok = crate::tokenizer::Tokenizer;
-        let mut vocab: Option<((String, String), Tok, Tok)> = None;
-        for dir in dirs {
+        let (model, source, target, rev) = load_one(first.as_ref(), device)?;
+        let fp = (source.fingerprint()?, target.fingerprint()?);
+        let mut loaded = vec![(model, rev)];
+        for dir in &dirs[1..] {
             let dir = dir.as_ref();
-            let (m, source, target, rev) = load_one(dir, device)?;
-            let fp = (source.fingerprint()?, target.fingerprint()?);
-            match &vocab {
-                None => vocab = Some((fp, source, target)),
-                Some((first_fp, ..)) if *first_fp != fp => {
-                    return Err(Error::Config(format!(
-                        "{}: its source or target vocabulary differs from {}'s; models decoded \
-                         together must share them",
-                        dir.display(),
-                        first.as_ref().display()
-                    )))
-                }
-                Some(_) => {}
+            let (m, s, t, rev) = load_one(dir, device)?;
+            if (s.fingerprint()?, t.fingerprint()?) != fp {
+                return Err(Error::Config(format!(
+                    "{}: its source or target vocabulary differs from {}'s; models decoded \
+                     together must share them",
+                    dir.display(),
+                    first.as_ref().display()
+                )));
             }
-            if rev {
-                reversed.push(m);
-            } else {
-                models.push(m);
-            }
+            loaded.push((m, rev));
         }
-        let (_, source, target) = vocab.expect("at least one directory was loaded");
+        let (reversed, models): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, r)| *r);
+        let only = |v: Vec<(Seq2Seq, bool)>| v.into_iter().map(|(m, _)| m).collect();
         let t = Translator {
-            models,
-            reversed,
+            models: only(models),
+            reversed: only(reversed),
             source,
             target,
         };

@@ -251,29 +251,43 @@ pub fn smoothed_cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Re
     Ok(((nll * (1.0 - eps))? + (smooth * eps)?)?.mean_all()?)
 }
 
+/// Teacher forcing over a batch: the logits `[n, v]` of its `n` non-padding target positions,
+/// their targets `[n]`, and the batch row each position belongs to. `rng` enables dropout.
+pub fn target_logits(
+    model: &Seq2Seq,
+    batch: &PairBatch,
+    mut rng: Option<&mut Rng>,
+) -> Result<(Tensor, Tensor, Vec<usize>)> {
+    let mask = Seq2Seq::source_mask(&batch.src_mask)?;
+    let enc = model.encode(&batch.src, Some(&mask), rng.as_deref_mut())?;
+    let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, rng)?;
+    let (b, t, d) = h.dims3()?;
+    let (mut rows, mut targets, mut owners) = (vec![], vec![], vec![]);
+    for (i, y) in batch.labels.iter().enumerate() {
+        if let Some(y) = y {
+            rows.push(i as u32);
+            targets.push(*y);
+            owners.push(i / t);
+        }
+    }
+    let idx = Tensor::new(rows.as_slice(), h.device())?;
+    let logits = model.logits(&h.reshape((b * t, d))?.index_select(&idx, 0)?)?;
+    let y = Tensor::new(targets.as_slice(), h.device())?;
+    Ok((logits, y, owners))
+}
+
 /// The teacher-forced loss of a batch over its non-padding target positions, and how many
 /// positions that is. `rng` enables dropout.
 pub fn pair_loss(
     model: &Seq2Seq,
     batch: &PairBatch,
     label_smoothing: f64,
-    mut rng: Option<&mut Rng>,
+    rng: Option<&mut Rng>,
 ) -> Result<(Tensor, usize)> {
-    let mask = Seq2Seq::source_mask(&batch.src_mask)?;
-    let enc = model.encode(&batch.src, Some(&mask), rng.as_deref_mut())?;
-    let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, rng)?;
-    let (b, t, d) = h.dims3()?;
-    let rows: Vec<u32> = (0..(b * t) as u32)
-        .filter(|&i| batch.labels[i as usize].is_some())
-        .collect();
-    let targets: Vec<u32> = batch.labels.iter().filter_map(|l| *l).collect();
-    let idx = Tensor::new(rows.as_slice(), h.device())?;
-    let chosen = h.reshape((b * t, d))?.index_select(&idx, 0)?;
-    let logits = model.logits(&chosen)?;
-    let y = Tensor::new(targets.as_slice(), h.device())?;
+    let (logits, y, owners) = target_logits(model, batch, rng)?;
     Ok((
         smoothed_cross_entropy(&logits, &y, label_smoothing)?,
-        targets.len(),
+        owners.len(),
     ))
 }
 
