@@ -83,7 +83,7 @@ pub fn gpt2_report(
     context: Option<usize>,
     frozen: &dyn Fn(&str) -> bool,
 ) -> Result<ParamReport> {
-    report(&ArchConfig::Gpt2(config.clone()), batch, context, frozen)
+    report(&ArchConfig::new(config.clone())?, batch, context, frozen)
 }
 
 /// Counts the parameters of any causal-LM config (nothing is allocated).
@@ -94,16 +94,22 @@ pub fn report(
     frozen: &dyn Fn(&str) -> bool,
 ) -> Result<ParamReport> {
     let shapes = config.param_shapes()?;
-    // (block prefix, layers, width, heads)
-    let (block, n_layer, n_embd, n_head) = match config {
-        ArchConfig::Gpt2(c) => ("transformer.h.", c.n_layer, c.n_embd, c.n_head),
-        ArchConfig::Llama(c) => (
-            "model.layers.",
-            c.num_hidden_layers,
-            c.hidden_size,
-            c.num_attention_heads,
-        ),
-    };
+    let (n_layer, n_embd, n_head) = (
+        config.num_layers(),
+        config.hidden_size(),
+        config.num_heads(),
+    );
+    // The blocks' common prefix (`transformer.h.`, `model.layers.`): what precedes the first
+    // numeric segment.
+    let block = shapes
+        .keys()
+        .find_map(|k| {
+            let i = k.split('.').position(|p| p.parse::<usize>().is_ok())?;
+            let n: usize = k.split('.').take(i).map(|p| p.len() + 1).sum();
+            Some(k[..n].to_string())
+        })
+        .unwrap_or_default();
+    let block = block.as_str();
     let first_block = format!("{block}0.");
     let mut modules = BTreeMap::new();
     let mut per_block = BTreeMap::new();
@@ -186,7 +192,7 @@ mod tests {
     fn llama_count_matches_transformers() {
         let mut c = crate::models::LlamaConfig::new(49152, 576, 1536, 30, 9, 3, 8192);
         c.tie_word_embeddings = true;
-        let r = report(&ArchConfig::Llama(c), 1, Some(2048), &|_| false).unwrap();
+        let r = report(&ArchConfig::new(c).unwrap(), 1, Some(2048), &|_| false).unwrap();
         assert_eq!(r.total, 134_515_008);
         assert_eq!(r.size, "135M");
         assert!(r.modules.contains_key("model.layers.29"));

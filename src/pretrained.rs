@@ -7,7 +7,7 @@
 use crate::chat::ChatTemplate;
 use crate::io::gguf::{Gguf, Precision, SpecialTokens};
 use crate::io::{read_json, write_json_atomic};
-use crate::models::{self, ArchConfig, CausalModel, Llama};
+use crate::models::{self, ArchConfig, CausalModel};
 use crate::nn::ParamStore;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -63,6 +63,22 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// The family support for a GGUF file's `general.architecture`.
+fn gguf_support(g: &Gguf) -> Result<&'static models::family::GgufSupport> {
+    let arch = g.architecture()?;
+    let family = models::registry::by_gguf_architecture(arch).map_err(|e| g.err(e.to_string()))?;
+    Ok(family
+        .causal()?
+        .gguf
+        .as_ref()
+        .expect("found by its GGUF architecture"))
+}
+
+/// The model configuration a GGUF file's metadata describes.
+pub fn gguf_config(g: &Gguf) -> Result<ArchConfig> {
+    ArchConfig::from_box((gguf_support(g)?.config)(g)?).map_err(|e| g.err(e.to_string()))
 }
 
 /// A token named in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -210,18 +226,20 @@ impl Pretrained {
     }
 
     /// Loads a llama.cpp GGUF file: f32 (dequantized, trainable) or with its matrices kept
-    /// quantized.
+    /// quantized. `general.architecture` chooses the family.
     pub fn from_gguf(path: &Path, device: &Device, quantized: bool) -> Result<Self> {
         let mut g = Gguf::open(path)?;
-        let config = g.llama_config()?;
+        let arch = g.architecture()?.to_string();
+        let support = gguf_support(&g)?;
+        let config = gguf_config(&g)?;
         let tokenizer = g.tokenizer()?;
-        if tokenizer.vocab_size() != config.vocab_size {
+        if tokenizer.vocab_size() != config.vocab_size() {
             return Err(Error::format(
                 path,
                 format!(
                     "the tokenizer has {} tokens but the model {}",
                     tokenizer.vocab_size(),
-                    config.vocab_size
+                    config.vocab_size()
                 ),
             ));
         }
@@ -232,31 +250,34 @@ impl Pretrained {
         } else {
             Precision::F32
         };
-        let (dense, quant) = g.llama_weights(&config, precision, device)?;
+        let (dense, quant) = g.weights(
+            &arch,
+            &support.tensor_name,
+            &|hf, q| (support.transform)(&*config, hf, q),
+            precision,
+            device,
+        )?;
         let mut store = ParamStore::from_tensors(dense, device, Some(path))?;
-        let model = if quant.is_empty() {
-            Llama::new(&config, &mut store)?
-        } else {
-            Llama::new_quantized(&config, &mut store, &quant)?
-        };
         let quantized_numel = quant
             .iter()
             // A table also dequantized into the store is counted there.
             .filter(|(k, _)| !store.vars().contains_key(*k))
             .map(|(_, q)| q.dims().iter().product::<usize>())
             .sum();
-        let arch = ArchConfig::Llama(config);
-        let mut used: Vec<String> = arch.param_shapes()?.into_keys().collect();
-        used.extend(quant.keys().cloned());
-        models::check_all_used(&store, &used, path, "the file's metadata")?;
+        let quant_keys: Vec<String> = quant.keys().cloned().collect();
+        store.set_quantized(quant);
+        let model = CausalModel::new(&config, &mut store)?;
+        let mut used: Vec<String> = config.param_shapes()?.into_keys().collect();
+        used.extend(quant_keys.iter().cloned());
+        models::hf::check_all_used(&store, &used, path, "the file's metadata")?;
         Ok(Pretrained {
-            model: CausalModel::Llama(model),
+            model,
             store,
             tokenizer,
             special,
             chat_template,
             source: path.to_path_buf(),
-            quantized: !quant.is_empty(),
+            quantized: !quant_keys.is_empty(),
             quantized_numel,
         })
     }

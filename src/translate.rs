@@ -17,7 +17,7 @@
 //! of its whole-sequence log-probability (each model reading it in its own direction) wins, as
 //! in target-bidirectional G2P and NMT systems (Liu et al., 2016; Sennrich et al., 2016).
 
-use crate::models::seq2seq::{DecoderCache, Seq2Seq};
+use crate::models::marian::{DecoderCache, Marian};
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::objective::seq2seq::{pad_batch, target_logits, Pair, PairBatch};
 use crate::{Error, Result};
@@ -133,7 +133,7 @@ impl DecodeOptions {
 
 /// The models decoded together, each with its encoder output and decoder caches.
 struct Decoders<'a> {
-    models: &'a [&'a Seq2Seq],
+    models: &'a [&'a Marian],
     encs: Vec<Tensor>,
     caches: Vec<Vec<DecoderCache>>,
 }
@@ -141,7 +141,7 @@ struct Decoders<'a> {
 impl<'a> Decoders<'a> {
     /// Encodes `src` with every model. `models` must be non-empty and compatible (see
     /// [`check_ensemble`]).
-    fn new(models: &'a [&'a Seq2Seq], src: &Tensor, mask: Option<&Tensor>) -> Result<Self> {
+    fn new(models: &'a [&'a Marian], src: &Tensor, mask: Option<&Tensor>) -> Result<Self> {
         let encs = models
             .iter()
             .map(|m| m.encode(src, mask, None))
@@ -231,14 +231,14 @@ fn log_mean_exp(vals: impl Iterator<Item = f32> + Clone, ln_n: f32) -> f32 {
 /// by `mean`) for sources `src` `[b, s]` (`mask` `[b, s]` 0/1 for padded batches) and decoder
 /// inputs `tgt` `[b, t]` (start token first).
 pub fn log_probs(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     tgt: &Tensor,
     mean: EnsembleMean,
 ) -> Result<Tensor> {
     check_ensemble(models)?;
-    let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
+    let add_mask = mask.map(Marian::source_mask).transpose()?;
     let (b, t) = tgt.dims2()?;
     let mut all = Vec::with_capacity(models.len());
     for m in models {
@@ -262,11 +262,11 @@ pub fn log_probs(
 /// Checks that `models` can decode together: at least one, with the same vocabulary sizes and
 /// special token ids (same vocabularies are the caller's to check: the models hold no
 /// tokenizer).
-pub fn check_ensemble(models: &[&Seq2Seq]) -> Result<()> {
+pub fn check_ensemble(models: &[&Marian]) -> Result<()> {
     let first = models
         .first()
         .ok_or_else(|| Error::Config("decoding needs at least one model".into()))?;
-    let key = |m: &Seq2Seq| {
+    let key = |m: &Marian| {
         let c = &m.config;
         (
             c.vocab_size,
@@ -293,7 +293,7 @@ pub fn check_ensemble(models: &[&Seq2Seq]) -> Result<()> {
 /// Decodes every source row of `src` `[b, s]` (u32; `mask` `[b, s]` 0/1 for padded batches):
 /// greedy when `opts.num_beams == 1`, else beam search. One best hypothesis per row.
 pub fn decode(
-    model: &Seq2Seq,
+    model: &Marian,
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
@@ -303,7 +303,7 @@ pub fn decode(
 
 /// As [`decode`], with several models as one ensemble (see the module documentation).
 pub fn decode_ensemble(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
@@ -314,7 +314,7 @@ pub fn decode_ensemble(
 /// As [`decode_ensemble`], with beam search even for one beam (which then normally equals
 /// greedy).
 pub fn decode_beam(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
@@ -323,7 +323,7 @@ pub fn decode_beam(
 }
 
 fn decode_with(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
@@ -342,14 +342,14 @@ fn decode_with(
 /// Checks the options and the models and encodes `src`: the decoders and the additive source
 /// mask.
 fn start<'a>(
-    models: &'a [&'a Seq2Seq],
+    models: &'a [&'a Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
 ) -> Result<(Decoders<'a>, Option<Tensor>)> {
     opts.validate()?;
     check_ensemble(models)?;
-    let add_mask = mask.map(Seq2Seq::source_mask).transpose()?;
+    let add_mask = mask.map(Marian::source_mask).transpose()?;
     let dec = Decoders::new(models, src, add_mask.as_ref())?;
     Ok((dec, add_mask))
 }
@@ -357,7 +357,7 @@ fn start<'a>(
 /// Beam search as [`decode_beam`], keeping every source row's finished hypotheses (at most
 /// `num_beams`, best first; at least one).
 pub fn decode_nbest(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     src: &Tensor,
     mask: Option<&Tensor>,
     opts: &DecodeOptions,
@@ -577,7 +577,7 @@ fn beam_search(
 pub type Scored = (Vec<u32>, f32);
 
 /// Source id sequences (each ending with end-of-sequence) and targets as one padded batch.
-fn padded(models: &[&Seq2Seq], inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<PairBatch> {
+fn padded(models: &[&Marian], inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Result<PairBatch> {
     check_ensemble(models)?;
     let c = &models[0].config;
     let pairs: Vec<Pair> = inputs
@@ -601,7 +601,7 @@ fn padded(models: &[&Seq2Seq], inputs: &[Vec<u32>], targets: &[Vec<u32>]) -> Res
 /// model or an ensemble; returns each output's token ids (without end-of-sequence) and its
 /// score.
 pub fn decode_ids(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<Scored>> {
@@ -613,7 +613,7 @@ pub fn decode_ids(
 
 /// As [`decode_ids`], with every input's n-best outputs (beam search; greedy gives one).
 pub fn decode_ids_nbest(
-    models: &[&Seq2Seq],
+    models: &[&Marian],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<Vec<Scored>>> {
@@ -641,7 +641,7 @@ pub fn decode_ids_nbest(
 /// Each target's log-probability under `model` (the sum over its tokens, end-of-sequence
 /// included; teacher-forced) given its source; `inputs` and `targets` pair up.
 pub fn sequence_log_probs(
-    model: &Seq2Seq,
+    model: &Marian,
     inputs: &[Vec<u32>],
     targets: &[Vec<u32>],
 ) -> Result<Vec<f32>> {
@@ -679,12 +679,12 @@ pub fn sequence_log_probs(
 /// without end-of-sequence) and their scores. Either list may be empty (then it is plain
 /// decoding, backward outputs turned around).
 pub fn decode_ids_bidirectional(
-    forward: &[&Seq2Seq],
-    backward: &[&Seq2Seq],
+    forward: &[&Marian],
+    backward: &[&Marian],
     inputs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> Result<Vec<Scored>> {
-    let all: Vec<&Seq2Seq> = forward.iter().chain(backward).copied().collect();
+    let all: Vec<&Marian> = forward.iter().chain(backward).copied().collect();
     check_ensemble(&all)?;
     if backward.is_empty() {
         return decode_ids(forward, inputs, opts);
@@ -777,9 +777,9 @@ pub fn strip_eos(tokens: &[u32], eos: u32) -> &[u32] {
 /// left-to-right ones ([`decode_ids_bidirectional`]).
 pub struct Translator {
     /// The left-to-right models.
-    pub models: Vec<Seq2Seq>,
+    pub models: Vec<Marian>,
     /// The right-to-left models.
-    pub reversed: Vec<Seq2Seq>,
+    pub reversed: Vec<Marian>,
     pub source: crate::tokenizer::Tokenizer,
     pub target: crate::tokenizer::Tokenizer,
 }
@@ -791,12 +791,12 @@ fn load_one(
     dir: &std::path::Path,
     device: &candle_core::Device,
 ) -> Result<(
-    Seq2Seq,
+    Marian,
     crate::tokenizer::Tokenizer,
     crate::tokenizer::Tokenizer,
     bool,
 )> {
-    let (model, _) = crate::models::seq2seq::load_dir(dir, device)?;
+    let (model, _) = crate::models::marian::load_dir(dir, device)?;
     let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
     let tgt_path = dir.join("target_tokenizer.json");
     let target = if tgt_path.exists() {
@@ -843,7 +843,7 @@ impl Translator {
             loaded.push((m, rev));
         }
         let (reversed, models): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, r)| *r);
-        let only = |v: Vec<(Seq2Seq, bool)>| v.into_iter().map(|(m, _)| m).collect();
+        let only = |v: Vec<(Marian, bool)>| v.into_iter().map(|(m, _)| m).collect();
         let t = Translator {
             models: only(models),
             reversed: only(reversed),
@@ -855,12 +855,12 @@ impl Translator {
     }
 
     /// Every model, left-to-right ones first.
-    fn all(&self) -> Vec<&Seq2Seq> {
+    fn all(&self) -> Vec<&Marian> {
         self.models.iter().chain(&self.reversed).collect()
     }
 
     /// The first model's configuration (the special token ids all models share).
-    pub fn config(&self) -> &crate::models::seq2seq::Seq2SeqConfig {
+    pub fn config(&self) -> &crate::models::marian::MarianConfig {
         let first = self.models.first().or(self.reversed.first());
         &first.expect("a translator holds at least one model").config
     }

@@ -376,6 +376,7 @@ fn rms_norm_with_weight() {
         let norm = RmsNorm {
             weight: w.as_tensor().clone(),
             eps: 1e-6,
+            unit_offset: false,
         };
         check(
             &format!("rms norm {dims:?}"),
@@ -407,6 +408,7 @@ fn norms_match_pytorch_on_both_paths() {
     let rms = RmsNorm {
         weight: rw.as_tensor().clone(),
         eps: 1e-6,
+        unit_offset: false,
     };
     let ln = LayerNorm {
         weight: lw.as_tensor().clone(),

@@ -7,8 +7,8 @@ use common::{assert_close, fixture};
 use ferroformer::eval::perplexity;
 use ferroformer::generate::logits_no_cache;
 use ferroformer::io::safetensors;
-use ferroformer::models::gpt2::{self, Gpt2, Gpt2Config};
-use ferroformer::models::{self, CausalModel};
+use ferroformer::models::Gpt2Config;
+use ferroformer::models::{self, ArchConfig, CausalModel};
 use std::collections::BTreeMap;
 
 fn copy_fixture(name: &str, to: &std::path::Path) {
@@ -100,12 +100,12 @@ fn save_then_load_round_trips_and_keeps_unknown_config_keys() {
     let mut cfg = Gpt2Config::new(50, 16, 24, 2, 3);
     cfg.position_encoding = "sinusoidal".into();
     cfg.extra.insert("my_key".into(), serde_json::json!("kept"));
-    let (model, store) = Gpt2::init(&cfg, &dev, 3).unwrap();
-    let model = CausalModel::Gpt2(model);
+    let arch = ArchConfig::new(cfg.clone()).unwrap();
+    let (model, store) = CausalModel::init(&arch, &dev, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    gpt2::save_dir(dir.path(), &cfg, &store).unwrap();
+    models::save_dir(dir.path(), &arch, &store).unwrap();
     let (loaded, _) = models::load_dir(dir.path(), &dev).unwrap();
-    assert_eq!(loaded.config().to_json(), cfg.to_json());
+    assert_eq!(loaded.config(), arch);
     let ids = [5u32, 9, 1];
     let a = Tensor::new(logits_no_cache(&model, &ids).unwrap().as_slice(), &dev).unwrap();
     let b = Tensor::new(logits_no_cache(&loaded, &ids).unwrap().as_slice(), &dev).unwrap();
@@ -129,7 +129,10 @@ fn mismatched_config_is_a_clear_error() {
     // Wider model than the weights.
     cfg["n_embd"] = serde_json::json!(64);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("shape") && e.contains("config.json"),
         "{e}"
@@ -139,7 +142,10 @@ fn mismatched_config_is_a_clear_error() {
     cfg["n_embd"] = serde_json::json!(32);
     cfg["n_layer"] = serde_json::json!(1);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("not used") && e.contains("transformer.h.1"),
         "{e}"
@@ -148,19 +154,28 @@ fn mismatched_config_is_a_clear_error() {
     // More layers than the weights: the missing tensor is named.
     cfg["n_layer"] = serde_json::json!(3);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("missing parameter transformer.h.2"), "{e}");
 
     // Not JSON at all / corrupt weights.
     std::fs::write(&cfg_path, "{ not json").unwrap();
-    let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("config.json") && e.contains("invalid JSON"),
         "{e}"
     );
     copy_fixture("gpt2-tiny", dir.path());
     std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
-    let e = gpt2::load_dir(dir.path(), &dev).err().unwrap().to_string();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("not a valid safetensors"),
         "{e}"

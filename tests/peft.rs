@@ -297,9 +297,10 @@ fn trainable_line_equals_peft_for_smollm2() {
         ("lora_r8_all_linear", all),
     ] {
         let mut store = ferroformer::nn::ParamStore::new_init(&Device::Cpu, 0);
-        ferroformer::models::Llama::new(&config, &mut store).unwrap();
+        let arch = ferroformer::models::ArchConfig::new(config.clone()).unwrap();
+        CausalModel::new(&arch, &mut store).unwrap();
         store.add_adapter("default", cfg, None).unwrap();
-        ferroformer::models::Llama::new(&config, &mut store).unwrap();
+        CausalModel::new(&arch, &mut store).unwrap();
         store.freeze_all_but_adapters().unwrap();
         assert_eq!(store.trainable_count().to_string(), line(name), "{name}");
     }

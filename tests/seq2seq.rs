@@ -6,11 +6,11 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixture};
 use ferroformer::io::safetensors;
-use ferroformer::models::seq2seq::{self, Seq2Seq};
+use ferroformer::models::marian::{self, Marian};
 
-fn load() -> (Seq2Seq, std::collections::BTreeMap<String, Tensor>) {
+fn load() -> (Marian, std::collections::BTreeMap<String, Tensor>) {
     let dev = Device::Cpu;
-    let (model, _) = seq2seq::load_dir(&fixture("marian-tiny"), &dev).unwrap();
+    let (model, _) = marian::load_dir(&fixture("marian-tiny"), &dev).unwrap();
     let e = safetensors::load(&fixture("marian-tiny/expected.safetensors"), &dev).unwrap();
     (model, e)
 }
@@ -27,7 +27,7 @@ fn tiny_marian_matches_transformers() {
     .unwrap();
     assert_close("positions", &table, &e["embed_positions"], 0.0, 0.0);
     let src = e["input_ids"].to_dtype(DType::U32).unwrap();
-    let mask = Seq2Seq::source_mask(&e["attention_mask"]).unwrap();
+    let mask = Marian::source_mask(&e["attention_mask"]).unwrap();
     let tgt = e["decoder_input_ids"].to_dtype(DType::U32).unwrap();
     for plain in [false, true] {
         ferroformer::nn::kernels::set_plain(plain);
@@ -168,7 +168,7 @@ fn ensemble_decoding_matches_pytorch() {
     };
     let dev = Device::Cpu;
     let (a, e) = load();
-    let (b, _) = seq2seq::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
+    let (b, _) = marian::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
     let x = safetensors::load(&fixture("marian-tiny-b/ensemble.safetensors"), &dev).unwrap();
     let src = e["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = &e["attention_mask"];
@@ -261,7 +261,7 @@ fn ensemble_decoding_matches_pytorch() {
         }
     }
     // Another target vocabulary cannot join.
-    let (g2p, _) = seq2seq::load_dir(&fixture("marian-tiny-g2p"), &dev).unwrap();
+    let (g2p, _) = marian::load_dir(&fixture("marian-tiny-g2p"), &dev).unwrap();
     let opts = DecodeOptions::default();
     let err = decode_ensemble(&[&a, &g2p], &src, Some(mask), &opts).unwrap_err();
     assert!(err.to_string().contains("vocabular"), "{err}");
@@ -281,7 +281,7 @@ fn bidirectional_rescoring_picks_the_best_mean_candidate() {
     };
     let dev = Device::Cpu;
     let (a, e) = load();
-    let (b, _) = seq2seq::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
+    let (b, _) = marian::load_dir(&fixture("marian-tiny-b"), &dev).unwrap();
     let eos = a.config.eos_token_id;
     let ids: Vec<Vec<u32>> = e["input_ids"]
         .to_dtype(DType::U32)
@@ -362,7 +362,7 @@ fn bidirectional_rescoring_picks_the_best_mean_candidate() {
             }
         }
         let score = |c: &Vec<u32>| {
-            let one = |m: &Seq2Seq, t: Vec<u32>| {
+            let one = |m: &Marian, t: Vec<u32>| {
                 sequence_log_probs(m, std::slice::from_ref(src), &[t]).unwrap()[0]
             };
             (one(&a, with_eos(c)) + one(&b, with_eos(&turned(c)))) / 2.0 / (c.len() + 1) as f32
@@ -475,7 +475,7 @@ fn training_gradients_match_pytorch() {
         ("marian-tiny", "marian-tiny/grads.safetensors"),
         ("marian-tiny-g2p", "marian-tiny-g2p/expected.safetensors"),
     ] {
-        let (model, store) = seq2seq::load_dir(&fixture(dir), &dev).unwrap();
+        let (model, store) = marian::load_dir(&fixture(dir), &dev).unwrap();
         let inputs = safetensors::load(&fixture("marian-tiny/expected.safetensors"), &dev).unwrap();
         let e = safetensors::load(&fixture(expected), &dev).unwrap();
         let labels_t = e.get("labels").unwrap_or(&inputs["labels"]);

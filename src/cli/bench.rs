@@ -5,7 +5,7 @@ use super::Common;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Args, Subcommand};
-use ferroformer::models::{CausalModel, Gpt2, Gpt2Config};
+use ferroformer::models::{ArchConfig, CausalModel, Gpt2Config};
 use ferroformer::objective::CausalLm;
 use ferroformer::rng::Rng;
 use ferroformer::train::{AdamW, AdamWConfig, GradAccumulator};
@@ -168,12 +168,12 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
         }
         None => {
             let cfg = parse_config(a.config.as_deref(), 1024, 1)?;
-            let (model, store) = Gpt2::init(&cfg, &device, 0)?;
             let mut rng = Rng::new(1);
             let prompt: Vec<u32> = (0..a.prompt_tokens)
                 .map(|_| rng.below(cfg.vocab_size as u64) as u32)
                 .collect();
-            (CausalModel::Gpt2(model), store.numel(), prompt)
+            let (model, store) = CausalModel::init(&ArchConfig::new(cfg)?, &device, 0)?;
+            (model, store.numel(), prompt)
         }
     };
     if a.prompt_tokens + a.new_tokens > model.max_positions() {
@@ -232,8 +232,7 @@ fn train(a: TrainArgs, c: &Common) -> Result<()> {
     }
     let device = c.device()?;
     let cfg = config(&a)?;
-    let (model, store) = Gpt2::init(&cfg, &device, 0)?;
-    let model = CausalModel::Gpt2(model);
+    let (model, store) = CausalModel::init(&ArchConfig::new(cfg.clone())?, &device, 0)?;
     let mut opt = AdamW::new(AdamWConfig {
         beta1: 0.9,
         beta2: 0.95,

@@ -30,13 +30,13 @@ fn load_config(a: &ParamsArgs) -> Result<ArchConfig> {
         let p = ferroformer::pretrained::resolve_model(m)?;
         if p.extension().is_some_and(|x| x == "gguf") {
             let g = ferroformer::io::gguf::Gguf::open(&p)?;
-            return Ok(ArchConfig::Llama(g.llama_config()?));
+            return Ok(ferroformer::pretrained::gguf_config(&g)?);
         }
         return Ok(ArchConfig::load(&p.join("config.json"))?);
     }
     let c = a.config.as_deref().unwrap_or_default();
     if let Some(cfg) = Gpt2Config::named(c) {
-        return Ok(ArchConfig::Gpt2(cfg));
+        return Ok(ArchConfig::new(cfg)?);
     }
     if c.trim_start().starts_with('{') {
         let mut v: serde_json::Value = serde_json::from_str(c).context("--config: invalid JSON")?;

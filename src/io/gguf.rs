@@ -1,13 +1,12 @@
 //! GGUF, llama.cpp's single-file format: metadata (architecture sizes, the tokenizer's
 //! vocabulary and merges, the chat template) and tensors, most of them quantized. Read through
-//! candle's GGUF parser; tensor names are mapped to Hugging Face keys and the rotary row order
-//! of the query/key projections is restored, so a GGUF model is the same [`Llama`] as one
-//! loaded from a Hugging Face directory.
+//! candle's GGUF parser. What the names mean is each model family's business (its
+//! [`GgufSupport`]): this file reads metadata and tensors, mapped and transformed as the
+//! family says, so a GGUF model is the same model as one loaded from a Hugging Face directory.
 //!
-//! [`Llama`]: crate::models::Llama
+//! [`GgufSupport`]: crate::models::family::GgufSupport
 
-use crate::models::llama::{unpermute_rotary_rows, LlamaConfig, QuantWeights};
-use crate::nn::QuantizedWeight;
+use crate::nn::{QuantWeights, QuantizedWeight};
 use crate::{Error, Result};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -74,7 +73,8 @@ impl Gguf {
         })
     }
 
-    fn err(&self, msg: impl Into<String>) -> Error {
+    /// An error about this file.
+    pub fn err(&self, msg: impl Into<String>) -> Error {
         Error::format(&self.path, msg)
     }
 
@@ -82,7 +82,7 @@ impl Gguf {
         self.content.metadata.get(key)
     }
 
-    fn str(&self, key: &str) -> Result<&str> {
+    pub fn str(&self, key: &str) -> Result<&str> {
         match self.get(key) {
             Some(Value::String(s)) => Ok(s),
             Some(_) => Err(self.err(format!("metadata {key} is not a string"))),
@@ -90,7 +90,7 @@ impl Gguf {
         }
     }
 
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub fn usize(&self, key: &str) -> Result<usize> {
         let v = self
             .get(key)
             .ok_or_else(|| self.err(format!("metadata {key} is missing")))?;
@@ -108,14 +108,14 @@ impl Gguf {
         usize::try_from(n).map_err(|_| self.err(format!("metadata {key} is negative ({n})")))
     }
 
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
             Some(_) => self.usize(key).map(Some),
         }
     }
 
-    fn f64(&self, key: &str) -> Result<Option<f64>> {
+    pub fn f64(&self, key: &str) -> Result<Option<f64>> {
         Ok(match self.get(key) {
             None => None,
             Some(Value::F32(x)) => Some(*x as f64),
@@ -124,14 +124,14 @@ impl Gguf {
         })
     }
 
-    fn bool(&self, key: &str) -> Option<bool> {
+    pub fn bool(&self, key: &str) -> Option<bool> {
         match self.get(key) {
             Some(Value::Bool(b)) => Some(*b),
             _ => None,
         }
     }
 
-    fn str_array(&self, key: &str) -> Result<Vec<String>> {
+    pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
         match self.get(key) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -145,7 +145,7 @@ impl Gguf {
         }
     }
 
-    fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+    pub fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
         match self.get(key) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -169,69 +169,9 @@ impl Gguf {
         self.str("general.architecture")
     }
 
-    /// The Hugging Face `LlamaConfig` the metadata describes.
-    pub fn llama_config(&self) -> Result<LlamaConfig> {
-        let arch = self.architecture()?;
-        if arch != "llama" {
-            return Err(self.err(format!(
-                "architecture {arch:?} is not supported (supported GGUF architectures: llama)"
-            )));
-        }
-        let k = |name: &str| format!("{arch}.{name}");
-        let heads = self.usize(&k("attention.head_count"))?;
-        let hidden = self.usize(&k("embedding_length"))?;
-        let vocab = match self.opt_usize(&k("vocab_size"))? {
-            Some(v) => v,
-            None => self.str_array("tokenizer.ggml.tokens")?.len(),
-        };
-        let mut c = LlamaConfig::new(
-            vocab,
-            hidden,
-            self.usize(&k("feed_forward_length"))?,
-            self.usize(&k("block_count"))?,
-            heads,
-            self.opt_usize(&k("attention.head_count_kv"))?
-                .unwrap_or(heads),
-            self.usize(&k("context_length"))?,
-        );
-        if let Some(d) = self.opt_usize(&k("rope.dimension_count"))? {
-            if d != hidden / heads.max(1) {
-                return Err(self.err(format!(
-                    "rotary dimension {d} differs from the head dimension {}; partial rotary embedding is not supported",
-                    hidden / heads.max(1)
-                )));
-            }
-        }
-        c.rope_theta = Some(self.f64(&k("rope.freq_base"))?.unwrap_or(10000.0));
-        c.rms_norm_eps = self
-            .f64(&k("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5);
-        if let Ok(kind) = self.str(&k("rope.scaling.type")) {
-            match kind {
-                "none" => {}
-                "linear" => {
-                    let factor = self.f64(&k("rope.scaling.factor"))?.ok_or_else(|| {
-                        self.err("linear rope scaling without rope.scaling.factor")
-                    })?;
-                    c.rope_scaling =
-                        Some(serde_json::json!({"rope_type": "linear", "factor": factor}));
-                }
-                other => {
-                    return Err(self.err(format!("rope scaling type {other:?} is not supported")))
-                }
-            }
-        }
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            return Err(self.err(
-                "per-frequency rotary factors (rope_freqs, Llama 3.1 scaling) are not supported yet",
-            ));
-        }
-        c.tie_word_embeddings = !self.content.tensor_infos.contains_key("output.weight");
-        c.attention_bias = self.content.tensor_infos.contains_key("blk.0.attn_q.bias");
-        c.mlp_bias = self.content.tensor_infos.contains_key("blk.0.ffn_up.bias");
-        c.extra.extend(self.special_tokens()?.id_entries());
-        c.validate().map_err(|e| self.err(e.to_string()))?;
-        Ok(c)
+    /// Whether the file holds tensor `name` (a llama.cpp name).
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
     }
 
     /// Special token ids from `tokenizer.ggml.*_token_id`.
@@ -299,12 +239,16 @@ impl Gguf {
             .map_err(|e| Error::format(&path, format!("tensor {name}: {e}")))
     }
 
-    /// The model's weights under Hugging Face keys: with [`Precision::F32`] all dequantized in
-    /// the returned map; with [`Precision::Quantized`], 2-D matrices in `QuantWeights` (the
-    /// embedding table also dequantized in the map, for lookups) and the rest in the map.
-    pub fn llama_weights(
+    /// The model's weights under Hugging Face keys (`hf_name` maps each llama.cpp name;
+    /// `transform` undoes what the converter did to a tensor, by Hugging Face key): with
+    /// [`Precision::F32`] all dequantized in the returned map; with [`Precision::Quantized`],
+    /// 2-D matrices in `QuantWeights` (the embedding table also dequantized in the map, for
+    /// lookups) and the rest in the map. `what` names the model in errors.
+    pub fn weights(
         &mut self,
-        config: &LlamaConfig,
+        what: &str,
+        hf_name: &dyn Fn(&str) -> Option<String>,
+        transform: &dyn Fn(&str, QTensor) -> Result<QTensor>,
         precision: Precision,
         device: &Device,
     ) -> Result<(BTreeMap<String, Tensor>, QuantWeights)> {
@@ -315,21 +259,11 @@ impl Gguf {
         for name in names {
             let hf = hf_name(&name).ok_or_else(|| {
                 self.err(format!(
-                    "tensor {name} is not part of a llama.cpp Llama model"
+                    "tensor {name} is not part of a llama.cpp {what} model"
                 ))
             })?;
-            let mut q = self.qtensor(&name, device)?;
-            let heads = if hf.ends_with("self_attn.q_proj.weight") {
-                Some(config.num_attention_heads)
-            } else if hf.ends_with("self_attn.k_proj.weight") {
-                Some(config.kv_heads())
-            } else {
-                None
-            };
-            if let Some(heads) = heads {
-                q = unpermute_qtensor(&q, heads, device)
-                    .map_err(|e| self.err(format!("tensor {name}: {e}")))?;
-            }
+            let q = self.qtensor(&name, device)?;
+            let q = transform(&hf, q).map_err(|e| self.err(format!("tensor {name}: {e}")))?;
             let keep_quantized = precision == Precision::Quantized
                 && q.shape().rank() == 2
                 && q.dtype() != GgmlDType::F32;
@@ -356,8 +290,30 @@ impl Gguf {
     }
 }
 
+/// Reorders the rows of a query or key projection from llama.cpp's interleaved rotary layout
+/// back to transformers' "rotate half" layout. llama.cpp's converter applies, per head,
+/// `w.reshape(heads, 2, d/2, in).swapaxes(1, 2)` (Llama-architecture files only); this is its
+/// inverse. Rows are moved as whole byte ranges (`row_bytes` each), so it works on quantized
+/// data too: every row of a GGUF matrix is quantized on its own.
+pub fn unpermute_rotary_rows(data: &[u8], rows: usize, row_bytes: usize, heads: usize) -> Vec<u8> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let dst = h * d + s * half + j;
+                let src = h * d + 2 * j + s;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
 /// Restores the rotary row order of a query/key matrix (see [`unpermute_rotary_rows`]).
-fn unpermute_qtensor(q: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
+pub fn unpermute_qtensor(q: &QTensor, heads: usize) -> Result<QTensor> {
     let dims = q.shape().dims().to_vec();
     let (rows, cols) = match dims.as_slice() {
         [r, c] => (*r, *c),
@@ -376,56 +332,12 @@ fn unpermute_qtensor(q: &QTensor, heads: usize, device: &Device) -> Result<QTens
     let row_bytes = cols / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
     let out = unpermute_rotary_rows(&data, rows, row_bytes, heads);
-    Ok(qtensor_from_ggml(dtype, &out, dims, device)?)
-}
-
-/// The Hugging Face key of a llama.cpp tensor name.
-pub fn hf_name(name: &str) -> Option<String> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (part, kind) = rest.rsplit_once('.')?;
-    if kind != "weight" && kind != "bias" {
-        return None;
-    }
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    Ok(qtensor_from_ggml(dtype, &out, dims, &q.device())?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(
-            hf_name("blk.12.attn_q.weight").unwrap(),
-            "model.layers.12.self_attn.q_proj.weight"
-        );
-        assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
-        assert!(hf_name("blk.x.attn_q.weight").is_none());
-        assert!(hf_name("rope_freqs.weight").is_none());
-    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {

@@ -5,8 +5,7 @@
 //! names and `config.json` are those of transformers' `BertModel` / `BertForMaskedLM`, so
 //! BERT-family directories (all-MiniLM-L6-v2, bert-base, ...) load unchanged.
 
-use crate::io::{safetensors, write_json_atomic};
-use crate::models::weight_files;
+use super::family::{Family, Kind, PeftDefaults};
 use crate::nn::{
     Activation, Dropout, Embedding, EncoderLayer, EncoderLayerConfig, EncoderLayerNames, Init,
     LayerNorm, Linear, ParamStore, Projection,
@@ -17,6 +16,27 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The BERT family.
+pub static FAMILY: Family = Family {
+    name: "bert",
+    model_types: &["bert"],
+    kind: Kind::Encoder,
+    hf_class: "BertModel",
+    sequence_classification: Some("BertForSequenceClassification"),
+    peft: PeftDefaults {
+        lora: &["query", "value"],
+        ia3: &["key", "value", "output.dense"],
+        ia3_feedforward: &["output.dense"],
+        ln_tuning: &["LayerNorm", "layernorm"],
+    },
+    no_decay: &[
+        "word_embeddings",
+        "position_embeddings",
+        "token_type_embeddings",
+    ],
+    causal: None,
+};
 
 fn d_bert() -> String {
     "bert".into()
@@ -75,9 +95,9 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
-        super::check_encoder_sizes(
+        super::hf::check_encoder_sizes(
             &self.model_type,
-            "bert",
+            &FAMILY,
             &[
                 ("vocab_size", self.vocab_size),
                 ("hidden_size", self.hidden_size),
@@ -104,13 +124,13 @@ impl BertConfig {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        super::read_config(path, Self::validate)
+        super::hf::read_config(path, Self::validate)
     }
 
     /// The JSON transformers reads; `architectures` says whether the MLM head is there.
     pub fn to_json(&self, mlm: bool) -> serde_json::Value {
         let arch = if mlm { "BertForMaskedLM" } else { "BertModel" };
-        let mut v = super::config_json(self, arch, true);
+        let mut v = super::hf::config_json(self, arch, true);
         // Our MLM decoder is always the word embeddings; say so rather than rely on the default.
         if mlm {
             v["tie_word_embeddings"] = serde_json::json!(true);
@@ -253,9 +273,7 @@ impl Bert {
         device: &Device,
         seed: u64,
     ) -> Result<(Self, ParamStore)> {
-        let mut store = ParamStore::new_init(device, seed);
-        let model = Bert::new(config, &mut store, heads)?;
-        Ok((model, store))
+        super::hf::init(device, seed, |s| Bert::new(config, s, heads))
     }
 
     pub fn device(&self) -> &Device {
@@ -394,54 +412,38 @@ pub fn load_dir_for_mlm(dir: &Path, device: &Device, seed: u64) -> Result<(Bert,
 }
 
 fn load(dir: &Path, device: &Device, init_mlm: Option<u64>) -> Result<(Bert, ParamStore)> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(Error::format(dir, "no config.json in this model directory"));
-    }
-    let config = BertConfig::load(&cfg_path)?;
-    let files = weight_files(dir)?;
-    let mut tensors = BTreeMap::new();
-    for f in &files {
-        tensors.extend(safetensors::load(f, device)?);
-    }
-    let tensors = normalize_keys(tensors);
-    let has_mlm = tensors.contains_key("cls.predictions.bias");
+    let d = super::hf::ModelDir::open(dir)?;
+    let config: BertConfig = d.parse_config(BertConfig::validate)?;
+    let mut w = d.weights(device)?;
+    w.tensors = normalize_keys(w.tensors);
+    let has_mlm = w.tensors.contains_key("cls.predictions.bias");
     let heads = BertHeads {
-        pooler: tensors.contains_key("bert.pooler.dense.weight"),
+        pooler: w.tensors.contains_key("bert.pooler.dense.weight"),
         mlm: has_mlm || init_mlm.is_some(),
     };
-    let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
-    if let (Some(seed), false) = (init_mlm, has_mlm) {
-        // Only the head may be missing: everything else is checked against the file first.
-        let body = BertHeads {
-            mlm: false,
-            ..heads
-        };
-        Bert::new(&config, &mut store, body).map_err(|e| super::mismatch(e, &cfg_path))?;
-        store.allow_init(seed);
-    }
-    let model = Bert::new(&config, &mut store, heads).map_err(|e| super::mismatch(e, &cfg_path))?;
-    let used: Vec<String> = param_shapes(&config, heads)?.into_keys().collect();
-    super::check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;
-    Ok((model, store))
+    d.build(w, device, |store| {
+        if let (Some(seed), false) = (init_mlm, has_mlm) {
+            // Only the head may be missing: everything else is checked against the file first.
+            let body = BertHeads {
+                mlm: false,
+                ..heads
+            };
+            Bert::new(&config, store, body)?;
+            store.allow_init(seed);
+        }
+        Bert::new(&config, store, heads)
+    })
 }
 
 /// Parameter names and shapes, without allocating.
 pub fn param_shapes(config: &BertConfig, heads: BertHeads) -> Result<BTreeMap<String, Vec<usize>>> {
-    let mut store = ParamStore::new_shapes();
-    Bert::new(config, &mut store, heads)?;
-    Ok(store.shapes().cloned().unwrap_or_default())
+    super::hf::param_shapes(|s| Bert::new(config, s, heads).map(|_| ()))
 }
 
 /// Saves `config.json` and `model.safetensors` (keys with the `bert.` prefix, which both
 /// `BertModel` and `BertForMaskedLM` load).
 pub fn save_dir(dir: &Path, model: &Bert, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
-    write_json_atomic(
-        &dir.join("config.json"),
-        &model.config.to_json(model.mlm.is_some()),
-    )
+    super::hf::save_dir(dir, &model.config.to_json(model.mlm.is_some()), store)
 }
 
 /// Mean of the hidden states `[b, t, c]` over the tokens where `mask` `[b, t]` is 1.

@@ -3,10 +3,12 @@
 //! projection tied to the token embedding. Weight names, shapes (including the `[in, out]`
 //! Conv1D orientation) and `config.json` are those of transformers' `GPT2LMHeadModel`.
 
+use super::causal::{CausalConfig, CausalLm};
+use super::family::{CausalSupport, Family, Kind, PeftDefaults, Sizes};
 use crate::nn::{
     sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
     FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
-    Segments,
+    Projection, Segments, VirtualTokens,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -14,6 +16,28 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The GPT-2 family.
+pub static FAMILY: Family = Family {
+    name: "gpt2",
+    model_types: &["gpt2"],
+    kind: Kind::Causal,
+    hf_class: "GPT2LMHeadModel",
+    sequence_classification: Some("GPT2ForSequenceClassification"),
+    peft: PeftDefaults {
+        lora: &["c_attn"],
+        ia3: &["c_attn", "mlp.c_proj"],
+        ia3_feedforward: &["mlp.c_proj"],
+        ln_tuning: &["ln_1", "ln_2", "ln_f"],
+    },
+    no_decay: &["wte", "wpe"],
+    causal: Some(CausalSupport {
+        parse: super::hf::parse::<Gpt2Config>,
+        from_sizes,
+        normalize_keys,
+        gguf: None,
+    }),
+};
 
 fn default_model_type() -> String {
     "gpt2".into()
@@ -131,23 +155,17 @@ impl Gpt2Config {
 
     /// Checks the sizes are consistent.
     pub fn validate(&self) -> Result<()> {
-        if self.model_type != "gpt2" {
-            return Err(Error::Config(format!(
-                "model_type is {:?}, expected \"gpt2\"",
-                self.model_type
-            )));
-        }
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("n_positions", self.n_positions),
-            ("n_embd", self.n_embd),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-        ] {
-            if v == 0 {
-                return Err(Error::Config(format!("{name} must be positive")));
-            }
-        }
+        super::hf::check_sizes(
+            &self.model_type,
+            &FAMILY,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("n_positions", self.n_positions),
+                ("n_embd", self.n_embd),
+                ("n_layer", self.n_layer),
+                ("n_head", self.n_head),
+            ],
+        )?;
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(
                 "n_embd ({}) must be divisible by n_head ({})",
@@ -169,13 +187,72 @@ impl Gpt2Config {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        super::read_config(path, Self::validate)
+        super::hf::read_config(path, Self::validate)
     }
+}
 
-    /// The JSON transformers expects (with `architectures`).
-    pub fn to_json(&self) -> serde_json::Value {
-        super::config_json(self, "GPT2LMHeadModel", false)
+impl CausalConfig for Gpt2Config {
+    fn family(&self) -> &'static Family {
+        &FAMILY
     }
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+    fn validate(&self) -> Result<()> {
+        Gpt2Config::validate(self)
+    }
+    fn to_json(&self) -> serde_json::Value {
+        super::hf::config_json(self, FAMILY.hf_class, false)
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn max_positions(&self) -> usize {
+        self.n_positions
+    }
+    fn hidden_size(&self) -> usize {
+        self.n_embd
+    }
+    fn num_layers(&self) -> usize {
+        self.n_layer
+    }
+    fn num_heads(&self) -> usize {
+        self.n_head
+    }
+    fn tie_word_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+    fn set_tie_word_embeddings(&mut self, tie: bool) {
+        self.tie_word_embeddings = tie;
+    }
+    fn extra_mut(&mut self) -> &mut serde_json::Map<String, serde_json::Value> {
+        &mut self.extra
+    }
+    fn uses_dropout(&self) -> bool {
+        self.resid_pdrop > 0.0 || self.attn_pdrop > 0.0 || self.embd_pdrop > 0.0
+    }
+    fn build(&self, store: &mut ParamStore) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(Gpt2::new(self, store)?))
+    }
+    fn clone_box(&self) -> Box<dyn CausalConfig> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A fresh GPT-2 of a recipe's sizes.
+fn from_sizes(s: &Sizes) -> Result<Box<dyn CausalConfig>> {
+    let mut c = Gpt2Config::new(s.vocab_size, s.positions, s.hidden, s.layers, s.heads)
+        .with_dropout(s.dropout);
+    c.n_inner = s.intermediate;
+    c.activation_function = s.activation.clone();
+    c.tie_word_embeddings = s.tie_word_embeddings;
+    c.position_encoding = s.position_encoding.clone();
+    c.layer_norm_epsilon = s.norm_eps;
+    c.extra.extend(s.token_ids());
+    Ok(Box::new(c))
 }
 
 /// The GPT-2 language model.
@@ -185,11 +262,11 @@ pub struct Gpt2 {
     pub wpe: PositionEncoding,
     pub blocks: Vec<DecoderBlock>,
     pub ln_f: LayerNorm,
-    /// The untied output projection `[vocab, n_embd]`, when `tie_word_embeddings` is false.
-    pub lm_head: Option<Tensor>,
+    /// The output projection `[vocab, n_embd]`: `lm_head.weight`, or the embedding table when
+    /// tied.
+    pub lm_head: Projection,
     pub drop: Dropout,
-    /// Prompt tuning's virtual-token embeddings `[n, n_embd]`, put before the input.
-    pub prompt: Option<Tensor>,
+    pub virtual_tokens: VirtualTokens,
 }
 
 impl Gpt2 {
@@ -219,16 +296,11 @@ impl Gpt2 {
         let act = Activation::from_hf(&c.activation_function)?;
         let mut blocks = Vec::with_capacity(c.n_layer);
         let hd = c.n_embd / c.n_head.max(1);
-        let prefix_all = store.prefix_for(c.n_layer, c.n_head, hd)?;
+        let virtual_tokens =
+            VirtualTokens::from_store(store, c.n_embd, c.n_layer, c.n_head, hd, Some(&wte.weight))?;
         for i in 0..c.n_layer {
             let p = format!("transformer.h.{i}");
-            let prefix = match &prefix_all {
-                Some(all) => {
-                    let (k, v) = crate::nn::layer_prefix(all, i, c.n_head, hd)?;
-                    Some(crate::nn::Prefix { k, v })
-                }
-                None => None,
-            };
+            let prefix = virtual_tokens.layer(i).cloned();
             blocks.push(DecoderBlock {
                 ln_1: LayerNorm::new(
                     store,
@@ -284,7 +356,6 @@ impl Gpt2 {
                 mlp_dropout: Dropout::new(c.resid_pdrop)?,
             });
         }
-        let prompt = store.prompt_for(c.n_embd, Some(&wte.weight))?;
         let ln_f = LayerNorm::new(
             store,
             "transformer.ln_f",
@@ -292,14 +363,14 @@ impl Gpt2 {
             c.layer_norm_epsilon,
             true,
         )?;
-        let lm_head = if c.tie_word_embeddings {
-            None
+        let head = if c.tie_word_embeddings {
+            wte.weight.clone()
         } else {
-            Some(store.get(
+            store.get(
                 "lm_head.weight",
                 &[c.vocab_size, c.n_embd],
                 crate::nn::Init::Normal(std),
-            )?)
+            )?
         };
         Ok(Gpt2 {
             config: c.clone(),
@@ -307,33 +378,30 @@ impl Gpt2 {
             wpe,
             blocks,
             ln_f,
-            lm_head,
+            // An [out, in] weight without bias.
+            lm_head: Projection::Dense(Linear::plain(head, None, false)),
             drop: Dropout::new(c.embd_pdrop)?,
-            prompt,
+            virtual_tokens,
         })
     }
+}
 
-    /// A freshly initialised model and its parameter store.
-    pub fn init(config: &Gpt2Config, device: &Device, seed: u64) -> Result<(Self, ParamStore)> {
-        let mut store = ParamStore::new_init(device, seed);
-        let model = Gpt2::new(config, &mut store)?;
-        Ok((model, store))
+impl CausalLm for Gpt2 {
+    fn config(&self) -> &dyn CausalConfig {
+        &self.config
     }
 
-    /// Final hidden states `[b, t, n_embd]` for token ids `[b, t]` (u32). With `caches` (one per
-    /// layer) positions continue after the cached ones. `rng` enables dropout (training).
-    pub fn hidden(
+    fn hidden(
         &self,
         ids: &Tensor,
         caches: Option<&mut [KvCache]>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
-        // Prefix tuning: positions start after the learned prefix.
-        let prefix = self.blocks.first().and_then(|b| b.attn.prefix.as_ref());
-        let offset = crate::nn::Prefix::offset(prefix, caches.as_ref().map(|c| &c[0]));
+        // Positions start after the cached ones, or after a prefix.
+        let offset = self.virtual_tokens.offset(caches.as_deref());
         let tok = self.wte.forward(ids)?;
-        let (tok, n_virtual) = super::prepend_prompt(tok, self.prompt.as_ref(), offset)?;
+        let (tok, n_virtual) = self.virtual_tokens.prepend(tok, offset)?;
         let pos = self.wpe.forward(offset, t + n_virtual)?;
         let mut x = tok.broadcast_add(&pos)?;
         x = self.drop.forward(&x, rng.as_deref_mut())?;
@@ -349,28 +417,16 @@ impl Gpt2 {
                 }
             }
         }
-        let h = self.ln_f.forward(&x)?;
-        Ok(if n_virtual > 0 {
-            h.narrow(1, n_virtual, t)?
-        } else {
-            h
-        })
+        VirtualTokens::strip(self.ln_f.forward(&x)?, n_virtual)
     }
 
-    /// Final hidden states `[b, t, c]` of rows holding several packed examples each.
-    pub fn hidden_packed(
+    fn hidden_packed(
         &self,
         ids: &Tensor,
         segments: &Segments,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        if self.prompt.is_some() || self.blocks.iter().any(|b| b.attn.prefix.is_some()) {
-            return Err(Error::Config(
-                "packed examples cannot take prompt or prefix tuning's virtual tokens; \
-                 train without packing"
-                    .into(),
-            ));
-        }
+        self.virtual_tokens.check_packable()?;
         let x = self
             .wte
             .forward(ids)?
@@ -382,74 +438,43 @@ impl Gpt2 {
         self.ln_f.forward(&x)
     }
 
-    /// Logits `[b, t, vocab]` for token ids `[b, t]`.
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        caches: Option<&mut [KvCache]>,
-        rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let h = self.hidden(ids, caches, rng)?;
-        self.logits(&h)
+    fn head(&self) -> &Projection {
+        &self.lm_head
     }
 
-    /// Projects hidden states onto the vocabulary.
-    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        // The head (or the tied embedding) is an [out, in] weight without bias.
-        let w = self.lm_head.as_ref().unwrap_or(&self.wte.weight);
-        Linear::plain(w.clone(), None, false).forward(h)
-    }
-
-    /// One empty cache per layer.
-    pub fn new_caches(&self) -> Vec<KvCache> {
+    fn new_caches(&self) -> Vec<KvCache> {
         vec![KvCache::default(); self.blocks.len()]
     }
 
-    /// Maximum sequence length.
-    /// Positions left for the input (learned virtual tokens take some).
-    pub fn max_positions(&self) -> usize {
-        let prefix = self.blocks.first().and_then(|b| b.attn.prefix.as_ref());
-        let virtual_n = super::virtual_len(self.prompt.as_ref(), prefix);
-        self.config.n_positions.saturating_sub(virtual_n)
+    fn max_positions(&self) -> usize {
+        self.config
+            .n_positions
+            .saturating_sub(self.virtual_tokens.len())
+    }
+
+    fn device(&self) -> &Device {
+        self.wte.weight.device()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
 /// Maps the key variants found in real GPT-2 checkpoints onto ours: original OpenAI-converted
 /// files lack the `transformer.` prefix and carry `attn.bias`/`attn.masked_bias` mask buffers,
-/// which are not parameters.
+/// which are not parameters. Heads (`lm_head`, a classifier's `score`) keep their names.
 pub(crate) fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     tensors
         .into_iter()
         .filter(|(k, _)| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias")))
         .map(|(k, t)| {
-            if k.starts_with("transformer.") || k.starts_with("lm_head.") {
+            if k.starts_with("transformer.") || k.starts_with("lm_head.") || k.starts_with("score.")
+            {
                 (k, t)
             } else {
                 (format!("transformer.{k}"), t)
             }
         })
         .collect()
-}
-
-/// Loads a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`).
-pub fn load_dir(dir: &Path, device: &Device) -> Result<(Gpt2, ParamStore)> {
-    match super::load_dir(dir, device)? {
-        (super::CausalModel::Gpt2(m), store) => Ok((m, store)),
-        (other, _) => Err(Error::format(
-            dir,
-            format!("holds a {} model, not GPT-2", other.config().model_type()),
-        )),
-    }
-}
-
-/// The parameter names and shapes of a GPT-2 model with this config, without allocating it.
-pub fn param_shapes(config: &Gpt2Config) -> Result<BTreeMap<String, Vec<usize>>> {
-    let mut store = ParamStore::new_shapes();
-    Gpt2::new(config, &mut store)?;
-    Ok(store.shapes().cloned().unwrap_or_default())
-}
-
-/// Saves `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
-pub fn save_dir(dir: &Path, config: &Gpt2Config, store: &ParamStore) -> Result<()> {
-    super::save_dir(dir, &super::ArchConfig::Gpt2(config.clone()), store)
 }

@@ -10,11 +10,8 @@
 //!   token from the attention mask; transformers takes the last id that is not
 //!   `pad_token_id`, which is the same for right-padded batches.
 
-use crate::io::{read_json, safetensors, write_json_atomic};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
-use crate::models::{
-    check_all_used, load_weights, mismatch, weight_files, ArchConfig, CausalModel,
-};
+use crate::models::{hf, registry, ArchConfig, CausalModel, Family, Kind};
 use crate::nn::{Dropout, Linear, ParamStore};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
@@ -57,7 +54,7 @@ impl Pooling {
 
 /// The network under the classification head.
 pub enum Body {
-    Bert(Bert),
+    Bert(Box<Bert>),
     Causal(CausalModel),
 }
 
@@ -95,11 +92,25 @@ pub fn config_labels(config: &Value) -> Result<Option<Vec<String>>> {
         .map(Some)
 }
 
-fn model_type(config: &Value) -> Result<&str> {
-    config
+/// The family of `config`, which must be able to classify text.
+fn family(config: &Value) -> Result<&'static Family> {
+    let model_type = config
         .get("model_type")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Config("no \"model_type\" in the model config".into()))
+        .ok_or_else(|| Error::Config("no \"model_type\" in the model config".into()))?;
+    let f = registry::by_model_type(model_type)?;
+    if f.sequence_classification.is_none() {
+        let able: Vec<&str> = registry::FAMILIES
+            .iter()
+            .filter(|f| f.sequence_classification.is_some())
+            .map(|f| f.name)
+            .collect();
+        return Err(Error::Config(format!(
+            "model_type {model_type:?} cannot classify text ({})",
+            able.join(", ")
+        )));
+    }
+    Ok(f)
 }
 
 /// A decoder's config with the output projection tied, so building it asks for no `lm_head`
@@ -112,18 +123,13 @@ fn headless(config: &Value) -> Result<ArchConfig> {
 
 /// The body of `config` from `store`; a BERT gets its pooler when `pooler`.
 fn build_body(config: &Value, store: &mut ParamStore, pooler: bool) -> Result<Body> {
-    match model_type(config)? {
-        "bert" => {
-            let c: BertConfig = serde_json::from_value(config.clone())
-                .map_err(|e| Error::Config(format!("invalid bert config: {e}")))?;
-            let heads = BertHeads { pooler, mlm: false };
-            Ok(Body::Bert(Bert::new(&c, store, heads)?))
-        }
-        "gpt2" | "llama" => Ok(Body::Causal(CausalModel::new(&headless(config)?, store)?)),
-        other => Err(Error::Config(format!(
-            "model_type {other:?} cannot classify text (bert, gpt2 or llama)"
-        ))),
+    if family(config)?.kind == Kind::Causal {
+        return Ok(Body::Causal(CausalModel::new(&headless(config)?, store)?));
     }
+    let c: BertConfig = serde_json::from_value(config.clone())
+        .map_err(|e| Error::Config(format!("invalid bert config: {e}")))?;
+    let heads = BertHeads { pooler, mlm: false };
+    Ok(Body::Bert(Box::new(Bert::new(&c, store, heads)?)))
 }
 
 impl SequenceClassifier {
@@ -220,11 +226,7 @@ impl SequenceClassifier {
                     b.config.hidden_dropout_prob > 0.0
                         || b.config.attention_probs_dropout_prob > 0.0
                 }
-                Body::Causal(CausalModel::Gpt2(m)) => {
-                    let c = &m.config;
-                    c.resid_pdrop > 0.0 || c.attn_pdrop > 0.0 || c.embd_pdrop > 0.0
-                }
-                Body::Causal(CausalModel::Llama(_)) => false,
+                Body::Causal(m) => m.uses_dropout(),
             }
     }
 
@@ -305,11 +307,13 @@ impl SequenceClassifier {
     /// the pooling.
     pub fn config_json(&self) -> Value {
         let mut v = self.config.clone();
-        let arch = match &self.body {
-            Body::Bert(_) => "BertForSequenceClassification",
-            Body::Causal(CausalModel::Gpt2(_)) => "GPT2ForSequenceClassification",
-            Body::Causal(CausalModel::Llama(_)) => "LlamaForSequenceClassification",
+        let family = match &self.body {
+            Body::Bert(_) => &bert::FAMILY,
+            Body::Causal(m) => m.family(),
         };
+        let arch = family
+            .sequence_classification
+            .expect("built only for families that classify");
         v["architectures"] = json!([arch]);
         v["id2label"] = Value::Object(
             self.labels
@@ -355,24 +359,23 @@ pub fn load_dir(
     pooling: Option<Pooling>,
     seed: u64,
 ) -> Result<(SequenceClassifier, ParamStore)> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(Error::format(dir, "no config.json in this model directory"));
-    }
-    let config: Value = read_json(&cfg_path)?;
-    let files = weight_files(dir)?;
-    let kind = model_type(&config)
-        .map_err(|e| Error::format(&cfg_path, e.to_string()))?
-        .to_string();
-    let mut tensors = load_weights(dir, device)?;
-    let head_key = if kind == "bert" {
+    let d = hf::ModelDir::open(dir)?;
+    let cfg_path = d.config_path.clone();
+    let config = d.config.clone();
+    let family = family(&config).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    let hf::Weights {
+        source,
+        mut tensors,
+    } = d.weights(device)?;
+    let head_key = if family.kind == Kind::Causal {
+        tensors = (family.causal()?.normalize_keys)(tensors);
+        tensors.remove("lm_head.weight");
+        "score.weight"
+    } else {
         tensors = bert::normalize_keys(tensors);
         // A masked-LM head is not part of a classifier.
         tensors.retain(|k, _| !k.starts_with("cls."));
         "classifier.weight"
-    } else {
-        tensors.retain(|k, _| k != "lm_head.weight" && !k.ends_with("rotary_emb.inv_freq"));
-        "score.weight"
     };
     let trained = tensors.contains_key(head_key);
     let own = config_labels(&config).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
@@ -408,34 +411,22 @@ pub fn load_dir(
         Some(p) => p,
         None => match config.get("classifier_pooling").and_then(Value::as_str) {
             Some(p) => Pooling::parse(p).map_err(|e| Error::format(&cfg_path, e.to_string()))?,
-            None if kind == "bert" => Pooling::Cls,
+            None if family.kind != Kind::Causal => Pooling::Cls,
             None => Pooling::Last,
         },
     };
     let pooler = tensors.contains_key("bert.pooler.dense.weight");
-    let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
-    if !trained {
-        // The body must load completely before the head (and a pooler) may be initialised.
-        build_body(&config, &mut store, pooler).map_err(|e| mismatch(e, &cfg_path))?;
-        store.allow_init(seed);
-    }
-    let model = SequenceClassifier::new(&config, &mut store, &classes, pooling, pooler)
-        .map_err(|e| mismatch(e, &cfg_path))?;
-    let mut shapes = ParamStore::new_shapes();
-    SequenceClassifier::new(&config, &mut shapes, &classes, pooling, model.has_pooler())?;
-    let used: Vec<String> = shapes
-        .shapes()
-        .cloned()
-        .unwrap_or_default()
-        .into_keys()
-        .collect();
-    check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;
-    Ok((model, store))
+    hf::build_checked(tensors, device, &source, &cfg_path, |store| {
+        if !trained {
+            // The body must load completely before the head (and a pooler) may be initialised.
+            build_body(&config, store, pooler)?;
+            store.allow_init(seed);
+        }
+        SequenceClassifier::new(&config, store, &classes, pooling, pooler)
+    })
 }
 
 /// Saves `config.json` (see [`SequenceClassifier::config_json`]) and `model.safetensors`.
 pub fn save_dir(dir: &Path, model: &SequenceClassifier, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
-    write_json_atomic(&dir.join("config.json"), &model.config_json())
+    hf::save_dir(dir, &model.config_json(), store)
 }

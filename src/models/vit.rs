@@ -6,7 +6,7 @@
 //! head. Weight names and `config.json` are those of transformers' `ViTModel` /
 //! `ViTForImageClassification`, so Hugging Face ViT directories load and ours load there.
 
-use crate::io::{safetensors, write_json_atomic};
+use super::family::{Family, Kind, PeftDefaults};
 use crate::nn::{
     Activation, Dropout, EncoderLayer, EncoderLayerConfig, EncoderLayerNames, Init, LayerNorm,
     ParamStore, Projection,
@@ -17,6 +17,25 @@ use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The Vision Transformer family.
+pub static FAMILY: Family = Family {
+    name: "vit",
+    model_types: &["vit"],
+    kind: Kind::ImageClassifier,
+    hf_class: "ViTForImageClassification",
+    sequence_classification: None,
+    peft: PeftDefaults {
+        lora: &["query", "value"],
+        ia3: &[],
+        ia3_feedforward: &[],
+        ln_tuning: &["LayerNorm", "layernorm"],
+    },
+    // Position embeddings and the class token; the patch projection is a weight matrix like
+    // any other (timm decays it too).
+    no_decay: &["position_embeddings", "cls_token"],
+    causal: None,
+};
 
 fn d_vit() -> String {
     "vit".into()
@@ -82,9 +101,9 @@ pub struct VitConfig {
 
 impl VitConfig {
     pub fn validate(&self) -> Result<()> {
-        super::check_encoder_sizes(
+        super::hf::check_encoder_sizes(
             &self.model_type,
-            "vit",
+            &FAMILY,
             &[
                 ("hidden_size", self.hidden_size),
                 ("num_hidden_layers", self.num_hidden_layers),
@@ -117,7 +136,7 @@ impl VitConfig {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        super::read_config(path, Self::validate)
+        super::hf::read_config(path, Self::validate)
     }
 
     /// The class names in index order (`LABEL_i` where `id2label` is empty: transformers'
@@ -162,7 +181,7 @@ impl VitConfig {
         } else {
             "ViTModel"
         };
-        super::config_json(self, arch, true)
+        super::hf::config_json(self, arch, true)
     }
 }
 
@@ -246,9 +265,7 @@ impl Vit {
 
     /// A freshly initialised model and its parameter store.
     pub fn init(config: &VitConfig, device: &Device, seed: u64) -> Result<(Self, ParamStore)> {
-        let mut store = ParamStore::new_init(device, seed);
-        let model = Vit::new(config, &mut store, true)?;
-        Ok((model, store))
+        super::hf::init(device, seed, |s| Vit::new(config, s, true))
     }
 
     pub fn device(&self) -> &Device {
@@ -416,36 +433,25 @@ fn normalize_keys(tensors: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor>
 /// Loads a ViT directory (`config.json` and safetensors weights; a classification head if the
 /// weights hold one).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<(Vit, ParamStore)> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(Error::format(dir, "no config.json in this model directory"));
-    }
-    let config = VitConfig::load(&cfg_path)?;
-    let files = super::weight_files(dir)?;
-    let tensors = normalize_keys(super::load_weights(dir, device)?);
-    let classifier = tensors.contains_key("classifier.weight");
-    let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
-    let model =
-        Vit::new(&config, &mut store, classifier).map_err(|e| super::mismatch(e, &cfg_path))?;
-    let used: Vec<String> = param_shapes(&config, classifier)?.into_keys().collect();
-    super::check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;
-    Ok((model, store))
+    let d = super::hf::ModelDir::open(dir)?;
+    let config: VitConfig = d.parse_config(VitConfig::validate)?;
+    let mut w = d.weights(device)?;
+    w.tensors = normalize_keys(w.tensors);
+    let classifier = w.tensors.contains_key("classifier.weight");
+    d.build(w, device, |s| Vit::new(&config, s, classifier))
 }
 
 /// Parameter names and shapes of a configuration.
 pub fn param_shapes(config: &VitConfig, classifier: bool) -> Result<BTreeMap<String, Vec<usize>>> {
-    let mut store = ParamStore::new_shapes();
-    Vit::new(config, &mut store, classifier)?;
-    Ok(store.shapes().cloned().unwrap_or_default())
+    super::hf::param_shapes(|s| Vit::new(config, s, classifier).map(|_| ()))
 }
 
 /// Writes `config.json` and `model.safetensors` (transformers' layout).
 pub fn save_dir(dir: &Path, model: &Vit, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
-    write_json_atomic(
-        &dir.join("config.json"),
+    super::hf::save_dir(
+        dir,
         &model.config.to_json(model.classifier.is_some()),
+        store,
     )
 }
 

@@ -178,6 +178,9 @@ pub enum Projection {
     },
 }
 
+/// Quantized weights by Hugging Face key (`...q_proj.weight`), for inference-only models.
+pub type QuantWeights = std::collections::BTreeMap<String, QuantizedWeight>;
+
 /// A quantized weight in the form its device multiplies fastest.
 #[derive(Clone, Debug)]
 pub enum QuantizedWeight {

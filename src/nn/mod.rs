@@ -14,6 +14,7 @@ pub mod ops;
 pub mod position;
 pub mod rope;
 pub mod store;
+pub mod virtual_tokens;
 
 pub use attention::{
     grouped_attention, layer_prefix, CausalSelfAttention, KvCache, MultiHeadAttention, Prefix,
@@ -24,10 +25,11 @@ pub use dropout::Dropout;
 pub use embedding::{Embedding, TokenEmbedding};
 pub use encoder::{EncoderLayer, EncoderLayerConfig, EncoderLayerNames};
 pub use feed_forward::{Activation, FeedForward};
-pub use linear::{Linear, Projection, QuantizedWeight};
+pub use linear::{Linear, Projection, QuantWeights, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{
     sinusoidal_encoding, sinusoidal_table, LearnedPosition, PositionEncoding, SinusoidLayout,
 };
 pub use rope::{Rope, RopeScaling};
 pub use store::{Init, ParamStore};
+pub use virtual_tokens::VirtualTokens;

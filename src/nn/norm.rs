@@ -63,11 +63,14 @@ impl LayerNorm {
 }
 
 /// RMSNorm (Zhang & Sennrich, 2019; Llama): `y = x / sqrt(mean(x^2) + eps) * weight` over the
-/// last dimension, no centring and no bias.
+/// last dimension, no centring and no bias. Gemma's variant scales by `1 + weight` (its
+/// weights start at zero).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    /// Scale by `1 + weight` (Gemma).
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
@@ -77,12 +80,38 @@ impl RmsNorm {
         Ok(RmsNorm {
             weight: store.ln_tuned(prefix, "weight", weight)?,
             eps,
+            unit_offset: false,
+        })
+    }
+
+    /// Gemma's norm: weight `{prefix}.weight` (initialised to zeros), scaling by `1 + weight`.
+    pub fn with_unit_offset(
+        store: &mut ParamStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Zeros)?;
+        Ok(RmsNorm {
+            weight: store.ln_tuned(prefix, "weight", weight)?,
+            eps,
+            unit_offset: true,
+        })
+    }
+
+    /// The scale applied: `weight`, or `1 + weight`. Computed at each call, so a trained
+    /// weight (updated in place) is always the one used.
+    fn scale(&self) -> Result<Tensor> {
+        Ok(if self.unit_offset {
+            (&self.weight + 1.0)?
+        } else {
+            self.weight.clone()
         })
     }
 
     /// Fused on CPU (see `nn::kernels::rms_norm`), the composition elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::nn::kernels::rms_norm::rms_norm(x, &self.weight, self.eps)? {
+        if let Some(y) = crate::nn::kernels::rms_norm::rms_norm(x, &self.scale()?, self.eps)? {
             return Ok(y);
         }
         self.forward_plain(x)
@@ -92,6 +121,6 @@ impl RmsNorm {
     pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let inv = (ms + self.eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.scale()?)?)
     }
 }

@@ -39,7 +39,7 @@ pub struct ParamStore {
     frozen: BTreeSet<String>,
     /// Matrices kept quantized (frozen), by key; models take a projection from here when it
     /// holds the key.
-    quant: crate::models::llama::QuantWeights,
+    quant: crate::nn::QuantWeights,
     /// Registered adapters (LoRA, IA3) and the layers they wrap.
     peft: crate::peft::PeftRegistry,
 }
@@ -179,12 +179,12 @@ impl ParamStore {
     }
 
     /// Keeps `quant`'s matrices quantized: models built from the store take them from here.
-    pub fn set_quantized(&mut self, quant: crate::models::llama::QuantWeights) {
+    pub fn set_quantized(&mut self, quant: crate::nn::QuantWeights) {
         self.quant = quant;
     }
 
     /// The quantized matrices by key.
-    pub fn quantized(&self) -> &crate::models::llama::QuantWeights {
+    pub fn quantized(&self) -> &crate::nn::QuantWeights {
         &self.quant
     }
 

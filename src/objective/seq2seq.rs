@@ -4,7 +4,7 @@
 //! rates of sequence outputs against one or more references.
 
 use crate::data::lexicon::{LexEntry, Lexicon, Part};
-use crate::models::seq2seq::Seq2Seq;
+use crate::models::marian::Marian;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::nn::ops::log_softmax;
 use crate::rng::Rng;
@@ -254,11 +254,11 @@ pub fn smoothed_cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Re
 /// Teacher forcing over a batch: the logits `[n, v]` of its `n` non-padding target positions,
 /// their targets `[n]`, and the batch row each position belongs to. `rng` enables dropout.
 pub fn target_logits(
-    model: &Seq2Seq,
+    model: &Marian,
     batch: &PairBatch,
     mut rng: Option<&mut Rng>,
 ) -> Result<(Tensor, Tensor, Vec<usize>)> {
-    let mask = Seq2Seq::source_mask(&batch.src_mask)?;
+    let mask = Marian::source_mask(&batch.src_mask)?;
     let enc = model.encode(&batch.src, Some(&mask), rng.as_deref_mut())?;
     let h = model.decode(&batch.dec_in, &enc, Some(&mask), None, rng)?;
     let (b, t, d) = h.dims3()?;
@@ -279,7 +279,7 @@ pub fn target_logits(
 /// The teacher-forced loss of a batch over its non-padding target positions, and how many
 /// positions that is. `rng` enables dropout.
 pub fn pair_loss(
-    model: &Seq2Seq,
+    model: &Marian,
     batch: &PairBatch,
     label_smoothing: f64,
     rng: Option<&mut Rng>,

@@ -318,24 +318,18 @@ impl PeftConfig {
             return Ok(());
         }
         let list = |l: &[&str]| Targets::List(l.iter().map(|s| s.to_string()).collect());
-        let (t, ff): (&[&str], &[&str]) = match (self.peft_type, model_type) {
-            (PeftType::Lora, "llama" | "marian") => (&["q_proj", "v_proj"], &[]),
-            (PeftType::Lora, "gpt2") => (&["c_attn"], &[]),
-            (PeftType::Lora, "bert" | "vit") => (&["query", "value"], &[]),
-            (PeftType::Ia3, "llama") => (&["k_proj", "v_proj", "down_proj"], &["down_proj"]),
-            (PeftType::Ia3, "gpt2") => (&["c_attn", "mlp.c_proj"], &["mlp.c_proj"]),
-            (PeftType::Ia3, "bert") => (&["key", "value", "output.dense"], &["output.dense"]),
-            (PeftType::LnTuning, "llama") => {
-                (&["input_layernorm", "post_attention_layernorm", "norm"], &[])
-            }
-            (PeftType::LnTuning, "gpt2") => (&["ln_1", "ln_2", "ln_f"], &[]),
-            (PeftType::LnTuning, "bert" | "vit") => (&["LayerNorm", "layernorm"], &[]),
-            _ => {
-                return Err(Error::Config(format!(
-                    "peft.target_modules is empty and there is no default for {model_type} models: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\""
-                )))
-            }
+        let d = crate::models::registry::by_model_type(model_type)?.peft;
+        let (t, ff) = match self.peft_type {
+            PeftType::Lora => (d.lora, &[][..]),
+            PeftType::Ia3 => (d.ia3, d.ia3_feedforward),
+            PeftType::LnTuning => (d.ln_tuning, &[][..]),
+            PeftType::PromptTuning | PeftType::PrefixTuning => (&[][..], &[][..]),
         };
+        if t.is_empty() {
+            return Err(Error::Config(format!(
+                "peft.target_modules is empty and there is no default for {model_type} models: name the modules to adapt, e.g. [\"q_proj\", \"v_proj\"], or \"all-linear\""
+            )));
+        }
         self.target_modules = list(t);
         if self.peft_type == PeftType::Ia3 && self.feedforward_modules.is_none() {
             self.feedforward_modules = Some(list(ff));

@@ -35,6 +35,8 @@ pub struct TransE {
 }
 
 pub const ENTITY_KEY: &str = "entity_embeddings.weight";
+/// Embedding tables are exempt from weight decay.
+pub const NO_DECAY: &[&str] = &["entity_embeddings", "relation_embeddings"];
 pub const RELATION_KEY: &str = "relation_embeddings.weight";
 
 /// The loss of a batch and how many positives scored closer than their negatives.

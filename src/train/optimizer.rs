@@ -37,19 +37,10 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Whether a parameter is exempt from weight decay: biases, norm gains and embeddings (any
-/// tensor of rank < 2, the token/position tables under their GPT-2, BERT, Llama and Marian
-/// names, and Marian's `[1, vocab]` logits bias).
+/// Whether a parameter is exempt from weight decay: biases, norm gains and other vectors, and
+/// the embedding tables each model family names (see [`crate::models::Family::no_decay`]).
 pub fn no_decay(name: &str, rank: usize) -> bool {
-    rank < 2
-        || name.contains("wte")
-        || name.contains("wpe")
-        // Token, position and type embeddings and ViT's class token; a ViT's patch projection
-        // is a weight matrix like any other (timm decays it too).
-        || (name.contains("embeddings") && !name.contains("patch_embeddings"))
-        || name.contains("embed_tokens")
-        || name == "model.shared.weight"
-        || name == "final_logits_bias"
+    crate::models::registry::no_decay(name, rank)
 }
 
 enum Moments {
@@ -102,6 +93,9 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
+    /// Parameter-name fragments exempt from weight decay besides the model families' (a
+    /// training task's own tables).
+    pub no_decay: Vec<&'static str>,
     state: BTreeMap<String, Moments>,
 }
 
@@ -110,6 +104,7 @@ impl AdamW {
         AdamW {
             config,
             step: 0,
+            no_decay: vec![],
             state: BTreeMap::new(),
         }
     }
@@ -133,7 +128,9 @@ impl AdamW {
             let Some(g) = grads.get(name) else {
                 continue;
             };
-            let decay = if !no_decay(name, var.rank()) && c.weight_decay != 0.0 {
+            let exempt =
+                no_decay(name, var.rank()) || self.no_decay.iter().any(|f| name.contains(f));
+            let decay = if !exempt && c.weight_decay != 0.0 {
                 1.0 - lr * c.weight_decay
             } else {
                 1.0

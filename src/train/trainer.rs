@@ -8,10 +8,10 @@ use crate::data::images::{self, ImageSet, ImageSplit, Preprocessor};
 use crate::data::lexicon::Part;
 use crate::data::{corpus_files, Split, TokenShard};
 use crate::models::bert::{self, Bert, BertConfig, BertHeads};
-use crate::models::seq2seq::{self, Seq2Seq, Seq2SeqConfig};
+use crate::models::marian::{self, Marian, MarianConfig};
 use crate::models::sequence_classifier::{self, Body, Pooling, SequenceClassifier};
 use crate::models::vit::{self, Vit, VitConfig};
-use crate::models::{self, ArchConfig, CausalModel, Gpt2Config, LlamaConfig};
+use crate::models::{self, registry, ArchConfig, CausalModel, Sizes};
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
 use crate::objective::seq2seq::{grouped_loss_scale, pad_batch, pair_loss, sample, PairData};
@@ -143,8 +143,8 @@ pub enum TrainModel {
     /// BERT, trained with masked language modelling.
     Masked { model: Bert, objective: MaskedLm },
     /// An encoder-decoder model, trained on pairs with teacher forcing.
-    Seq2Seq {
-        model: Box<Seq2Seq>,
+    Marian {
+        model: Box<Marian>,
         target_tokenizer: Box<Tokenizer>,
     },
     /// A Vision Transformer with its image preprocessing, trained to classify.
@@ -163,7 +163,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => m.vocab_size(),
             TrainModel::Masked { model, .. } => model.config.vocab_size,
-            TrainModel::Seq2Seq { model, .. } => model.config.vocab_size,
+            TrainModel::Marian { model, .. } => model.config.vocab_size,
             TrainModel::Vit { .. } | TrainModel::Text(_) | TrainModel::TransE(_) => 0,
         }
     }
@@ -172,7 +172,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => m.max_positions(),
             TrainModel::Masked { model, .. } => model.config.max_position_embeddings,
-            TrainModel::Seq2Seq { model, .. } => model.config.max_position_embeddings,
+            TrainModel::Marian { model, .. } => model.config.max_position_embeddings,
             TrainModel::Vit { model, .. } => model.config.grid().pow(2) + 1,
             TrainModel::Text(m) => m.max_positions(),
             TrainModel::TransE(_) => 0,
@@ -194,11 +194,11 @@ impl TrainModel {
                     objective,
                 }
             }
-            TrainModel::Seq2Seq {
+            TrainModel::Marian {
                 model,
                 target_tokenizer,
-            } => TrainModel::Seq2Seq {
-                model: Box::new(Seq2Seq::new(&model.config, store)?),
+            } => TrainModel::Marian {
+                model: Box::new(Marian::new(&model.config, store)?),
                 target_tokenizer,
             },
             TrainModel::Vit {
@@ -218,7 +218,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => m.model_type(),
             TrainModel::Masked { .. } => "bert",
-            TrainModel::Seq2Seq { .. } => "marian",
+            TrainModel::Marian { .. } => "marian",
             TrainModel::Vit { .. } => "vit",
             TrainModel::Text(m) => match &m.body {
                 Body::Bert(_) => "bert",
@@ -233,7 +233,7 @@ impl TrainModel {
         match self {
             TrainModel::Causal(m) => Some(m),
             TrainModel::Masked { .. }
-            | TrainModel::Seq2Seq { .. }
+            | TrainModel::Marian { .. }
             | TrainModel::Vit { .. }
             | TrainModel::Text(_)
             | TrainModel::TransE(_) => None,
@@ -242,15 +242,12 @@ impl TrainModel {
 
     fn uses_dropout(&self) -> bool {
         match self {
-            TrainModel::Causal(CausalModel::Gpt2(m)) => {
-                m.config.resid_pdrop > 0.0 || m.config.attn_pdrop > 0.0 || m.config.embd_pdrop > 0.0
-            }
-            TrainModel::Causal(CausalModel::Llama(_)) => false,
+            TrainModel::Causal(m) => m.uses_dropout(),
             TrainModel::Masked { model, .. } => {
                 model.config.hidden_dropout_prob > 0.0
                     || model.config.attention_probs_dropout_prob > 0.0
             }
-            TrainModel::Seq2Seq { model, .. } => {
+            TrainModel::Marian { model, .. } => {
                 let c = &model.config;
                 c.dropout > 0.0 || c.attention_dropout > 0.0 || c.activation_dropout > 0.0
             }
@@ -283,11 +280,11 @@ impl TrainModel {
                     )?;
                 }
             }
-            TrainModel::Seq2Seq {
+            TrainModel::Marian {
                 model,
                 target_tokenizer,
             } => {
-                seq2seq::save_dir(dir, model, store)?;
+                marian::save_dir(dir, model, store)?;
                 target_tokenizer.save(&dir.join("target_tokenizer.json"))?;
             }
             TrainModel::Vit {
@@ -432,15 +429,15 @@ fn build_model(
             Error::Config("a sequence-to-sequence run needs a target vocabulary".into())
         })?;
         let (model, store) = match from {
-            Some(dir) => seq2seq::load_dir(dir, device)?,
-            None => Seq2Seq::init(
+            Some(dir) => marian::load_dir(dir, device)?,
+            None => Marian::init(
                 &seq2seq_config(recipe, tokenizer, &target_tokenizer),
                 device,
                 recipe.train.seed,
             )?,
         };
         return Ok((
-            TrainModel::Seq2Seq {
+            TrainModel::Marian {
                 model: Box::new(model),
                 target_tokenizer: Box::new(target_tokenizer),
             },
@@ -451,7 +448,7 @@ fn build_model(
         (Some(loaded), _) => loaded,
         (None, Some(dir)) => models::load_dir(dir, device)?,
         (None, None) => {
-            CausalModel::init(&model_config(recipe, tokenizer), device, recipe.train.seed)?
+            CausalModel::init(&model_config(recipe, tokenizer)?, device, recipe.train.seed)?
         }
     };
     Ok((TrainModel::Causal(model), store))
@@ -460,10 +457,10 @@ fn build_model(
 /// An encoder-decoder model of the recipe's sizes (`n_layer` layers on each side) with
 /// separate source and target vocabularies, the output projection tied to the target
 /// embeddings, Marian's ids (`<pad>` 0 also starts the decoder, `</s>` 1).
-fn seq2seq_config(recipe: &Recipe, source: &Tokenizer, target: &Tokenizer) -> Seq2SeqConfig {
+fn seq2seq_config(recipe: &Recipe, source: &Tokenizer, target: &Tokenizer) -> MarianConfig {
     let m = &recipe.model;
     let ffn = m.intermediate_size.unwrap_or(4 * m.n_embd);
-    Seq2SeqConfig {
+    MarianConfig {
         model_type: "marian".into(),
         vocab_size: source.vocab_size(),
         decoder_vocab_size: Some(target.vocab_size()),
@@ -490,47 +487,27 @@ fn seq2seq_config(recipe: &Recipe, source: &Tokenizer, target: &Tokenizer) -> Se
     }
 }
 
-fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> ArchConfig {
+/// A fresh causal LM of the recipe's family and sizes, for `tokenizer`'s vocabulary.
+fn model_config(recipe: &Recipe, tokenizer: &Tokenizer) -> Result<ArchConfig> {
     let m = &recipe.model;
-    let eot = tokenizer.token_id(EOT);
-    if m.architecture == "llama" {
-        // SwiGLU's usual width: 8/3 of the model width (same parameters as a 4x GELU MLP),
-        // rounded up to a multiple of 64.
-        let ffn = m
-            .intermediate_size
-            .unwrap_or((8 * m.n_embd / 3).div_ceil(64) * 64);
-        let mut c = LlamaConfig::new(
-            tokenizer.vocab_size(),
-            m.n_embd,
-            ffn,
-            m.n_layer,
-            m.n_head,
-            m.n_kv_head.unwrap_or(m.n_head),
-            m.n_positions.unwrap_or(recipe.train.context),
-        );
-        c.rope_theta = Some(m.rope_theta);
-        c.tie_word_embeddings = m.tie_word_embeddings;
-        c.rms_norm_eps = m.layer_norm_epsilon;
-        c.extra.insert("bos_token_id".into(), json!(eot));
-        c.extra.insert("eos_token_id".into(), json!(eot));
-        return ArchConfig::Llama(c);
-    }
-    let mut c = Gpt2Config::new(
-        tokenizer.vocab_size(),
-        m.n_positions.unwrap_or(recipe.train.context),
-        m.n_embd,
-        m.n_layer,
-        m.n_head,
-    )
-    .with_dropout(m.dropout);
-    c.activation_function = m.activation_function.clone();
-    c.tie_word_embeddings = m.tie_word_embeddings;
-    c.position_encoding = m.position_encoding.clone();
-    c.layer_norm_epsilon = m.layer_norm_epsilon;
-    // Written even when absent (null): transformers otherwise assumes GPT-2's 50256.
-    c.extra.insert("bos_token_id".into(), json!(eot));
-    c.extra.insert("eos_token_id".into(), json!(eot));
-    ArchConfig::Gpt2(c)
+    let family = registry::by_name(&m.architecture)?;
+    let sizes = Sizes {
+        vocab_size: tokenizer.vocab_size(),
+        hidden: m.n_embd,
+        layers: m.n_layer,
+        heads: m.n_head,
+        kv_heads: m.n_kv_head,
+        intermediate: m.intermediate_size,
+        positions: m.n_positions.unwrap_or(recipe.train.context),
+        activation: m.activation_function.clone(),
+        dropout: m.dropout,
+        tie_word_embeddings: m.tie_word_embeddings,
+        position_encoding: m.position_encoding.clone(),
+        norm_eps: m.layer_norm_epsilon,
+        rope_theta: m.rope_theta,
+        eot: tokenizer.token_id(EOT),
+    };
+    ArchConfig::from_box((family.causal()?.from_sizes)(&sizes)?)
 }
 
 /// Puts adapter `default` (configured by `cfg`, or read from the checkpoint `resume`) on
@@ -711,14 +688,10 @@ fn text_run(
     } else {
         let tokenizer = if let Some(file) = from.filter(|p| is_gguf(p)) {
             // A llama.cpp file: its weights dequantized to f32, its own tokenizer.
-            let mut p =
-                crate::pretrained::Pretrained::from_gguf(file, device, recipe.model.quantized)?;
+            let p = crate::pretrained::Pretrained::from_gguf(file, device, recipe.model.quantized)?;
             for (name, v) in p.tokenizer_files() {
                 let bytes = serde_json::to_vec_pretty(&v).expect("JSON serialises");
                 carried.push((name.to_string(), bytes));
-            }
-            if let CausalModel::Llama(l) = &mut p.model {
-                l.config.extra.extend(p.special.id_entries());
             }
             model_template = p.chat().ok();
             preloaded = Some((p.model, p.store));
@@ -1253,6 +1226,9 @@ impl Trainer {
             eps: t.eps,
             weight_decay: t.weight_decay,
         });
+        if matches!(model, TrainModel::TransE(_)) {
+            optimizer.no_decay = crate::semnet::transe::NO_DECAY.to_vec();
+        }
         let mut state = match &resume_from {
             Some((_, ck)) => {
                 let st = checkpoint::load_state(ck)?;
@@ -1394,7 +1370,7 @@ impl Trainer {
                     hits: None,
                 })
             }
-            (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) => {
+            (TrainModel::Marian { model, .. }, TrainData::Pairs(p)) => {
                 let pairs = if val { &p.valid } else { &p.train };
                 let c = &model.config;
                 let grouped = !val && self.recipe.train.group_by_length;
@@ -1497,7 +1473,7 @@ impl Trainer {
         &self,
         limit: usize,
     ) -> Result<Option<crate::objective::seq2seq::ErrorRates>> {
-        let (TrainModel::Seq2Seq { model, .. }, TrainData::Pairs(p)) = (&self.model, &self.data)
+        let (TrainModel::Marian { model, .. }, TrainData::Pairs(p)) = (&self.model, &self.data)
         else {
             return Ok(None);
         };

@@ -6,8 +6,7 @@
 //! `MarianMTModel` (Marian / OPUS-MT), so such checkpoints load and ours load in transformers.
 //! Source and target may share one vocabulary and embedding (`model.shared`) or have their own.
 
-use crate::io::{safetensors, write_json_atomic};
-use crate::models::weight_files;
+use super::family::{Family, Kind, PeftDefaults};
 use crate::nn::{
     sinusoidal_table, Activation, Dropout, Embedding, EncoderLayer, EncoderLayerConfig,
     EncoderLayerNames, Init, KvCache, LayerNorm, Linear, MultiHeadAttention, ParamStore,
@@ -19,6 +18,23 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The Marian family.
+pub static FAMILY: Family = Family {
+    name: "marian",
+    model_types: &["marian"],
+    kind: Kind::EncoderDecoder,
+    hf_class: "MarianMTModel",
+    sequence_classification: None,
+    peft: PeftDefaults {
+        lora: &["q_proj", "v_proj"],
+        ia3: &[],
+        ia3_feedforward: &[],
+        ln_tuning: &[],
+    },
+    no_decay: &["embed_tokens", "model.shared.weight", "final_logits_bias"],
+    causal: None,
+};
 
 fn d_marian() -> String {
     "marian".into()
@@ -45,7 +61,7 @@ const LN_EPS: f64 = 1e-5;
 /// `config.json` of a `MarianMTModel`, with transformers' names and defaults; other keys are
 /// kept.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Seq2SeqConfig {
+pub struct MarianConfig {
     #[serde(default = "d_marian")]
     pub model_type: String,
     /// Source vocabulary (and target, when shared).
@@ -86,32 +102,26 @@ pub struct Seq2SeqConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-impl Seq2SeqConfig {
+impl MarianConfig {
     pub fn target_vocab_size(&self) -> usize {
         self.decoder_vocab_size.unwrap_or(self.vocab_size)
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.model_type != "marian" {
-            return Err(Error::Config(format!(
-                "model_type is {:?}, expected \"marian\"",
-                self.model_type
-            )));
-        }
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("decoder_vocab_size", self.target_vocab_size()),
-            ("d_model", self.d_model),
-            ("encoder_layers", self.encoder_layers),
-            ("decoder_layers", self.decoder_layers),
-            ("encoder_ffn_dim", self.encoder_ffn_dim),
-            ("decoder_ffn_dim", self.decoder_ffn_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return Err(Error::Config(format!("{name} must be positive")));
-            }
-        }
+        super::hf::check_sizes(
+            &self.model_type,
+            &FAMILY,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("decoder_vocab_size", self.target_vocab_size()),
+                ("d_model", self.d_model),
+                ("encoder_layers", self.encoder_layers),
+                ("decoder_layers", self.decoder_layers),
+                ("encoder_ffn_dim", self.encoder_ffn_dim),
+                ("decoder_ffn_dim", self.decoder_ffn_dim),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+        )?;
         for (name, h) in [
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
@@ -160,12 +170,12 @@ impl Seq2SeqConfig {
 
     /// Reads `config.json`, naming the file in any error.
     pub fn load(path: &Path) -> Result<Self> {
-        super::read_config(path, Self::validate)
+        super::hf::read_config(path, Self::validate)
     }
 
     /// The JSON transformers reads.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = super::config_json(self, "MarianMTModel", true);
+        let mut v = super::hf::config_json(self, FAMILY.hf_class, true);
         v["decoder_vocab_size"] = serde_json::json!(self.target_vocab_size());
         v["is_encoder_decoder"] = serde_json::json!(true);
         v
@@ -193,7 +203,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(store: &mut ParamStore, p: &str, c: &Seq2SeqConfig, ffn: usize) -> Result<Self> {
+    fn new(store: &mut ParamStore, p: &str, c: &MarianConfig, ffn: usize) -> Result<Self> {
         let d = c.d_model;
         Ok(FeedForward {
             fc1: Linear::new(store, &format!("{p}.fc1"), d, ffn, true, c.init_std)?,
@@ -212,7 +222,7 @@ impl FeedForward {
 fn attention(
     store: &mut ParamStore,
     p: &str,
-    c: &Seq2SeqConfig,
+    c: &MarianConfig,
     heads: usize,
 ) -> Result<MultiHeadAttention> {
     MultiHeadAttention::new(
@@ -230,7 +240,7 @@ fn attention(
     )
 }
 
-fn layer_norm(store: &mut ParamStore, p: &str, c: &Seq2SeqConfig) -> Result<LayerNorm> {
+fn layer_norm(store: &mut ParamStore, p: &str, c: &MarianConfig) -> Result<LayerNorm> {
     LayerNorm::new(store, p, c.d_model, LN_EPS, true)
 }
 
@@ -305,8 +315,8 @@ impl DecoderLayer {
 }
 
 /// An encoder-decoder Transformer.
-pub struct Seq2Seq {
-    pub config: Seq2SeqConfig,
+pub struct Marian {
+    pub config: MarianConfig,
     /// Source token embeddings (the shared table when shared).
     pub encoder_embed: Embedding,
     /// Target token embeddings.
@@ -323,9 +333,9 @@ pub struct Seq2Seq {
     dropout: Dropout,
 }
 
-impl Seq2Seq {
+impl Marian {
     /// Builds the model from `store` (initialising what it does not hold, if it may).
-    pub fn new(config: &Seq2SeqConfig, store: &mut ParamStore) -> Result<Self> {
+    pub fn new(config: &MarianConfig, store: &mut ParamStore) -> Result<Self> {
         config.validate()?;
         let c = config;
         let (d, std) = (c.d_model, c.init_std);
@@ -406,7 +416,7 @@ impl Seq2Seq {
             SinusoidLayout::Halves,
             store.device(),
         )?;
-        Ok(Seq2Seq {
+        Ok(Marian {
             config: c.clone(),
             encoder_embed,
             decoder_embed,
@@ -425,10 +435,8 @@ impl Seq2Seq {
     }
 
     /// A freshly initialised model and its parameter store.
-    pub fn init(config: &Seq2SeqConfig, device: &Device, seed: u64) -> Result<(Self, ParamStore)> {
-        let mut store = ParamStore::new_init(device, seed);
-        let model = Seq2Seq::new(config, &mut store)?;
-        Ok((model, store))
+    pub fn init(config: &MarianConfig, device: &Device, seed: u64) -> Result<(Self, ParamStore)> {
+        super::hf::init(device, seed, |s| Marian::new(config, s))
     }
 
     pub fn device(&self) -> &Device {
@@ -463,7 +471,7 @@ impl Seq2Seq {
     }
 
     /// Encoder output `[b, s, d]` for source ids `[b, s]` (u32); `mask` is the additive source
-    /// mask of [`Seq2Seq::source_mask`]. `rng` enables dropout.
+    /// mask of [`Marian::source_mask`]. `rng` enables dropout.
     pub fn encode(
         &self,
         src: &Tensor,
@@ -523,7 +531,7 @@ impl Seq2Seq {
 /// Keys of a checkpoint that are not parameters: tied copies of the shared embedding and the
 /// fixed position tables (older conversions save them).
 fn normalize_keys(
-    config: &Seq2SeqConfig,
+    config: &MarianConfig,
     tensors: BTreeMap<String, Tensor>,
 ) -> BTreeMap<String, Tensor> {
     tensors
@@ -540,43 +548,28 @@ fn normalize_keys(
 }
 
 /// Loads a Hugging Face `MarianMTModel` directory.
-pub fn load_dir(dir: &Path, device: &Device) -> Result<(Seq2Seq, ParamStore)> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(Error::format(dir, "no config.json in this model directory"));
-    }
-    let config = Seq2SeqConfig::load(&cfg_path)?;
-    let files = weight_files(dir)?;
-    let mut tensors = BTreeMap::new();
-    for f in &files {
-        tensors.extend(safetensors::load(f, device)?);
-    }
-    let mut tensors = normalize_keys(&config, tensors);
-    if !tensors.contains_key("final_logits_bias") {
+pub fn load_dir(dir: &Path, device: &Device) -> Result<(Marian, ParamStore)> {
+    let d = super::hf::ModelDir::open(dir)?;
+    let config: MarianConfig = d.parse_config(MarianConfig::validate)?;
+    let mut w = d.weights(device)?;
+    w.tensors = normalize_keys(&config, w.tensors);
+    if !w.tensors.contains_key("final_logits_bias") {
         // A buffer transformers zero-fills when a file lacks it.
         let tv = config.target_vocab_size();
-        tensors.insert(
+        w.tensors.insert(
             "final_logits_bias".into(),
             Tensor::zeros((1, tv), DType::F32, device)?,
         );
     }
-    let mut store = ParamStore::from_tensors(tensors, device, Some(&files[0]))?;
-    let model = Seq2Seq::new(&config, &mut store).map_err(|e| super::mismatch(e, &cfg_path))?;
-    let used: Vec<String> = param_shapes(&config)?.into_keys().collect();
-    super::check_all_used(&store, &used, &files[0], &cfg_path.display().to_string())?;
-    Ok((model, store))
+    d.build(w, device, |s| Marian::new(&config, s))
 }
 
 /// Parameter names and shapes, without allocating.
-pub fn param_shapes(config: &Seq2SeqConfig) -> Result<BTreeMap<String, Vec<usize>>> {
-    let mut store = ParamStore::new_shapes();
-    Seq2Seq::new(config, &mut store)?;
-    Ok(store.shapes().cloned().unwrap_or_default())
+pub fn param_shapes(config: &MarianConfig) -> Result<BTreeMap<String, Vec<usize>>> {
+    super::hf::param_shapes(|s| Marian::new(config, s).map(|_| ()))
 }
 
 /// Saves `config.json` and `model.safetensors`.
-pub fn save_dir(dir: &Path, model: &Seq2Seq, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    safetensors::save(&dir.join("model.safetensors"), &store.tensors())?;
-    write_json_atomic(&dir.join("config.json"), &model.config.to_json())
+pub fn save_dir(dir: &Path, model: &Marian, store: &ParamStore) -> Result<()> {
+    super::hf::save_dir(dir, &model.config.to_json(), store)
 }
