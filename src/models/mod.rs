@@ -13,6 +13,7 @@ pub mod gpt2;
 pub mod hf;
 pub mod llama;
 pub mod marian;
+pub mod qwen2;
 pub mod registry;
 pub mod sequence_classifier;
 pub mod vit;

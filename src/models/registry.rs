@@ -7,6 +7,7 @@ use crate::{Error, Result};
 pub static FAMILIES: &[&Family] = &[
     &super::gpt2::FAMILY,
     &super::llama::FAMILY,
+    &super::qwen2::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,

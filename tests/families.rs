@@ -1,0 +1,202 @@
+//! The Llama-style families against transformers (fixtures made by
+//! tests/fixtures/make_family_fixtures.py): tiny random Qwen2 (untied and tied), Qwen3,
+//! Mistral (sliding window 6 over 17 tokens), Gemma 2 (soft-capping, alternating local and
+//! global layers, `query_pre_attn_scalar`), Gemma 3 (q/k norms, five local layers to one global,
+//! two rotary bases) and Phi-3 (fused qkv and gate/up) checkpoints. For each: logits, loss and
+//! the gradient of every parameter within 1e-4 relative, on the fused and the plain kernel
+//! paths; the KV cache through 12 greedy steps (past the window) against the logits
+//! transformers' `generate` produced; a save and reload that keeps `config.json`.
+
+mod common;
+use candle_core::{DType, Device, Tensor, D};
+use common::{assert_close, fixture, max_abs};
+use ferroformer::io::safetensors;
+use ferroformer::models;
+use ferroformer::objective::CausalLm;
+use std::collections::BTreeMap;
+
+const FAMILIES: &[(&str, &str)] = &[("qwen2-tiny", "qwen2"), ("qwen2-tiny-tied", "qwen2")];
+
+fn expected(name: &str) -> BTreeMap<String, Tensor> {
+    safetensors::load(
+        &fixture(&format!("{name}/expected.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Logits within 1e-4 relative, with an absolute floor of 1e-5 of their scale (entries near 0).
+fn close(what: &str, got: &Tensor, want: &Tensor) {
+    let scale = max_abs(want).max(1e-6);
+    assert_close(what, got, want, 1e-4, 1e-5 * scale);
+}
+
+fn check_forward_loss_and_gradients(name: &str, model_type: &str) {
+    let dev = Device::Cpu;
+    let e = expected(name);
+    let (model, store) = models::load_dir(&fixture(name), &dev).unwrap();
+    assert_eq!(model.model_type(), model_type);
+    let ids = e["input_ids"].to_dtype(DType::U32).unwrap();
+    close(
+        &format!("{name} logits"),
+        &model.forward(&ids, None, None).unwrap(),
+        &e["logits"],
+    );
+    let t = ids.dim(1).unwrap();
+    let (x, y) = (
+        ids.narrow(1, 0, t - 1).unwrap(),
+        ids.narrow(1, 1, t - 1).unwrap(),
+    );
+    let want_loss = e["loss"].to_scalar::<f32>().unwrap();
+    let loss = CausalLm::loss(&model, &x, &y, None)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        (loss - want_loss).abs() <= 1e-4 * want_loss.abs(),
+        "{name} loss {loss} vs transformers' {want_loss}"
+    );
+    // The training loss (fused head and cross-entropy where it applies) and its gradients.
+    let train = CausalLm::train_loss(&model, &x, &y, None).unwrap();
+    let tl = train.to_scalar::<f32>().unwrap();
+    assert!(
+        (tl - want_loss).abs() <= 1e-4 * want_loss.abs(),
+        "{name} {tl}"
+    );
+    let grads = train.backward().unwrap();
+    let mut checked = 0;
+    for (k, v) in store.vars() {
+        let want = e
+            .get(&format!("grad.{k}"))
+            .unwrap_or_else(|| panic!("{name}: no reference gradient for {k}"));
+        let got = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient for {k}"));
+        close(&format!("{name} grad {k}"), got, want);
+        checked += 1;
+    }
+    let references = e.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(checked, references, "{name}: every parameter's gradient");
+}
+
+/// Through the cache: the prompt, then each greedy token; every step's logits equal those
+/// transformers' `generate` produced with its cache, and their argmax (end of text masked, as
+/// `min_new_tokens` does there) is the token it chose.
+fn check_cached_generation(name: &str) {
+    let dev = Device::Cpu;
+    let e = expected(name);
+    let (model, _) = models::load_dir(&fixture(name), &dev).unwrap();
+    let prompt = e["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .narrow(0, 0, 1)
+        .unwrap();
+    let greedy: Vec<u32> = e["greedy"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+    let want = &e["greedy_logits"];
+    let mut caches = model.new_caches();
+    let mut input = prompt;
+    for (i, &tok) in greedy.iter().enumerate() {
+        let logits = model.forward(&input, Some(&mut caches), None).unwrap();
+        let last = logits
+            .narrow(1, logits.dim(1).unwrap() - 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        close(
+            &format!("{name} cached step {i}"),
+            &last,
+            &want.get(i).unwrap(),
+        );
+        let mut row: Vec<f32> = last.to_vec1().unwrap();
+        row[2] = f32::NEG_INFINITY;
+        let best = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        assert_eq!(best, tok, "{name} greedy step {i}");
+        input = Tensor::new(&[[tok]], &dev).unwrap();
+    }
+}
+
+/// The kernel mode is process-wide, so everything that switches it runs in this one test.
+#[test]
+fn every_family_matches_transformers_fused_and_plain() {
+    for plain in [false, true] {
+        ferroformer::nn::kernels::set_plain(plain);
+        for (name, model_type) in FAMILIES {
+            check_forward_loss_and_gradients(name, model_type);
+        }
+    }
+    ferroformer::nn::kernels::set_plain(false);
+}
+
+#[test]
+fn every_family_caches_keys_and_values_like_transformers() {
+    for (name, _) in FAMILIES {
+        check_cached_generation(name);
+    }
+}
+
+/// Packed rows (instruction tuning) compute what each example computes alone, sliding
+/// windows and local/global layers included.
+#[test]
+fn packed_examples_equal_separate_ones() {
+    let dev = Device::Cpu;
+    for (name, _) in FAMILIES {
+        let (model, _) = models::load_dir(&fixture(name), &dev).unwrap();
+        let ids: Vec<u32> = expected(name)["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (a, b) = (&ids[..11], &ids[17..26]);
+        let row: Vec<u32> = a.iter().chain(b).copied().collect();
+        let segments = ferroformer::nn::Segments::from_lengths(&[vec![11, 9]], 20).unwrap();
+        let packed = model
+            .hidden_packed(
+                &Tensor::new(&row[..], &dev).unwrap().unsqueeze(0).unwrap(),
+                &segments,
+                None,
+            )
+            .unwrap();
+        for (start, part) in [(0, a), (11, b)] {
+            let alone = model
+                .hidden(
+                    &Tensor::new(part, &dev).unwrap().unsqueeze(0).unwrap(),
+                    None,
+                    None,
+                )
+                .unwrap();
+            let got = packed.narrow(1, start, part.len()).unwrap();
+            close(&format!("{name} packed at {start}"), &got, &alone);
+        }
+    }
+}
+
+/// A saved model reloads to the same logits, with `config.json` unchanged (unknown keys kept).
+#[test]
+fn every_family_saves_what_it_loads() {
+    let dev = Device::Cpu;
+    for (name, _) in FAMILIES {
+        let (model, store) = models::load_dir(&fixture(name), &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        models::save_dir(dir.path(), &model.config(), &store).unwrap();
+        let read = |p: &std::path::Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap()
+        };
+        assert_eq!(read(dir.path()), read(&fixture(name)), "{name} config.json");
+        let (again, _) = models::load_dir(dir.path(), &dev).unwrap();
+        let ids = expected(name)["input_ids"].to_dtype(DType::U32).unwrap();
+        let (a, b) = (
+            model.forward(&ids, None, None).unwrap(),
+            again.forward(&ids, None, None).unwrap(),
+        );
+        // Not bit for bit: another test may switch the kernel mode between the two passes.
+        close(&format!("{name} reloaded"), &a, &b);
+        assert_eq!(a.argmax(D::Minus1).unwrap().dims(), &[2, 17]);
+    }
+}
