@@ -15,7 +15,11 @@ use ferroformer::models;
 use ferroformer::objective::CausalLm;
 use std::collections::BTreeMap;
 
-const FAMILIES: &[(&str, &str)] = &[("qwen2-tiny", "qwen2"), ("qwen2-tiny-tied", "qwen2")];
+const FAMILIES: &[(&str, &str)] = &[
+    ("qwen2-tiny", "qwen2"),
+    ("qwen2-tiny-tied", "qwen2"),
+    ("qwen3-tiny", "qwen3"),
+];
 
 fn expected(name: &str) -> BTreeMap<String, Tensor> {
     safetensors::load(

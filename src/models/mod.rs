@@ -14,6 +14,7 @@ pub mod hf;
 pub mod llama;
 pub mod marian;
 pub mod qwen2;
+pub mod qwen3;
 pub mod registry;
 pub mod sequence_classifier;
 pub mod vit;

@@ -8,6 +8,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::gpt2::FAMILY,
     &super::llama::FAMILY,
     &super::qwen2::FAMILY,
+    &super::qwen3::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,
