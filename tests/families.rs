@@ -19,6 +19,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("qwen2-tiny", "qwen2"),
     ("qwen2-tiny-tied", "qwen2"),
     ("qwen3-tiny", "qwen3"),
+    ("mistral-tiny", "mistral"),
 ];
 
 fn expected(name: &str) -> BTreeMap<String, Tensor> {

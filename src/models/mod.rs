@@ -13,6 +13,7 @@ pub mod gpt2;
 pub mod hf;
 pub mod llama;
 pub mod marian;
+pub mod mistral;
 pub mod qwen2;
 pub mod qwen3;
 pub mod registry;

@@ -9,6 +9,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::llama::FAMILY,
     &super::qwen2::FAMILY,
     &super::qwen3::FAMILY,
+    &super::mistral::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,
