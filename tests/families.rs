@@ -20,6 +20,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("qwen2-tiny-tied", "qwen2"),
     ("qwen3-tiny", "qwen3"),
     ("mistral-tiny", "mistral"),
+    ("gemma2-tiny", "gemma2"),
 ];
 
 fn expected(name: &str) -> BTreeMap<String, Tensor> {

@@ -9,6 +9,7 @@ pub mod causal;
 pub mod decoder;
 pub mod decoder_config;
 pub mod family;
+pub mod gemma2;
 pub mod gpt2;
 pub mod hf;
 pub mod llama;

@@ -10,6 +10,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::qwen2::FAMILY,
     &super::qwen3::FAMILY,
     &super::mistral::FAMILY,
+    &super::gemma2::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,
