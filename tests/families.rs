@@ -21,6 +21,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("qwen3-tiny", "qwen3"),
     ("mistral-tiny", "mistral"),
     ("gemma2-tiny", "gemma2"),
+    ("gemma3-tiny", "gemma3_text"),
 ];
 
 fn expected(name: &str) -> BTreeMap<String, Tensor> {

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod decoder_config;
 pub mod family;
 pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
 pub mod hf;
 pub mod llama;

@@ -11,6 +11,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::qwen3::FAMILY,
     &super::mistral::FAMILY,
     &super::gemma2::FAMILY,
+    &super::gemma3::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,
