@@ -22,6 +22,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("mistral-tiny", "mistral"),
     ("gemma2-tiny", "gemma2"),
     ("gemma3-tiny", "gemma3_text"),
+    ("phi3-tiny", "phi3"),
 ];
 
 fn expected(name: &str) -> BTreeMap<String, Tensor> {
@@ -206,4 +207,38 @@ fn every_family_saves_what_it_loads() {
         close(&format!("{name} reloaded"), &a, &b);
         assert_eq!(a.argmax(D::Minus1).unwrap().dims(), &[2, 17]);
     }
+}
+
+/// Bad configurations name the problem.
+#[test]
+fn unsupported_options_are_named() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("phi3-tiny").join(f), dir.path().join(f)).unwrap();
+    }
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.75);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("partial_rotary_factor"),
+        "{e}"
+    );
+    v["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(1.0);
+    v["model_type"] = serde_json::json!("mamba");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let e = models::load_dir(dir.path(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("mamba") && e.contains("qwen3") && e.contains("gemma3_text"),
+        "{e}"
+    );
 }

@@ -12,6 +12,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::mistral::FAMILY,
     &super::gemma2::FAMILY,
     &super::gemma3::FAMILY,
+    &super::phi3::FAMILY,
     &super::bert::FAMILY,
     &super::marian::FAMILY,
     &super::vit::FAMILY,
