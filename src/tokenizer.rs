@@ -217,7 +217,6 @@ impl Tokenizer {
         use tokenizers::pre_tokenizers::sequence::Sequence;
         use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
         use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-        use tokenizers::processors::template::TemplateProcessing;
         use tokenizers::SplitDelimiterBehavior;
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
@@ -283,26 +282,149 @@ impl Tokenizer {
         };
         inner.add_special_tokens(&added(3));
         inner.add_tokens(&added(4));
+        match Self::bos_processor(tokens, special)? {
+            Some(tp) => inner.with_post_processor(Some(tp)),
+            None => inner.with_post_processor(Some(ByteLevel::new(false, false, true))),
+        };
+        Ok(Tokenizer { inner })
+    }
+
+    /// `inner` with the beginning-of-sequence token put first when `special.add_bos`.
+    fn with_bos(
+        mut inner: tokenizers::Tokenizer,
+        tokens: &[String],
+        special: &crate::io::gguf::SpecialTokens,
+    ) -> Result<Self> {
+        if let Some(tp) = Self::bos_processor(tokens, special)? {
+            inner.with_post_processor(Some(tp));
+        }
+        Ok(Tokenizer { inner })
+    }
+
+    /// `<bos> $A` (and `<bos> $A <bos> $B`) when `special.add_bos` names a known token.
+    fn bos_processor(
+        tokens: &[String],
+        special: &crate::io::gguf::SpecialTokens,
+    ) -> Result<Option<tokenizers::processors::template::TemplateProcessing>> {
+        use tokenizers::processors::template::TemplateProcessing;
         let bos = special
             .bos
             .and_then(|id| tokens.get(id as usize).map(|t| (t.clone(), id)));
-        match bos {
-            Some((tok, id)) if special.add_bos => {
-                let tp = TemplateProcessing::builder()
-                    .try_single(format!("{tok} $A"))
-                    .map_err(|e| tok_err(None, e))?
-                    .try_pair(format!("{tok} $A {tok} $B"))
-                    .map_err(|e| tok_err(None, e))?
-                    .special_tokens(vec![(tok, id)])
-                    .build()
-                    .map_err(|e| tok_err(None, e))?;
-                inner.with_post_processor(Some(tp));
+        let Some((tok, id)) = bos.filter(|_| special.add_bos) else {
+            return Ok(None);
+        };
+        TemplateProcessing::builder()
+            .try_single(format!("{tok} $A"))
+            .map_err(|e| tok_err(None, e))?
+            .try_pair(format!("{tok} $A {tok} $B"))
+            .map_err(|e| tok_err(None, e))?
+            .special_tokens(vec![(tok, id)])
+            .build()
+            .map(Some)
+            .map_err(|e| tok_err(None, e))
+    }
+
+    /// A SentencePiece vocabulary as llama.cpp stores it in GGUF (`tokenizer.ggml.model =
+    /// "llama"`: tokens, scores, token types; `▁` for spaces, `<0xNN>` byte tokens), rebuilt
+    /// as `tokenizers` BPE with byte fallback that tokenizes as llama.cpp's SPM tokenizer
+    /// does: at each step it merges the adjacent pair whose merged token scores highest (the
+    /// leftmost on ties), so the merges are every split of every normal token into two tokens,
+    /// best score first; characters outside the vocabulary fall back to their bytes. Control
+    /// tokens (type 3) are special; user-defined ones (type 4: Gemma's runs of spaces, tabs and
+    /// newlines, HTML tags) are matched verbatim in the text, as llama.cpp matches them before
+    /// tokenizing. Spaces become `▁`, and with `add_space_prefix` one is put before each text.
+    pub fn from_spm_parts(
+        tokens: &[String],
+        scores: &[f32],
+        types: &[i64],
+        special: &crate::io::gguf::SpecialTokens,
+        add_space_prefix: bool,
+    ) -> Result<Self> {
+        use std::collections::HashMap;
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+        use tokenizers::decoders::strip::Strip;
+        use tokenizers::decoders::DecoderWrapper;
+        use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence};
+        if scores.len() != tokens.len() || types.len() != tokens.len() {
+            return Err(tok_err(
+                None,
+                format!(
+                    "{} tokens but {} scores and {} token types",
+                    tokens.len(),
+                    scores.len(),
+                    types.len()
+                ),
+            ));
+        }
+        let ids: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        if ids.len() != tokens.len() {
+            return Err(tok_err(None, "the vocabulary has duplicate tokens"));
+        }
+        // (score, id, split position) of every split of every normal token.
+        let mut ranked: Vec<(f32, u32, usize)> = vec![];
+        for (id, t) in tokens.iter().enumerate() {
+            if types[id] != 1 {
+                continue;
             }
-            _ => {
-                inner.with_post_processor(Some(ByteLevel::new(false, false, true)));
+            for (pos, _) in t.char_indices().skip(1) {
+                if ids.contains_key(&t[..pos]) && ids.contains_key(&t[pos..]) {
+                    ranked.push((scores[id], id as u32, pos));
+                }
             }
         }
-        Ok(Tokenizer { inner })
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges: Vec<(String, String)> = ranked
+            .iter()
+            .map(|&(_, id, pos)| {
+                let t = &tokens[id as usize];
+                (t[..pos].to_string(), t[pos..].to_string())
+            })
+            .collect();
+        let vocab: tokenizers::models::bpe::Vocab =
+            ids.iter().map(|(t, &i)| (t.to_string(), i)).collect();
+        let mut bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(unk) = special.unk.and_then(|i| tokens.get(i as usize)) {
+            bpe = bpe.unk_token(unk.clone());
+        }
+        let bpe = bpe.build().map_err(|e| tok_err(None, e))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let replace = Replace::new(" ", "\u{2581}").map_err(|e| tok_err(None, e))?;
+        let mut norms: Vec<NormalizerWrapper> = vec![];
+        if add_space_prefix {
+            norms.push(Prepend::new("\u{2581}".into()).into());
+        }
+        norms.push(replace.into());
+        inner.with_normalizer(Some(Sequence::new(norms)));
+        let mut decoders: Vec<DecoderWrapper> = vec![
+            Replace::new("\u{2581}", " ")
+                .map_err(|e| tok_err(None, e))?
+                .into(),
+            ByteFallback::default().into(),
+            Fuse::default().into(),
+        ];
+        if add_space_prefix {
+            decoders.push(Strip::new(' ', 1, 0).into());
+        }
+        inner.with_decoder(Some(DecoderSequence::new(decoders)));
+        let added = |kind: i64| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(types)
+                .filter(|(_, &t)| t == kind)
+                .map(|(tok, _)| AddedToken::from(tok.clone(), kind == 3).normalized(false))
+                .collect()
+        };
+        inner.add_special_tokens(&added(3));
+        inner.add_tokens(&added(4));
+        Self::with_bos(inner, tokens, special)
     }
 
     /// A vocabulary of [`SEQ2SEQ_SPECIAL`] then `symbols` (deduplicated, in the given order):

@@ -209,6 +209,79 @@ fn every_family_saves_what_it_loads() {
     }
 }
 
+/// Each family read from a GGUF file written as llama.cpp's converter writes it (its
+/// architecture, metadata and tensor names, Gemma's norms stored as `1 + w`, Mistral as
+/// `llama` with permuted q/k rows; tests/fixtures/make_family_gguf.py), against llama.cpp
+/// running that file (f32, f32 cache): 1e-4 relative, except Gemma, whose GELU llama.cpp takes
+/// from an f16 table (up to 2e-3 apart, so 3e-3 of the logits' scale here; the fixture
+/// records 4.6e-6 and 1e-4 once transformers uses the same table). And against the safetensors checkpoint with the config GGUF can express
+/// (no window for Mistral, `query_pre_attn_scalar` = head width for Gemma, as llama.cpp):
+/// the same weights, so 1e-5.
+#[test]
+fn every_family_loads_from_gguf_as_llama_cpp_runs_it() {
+    let dev = Device::Cpu;
+    for (name, _) in FAMILIES {
+        let p = ferroformer::pretrained::Pretrained::from_gguf(
+            &fixture(&format!("{name}/model.gguf")),
+            &dev,
+            false,
+        )
+        .unwrap();
+        let e = safetensors::load(&fixture(&format!("{name}/gguf_expected.safetensors")), &dev)
+            .unwrap();
+        let ids = e["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let got = p
+            .model
+            .forward(&ids, None, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let want = &e["logits_llamacpp"];
+        let scale = max_abs(want);
+        let gemma = name.starts_with("gemma");
+        let (rtol, atol) = if gemma { (5e-3, 3e-3) } else { (1e-4, 1e-5) };
+        assert_close(
+            &format!("{name} GGUF vs llama.cpp"),
+            &got,
+            want,
+            rtol,
+            atol * scale,
+        );
+
+        // The safetensors weights under the config the GGUF file expresses.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture(name).join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(name).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        if name.starts_with("mistral") {
+            cfg["sliding_window"] = serde_json::Value::Null;
+        }
+        if gemma {
+            cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+        }
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        let (same, _) = models::load_dir(dir.path(), &dev).unwrap();
+        let want = same.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
+        assert_close(
+            &format!("{name} GGUF vs safetensors"),
+            &got,
+            &want,
+            1e-5,
+            1e-6 * scale,
+        );
+    }
+}
+
 /// Bad configurations name the problem.
 #[test]
 fn unsupported_options_are_named() {

@@ -30,7 +30,7 @@ fn perplexity_matches_transformers() {
             .unwrap();
         let want: f64 = r["ppl_mean_nll"].to_vec1::<f64>().unwrap()[0];
         let tokens: i64 = r["ppl_tokens"].to_vec1::<i64>().unwrap()[0];
-        let got = perplexity(&model, &ids, 8, &mut |_| {}).unwrap();
+        let got = perplexity(&model, &ids, 8, None, &mut |_| {}).unwrap();
         assert_eq!(got.tokens as i64, tokens);
         assert!(
             ((got.mean_nll - want) / want).abs() < 1e-5,

@@ -722,8 +722,11 @@ pub fn run(cmd: EvalCmd, c: &Common) -> Result<()> {
             } else {
                 indicatif::ProgressBar::hidden()
             };
-            let r = perplexity(model, &ids, context, &mut |n| bar.set_position(n as u64))
-                .map_err(|e| anyhow::anyhow!("{names}: {e}"))?;
+            let bos = p.special.bos.filter(|_| p.special.add_bos);
+            let r = perplexity(model, &ids, context, bos, &mut |n| {
+                bar.set_position(n as u64)
+            })
+            .map_err(|e| anyhow::anyhow!("{names}: {e}"))?;
             bar.finish_and_clear();
             if c.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -2,8 +2,11 @@
 //!
 //! The token ids are cut into consecutive, non-overlapping windows of `context` tokens (the
 //! last may be shorter). Within a window, every token after the first is predicted from the
-//! tokens before it in that window. `tokens` counts predicted positions; `mean_nll` is their
-//! mean negative log-likelihood in nats; perplexity is `exp(mean_nll)`.
+//! tokens before it in that window. A model trained with a beginning-of-sequence token
+//! (`bos`: Gemma, Llama 2, whose tokenizers add it) reads each window after it, as it always
+//! saw text, and then every token of the window is predicted (llama.cpp's perplexity, and
+//! transformers' strided recipe, do the same). `tokens` counts predicted positions;
+//! `mean_nll` is their mean negative log-likelihood in nats; perplexity is `exp(mean_nll)`.
 
 use crate::models::CausalModel;
 use crate::objective::clm::token_nll;
@@ -22,11 +25,13 @@ pub struct PerplexityReport {
 /// Windows evaluated together in one forward pass.
 const BATCH: usize = 8;
 
-/// Perplexity of `model` on `ids`; `on_progress` receives the number of windows done.
+/// Perplexity of `model` on `ids`, each window read after `bos` when given; `on_progress`
+/// receives the number of windows done.
 pub fn perplexity(
     model: &CausalModel,
     ids: &[u32],
     context: usize,
+    bos: Option<u32>,
     on_progress: &mut dyn FnMut(usize),
 ) -> Result<PerplexityReport> {
     if context < 2 {
@@ -45,10 +50,12 @@ pub fn perplexity(
             "token id {bad} is outside the model's vocabulary"
         )));
     }
-    let windows: Vec<&[u32]> = ids.chunks(context).filter(|w| w.len() >= 2).collect();
+    // Without a BOS the first token of a window is context only.
+    let min = if bos.is_some() { 1 } else { 2 };
+    let windows: Vec<&[u32]> = ids.chunks(context).filter(|w| w.len() >= min).collect();
     if windows.is_empty() {
         return Err(Error::Data(format!(
-            "the text has {} tokens; at least 2 are needed",
+            "the text has {} tokens; at least {min} are needed",
             ids.len()
         )));
     }
@@ -68,15 +75,28 @@ pub fn perplexity(
             group.push(windows[i + group.len()]);
         }
         let b = group.len();
-        let x: Vec<u32> = group
-            .iter()
-            .flat_map(|w| w[..len - 1].iter().copied())
-            .collect();
-        let y: Vec<u32> = group.iter().flat_map(|w| w[1..].iter().copied()).collect();
-        let x = Tensor::from_vec(x, (b, len - 1), device)?;
-        let y = Tensor::from_vec(y, b * (len - 1), device)?;
+        // Inputs and the tokens they predict: [bos] + w[..len-1] -> w, or w[..len-1] -> w[1..].
+        let (x, y): (Vec<u32>, Vec<u32>) = match bos {
+            Some(bos) => (
+                group
+                    .iter()
+                    .flat_map(|w| std::iter::once(bos).chain(w[..len - 1].iter().copied()))
+                    .collect(),
+                group.iter().flat_map(|w| w.iter().copied()).collect(),
+            ),
+            None => (
+                group
+                    .iter()
+                    .flat_map(|w| w[..len - 1].iter().copied())
+                    .collect(),
+                group.iter().flat_map(|w| w[1..].iter().copied()).collect(),
+            ),
+        };
+        let n = x.len() / b;
+        let x = Tensor::from_vec(x, (b, n), device)?;
+        let y = Tensor::from_vec(y, b * n, device)?;
         let logits = model.forward(&x, None, None)?;
-        let nll = token_nll(&logits.reshape((b * (len - 1), model.vocab_size()))?, &y)?;
+        let nll = token_nll(&logits.reshape((b * n, model.vocab_size()))?, &y)?;
         let nll: Vec<f32> = nll.to_vec1()?;
         total += nll.iter().map(|v| *v as f64).sum::<f64>();
         count += nll.len();

@@ -145,6 +145,21 @@ impl Gguf {
         }
     }
 
+    pub fn f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        match self.get(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    Value::F64(x) => Ok(*x as f32),
+                    _ => Err(self.err(format!("metadata {key} holds a non-float"))),
+                })
+                .collect(),
+            Some(_) => Err(self.err(format!("metadata {key} is not an array"))),
+            None => Err(self.err(format!("metadata {key} is missing"))),
+        }
+    }
+
     pub fn int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
         match self.get(key) {
             Some(Value::Array(items)) => items
@@ -174,20 +189,31 @@ impl Gguf {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Special token ids from `tokenizer.ggml.*_token_id`.
+    /// Special token ids from `tokenizer.ggml.*_token_id`. A SentencePiece vocabulary
+    /// (`tokenizer.ggml.model = "llama"`) defaults as llama.cpp does: bos 1, eos 2, unk 0, and a
+    /// BOS put before every text unless `add_bos_token` says otherwise.
     pub fn special_tokens(&self) -> Result<SpecialTokens> {
-        let id = |name: &str| -> Result<Option<u32>> {
+        let spm = self.is_sentencepiece();
+        let id = |name: &str, spm_default: u32| -> Result<Option<u32>> {
             Ok(self
                 .opt_usize(&format!("tokenizer.ggml.{name}_token_id"))?
-                .map(|v| v as u32))
+                .map(|v| v as u32)
+                .or(spm.then_some(spm_default)))
         };
         Ok(SpecialTokens {
-            bos: id("bos")?,
-            eos: id("eos")?,
-            pad: id("padding")?,
-            unk: id("unknown")?,
-            add_bos: self.bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
+            bos: id("bos", 1)?,
+            eos: id("eos", 2)?,
+            pad: self
+                .opt_usize("tokenizer.ggml.padding_token_id")?
+                .map(|v| v as u32),
+            unk: id("unknown", 0)?,
+            add_bos: self.bool("tokenizer.ggml.add_bos_token").unwrap_or(spm),
         })
+    }
+
+    /// Whether the tokenizer is SentencePiece's (`tokenizer.ggml.model = "llama"`).
+    fn is_sentencepiece(&self) -> bool {
+        matches!(self.str("tokenizer.ggml.model"), Ok("llama"))
     }
 
     /// `tokenizer.chat_template`, when present.
@@ -198,18 +224,13 @@ impl Gguf {
         }
     }
 
-    /// The byte-level BPE tokenizer the metadata describes: `tokenizer.ggml.tokens`,
-    /// `.merges`, `.token_type` (3 = control, 4 = user-defined become added tokens) and the
-    /// pre-tokenizer named by `tokenizer.ggml.pre`.
+    /// The tokenizer the metadata describes: byte-level BPE (`tokenizer.ggml.model = "gpt2"`:
+    /// tokens, merges, the pre-tokenizer named by `tokenizer.ggml.pre`) or SentencePiece
+    /// (`"llama"`: tokens, scores, `add_space_prefix`); `tokenizer.ggml.token_type` 3 (control)
+    /// and 4 (user-defined) become added tokens.
     pub fn tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
         let model = self.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(self.err(format!(
-                "tokenizer model {model:?} is not supported (supported: gpt2, byte-level BPE)"
-            )));
-        }
         let tokens = self.str_array("tokenizer.ggml.tokens")?;
-        let merges = self.str_array("tokenizer.ggml.merges")?;
         let types = self
             .int_array("tokenizer.ggml.token_type")?
             .unwrap_or_else(|| vec![1; tokens.len()]);
@@ -220,15 +241,27 @@ impl Gguf {
                 tokens.len()
             )));
         }
-        let pre = self.str("tokenizer.ggml.pre").unwrap_or("default");
-        crate::tokenizer::Tokenizer::from_bpe_parts(
-            &tokens,
-            &merges,
-            &types,
-            pre,
-            &self.special_tokens()?,
-        )
-        .map_err(|e| self.err(e.to_string()))
+        let special = self.special_tokens()?;
+        let built = match model {
+            "gpt2" => {
+                let merges = self.str_array("tokenizer.ggml.merges")?;
+                let pre = self.str("tokenizer.ggml.pre").unwrap_or("default");
+                crate::tokenizer::Tokenizer::from_bpe_parts(&tokens, &merges, &types, pre, &special)
+            }
+            "llama" => {
+                let scores = self.f32_array("tokenizer.ggml.scores")?;
+                let prefix = self.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                crate::tokenizer::Tokenizer::from_spm_parts(
+                    &tokens, &scores, &types, &special, prefix,
+                )
+            }
+            other => {
+                return Err(self.err(format!(
+                    "tokenizer model {other:?} is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece)"
+                )))
+            }
+        };
+        built.map_err(|e| self.err(e.to_string()))
     }
 
     /// Reads tensor `name` (a llama.cpp name).
