@@ -23,6 +23,7 @@ pub mod peft;
 pub mod pretrained;
 pub mod rng;
 pub mod semnet;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 pub mod translate;

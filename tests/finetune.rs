@@ -440,7 +440,6 @@ seed = 5
 mod engine {
     use super::common::{fixture, small_corpus, tiny_recipe};
     use candle_core::Device;
-    use ferroformer::train::trainer::TrainData;
     use ferroformer::train::{Outcome, Recipe, Trainer};
     use std::path::Path;
 
@@ -477,7 +476,7 @@ freeze = ["bert.embeddings", "layer.0"]
 
     fn train(recipe: &str, resume: bool) -> Trainer {
         let r = Recipe::parse(recipe, &[], Path::new("t.toml")).unwrap();
-        let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
+        let mut t = ferroformer::tasks::prepare(r, resume, &Device::Cpu).unwrap();
         assert_eq!(t.run(false, &mut |_| {}).unwrap(), Outcome::Finished);
         t
     }
@@ -551,10 +550,10 @@ freeze = ["bert.embeddings", "layer.0"]
             Path::new("t.toml"),
         )
         .unwrap();
-        let t = Trainer::prepare(r, false, &Device::Cpu).unwrap();
-        let TrainData::Tokens { shard, train, val } = &t.data else {
-            panic!("a token run")
-        };
+        let t = ferroformer::tasks::prepare(r, false, &Device::Cpu).unwrap();
+        let clm: &ferroformer::tasks::clm::Clm =
+            t.task.as_any().downcast_ref().expect("a token run");
+        let ferroformer::tasks::text::Tokens { shard, train, val } = &clm.tokens;
         // The char tokenizer: one token per character; b.txt is last, after a newline.
         let b_chars = text[third..2 * third].chars().count();
         assert_eq!(val.len(), b_chars);
@@ -565,7 +564,7 @@ freeze = ["bert.embeddings", "layer.0"]
             ("data.val_files=[\"*.txt\"]", "nothing is left"),
         ] {
             let r = Recipe::parse(&recipe, &[set.into()], Path::new("t.toml")).unwrap();
-            let e = Trainer::prepare(r, false, &Device::Cpu)
+            let e = ferroformer::tasks::prepare(r, false, &Device::Cpu)
                 .err()
                 .unwrap()
                 .to_string();

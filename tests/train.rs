@@ -36,7 +36,7 @@ fn assert_same_weights(a: &Trainer, b: &Trainer) {
 
 fn train(recipe: &str, resume: bool) -> Trainer {
     let r = Recipe::parse(recipe, &[], Path::new("test.toml")).unwrap();
-    let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
+    let mut t = ferroformer::tasks::prepare(r, resume, &Device::Cpu).unwrap();
     assert_eq!(t.run(false, &mut |_| {}).unwrap(), Outcome::Finished);
     t
 }
@@ -102,7 +102,7 @@ fn resumed_run_equals_uninterrupted_run() {
     }
     // A fresh run refuses to overwrite an existing one.
     let r = Recipe::parse(&tiny_recipe(&corpus, &b_dir, 12), &[], Path::new("t.toml")).unwrap();
-    let e = Trainer::prepare(r, false, &Device::Cpu)
+    let e = ferroformer::tasks::prepare(r, false, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -127,7 +127,7 @@ fn llama_trains_and_resumes() {
     let run = |dir: &Path, steps: usize, resume: bool| {
         let r =
             Recipe::parse(&tiny_recipe(&corpus, dir, steps), &set, Path::new("t.toml")).unwrap();
-        let mut t = Trainer::prepare(r, resume, &Device::Cpu).unwrap();
+        let mut t = ferroformer::tasks::prepare(r, resume, &Device::Cpu).unwrap();
         assert_eq!(t.run(false, &mut |_| {}).unwrap(), Outcome::Finished);
         t
     };

@@ -65,12 +65,11 @@ pub fn run(a: DemoArgs, c: &Common) -> Result<()> {
     let mut text = String::new();
     generate(
         trainer
-            .model
+            .task
             .causal()
             .ok_or_else(|| anyhow::anyhow!("the demo recipe must train a causal LM"))?,
         trainer
-            .tokenizer
-            .as_ref()
+            .tokenizer()
             .ok_or_else(|| anyhow::anyhow!("the demo recipe must train a text model"))?,
         &s.prompt,
         &cfg,

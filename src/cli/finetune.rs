@@ -4,7 +4,6 @@
 use super::{pretrain, Common};
 use anyhow::{bail, Result};
 use clap::Args;
-use ferroformer::train::Recipe;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -55,7 +54,7 @@ pub fn run(a: FinetuneArgs, c: &Common) -> Result<()> {
         // Before parsing, so the recipe is checked as the model it will start from.
         set.push(format!("model.init={}", toml::Value::String(from)));
     }
-    let mut recipe = Recipe::load(&a.recipe, &set)?;
+    let mut recipe = ferroformer::tasks::load_recipe(&a.recipe, &set)?;
     if recipe.model.init.is_none() {
         bail!(
             "{}: nothing to fine-tune: pass --from MODEL or set model.init",

@@ -161,5 +161,6 @@ pub fn run(a: InstructArgs, c: &Common) -> Result<()> {
     if recipe.model.init.is_none() {
         bail!("nothing to tune: pass --from MODEL or set model.init");
     }
+    ferroformer::tasks::resolve(&recipe)?;
     pretrain::train(recipe, a.resume, c)
 }

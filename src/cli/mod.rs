@@ -260,7 +260,7 @@ pub fn model_dirs(args: &[String]) -> Result<Vec<std::path::PathBuf>> {
 pub fn install_interrupt_handler(quiet: bool) {
     use std::sync::atomic::Ordering;
     let _ = ctrlc::set_handler(move || {
-        let flag = &ferroformer::train::trainer::INTERRUPTED;
+        let flag = &ferroformer::train::engine::INTERRUPTED;
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }

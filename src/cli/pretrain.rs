@@ -3,8 +3,8 @@
 use super::{install_interrupt_handler, Common};
 use anyhow::Result;
 use clap::Args;
-use ferroformer::train::trainer::Event;
-use ferroformer::train::{Outcome, Recipe, Trainer};
+use ferroformer::train::engine::Event;
+use ferroformer::train::{cross_validation, Outcome, Recipe, Trainer};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ pub fn run(a: PretrainArgs, c: &Common) -> Result<()> {
     if let Some(seed) = c.seed {
         set.push(format!("train.seed={seed}"));
     }
-    let recipe = Recipe::load(&a.recipe, &set)?;
+    let recipe = ferroformer::tasks::load_recipe(&a.recipe, &set)?;
     train(recipe, a.resume, c)?;
     Ok(())
 }
@@ -35,59 +35,40 @@ pub fn run(a: PretrainArgs, c: &Common) -> Result<()> {
 /// `data.fold`, trains one run per fold (in `<out_dir>/fold-<k>`) and reports the mean
 /// validation scores, also written to `<out_dir>/cv.json`.
 pub fn train(recipe: Recipe, resume: bool, c: &Common) -> Result<()> {
-    let k = recipe.data.folds;
-    if k < 2 || recipe.data.fold.is_some() {
+    if !cross_validation::wanted(&recipe) {
         train_one(recipe, resume, c)?;
         return Ok(());
     }
-    let root = std::path::PathBuf::from(&recipe.train.out_dir);
-    let mut folds = vec![];
-    for i in 0..k {
-        let mut r = recipe.clone();
-        r.data.fold = Some(i);
-        r.train.out_dir = root.join(format!("fold-{i}")).display().to_string();
-        // A fold not yet started starts fresh when the others resume.
-        let started = !ferroformer::train::checkpoint::list_checkpoints(std::path::Path::new(
-            &r.train.out_dir,
-        ))?
-        .is_empty();
+    let k = recipe.data.folds;
+    let summary = cross_validation::run_folds(&recipe, resume, &mut |r, resume| {
         if !c.quiet {
-            eprintln!("fold {}/{k}", i + 1);
+            eprintln!("fold {}/{k}", r.data.fold.unwrap_or(0) + 1);
         }
-        let (trainer, outcome) = train_one(r, resume && started, c)?;
+        let (trainer, outcome) =
+            train_one(r, resume, c).map_err(|e| ferroformer::Error::Training(format!("{e:#}")))?;
         if outcome != Outcome::Finished {
-            return Ok(());
+            return Ok(None);
         }
-        let s = trainer
-            .val_scores
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("fold {i} has no validation scores"))?;
-        folds.push(s);
-    }
-    let stats = |f: &dyn Fn(&ferroformer::classify::Scores) -> f64| {
-        let v: Vec<f64> = folds.iter().map(f).collect();
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
-        (mean, sd, v)
+        trainer.final_scores.clone().map(Some).ok_or_else(|| {
+            ferroformer::Error::Training("a fold finished without validation scores".into())
+        })
+    })?;
+    let Some(s) = summary else {
+        return Ok(());
     };
-    let (acc, acc_sd, accs) = stats(&|s| s.accuracy);
-    let (f1, f1_sd, f1s) = stats(&|s| s.macro_f1);
-    let summary = json!({
-        "folds": k, "mean_accuracy": acc, "sd_accuracy": acc_sd, "mean_macro_f1": f1,
-        "sd_macro_f1": f1_sd, "accuracy": accs, "macro_f1": f1s,
-        "n": folds.iter().map(|s| s.n).sum::<usize>(),
-    });
-    ferroformer::io::write_json_atomic(&root.join("cv.json"), &summary)?;
     if c.json {
-        println!("{summary}");
+        println!("{s}");
     } else {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{k}-fold cross-validation: accuracy {:.2}% (sd {:.2}), macro-F1 {:.4} (sd {:.4}); {}",
-            100.0 * acc,
-            100.0 * acc_sd,
-            f1,
-            f1_sd,
-            root.join("cv.json").display()
+            100.0 * f("mean_accuracy"),
+            100.0 * f("sd_accuracy"),
+            f("mean_macro_f1"),
+            f("sd_macro_f1"),
+            std::path::Path::new(&recipe.train.out_dir)
+                .join("cv.json")
+                .display()
         );
     }
     Ok(())
@@ -100,13 +81,14 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
     if !c.quiet {
         eprintln!("preparing {} in {}", recipe.name, recipe.train.out_dir);
     }
-    let mut trainer = Trainer::prepare(recipe, resume, &device)?;
+    let mut trainer = ferroformer::tasks::prepare(recipe, resume, &device)?;
+    let data = trainer.task.data();
     if !c.quiet {
         let n = trainer.store.numel();
-        let (train_n, val_n, unit) = trainer.data.sizes();
-        let vocab = match &trainer.tokenizer {
+        let (train_n, val_n, unit) = (data.train, data.val, data.unit);
+        let vocab = match trainer.tokenizer() {
             Some(t) => format!("vocabulary {}", t.vocab_size()),
-            None => format!("{} classes", trainer.data.classes()),
+            None => format!("{} classes", data.classes),
         };
         eprintln!(
             "model: {} parameters ({}), {vocab}, {train_n} training / {val_n} validation {unit}{}",
@@ -120,7 +102,7 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
         );
     }
     if !c.quiet {
-        for note in trainer.data.notes() {
+        for note in &data.notes {
             eprintln!("note: {note}");
         }
         if let Some(t) = trainer.state.trainable {
@@ -129,13 +111,8 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
     }
     let json = c.json;
     let quiet = c.quiet;
-    // Perplexity and masked tokens mean something for language models; classifiers get plain
-    // accuracy.
-    let images = trainer.data.classes() > 0;
-    let triples = matches!(
-        trainer.data,
-        ferroformer::train::trainer::TrainData::Triples { .. }
-    );
+    // Perplexity means something for language models; what the accuracy counts is the task's.
+    let describe = trainer.task.describe();
     let outcome = trainer.run(c.progress(), &mut |ev| match ev {
         Event::Eval(e) => {
             if json {
@@ -145,25 +122,23 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
                     v["train_accuracy"] = json!(e.train_accuracy);
                     v["val_accuracy"] = json!(e.val_accuracy);
                 }
-                if let Some(r) = e.val_error_rates {
-                    v["val_wer"] = json!(r.wer);
-                    v["val_per"] = json!(r.per);
+                if let Some((extra, _)) = &e.extra {
+                    for (k, x) in extra {
+                        v[k] = x.clone();
+                    }
                 }
                 println!("{v}");
             } else {
                 let mut line = format!("step {:>6}: train loss {:.4}", e.step, e.train_loss);
                 match e.val_loss {
-                    Some(v) if images || triples => line += &format!(", val loss {v:.4}"),
-                    Some(v) => line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp()),
+                    Some(v) if describe.perplexity => {
+                        line += &format!(", val loss {v:.4} (perplexity {:.2})", v.exp())
+                    }
+                    Some(v) => line += &format!(", val loss {v:.4}"),
                     None => {}
                 }
-                if let Some(r) = e.val_error_rates {
-                    line += &format!(
-                        ", val WER {:.2}% PER {:.2}% ({} words, greedy)",
-                        100.0 * r.wer,
-                        100.0 * r.per,
-                        r.n
-                    );
+                if let Some((_, text)) = &e.extra {
+                    line += &format!(", {text}");
                 }
                 if let Some(a) = e.val_accuracy.or(e.train_accuracy) {
                     let which = if e.val_accuracy.is_some() {
@@ -171,14 +146,7 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
                     } else {
                         "train"
                     };
-                    let what = if images {
-                        "accuracy"
-                    } else if triples {
-                        "pairwise accuracy (true triple closer than its corruption)"
-                    } else {
-                        "masked-token accuracy"
-                    };
-                    line += &format!(", {which} {what} {:.2}%", 100.0 * a);
+                    line += &format!(", {which} {} {:.2}%", describe.accuracy, 100.0 * a);
                 }
                 println!("{line}");
             }

@@ -137,10 +137,12 @@ seed = {seed}
     if let ferroformer::train::Outcome::Interrupted { .. } = outcome {
         return Ok(());
     }
-    let (
-        ferroformer::train::trainer::TrainModel::TransE(model),
-        ferroformer::train::trainer::TrainData::Triples { split, known },
-    ) = (&trainer.model, &trainer.data)
+    let Some(ferroformer::tasks::transe::TransETask {
+        model,
+        split,
+        known,
+        ..
+    }) = trainer.task.as_any().downcast_ref()
     else {
         bail!("not a TransE run");
     };

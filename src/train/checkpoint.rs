@@ -9,8 +9,7 @@
 use crate::io::{read_json, write_atomic, write_json_atomic};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
-use crate::train::trainer::TrainModel;
+use crate::train::task::Task;
 use crate::train::AdamW;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -57,9 +56,8 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
 
 /// What a checkpoint holds.
 pub struct Checkpoint<'a> {
-    pub model: &'a TrainModel,
+    pub task: &'a dyn Task,
     pub store: &'a ParamStore,
-    pub tokenizer: Option<&'a Tokenizer>,
     pub optimizer: &'a AdamW,
     pub state: &'a TrainerState,
     pub recipe_toml: &'a str,
@@ -76,11 +74,11 @@ impl Checkpoint<'_> {
         match self.adapter_base {
             Some(base) => {
                 crate::peft::adapter_io::save_adapter(self.store, "default", dir, Some(base))?;
-                if let Some(t) = self.tokenizer {
+                if let Some(t) = self.task.tokenizer() {
                     t.save(&dir.join("tokenizer.json"))?;
                 }
             }
-            None => self.model.save_dir(dir, self.store, self.tokenizer)?,
+            None => self.task.save(dir, self.store)?,
         }
         for (name, bytes) in self.files {
             write_atomic(&dir.join(name), bytes)?;

@@ -2,14 +2,17 @@
 //! accumulation, evaluation, checkpoints and resume, metrics and plots.
 
 pub mod checkpoint;
+pub mod cross_validation;
+pub mod engine;
 pub mod metrics;
 pub mod optimizer;
 pub mod plot;
 pub mod recipe;
 pub mod schedule;
-pub mod trainer;
+pub mod task;
 
+pub use engine::{Outcome, Prepared, RunStart, Trainer};
 pub use optimizer::{AdamW, AdamWConfig, GradAccumulator, Grads};
 pub use recipe::Recipe;
 pub use schedule::LrSchedule;
-pub use trainer::{Outcome, Trainer};
+pub use task::Task;
