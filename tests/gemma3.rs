@@ -137,3 +137,71 @@ fn greedy_generation_matches_transformers() {
         assert_eq!(got, ids(&case["output_ids"]), "{}", case["prompt"]);
     }
 }
+
+/// A short LoRA fine-tune of the real model on Hamlet (PEFT's default targets for
+/// `gemma3_text`), whose adapter then serves generation on the GGUF base.
+#[test]
+fn lora_finetune_runs_and_its_adapter_serves() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let recipe = d.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"name = "gemma-lora"
+[data]
+corpus = ["asset:shakespeare/hamlet_gut.txt"]
+val_fraction = 0.05
+[model]
+init = "gemma3-270m"
+architecture = "gemma3"
+[peft]
+peft_type = "LORA"
+r = 4
+lora_alpha = 8
+[train]
+out_dir = {run:?}
+steps = 3
+batch_size = 1
+context = 48
+lr = 1e-3
+min_lr = 1e-4
+warmup_steps = 1
+eval_interval = 3
+eval_iters = 1
+log_interval = 1
+"#,
+            run = run.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = common::stdout_of(
+        common::ff()
+            .args(["--quiet", "--json", "finetune", "--recipe"])
+            .arg(&recipe),
+    );
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 3, "{out}");
+    let ac: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        ac["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"]),
+        "{ac}"
+    );
+    let out = common::stdout_of(
+        common::ff()
+            .args(["--quiet", "--json", "generate", "--model"])
+            .arg(&run)
+            .args([
+                "--prompt",
+                "To be, or not",
+                "--max-tokens",
+                "3",
+                "--temperature",
+                "0",
+            ]),
+    );
+    assert!(out.contains("\"tokens\""), "{out}");
+}

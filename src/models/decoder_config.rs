@@ -21,6 +21,8 @@ pub trait Variant: std::fmt::Debug + Clone + Default + PartialEq + Send + Sync +
     const TIED_BY_DEFAULT: bool = false;
     /// The decoder `c` describes.
     fn spec(c: &DecoderConfig<Self>) -> Result<DecoderSpec>;
+    /// Completes a fresh model's config with the family's own keys.
+    fn fresh(_c: &mut DecoderConfig<Self>) {}
 }
 
 fn d_positions() -> usize {
@@ -122,10 +124,16 @@ impl<V: Variant> DecoderConfig<V> {
             s.kv_heads.unwrap_or(s.heads),
             s.positions,
         );
+        // Named, so families whose default width is their own (Gemma's 256) get the recipe's.
+        c.head_dim = Some(s.hidden / s.heads.max(1));
         c.rope_theta = Some(s.rope_theta);
         c.tie_word_embeddings = s.tie_word_embeddings;
         c.rms_norm_eps = s.norm_eps;
         c.extra.extend(s.token_ids());
+        // Said, so transformers does not take a family's default (Phi-3's 32000, which a small
+        // vocabulary does not have).
+        c.extra.insert("pad_token_id".into(), Value::Null);
+        V::fresh(&mut c);
         c
     }
 

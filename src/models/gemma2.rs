@@ -75,6 +75,10 @@ impl Variant for Gemma2 {
         &FAMILY
     }
 
+    fn fresh(c: &mut DecoderConfig<Self>) {
+        super::gemma2::fresh_keys(c);
+    }
+
     fn spec(c: &Gemma2Config) -> Result<DecoderSpec> {
         let mut s = gemma_spec(c, 2, vec![c.rope_parameters("full_attention", 10000.0)?])?;
         s.attn_softcap = softcap(c, "attn_logit_softcapping", 50.0);
@@ -120,6 +124,14 @@ pub(crate) fn gemma_spec<V: Variant>(
     let window = c.extra_usize("sliding_window").unwrap_or(4096);
     s.layer_types = DecoderConfig::<V>::windowed_layers(&sliding, window, s.ropes.len() - 1);
     Ok(s)
+}
+
+/// A fresh Gemma's own keys: scores scaled by the head width, tanh GELU.
+pub(crate) fn fresh_keys<V: Variant>(c: &mut DecoderConfig<V>) {
+    c.extra
+        .insert("query_pre_attn_scalar".into(), json!(c.head_dim()));
+    c.extra
+        .insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
 }
 
 /// llama.cpp's names of a Gemma block's tensors (its `ffn_norm` is the pre-feed-forward norm).

@@ -82,6 +82,10 @@ impl Variant for Gemma3 {
         &FAMILY
     }
 
+    fn fresh(c: &mut DecoderConfig<Self>) {
+        super::gemma2::fresh_keys(c);
+    }
+
     fn spec(c: &Gemma3Config) -> Result<DecoderSpec> {
         // Global layers on table 0 (rope_theta, scaled), local ones on table 1.
         let global = c.rope_parameters("full_attention", 1e6)?;

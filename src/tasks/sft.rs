@@ -67,7 +67,7 @@ fn prepare(s: &Setup) -> Result<Prepared> {
         start.model.vocab_size(),
         start.model.max_positions(),
         &start.tokenizer,
-        None,
+        Some(r.train.context),
     )?;
     Ok(Prepared {
         task: Box::new(Sft {
