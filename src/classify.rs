@@ -3,12 +3,12 @@
 //! classifier; for both, accuracy, per-class precision / recall / F1, macro-F1 and the
 //! confusion matrix (with its plot).
 
+use crate::data::images::AugmentConfig;
 use crate::data::images::{augment, read_image, ImageSet, Preprocessor};
 use crate::models::sequence_classifier::SequenceClassifier;
 use crate::models::vit::{attention_rollout, probabilities, Vit};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-use crate::train::recipe::AugmentConfig;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;

@@ -804,13 +804,18 @@ fn load_one(
     } else {
         source.clone()
     };
-    let recipe = dir.join("recipe.toml");
-    let reversed = recipe.exists()
-        && crate::train::Recipe::load(&recipe, &[])?
-            .data
-            .reverse_target;
+    // A model property, in its config.json (a run trained with `data.reverse_target`).
+    let reversed = model
+        .config
+        .extra
+        .get(REVERSE_TARGET)
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     Ok((model, source, target, reversed))
 }
+
+/// The `config.json` key of a model that writes its targets right to left.
+pub const REVERSE_TARGET: &str = "reverse_target";
 
 impl Translator {
     pub fn load(dir: &std::path::Path, device: &candle_core::Device) -> Result<Self> {

@@ -9,6 +9,18 @@ use crate::{Error, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Random changes to each training image (seeded, so a resumed run sees the same ones).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Zero-pad by this many pixels and crop back at a random offset (0: off).
+    #[serde(default)]
+    pub crop_padding: usize,
+    /// Probability of mirroring an image left-right.
+    #[serde(default)]
+    pub flip: f64,
+}
+
 /// Images of one size, 8 bits per channel, each stored channel-major (`[c, h, w]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {

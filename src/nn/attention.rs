@@ -140,23 +140,7 @@ impl Segments {
     }
 }
 
-/// Additive mask `[t, offset + t]`: 0 where query `i` may see key `j` (`j <= offset + i`),
-/// minus infinity elsewhere.
-pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    let total = offset + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j <= offset + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (t, total), device)?)
-}
+pub use crate::nn::kernels::softmax::causal_mask;
 
 /// Scaled dot-product attention of queries `q` `[b, h, t, d]` over keys and values
 /// `[b, kv_heads, s, d]`, where `kv_heads` divides `h` (grouped-query attention, Ainslie et al.

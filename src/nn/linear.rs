@@ -1,10 +1,14 @@
 //! Affine maps. This is the one place a model multiplies by a weight matrix, so later
 //! parameter-efficient methods (LoRA and friends) wrap this type rather than the models.
 
+use crate::nn::adapter::{Base, LinearAdapter, LinearSite};
 use crate::nn::store::{Init, ParamStore};
-use crate::peft::{Adapters, Base};
 use crate::Result;
 use candle_core::{DType, Tensor, D};
+use std::sync::Arc;
+
+/// The adapters on a layer.
+pub type Adapters = Arc<dyn LinearAdapter>;
 
 /// `y = x W + b`. The weight is kept in the orientation of the checkpoint it came from:
 /// `[in, out]` for GPT-2's Conv1D, `[out, in]` for PyTorch's `nn.Linear`.
@@ -58,15 +62,15 @@ impl Linear {
         let (d_in, d_out) = self.dims()?;
         let (w, in_out) = (self.weight.clone(), self.in_out);
         let weight = move || -> Result<Tensor> { Ok(if in_out { w.t()? } else { w.clone() }) };
-        self.adapters = store.adapters_for(
-            prefix,
+        self.adapters = store.adapt_linear(&LinearSite {
+            module: prefix,
             d_in,
             d_out,
-            self.in_out,
-            false,
-            self.bias.is_some(),
-            &weight,
-        )?;
+            in_out: self.in_out,
+            quantized: false,
+            has_bias: self.bias.is_some(),
+            weight: &weight,
+        })?;
         Ok(self)
     }
 
@@ -277,8 +281,15 @@ impl Projection {
         let (d_out, d_in) = (dims[0], dims[1]);
         let w = weight.clone();
         let dense = move || w.dequantize();
-        let adapters =
-            store.adapters_for(prefix, d_in, d_out, false, true, bias.is_some(), &dense)?;
+        let adapters = store.adapt_linear(&LinearSite {
+            module: prefix,
+            d_in,
+            d_out,
+            in_out: false,
+            quantized: true,
+            has_bias: bias.is_some(),
+            weight: &dense,
+        })?;
         Ok(Projection::Quantized {
             weight,
             bias,
@@ -309,7 +320,7 @@ impl Projection {
                         let dense = || weight.dequantize();
                         let y = ad.forward(
                             &x2,
-                            crate::peft::Base {
+                            Base {
                                 forward: &base,
                                 weight: &dense,
                                 bias: bias.as_ref(),

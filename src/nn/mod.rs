@@ -1,6 +1,7 @@
 //! Building blocks of Transformer models, each a small type that holds its parameters and a
 //! `forward` built only from operations with a backward pass (so every block trains).
 
+pub mod adapter;
 pub mod attention;
 pub mod block;
 pub mod dropout;
@@ -10,12 +11,15 @@ pub mod feed_forward;
 pub mod kernels;
 pub mod linear;
 pub mod norm;
-pub mod ops;
 pub mod position;
 pub mod rope;
 pub mod store;
 pub mod virtual_tokens;
 
+/// The plain (differentiable) softmax and log-softmax, beside the fused kernels.
+pub use kernels::ops;
+
+pub use adapter::{AdapterHook, Base, LinearAdapter, LinearSite};
 pub use attention::{
     grouped_attention, layer_prefix, CausalSelfAttention, KvCache, MultiHeadAttention, Prefix,
     Segments,
@@ -31,5 +35,5 @@ pub use position::{
     sinusoidal_encoding, sinusoidal_table, LearnedPosition, PositionEncoding, SinusoidLayout,
 };
 pub use rope::{Rope, RopeScaling};
-pub use store::{Init, ParamStore};
+pub use store::{Init, ParamStore, TrainableCount};
 pub use virtual_tokens::VirtualTokens;

@@ -25,12 +25,12 @@ impl LayerNorm {
         let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?;
         let bias = if bias {
             let b = store.get(&format!("{prefix}.bias"), &[dim], Init::Zeros)?;
-            Some(store.ln_tuned(prefix, "bias", b)?)
+            Some(store.adapt_norm(prefix, "bias", b)?)
         } else {
             None
         };
         Ok(LayerNorm {
-            weight: store.ln_tuned(prefix, "weight", weight)?,
+            weight: store.adapt_norm(prefix, "weight", weight)?,
             bias,
             eps,
         })
@@ -78,7 +78,7 @@ impl RmsNorm {
     pub fn new(store: &mut ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
         let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?;
         Ok(RmsNorm {
-            weight: store.ln_tuned(prefix, "weight", weight)?,
+            weight: store.adapt_norm(prefix, "weight", weight)?,
             eps,
             unit_offset: false,
         })
@@ -93,7 +93,7 @@ impl RmsNorm {
     ) -> Result<Self> {
         let weight = store.get(&format!("{prefix}.weight"), &[dim], Init::Zeros)?;
         Ok(RmsNorm {
-            weight: store.ln_tuned(prefix, "weight", weight)?,
+            weight: store.adapt_norm(prefix, "weight", weight)?,
             eps,
             unit_offset: true,
         })

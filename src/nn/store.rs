@@ -40,8 +40,51 @@ pub struct ParamStore {
     /// Matrices kept quantized (frozen), by key; models take a projection from here when it
     /// holds the key.
     quant: crate::nn::QuantWeights,
-    /// Registered adapters (LoRA, IA3) and the layers they wrap.
-    peft: crate::peft::PeftRegistry,
+    /// What answers the model's questions about adapters as it is built (PEFT's registry).
+    hook: Option<Box<dyn crate::nn::adapter::AdapterHook>>,
+}
+
+/// Trainable and total parameter counts, printed in PEFT's wording.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainableCount {
+    pub trainable_params: usize,
+    pub all_params: usize,
+}
+
+impl TrainableCount {
+    pub fn percent(&self) -> f64 {
+        if self.all_params == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable_params as f64 / self.all_params as f64
+        }
+    }
+}
+
+impl std::fmt::Display for TrainableCount {
+    /// PEFT's `print_trainable_parameters` line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            thousands(self.trainable_params),
+            thousands(self.all_params),
+            self.percent()
+        )
+    }
+}
+
+/// `1234567` as `1,234,567` (Python's `{:,d}`).
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl ParamStore {
@@ -56,7 +99,7 @@ impl ParamStore {
             source: None,
             frozen: BTreeSet::new(),
             quant: Default::default(),
-            peft: Default::default(),
+            hook: None,
         }
     }
 
@@ -94,7 +137,7 @@ impl ParamStore {
             source: source.map(|p| p.to_path_buf()),
             frozen: BTreeSet::new(),
             quant: Default::default(),
-            peft: Default::default(),
+            hook: None,
         })
     }
 
@@ -188,13 +231,21 @@ impl ParamStore {
         &self.quant
     }
 
-    /// The registered adapters.
-    pub fn peft(&self) -> &crate::peft::PeftRegistry {
-        &self.peft
+    /// The adapter hook, if one is installed.
+    pub fn hook(&self) -> Option<&(dyn crate::nn::adapter::AdapterHook + 'static)> {
+        self.hook.as_deref()
     }
 
-    pub(crate) fn peft_mut(&mut self) -> &mut crate::peft::PeftRegistry {
-        &mut self.peft
+    pub fn hook_mut(&mut self) -> Option<&mut (dyn crate::nn::adapter::AdapterHook + 'static)> {
+        self.hook.as_deref_mut()
+    }
+
+    pub fn set_hook(&mut self, hook: Box<dyn crate::nn::adapter::AdapterHook>) {
+        self.hook = Some(hook);
+    }
+
+    pub fn take_hook(&mut self) -> Option<Box<dyn crate::nn::adapter::AdapterHook>> {
+        self.hook.take()
     }
 
     /// After building a model from loaded tensors: the keys the model did not ask for.
@@ -238,7 +289,7 @@ impl ParamStore {
     }
 
     /// Trainable and total numbers of scalar parameters.
-    pub fn trainable_count(&self) -> crate::peft::TrainableCount {
+    pub fn trainable_count(&self) -> TrainableCount {
         // Quantized matrices not also held dense count once, as PEFT counts a 4-bit base.
         let quantized: usize = self
             .quant
@@ -246,7 +297,7 @@ impl ParamStore {
             .filter(|(k, _)| !self.vars.contains_key(*k))
             .map(|(_, q)| q.dims().iter().product::<usize>())
             .sum();
-        crate::peft::TrainableCount {
+        TrainableCount {
             trainable_params: self.trainable().map(|(_, v)| v.elem_count()).sum(),
             all_params: self.numel() + quantized,
         }

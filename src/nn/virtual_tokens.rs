@@ -28,8 +28,8 @@ impl VirtualTokens {
         head_dim: usize,
         table: Option<&Tensor>,
     ) -> Result<Self> {
-        let prompt = store.prompt_for(hidden, table)?;
-        let prefix = match store.prefix_for(layers, kv_heads, head_dim)? {
+        let prompt = store.virtual_prompt(hidden, table)?;
+        let prefix = match store.virtual_prefix(layers, kv_heads, head_dim)? {
             Some(all) => (0..layers)
                 .map(|i| {
                     let (k, v) = layer_prefix(&all, i, kv_heads, head_dim)?;

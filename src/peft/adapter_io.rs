@@ -40,7 +40,7 @@ fn store_key(k: &str, name: &str) -> Option<String> {
     if k == PROMPT {
         return Some(param_name(PROMPT, PROMPT, name));
     }
-    super::registry::KINDS.iter().find_map(|kind| {
+    super::registry::kinds().find_map(|kind| {
         for (suffix, param) in [(".weight", "weight"), (".bias", "bias"), ("", "")] {
             let Some(module) = k
                 .strip_suffix(suffix)
@@ -48,7 +48,7 @@ fn store_key(k: &str, name: &str) -> Option<String> {
             else {
                 continue;
             };
-            return Some(match *kind {
+            return Some(match kind {
                 LN if !param.is_empty() => ln_param_name(module, name, param),
                 LN => return None,
                 _ => param_name(module, kind, name),

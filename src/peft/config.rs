@@ -224,11 +224,9 @@ impl PeftConfig {
         c
     }
 
-    /// Checks the values (and, for a recipe, that no key is unknown).
+    /// Checks the values (and, for a recipe, that no key is unknown); the method checks its
+    /// own options.
     pub fn validate(&self, strict: bool) -> Result<()> {
-        if self.peft_type == PeftType::Lora && self.r == 0 {
-            return Err(Error::Config("peft.r must be at least 1".into()));
-        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(Error::Config(format!(
                 "peft.lora_dropout must be in [0, 1), got {}",
@@ -236,48 +234,13 @@ impl PeftConfig {
             )));
         }
         self.target_modules.compile()?;
-        if let Some(ff) = &self.feedforward_modules {
-            ff.compile()?;
-        }
         if self.peft_type != PeftType::Lora && (self.use_dora || self.bias != BiasMode::None) {
             return Err(Error::Config(format!(
                 "{:?} takes no use_dora or bias options (LoRA's)",
                 self.peft_type
             )));
         }
-        if self.peft_type.virtual_tokens() && self.num_virtual_tokens.unwrap_or(0) == 0 {
-            return Err(Error::Config(format!(
-                "{:?} needs num_virtual_tokens >= 1",
-                self.peft_type
-            )));
-        }
-        if self.peft_type == PeftType::PrefixTuning
-            && self.other.get("prefix_projection") == Some(&serde_json::json!(true))
-        {
-            return Err(Error::Config(
-                "prefix_projection (an MLP producing the prefixes) is not supported; the prefixes are learned directly".into(),
-            ));
-        }
-        if self.peft_type == PeftType::PromptTuning {
-            match self.prompt_tuning_init.as_deref().unwrap_or("RANDOM") {
-                "RANDOM" | "SAMPLE_VOCAB" => {}
-                "TEXT"
-                    if self
-                        .prompt_tuning_init_text
-                        .as_deref()
-                        .is_some_and(|t| !t.is_empty()) => {}
-                "TEXT" => {
-                    return Err(Error::Config(
-                        "prompt_tuning_init = \"TEXT\" needs prompt_tuning_init_text".into(),
-                    ))
-                }
-                other => {
-                    return Err(Error::Config(format!(
-                        "prompt_tuning_init {other:?}: expected RANDOM, SAMPLE_VOCAB or TEXT"
-                    )))
-                }
-            }
-        }
+        self.peft_type.method().validate(self)?;
         let unknown: Vec<&String> = self
             .other
             .keys()
@@ -351,13 +314,6 @@ impl PeftConfig {
         }
     }
 
-    /// IA3: whether the target's input rather than its output is scaled.
-    pub fn is_feedforward(&self, path: &str) -> bool {
-        self.feedforward_modules
-            .as_ref()
-            .is_some_and(|f| f.matches(path))
-    }
-
     /// Whether `param` (a parameter name) belongs to one of `modules_to_save`.
     pub fn saves_module_of(&self, param: &str) -> bool {
         let module = param.rsplit_once('.').map_or(param, |(m, _)| m);
@@ -365,30 +321,6 @@ impl PeftConfig {
             .iter()
             .flatten()
             .any(|m| module == m || module.ends_with(&format!(".{m}")))
-    }
-
-    /// The rank and the update's scale for the module at `path` (pattern overrides applied).
-    pub fn rank_and_scaling(&self, path: &str) -> (usize, f64) {
-        let find = |keys: Vec<&String>| -> Option<String> {
-            keys.into_iter()
-                .find(|k| {
-                    regex::Regex::new(&format!(r"^(.*\.)?(?:{k})$"))
-                        .is_ok_and(|re| re.is_match(path))
-                })
-                .cloned()
-        };
-        let r = find(self.rank_pattern.keys().collect())
-            .map(|k| self.rank_pattern[&k])
-            .unwrap_or(self.r);
-        let alpha = find(self.alpha_pattern.keys().collect())
-            .map(|k| self.alpha_pattern[&k])
-            .unwrap_or(self.lora_alpha);
-        let scaling = if self.use_rslora {
-            alpha / (r as f64).sqrt()
-        } else {
-            alpha / r as f64
-        };
-        (r, scaling)
     }
 }
 
@@ -404,7 +336,7 @@ fn layer_index(path: &str) -> Option<usize> {
 }
 
 impl Targets {
-    fn compile(&self) -> Result<Option<regex::Regex>> {
+    pub(crate) fn compile(&self) -> Result<Option<regex::Regex>> {
         match self {
             Targets::Pattern(p) if p != "all-linear" => regex::Regex::new(&format!("^(?:{p})$"))
                 .map(Some)

@@ -8,7 +8,6 @@
 //! computes no gradient for it, and the optimizer keeps no state for it.
 
 use crate::{Error, Result};
-use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// Which parameters are frozen.
@@ -21,48 +20,7 @@ pub struct FreezeSpec {
     pub train_only: Vec<String>,
 }
 
-/// Trainable and total parameter counts, printed in PEFT's wording.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct TrainableCount {
-    pub trainable_params: usize,
-    pub all_params: usize,
-}
-
-impl TrainableCount {
-    pub fn percent(&self) -> f64 {
-        if self.all_params == 0 {
-            0.0
-        } else {
-            100.0 * self.trainable_params as f64 / self.all_params as f64
-        }
-    }
-}
-
-impl std::fmt::Display for TrainableCount {
-    /// PEFT's `print_trainable_parameters` line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "trainable params: {} || all params: {} || trainable%: {:.4}",
-            thousands(self.trainable_params),
-            thousands(self.all_params),
-            self.percent()
-        )
-    }
-}
-
-/// `1234567` as `1,234,567` (Python's `{:,d}`).
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::nn::store::TrainableCount;
 
 /// One pattern segment against one name segment.
 fn segment_matches(pattern: &str, seg: &str) -> bool {

@@ -1,13 +1,91 @@
-//! The adapters a parameter store holds: their configurations, the layers they wrap, and
-//! merging them into the base weights and back out.
+//! The adapters a parameter store holds and the methods behind them. [`PeftRegistry`] is the
+//! store's [`AdapterHook`]: as a model is built it asks each adapter's [`Method`] (one file
+//! each: `lora`, `ia3`, `ln_tuning`, `prompt_tuning`, `prefix_tuning`) for what that method
+//! puts on a layer, a norm or before the input; merging asks the method how its adapter
+//! folds into the weights.
 
-use super::adapter::{AdaptedModule, Adapter, Adapters, Switch};
+use super::adapter::{AdaptedModule, Adapters, LayerAdapter, Switch};
 use super::config::{BiasMode, PeftConfig, PeftType};
+use crate::nn::adapter::{AdapterHook, LinearAdapter, LinearSite};
 use crate::nn::store::{Init, ParamStore};
 use crate::{Error, Result};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One PEFT method: its options, what it adds to a model, and how it folds into weights.
+pub trait Method: Sync {
+    fn peft_type(&self) -> PeftType;
+    /// The key segments of the tensors it stores (`lora_A`, `ia3_l`, ...).
+    fn kinds(&self) -> &'static [&'static str];
+    /// Checks the method's own options.
+    fn validate(&self, _cfg: &PeftConfig) -> Result<()> {
+        Ok(())
+    }
+    /// Its piece of the linear layer `site`, which its `target_modules` select.
+    fn linear(&self, _ctx: &mut Ctx, _site: &LinearSite) -> Result<Option<Arc<dyn LayerAdapter>>> {
+        Ok(None)
+    }
+    /// The tensor a targeted norm uses for `param` instead of `base`.
+    fn norm(
+        &self,
+        _ctx: &mut Ctx,
+        _module: &str,
+        _param: &str,
+        _base: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Virtual-token embeddings before the input.
+    fn prompt(
+        &self,
+        _ctx: &mut Ctx,
+        _hidden: usize,
+        _table: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Keys and values before every layer's own.
+    fn prefix(
+        &self,
+        _ctx: &mut Ctx,
+        _layers: usize,
+        _heads: usize,
+        _head_dim: usize,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// What it is called in messages.
+    fn what(&self) -> &'static str;
+    /// Whether the adapter folds into weights (virtual tokens do not).
+    fn merges(&self) -> bool {
+        true
+    }
+    /// Folds the adapter into the parameters of one adapted module (or, `f.undo`, back out).
+    fn fold(&self, _f: &mut Fold) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every method.
+pub static METHODS: &[&dyn Method] = &[
+    &super::lora::LORA,
+    &super::ia3::IA3,
+    &super::ln_tuning::LN_TUNING,
+    &super::prompt_tuning::PROMPT_TUNING,
+    &super::prefix_tuning::PREFIX_TUNING,
+];
+
+impl PeftType {
+    /// The method of this type.
+    pub fn method(self) -> &'static dyn Method {
+        *METHODS
+            .iter()
+            .find(|m| m.peft_type() == self)
+            .expect("every PeftType has a method")
+    }
+}
 
 /// One named adapter.
 #[derive(Debug, Clone)]
@@ -26,21 +104,86 @@ pub struct PeftRegistry {
     /// The adapted layers, by module path.
     pub modules: BTreeMap<String, AdaptedModule>,
     /// Values kept to undo a merge: DoRA row norms, LayerNorm-tuned norms.
-    saved: BTreeMap<(String, String), Tensor>,
+    pub saved: BTreeMap<(String, String), Tensor>,
 }
 
-impl PeftRegistry {
-    /// The first active adapter of `kind` that `accepts`.
-    fn active_of(
-        &self,
-        kind: PeftType,
-        accepts: impl Fn(&RegisteredAdapter) -> bool,
-    ) -> Option<RegisteredAdapter> {
-        let active = self.switch.lock().expect("adapter state").active.clone();
-        self.adapters
-            .iter()
-            .find(|a| a.config.peft_type == kind && active.contains(&a.name) && accepts(a))
-            .cloned()
+/// A method at work on the store for one adapter.
+pub struct Ctx<'a> {
+    pub store: &'a mut ParamStore,
+    pub adapter: &'a RegisteredAdapter,
+}
+
+impl Ctx<'_> {
+    /// The adapter's tensor `key` of shape `dims`: the store's, else (for an adapter not read
+    /// from a file) initialised with `init`. An adapter read from a file must hold it.
+    pub fn param(&mut self, key: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        let strict = self.adapter.source.as_deref();
+        let store = &mut *self.store;
+        if let (Some(src), false, None) = (strict, store.vars().contains_key(key), store.shapes()) {
+            return Err(Error::format(
+                src,
+                format!(
+                    "the adapter has no tensor for {} ({}), which its target_modules select in this model: is it an adapter for another base model?",
+                    super::adapter_io::file_key(key),
+                    key.split('.').rev().nth(1).unwrap_or(key)
+                ),
+            ));
+        }
+        store
+            .get_or_init(key, dims, init)
+            .map_err(|e| match (e, strict) {
+                (Error::Format { msg, .. } | Error::Config(msg), Some(src)) => Error::format(
+                    src,
+                    format!("{msg}: is this an adapter for another base model?"),
+                ),
+                (e, _) => e,
+            })
+    }
+
+    /// Whether the store lacks `key` and should make it (not read from a file, not shapes).
+    pub fn is_new(&self, key: &str) -> bool {
+        !self.store.vars().contains_key(key)
+            && self.store.shapes().is_none()
+            && self.adapter.source.is_none()
+    }
+}
+
+/// One adapted module during a merge (or its undoing).
+pub struct Fold<'a> {
+    pub store: &'a ParamStore,
+    pub config: &'a PeftConfig,
+    pub name: &'a str,
+    pub module: &'a str,
+    pub info: &'a AdaptedModule,
+    pub undo: bool,
+    /// Values kept by earlier merges (read when undoing).
+    pub saved: &'a BTreeMap<(String, String), Tensor>,
+    /// New parameter values by key.
+    pub updates: Vec<(String, Tensor)>,
+    /// Values to keep for undoing this merge.
+    pub keep: Vec<((String, String), Tensor)>,
+}
+
+impl Fold<'_> {
+    /// Parameter `key`, detached, if the store holds it.
+    pub fn get(&self, key: &str) -> Option<Tensor> {
+        self.store.vars().get(key).map(|v| v.as_tensor().detach())
+    }
+
+    /// The module's weight as `[out, in]`, if it has one.
+    pub fn weight(&self) -> Result<Option<Tensor>> {
+        let Some(w) = self.get(&format!("{}.weight", self.module)) else {
+            return Ok(None);
+        };
+        Ok(Some(if self.info.in_out { w.t()? } else { w }))
+    }
+
+    /// Records the module's new weight (given `[out, in]`).
+    pub fn set_weight(&mut self, w: Tensor) -> Result<()> {
+        let w = if self.info.in_out { w.t()? } else { w };
+        self.updates
+            .push((format!("{}.weight", self.module), w.contiguous()?));
+        Ok(())
     }
 }
 
@@ -62,28 +205,29 @@ pub fn ln_param_name(module: &str, adapter: &str, param: &str) -> String {
 pub(crate) const LN: &str = "ln_tuning_layers";
 pub(crate) const PROMPT: &str = "prompt_embeddings";
 
-/// The kinds of adapter tensor, as they appear in a key.
-pub const KINDS: &[&str] = &["lora_A", "lora_B", "lora_magnitude_vector", "ia3_l", LN];
+/// The kinds of adapter tensor that name a module in a key (a prompt's does not).
+pub fn kinds() -> impl Iterator<Item = &'static str> {
+    METHODS
+        .iter()
+        .flat_map(|m| m.kinds().iter().copied())
+        .filter(|k| *k != PROMPT)
+}
 
 /// Splits a store key into (module, kind, adapter) when it is an adapter tensor (a prompt's
 /// module is `prompt_embeddings`).
-pub fn split_param_name(key: &str) -> Option<(&str, &str, &str)> {
+pub fn split_param_name(key: &str) -> Option<(&str, &'static str, &str)> {
     if let Some(adapter) = key.strip_prefix("prompt_embeddings.") {
         return Some((PROMPT, PROMPT, adapter));
     }
-    KINDS.iter().find_map(|kind| {
+    kinds().find_map(|kind| {
         let i = key.find(&format!(".{kind}."))?;
         let rest = &key[i + kind.len() + 2..];
         let adapter = rest
             .strip_suffix(".weight")
             .or_else(|| rest.strip_suffix(".bias"))
             .unwrap_or(rest);
-        Some((&key[..i], *kind, adapter))
+        Some((&key[..i], kind, adapter))
     })
-}
-
-fn vars_has(store: &ParamStore, a: &str, b: &str) -> bool {
-    store.vars().contains_key(a) || store.vars().contains_key(b)
 }
 
 impl PeftRegistry {
@@ -109,6 +253,131 @@ impl PeftRegistry {
             names.iter().map(|s| s.to_string()).collect();
         Ok(())
     }
+
+    /// The first active adapter of `kind` that `accepts`.
+    fn active_of(
+        &self,
+        kind: PeftType,
+        accepts: impl Fn(&RegisteredAdapter) -> bool,
+    ) -> Option<RegisteredAdapter> {
+        let active = self.switch.lock().expect("adapter state").active.clone();
+        self.adapters
+            .iter()
+            .find(|a| a.config.peft_type == kind && active.contains(&a.name) && accepts(a))
+            .cloned()
+    }
+}
+
+impl AdapterHook for PeftRegistry {
+    fn linear(
+        &mut self,
+        store: &mut ParamStore,
+        site: &LinearSite,
+    ) -> Result<Option<Arc<dyn LinearAdapter>>> {
+        let targeting: Vec<RegisteredAdapter> = self
+            .adapters
+            .iter()
+            .filter(|a| a.config.peft_type.wraps_linear() && a.config.targets(site.module))
+            .cloned()
+            .collect();
+        if targeting.is_empty() {
+            return Ok(None);
+        }
+        let mut items = Vec::new();
+        for a in &targeting {
+            let mut ctx = Ctx { store, adapter: a };
+            if let Some(piece) = a.config.peft_type.method().linear(&mut ctx, site)? {
+                items.push((a.name.clone(), piece));
+            }
+        }
+        self.modules.insert(
+            site.module.to_string(),
+            AdaptedModule {
+                in_out: site.in_out,
+                quantized: site.quantized,
+                has_bias: site.has_bias,
+            },
+        );
+        Ok(Some(Arc::new(Adapters {
+            switch: self.switch.clone(),
+            items,
+        })))
+    }
+
+    fn norm(
+        &mut self,
+        store: &mut ParamStore,
+        module: &str,
+        param: &str,
+        base: Tensor,
+    ) -> Result<Tensor> {
+        let Some(a) = self.active_of(PeftType::LnTuning, |a| a.config.targets(module)) else {
+            return Ok(base);
+        };
+        let mut ctx = Ctx { store, adapter: &a };
+        let Some(t) = PeftType::LnTuning
+            .method()
+            .norm(&mut ctx, module, param, &base)?
+        else {
+            return Ok(base);
+        };
+        let entry = self.modules.entry(module.to_string()).or_default();
+        entry.has_bias |= param == "bias";
+        Ok(t)
+    }
+
+    fn prompt(
+        &mut self,
+        store: &mut ParamStore,
+        hidden: usize,
+        table: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let Some(a) = self.active_of(PeftType::PromptTuning, |_| true) else {
+            return Ok(None);
+        };
+        let mut ctx = Ctx { store, adapter: &a };
+        let t = PeftType::PromptTuning
+            .method()
+            .prompt(&mut ctx, hidden, table)?;
+        if t.is_some() {
+            self.modules
+                .insert(PROMPT.to_string(), AdaptedModule::default());
+        }
+        Ok(t)
+    }
+
+    fn prefix(
+        &mut self,
+        store: &mut ParamStore,
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Option<Tensor>> {
+        let Some(mut a) = self.active_of(PeftType::PrefixTuning, |_| true) else {
+            return Ok(None);
+        };
+        let t = {
+            let mut ctx = Ctx { store, adapter: &a };
+            PeftType::PrefixTuning
+                .method()
+                .prefix(&mut ctx, layers, heads, head_dim)?
+        };
+        super::prefix_tuning::record_layout(&mut a.config, layers, heads, head_dim);
+        if let Some(r) = self.adapters.iter_mut().find(|r| r.name == a.name) {
+            r.config = a.config;
+        }
+        self.modules
+            .insert(PROMPT.to_string(), AdaptedModule::default());
+        Ok(t)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 /// A parameter the trainer keeps trainable under adapter `cfg`: the adapter's own tensors,
@@ -127,7 +396,34 @@ pub fn trains(cfg: &PeftConfig, adapter: &str, key: &str, adapted: &BTreeSet<Str
     }
 }
 
+/// The registry of a store without adapters.
+fn empty() -> &'static PeftRegistry {
+    static EMPTY: std::sync::OnceLock<PeftRegistry> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(PeftRegistry::default)
+}
+
 impl ParamStore {
+    /// The registered adapters (none when the store has no registry).
+    pub fn peft(&self) -> &PeftRegistry {
+        match self.hook().and_then(|h| h.as_any().downcast_ref()) {
+            Some(reg) => reg,
+            None => empty(),
+        }
+    }
+
+    /// The registry, installed first if the store has none.
+    pub fn peft_mut(&mut self) -> &mut PeftRegistry {
+        let ours = self
+            .hook()
+            .is_some_and(|h| h.as_any().downcast_ref::<PeftRegistry>().is_some());
+        if !ours {
+            self.set_hook(Box::<PeftRegistry>::default());
+        }
+        self.hook_mut()
+            .and_then(|h| h.as_any_mut().downcast_mut())
+            .expect("installed above")
+    }
+
     /// Registers adapter `name` (the first one registered becomes the active one). Models
     /// built from the store afterwards carry it on every layer it targets; its tensors are
     /// the store's (read from `source`, else initialised as PEFT does).
@@ -157,241 +453,6 @@ impl ParamStore {
             reg.switch.lock().expect("adapter state").active = vec![name.to_string()];
         }
         Ok(())
-    }
-
-    /// The adapters for the linear layer at `module` (`[out, in]` weight, or `[in, out]` when
-    /// `in_out`), creating their tensors if need be; `None` when no adapter targets it.
-    /// `weight` yields the base weight as `[out, in]` (DoRA's magnitude starts at its norms).
-    #[allow(clippy::too_many_arguments)]
-    pub fn adapters_for(
-        &mut self,
-        module: &str,
-        d_in: usize,
-        d_out: usize,
-        in_out: bool,
-        quantized: bool,
-        has_bias: bool,
-        weight: &dyn Fn() -> Result<Tensor>,
-    ) -> Result<Option<Adapters>> {
-        let targeting: Vec<(String, PeftConfig, Option<PathBuf>)> = self
-            .peft()
-            .adapters
-            .iter()
-            .filter(|a| a.config.peft_type.wraps_linear() && a.config.targets(module))
-            .map(|a| (a.name.clone(), a.config.clone(), a.source.clone()))
-            .collect();
-        if targeting.is_empty() {
-            return Ok(None);
-        }
-        let mut items = Vec::new();
-        for (name, cfg, source) in targeting {
-            let strict = source.as_deref();
-            let adapter = match cfg.peft_type {
-                PeftType::Lora => {
-                    let (r, scaling) = cfg.rank_and_scaling(module);
-                    let a = self.adapter_param(
-                        &param_name(module, "lora_A", &name),
-                        &[r, d_in],
-                        Init::Uniform(1.0 / (d_in as f64).sqrt()),
-                        strict,
-                    )?;
-                    let b_init = if cfg.init_lora_weights {
-                        Init::Zeros
-                    } else {
-                        Init::Uniform(1.0 / (r as f64).sqrt())
-                    };
-                    let b = self.adapter_param(
-                        &param_name(module, "lora_B", &name),
-                        &[d_out, r],
-                        b_init,
-                        strict,
-                    )?;
-                    let magnitude = if cfg.use_dora {
-                        let key = param_name(module, "lora_magnitude_vector", &name);
-                        if !self.vars().contains_key(&key) && self.shapes().is_none() {
-                            let w = weight()?;
-                            let delta = (b.matmul(&a)? * scaling)?;
-                            let norm = (w + delta)?.sqr()?.sum(1)?.sqrt()?;
-                            self.adapter_value(&key, norm, strict)?;
-                        }
-                        Some(self.adapter_param(&key, &[d_out], Init::Ones, strict)?)
-                    } else {
-                        None
-                    };
-                    Adapter::Lora {
-                        a,
-                        b,
-                        scaling,
-                        dropout: cfg.lora_dropout,
-                        magnitude,
-                    }
-                }
-                PeftType::LnTuning | PeftType::PromptTuning | PeftType::PrefixTuning => {
-                    unreachable!("filtered: not a linear-layer method")
-                }
-                PeftType::Ia3 => {
-                    let feedforward = cfg.is_feedforward(module);
-                    let dims = if feedforward { [1, d_in] } else { [d_out, 1] };
-                    Adapter::Ia3 {
-                        scale: self.adapter_param(
-                            &param_name(module, "ia3_l", &name),
-                            &dims,
-                            Init::Ones,
-                            strict,
-                        )?,
-                        feedforward,
-                    }
-                }
-            };
-            items.push((name, adapter));
-        }
-        let reg = self.peft_mut();
-        reg.modules.insert(
-            module.to_string(),
-            AdaptedModule {
-                in_out,
-                quantized,
-                has_bias,
-            },
-        );
-        Ok(Some(Adapters {
-            switch: reg.switch.clone(),
-            items,
-        }))
-    }
-
-    /// LayerNorm tuning: the tensor a norm at `module` uses for its `param` (`weight` or
-    /// `bias`): the active LN-tuning adapter's trained copy when one targets the norm (created
-    /// from `base` if new), else `base`. (Switching between LN-tuning adapters rebuilds the
-    /// model.)
-    pub fn ln_tuned(&mut self, module: &str, param: &str, base: Tensor) -> Result<Tensor> {
-        let Some(RegisteredAdapter { name, source, .. }) = self
-            .peft()
-            .active_of(PeftType::LnTuning, |a| a.config.targets(module))
-        else {
-            return Ok(base);
-        };
-        let key = ln_param_name(module, &name, param);
-        if !self.vars().contains_key(&key) && self.shapes().is_none() && source.is_none() {
-            self.insert(&key, base.detach().copy()?)?;
-        }
-        let t = self.adapter_param(&key, base.dims(), Init::Ones, source.as_deref())?;
-        let has_bias = param == "bias";
-        let entry = self
-            .peft_mut()
-            .modules
-            .entry(module.to_string())
-            .or_default();
-        entry.has_bias |= has_bias;
-        Ok(t)
-    }
-
-    /// Prompt tuning: the active prompt-tuning adapter's virtual-token embeddings
-    /// `[num_virtual_tokens, hidden]` (created as its `prompt_tuning_init` says if new, rows of
-    /// `table` for SAMPLE_VOCAB), or `None`.
-    pub fn prompt_for(&mut self, hidden: usize, table: Option<&Tensor>) -> Result<Option<Tensor>> {
-        let Some(a) = self.peft().active_of(PeftType::PromptTuning, |_| true) else {
-            return Ok(None);
-        };
-        let n = a.config.num_virtual_tokens.unwrap_or(0);
-        let key = param_name(PROMPT, PROMPT, &a.name);
-        let missing = !self.vars().contains_key(&key) && self.shapes().is_none();
-        if missing && a.source.is_none() {
-            if let (Some("SAMPLE_VOCAB"), Some(table)) =
-                (a.config.prompt_tuning_init.as_deref(), table)
-            {
-                let vocab = table.dim(0)? as u64;
-                let mut rng = crate::rng::Rng::new(vocab);
-                let rows: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
-                let idx = Tensor::new(rows.as_slice(), table.device())?;
-                self.insert(&key, table.detach().index_select(&idx, 0)?)?;
-            }
-        }
-        let t = self.adapter_param(&key, &[n, hidden], Init::Normal(1.0), a.source.as_deref())?;
-        self.peft_mut()
-            .modules
-            .insert(PROMPT.to_string(), AdaptedModule::default());
-        Ok(Some(t))
-    }
-
-    /// Prefix tuning: the active prefix-tuning adapter's keys and values for `layers` layers
-    /// of `heads` key/value heads of width `head_dim`, as PEFT lays them out: `[n,
-    /// layers * 2 * heads * head_dim]`, column `((layer * 2 + kv) * heads + head) * head_dim +
-    /// i` (kv 0 the key, 1 the value), initialised N(0, 1) as PEFT's embedding.
-    pub fn prefix_for(
-        &mut self,
-        layers: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<Option<Tensor>> {
-        let Some(a) = self.peft().active_of(PeftType::PrefixTuning, |_| true) else {
-            return Ok(None);
-        };
-        let n = a.config.num_virtual_tokens.unwrap_or(0);
-        let key = param_name(PROMPT, PROMPT, &a.name);
-        let width = layers * 2 * heads * head_dim;
-        let t = self.adapter_param(&key, &[n, width], Init::Normal(1.0), a.source.as_deref())?;
-        let reg = self.peft_mut();
-        // What PEFT needs to lay the tensor out again (GQA: the key/value heads).
-        if let Some(cfg) = reg
-            .adapters
-            .iter_mut()
-            .find(|r| r.name == a.name)
-            .map(|r| &mut r.config)
-        {
-            cfg.token_dim = Some(heads * head_dim);
-            cfg.other
-                .insert("num_layers".into(), serde_json::json!(layers));
-            cfg.other
-                .insert("num_attention_heads".into(), serde_json::json!(heads));
-            cfg.other.insert(
-                "encoder_hidden_size".into(),
-                serde_json::json!(heads * head_dim),
-            );
-            cfg.other
-                .insert("num_transformer_submodules".into(), serde_json::json!(1));
-            cfg.other
-                .insert("prefix_projection".into(), serde_json::json!(false));
-        }
-        reg.modules
-            .insert(PROMPT.to_string(), AdaptedModule::default());
-        Ok(Some(t))
-    }
-
-    fn adapter_param(
-        &mut self,
-        key: &str,
-        dims: &[usize],
-        init: Init,
-        strict: Option<&std::path::Path>,
-    ) -> Result<Tensor> {
-        if let (Some(src), false, None) = (strict, self.vars().contains_key(key), self.shapes()) {
-            return Err(Error::format(
-                src,
-                format!(
-                    "the adapter has no tensor for {} ({}), which its target_modules select in this model: is it an adapter for another base model?",
-                    super::adapter_io::file_key(key),
-                    key.split('.').rev().nth(1).unwrap_or(key)
-                ),
-            ));
-        }
-        self.get_or_init(key, dims, init)
-            .map_err(|e| match (e, strict) {
-                (Error::Format { msg, .. } | Error::Config(msg), Some(src)) => Error::format(
-                    src,
-                    format!("{msg}: is this an adapter for another base model?"),
-                ),
-                (e, _) => e,
-            })
-    }
-
-    fn adapter_value(
-        &mut self,
-        key: &str,
-        value: Tensor,
-        _strict: Option<&std::path::Path>,
-    ) -> Result<()> {
-        self.insert(key, value)
     }
 
     /// The parameters an adapter run trains, of those the store holds: each adapter's tensors,
@@ -465,14 +526,11 @@ impl ParamStore {
         let Some(adapter) = reg.get(name) else {
             return Err(Error::Config(format!("no adapter named {name:?}")));
         };
-        if adapter.config.peft_type.virtual_tokens() {
+        let method = adapter.config.peft_type.method();
+        if !method.merges() {
             return Err(Error::Config(format!(
                 "adapter {name:?} is {}: virtual tokens cannot be merged into weights",
-                if adapter.config.peft_type == PeftType::PromptTuning {
-                    "prompt tuning"
-                } else {
-                    "prefix tuning"
-                }
+                method.what()
             )));
         }
         let is_merged = reg
@@ -487,102 +545,40 @@ impl ParamStore {
                 if undo { "not" } else { "already" }
             )));
         }
-        let modules: Vec<(String, AdaptedModule)> = reg
-            .modules
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Some((m, _)) = modules.iter().find(|(k, m)| {
-            m.quantized
-                && vars_has(
-                    self,
-                    &param_name(k, "lora_A", name),
-                    &param_name(k, "ia3_l", name),
-                )
-        }) {
+        let holds = |module: &str| {
+            method
+                .kinds()
+                .iter()
+                .any(|k| self.vars().contains_key(&param_name(module, k, name)))
+        };
+        if let Some((m, _)) = reg.modules.iter().find(|(k, m)| m.quantized && holds(k)) {
             return Err(Error::Config(format!(
                 "{m} is quantized: merging needs the base weights in f32 (load the GGUF file without --quantized)"
             )));
         }
-        let vars = self.vars();
-        let t = |k: &str| vars.get(k).map(|v| v.as_tensor().detach());
         let mut updates = Vec::new();
-        let mut norms = Vec::new();
-        for (module, info) in &modules {
-            // LayerNorm tuning: the base takes the trained copy's values (kept to undo).
-            for param in ["weight", "bias"] {
-                let Some(copy) = t(&ln_param_name(module, name, param)) else {
-                    continue;
-                };
-                let base_key = format!("{module}.{param}");
-                let saved = (name.to_string(), base_key.clone());
-                if undo {
-                    let orig = self.peft().saved.get(&saved).cloned().ok_or_else(|| {
-                        Error::Config(format!("{base_key}: no saved value to restore"))
-                    })?;
-                    updates.push((base_key, orig));
-                } else if let Some(orig) = t(&base_key) {
-                    norms.push((saved, orig.copy()?));
-                    updates.push((base_key, copy));
-                }
-            }
-            let wkey = format!("{module}.weight");
-            let Some(w0) = t(&wkey) else { continue };
-            let w = if info.in_out { w0.t()? } else { w0.clone() };
-            let lora = (
-                t(&param_name(module, "lora_A", name)),
-                t(&param_name(module, "lora_B", name)),
-            );
-            let ia3 = t(&param_name(module, "ia3_l", name));
-            let new_w = if let (Some(a), Some(b)) = lora {
-                let cfg = &self.peft().get(name).expect("checked").config;
-                let (_, s) = cfg.rank_and_scaling(module);
-                let delta = (b.matmul(&a)? * s)?;
-                match t(&param_name(module, "lora_magnitude_vector", name)) {
-                    None if undo => (w - delta)?,
-                    None => (w + delta)?,
-                    Some(m) => {
-                        let m = m.unsqueeze(1)?;
-                        let key = (name.to_string(), module.clone());
-                        if undo {
-                            let norm = self.peft().saved.get(&key).cloned().ok_or_else(|| {
-                                Error::Config(format!("{module}: no DoRA norms saved"))
-                            })?;
-                            (w.broadcast_mul(&norm.broadcast_div(&m)?)? - delta)?
-                        } else {
-                            let v = (w + delta)?;
-                            let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;
-                            norms.push((key, norm.clone()));
-                            v.broadcast_mul(&m.broadcast_div(&norm)?)?
-                        }
-                    }
-                }
-            } else if let Some(l) = ia3 {
-                let bkey = format!("{module}.bias");
-                if l.dim(0)? > 1 {
-                    // Output scaling also scales the bias.
-                    if let Some(bias) = t(&bkey) {
-                        let lb = l.flatten_all()?;
-                        let nb = if undo { bias.div(&lb)? } else { bias.mul(&lb)? };
-                        updates.push((bkey, nb));
-                    }
-                }
-                if undo {
-                    w.broadcast_div(&l)?
-                } else {
-                    w.broadcast_mul(&l)?
-                }
-            } else {
-                continue;
+        let mut keep = Vec::new();
+        for (module, info) in &reg.modules {
+            let mut f = Fold {
+                store: self,
+                config: &adapter.config,
+                name,
+                module,
+                info,
+                undo,
+                saved: &reg.saved,
+                updates: vec![],
+                keep: vec![],
             };
-            let new_w = if info.in_out { new_w.t()? } else { new_w };
-            updates.push((wkey, new_w.contiguous()?));
+            method.fold(&mut f)?;
+            updates.extend(f.updates);
+            keep.extend(f.keep);
         }
         for (k, v) in updates {
             self.vars()[&k].set(&v)?;
         }
         let reg = self.peft_mut();
-        reg.saved.extend(norms);
+        reg.saved.extend(keep);
         let mut st = reg.switch.lock().expect("adapter state");
         if undo {
             st.merged.retain(|n| n != name);

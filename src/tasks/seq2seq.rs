@@ -96,7 +96,7 @@ fn prepare(s: &Setup) -> Result<Prepared> {
         }),
     )?;
     source.save(&s.out_dir.join("tokenizer.json"))?;
-    let (model, store) = match &s.from {
+    let (mut model, store) = match &s.from {
         Some(dir) => marian::load_dir(dir, s.device)?,
         None => Marian::init(
             &marian_config(r, &source, &data.target_tokenizer),
@@ -104,6 +104,13 @@ fn prepare(s: &Setup) -> Result<Prepared> {
             r.train.seed,
         )?,
     };
+    // Which way the model writes is its own property, read by `translate` from its config.
+    let key = crate::translate::REVERSE_TARGET;
+    if d.reverse_target {
+        model.config.extra.insert(key.into(), json!(true));
+    } else {
+        model.config.extra.remove(key);
+    }
     super::text::check_fits(model.config.vocab_size, usize::MAX, &source, None)?;
     Ok(Prepared {
         task: Box::new(Seq2Seq {

@@ -11,7 +11,6 @@ use crate::train::plot::plot_losses;
 use crate::train::task::{Batch, BatchLoss, Task};
 use crate::train::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, Recipe};
 use crate::{Error, Result};
-use candle_core::Tensor;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,7 +157,7 @@ fn attach_adapter(
         task.tokenizer(),
     ) {
         if cfg.prompt_tuning_init.as_deref() == Some("TEXT") {
-            init_prompt_from_text(store, cfg, text, tok)?;
+            crate::peft::prompt_tuning::init_from_text(store, cfg, "default", text, tok)?;
         }
     }
     task.rebuild(store)?;
@@ -185,36 +184,6 @@ fn attach_adapter(
     }
     store.freeze_all_but_adapters()?;
     task.rebuild(store)
-}
-
-/// Prompt tuning's `TEXT` initialisation (as PEFT): the embeddings of the text's tokens,
-/// repeated or cut to `num_virtual_tokens`.
-fn init_prompt_from_text(
-    store: &mut ParamStore,
-    cfg: &crate::peft::PeftConfig,
-    text: &str,
-    tokenizer: &Tokenizer,
-) -> Result<()> {
-    let n = cfg.num_virtual_tokens.unwrap_or(0);
-    let ids = tokenizer.encode(text)?;
-    if ids.is_empty() {
-        return Err(Error::Config(
-            "prompt_tuning_init_text encodes to no tokens".into(),
-        ));
-    }
-    let ids: Vec<u32> = ids.iter().cycle().take(n).copied().collect();
-    let table = ["model.embed_tokens.weight", "transformer.wte.weight"]
-        .iter()
-        .find_map(|k| store.vars().get(*k))
-        .ok_or_else(|| {
-            Error::Config("prompt_tuning_init TEXT needs a dense token embedding table".into())
-        })?
-        .as_tensor()
-        .detach();
-    let rows = table.index_select(&Tensor::new(ids.as_slice(), table.device())?, 0)?;
-    let key =
-        crate::peft::registry::param_name("prompt_embeddings", "prompt_embeddings", "default");
-    store.insert(&key, rows)
 }
 
 impl Trainer {
@@ -325,9 +294,11 @@ impl Trainer {
             let mut drop_rng = self.state.dropout_rng;
             // Adapter dropout draws from its own stream, seeded from the saved one, so a
             // resumed run drops the same inputs.
-            self.store
-                .peft()
-                .set_dropout(adapter_dropout.then(|| Rng::new(drop_rng.next_u64())));
+            if adapter_dropout {
+                self.store
+                    .peft()
+                    .set_dropout(Some(Rng::new(drop_rng.next_u64())));
+            }
             let batch = self.task.batch_loss(
                 Batch::Train {
                     step: self.state.step,
@@ -336,7 +307,9 @@ impl Trainer {
                 &mut rng,
                 dropout.then_some(&mut drop_rng),
             );
-            self.store.peft().set_dropout(None);
+            if adapter_dropout {
+                self.store.peft().set_dropout(None);
+            }
             let BatchLoss {
                 loss, tokens: n, ..
             } = batch?;

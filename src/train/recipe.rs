@@ -179,17 +179,7 @@ impl Default for SftConfig {
     }
 }
 
-/// Random changes to each training image (seeded, so a resumed run sees the same ones).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AugmentConfig {
-    /// Zero-pad by this many pixels and crop back at a random offset (0: off).
-    #[serde(default)]
-    pub crop_padding: usize,
-    /// Probability of mirroring an image left-right.
-    #[serde(default)]
-    pub flip: f64,
-}
+pub use crate::data::images::AugmentConfig;
 
 /// Where the text comes from and how it is tokenized.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -153,7 +153,7 @@ pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
 
 /// The reference composition: log-softmax, gather, negate.
 pub fn nll_rows_plain(logits: &Tensor, targets: &Tensor) -> crate::Result<Tensor> {
-    let logp = crate::nn::ops::log_softmax(logits)?;
+    let logp = super::ops::log_softmax(logits)?;
     Ok(logp
         .gather(&targets.unsqueeze(1)?, D::Minus1)?
         .squeeze(1)?

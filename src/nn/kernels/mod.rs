@@ -19,6 +19,7 @@ pub mod linear;
 pub mod lora;
 pub mod math;
 pub mod mha;
+pub mod ops;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;

@@ -155,12 +155,26 @@ pub fn attn_softmax_plain(
     let mut att = (scores * scale)?;
     if let Some(offset) = causal {
         if t > 1 || offset + t < dims[dims.len() - 1] {
-            att = att.broadcast_add(&crate::nn::attention::causal_mask(
-                t,
-                offset,
-                scores.device(),
-            )?)?;
+            att = att.broadcast_add(&causal_mask(t, offset, scores.device())?)?;
         }
     }
-    crate::nn::ops::softmax(&att)
+    super::ops::softmax(&att)
+}
+
+/// Additive mask `[t, offset + t]`: 0 where query `i` may see key `j` (`j <= offset + i`),
+/// minus infinity elsewhere.
+pub fn causal_mask(t: usize, offset: usize, device: &candle_core::Device) -> crate::Result<Tensor> {
+    let total = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, total), device)?)
 }
