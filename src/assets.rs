@@ -80,7 +80,7 @@ fn sha256_file(path: &Path) -> Result<String> {
 /// sha256 over the files of a directory: for each file in name order, its relative name, a NUL,
 /// its length and its bytes.
 pub fn content_sha256(dir: &Path) -> Result<String> {
-    let mut files = crate::data::corpus_files(&[dir.to_path_buf()])?;
+    let mut files = crate::io::corpus::corpus_files(&[dir.to_path_buf()])?;
     files.sort();
     let mut h = Sha256::new();
     for f in files {
@@ -359,6 +359,40 @@ pub fn resolve(arg: &str) -> Result<PathBuf> {
         },
         None => Ok(PathBuf::from(arg)),
     }
+}
+
+/// Resolves a `--model` argument: an existing path; `asset:NAME` or a bare asset name (fetched
+/// if needed). An asset folder holding a single `.gguf` and no `config.json` resolves to the
+/// file.
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let path = Path::new(arg);
+    let dir = if path.exists() {
+        path.to_path_buf()
+    } else {
+        let name = arg.strip_prefix("asset:").unwrap_or(arg);
+        if manifest()?.contains_key(name) {
+            ensure(name)?
+        } else {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory, and not an asset name (see assets.toml)",
+                ),
+            ));
+        }
+    };
+    if dir.is_dir() && !dir.join("config.json").exists() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        if ggufs.len() == 1 {
+            return Ok(ggufs[0].clone());
+        }
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]

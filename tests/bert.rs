@@ -67,9 +67,10 @@ fn mlm_loss_and_gradients_match_transformers() {
             .map(|&l| (l >= 0).then_some(l as u32))
             .collect(),
     };
-    let tok =
-        ferroformer::tokenizer::Tokenizer::load(&fixture("bert-tiny-fillmask/tokenizer.json"))
-            .unwrap();
+    let tok = ferroformer::text::tokenizer::Tokenizer::load(&fixture(
+        "bert-tiny-fillmask/tokenizer.json",
+    ))
+    .unwrap();
     let objective = MaskedLm::new(&tok, MaskingConfig::default()).unwrap();
     for plain in [false, true] {
         ferroformer::nn::kernels::set_plain(plain);
@@ -108,7 +109,7 @@ fn mlm_loss_and_gradients_match_transformers() {
 /// sequences, for one mask and for two.
 #[test]
 fn fill_mask_matches_transformers_pipeline() {
-    use ferroformer::fill_mask::FillMask;
+    use ferroformer::infer::fill_mask::FillMask;
     let dir = fixture("bert-tiny-fillmask");
     let fm = FillMask::load(&dir, &Device::Cpu).unwrap();
     let want: serde_json::Value =

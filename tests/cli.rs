@@ -462,7 +462,7 @@ fn embed_and_similar() {
         .collect();
     assert_eq!(vecs.len(), 3);
     assert!(vecs.iter().all(|v| v.len() == 384));
-    let cos = ferroformer::embed::cosine;
+    let cos = ferroformer::infer::embed::cosine;
     assert!(cos(&vecs[0], &vecs[2]) > cos(&vecs[0], &vecs[1]) + 0.3);
 
     let out = stdout_of(
@@ -566,7 +566,7 @@ fn fill_mask_and_wordpiece() {
         .arg(&out_tok),
     );
     assert_eq!(last_json(&out)["vocab_size"], 300);
-    let tok = ferroformer::tokenizer::Tokenizer::load(&out_tok).unwrap();
+    let tok = ferroformer::text::tokenizer::Tokenizer::load(&out_tok).unwrap();
     assert_eq!(tok.token_id("[MASK]"), Some(4));
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();

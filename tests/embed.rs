@@ -6,7 +6,7 @@
 mod common;
 use candle_core::Device;
 use common::fixture;
-use ferroformer::embed::{cosine, Pooling, SentenceEncoder};
+use ferroformer::infer::embed::{cosine, Pooling, SentenceEncoder};
 use ferroformer::io::safetensors;
 
 #[test]

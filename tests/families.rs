@@ -221,7 +221,7 @@ fn every_family_saves_what_it_loads() {
 fn every_family_loads_from_gguf_as_llama_cpp_runs_it() {
     let dev = Device::Cpu;
     for (name, _) in FAMILIES {
-        let p = ferroformer::pretrained::Pretrained::from_gguf(
+        let p = ferroformer::infer::pretrained::PretrainedCausalLm::from_gguf(
             &fixture(&format!("{name}/model.gguf")),
             &dev,
             false,

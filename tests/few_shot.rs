@@ -10,7 +10,7 @@ use common::fixture;
 use ferroformer::eval::few_shot::{self, encode_pair, FewshotConfig, Prompted};
 use ferroformer::eval::prototypes::{knn_predict, prototype_predict};
 use ferroformer::eval::task::Task;
-use ferroformer::pretrained::Pretrained;
+use ferroformer::infer::pretrained::PretrainedCausalLm;
 use ferroformer::rng::PyRandom;
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -19,13 +19,13 @@ fn json(rel: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
 }
 
-fn smollm2() -> &'static Pretrained {
-    static P: OnceLock<Pretrained> = OnceLock::new();
+fn smollm2() -> &'static PretrainedCausalLm {
+    static P: OnceLock<PretrainedCausalLm> = OnceLock::new();
     P.get_or_init(|| {
         let path = ferroformer::assets::ensure("smollm2-135m-instruct")
             .unwrap()
             .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        Pretrained::from_gguf(&path, &candle_core::Device::Cpu, false).unwrap()
+        PretrainedCausalLm::from_gguf(&path, &candle_core::Device::Cpu, false).unwrap()
     })
 }
 
@@ -279,7 +279,7 @@ all = "capitals.jsonl"
         assert_eq!(d.exemplars, ex);
         let prompt = task.context(d.doc, &ex).unwrap();
         assert!(prompt.ends_with(&format!("capital of {}?\nA:", rows[d.doc].0)));
-        let greedy = ferroformer::generate::SamplingConfig {
+        let greedy = ferroformer::infer::generate::SamplingConfig {
             max_tokens: 12,
             temperature: 0.0,
             top_k: None,
@@ -287,7 +287,7 @@ all = "capitals.jsonl"
             seed: 0,
         };
         let ids = p.tokenizer.encode(&prompt).unwrap();
-        let out = ferroformer::generate::generate_ids(
+        let out = ferroformer::infer::generate::generate_ids(
             &p.model,
             &ids,
             &greedy,

@@ -158,7 +158,7 @@ fn check_seqcls(name: &str, pooling: Option<Pooling>, logits_key: &str, grads: b
             .map(|(r, &n)| &r[..n as usize])
             .collect();
         let (loss, _) =
-            ferroformer::classify::text_loss(&model, &seqs, &labels, 0.0, None).unwrap();
+            ferroformer::infer::classify::text_loss(&model, &seqs, &labels, 0.0, None).unwrap();
         let want = scalar(&e["loss"]);
         let got = loss.to_scalar::<f32>().unwrap() as f64;
         assert!(
@@ -244,7 +244,7 @@ fn metrics_match_scikit_learn() {
         let y_true: Vec<u32> = nums("y_true").iter().map(|&v| v as u32).collect();
         let y_pred: Vec<usize> = nums("y_pred").iter().map(|&v| v as usize).collect();
         let classes: Vec<String> = nums("labels").iter().map(|v| v.to_string()).collect();
-        let s = ferroformer::classify::scores(&y_pred, &y_true, classes);
+        let s = ferroformer::infer::classify::scores(&y_pred, &y_true, classes);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         assert!(close(s.accuracy, c["accuracy"].as_f64().unwrap()));
         assert!(close(s.macro_f1, c["macro_f1"].as_f64().unwrap()));

@@ -8,9 +8,9 @@ mod common;
 use candle_core::{DType, Device};
 use common::{assert_close, fixture, max_abs};
 use ferroformer::eval::perplexity::perplexity;
-use ferroformer::generate::{generate_ids, SamplingConfig};
+use ferroformer::infer::generate::{generate_ids, SamplingConfig};
+use ferroformer::infer::pretrained::PretrainedCausalLm;
 use ferroformer::io::safetensors;
-use ferroformer::pretrained::Pretrained;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -21,10 +21,10 @@ fn gguf() -> PathBuf {
 }
 
 /// The model, dequantized to f32 and frozen, loaded once for every test here.
-fn model() -> &'static Pretrained {
-    static P: OnceLock<Pretrained> = OnceLock::new();
+fn model() -> &'static PretrainedCausalLm {
+    static P: OnceLock<PretrainedCausalLm> = OnceLock::new();
     P.get_or_init(|| {
-        Pretrained::from_gguf(&gguf(), &Device::Cpu, false)
+        PretrainedCausalLm::from_gguf(&gguf(), &Device::Cpu, false)
             .unwrap()
             .for_inference()
             .unwrap()
@@ -46,7 +46,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn tokenizer_matches_transformers_and_llama_cpp() {
     let g = ferroformer::io::gguf::Gguf::open(&gguf()).unwrap();
-    let tok = g.tokenizer().unwrap();
+    let tok = ferroformer::text::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let special = g.special_tokens().unwrap();
     assert_eq!(
         (special.bos, special.eos, special.add_bos),

@@ -7,11 +7,11 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{assert_close, compare, fixture, max_abs};
-use ferroformer::chat::Message;
+use ferroformer::infer::pretrained::PretrainedCausalLm;
 use ferroformer::io::safetensors;
 use ferroformer::models::{self, CausalModel};
 use ferroformer::objective::CausalLm;
-use ferroformer::pretrained::Pretrained;
+use ferroformer::text::chat::Message;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -131,7 +131,7 @@ fn sampled_logits(model: &CausalModel) -> (Tensor, Tensor) {
 
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let p = Pretrained::from_gguf(&smollm2_path(), &Device::Cpu, false).unwrap();
+    let p = PretrainedCausalLm::from_gguf(&smollm2_path(), &Device::Cpu, false).unwrap();
 
     // Logits of the dequantized f32 model within 1e-4 relative (absolute floor 1e-5 of the
     // logit scale, for entries near zero).
@@ -167,22 +167,25 @@ fn smollm2_gguf_matches_transformers() {
 
     // Greedy continuation: token for token (transformers was run without stopping at EOS).
     let want: Vec<u32> = serde_json::from_value(chat["output_ids"].clone()).unwrap();
-    let cfg = ferroformer::generate::SamplingConfig {
+    let cfg = ferroformer::infer::generate::SamplingConfig {
         max_tokens: want.len(),
         temperature: 0.0,
         top_k: None,
         top_p: None,
         seed: 0,
     };
-    let got = ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(true))
-        .unwrap();
+    let got =
+        ferroformer::infer::generate::generate_ids(&p.model, &prompt, &cfg, &[], &mut |_| Ok(true))
+            .unwrap();
     assert_eq!(got, want);
     // With the model's stop tokens, the reply ends at the end of the turn.
     let stop = p.stop_tokens();
     assert!(stop.contains(&p.tokenizer.token_id("<|im_end|>").unwrap()));
     let reply =
-        ferroformer::generate::generate_ids(&p.model, &prompt, &cfg, &stop, &mut |_| Ok(true))
-            .unwrap();
+        ferroformer::infer::generate::generate_ids(&p.model, &prompt, &cfg, &stop, &mut |_| {
+            Ok(true)
+        })
+        .unwrap();
     assert_eq!(
         p.tokenizer.decode(&reply).unwrap(),
         "The capital of France is Paris."
@@ -192,7 +195,7 @@ fn smollm2_gguf_matches_transformers() {
 #[test]
 fn smollm2_round_trip_through_hf_directory() {
     let dev = Device::Cpu;
-    let p = Pretrained::from_gguf(&smollm2_path(), &dev, false).unwrap();
+    let p = PretrainedCausalLm::from_gguf(&smollm2_path(), &dev, false).unwrap();
     let dir = tempfile::tempdir().unwrap();
     p.save_dir(dir.path()).unwrap();
     for f in [
@@ -204,7 +207,7 @@ fn smollm2_round_trip_through_hf_directory() {
     ] {
         assert!(dir.path().join(f).exists(), "{f} written");
     }
-    let q = Pretrained::load(dir.path().to_str().unwrap(), &dev, false).unwrap();
+    let q = PretrainedCausalLm::load(dir.path().to_str().unwrap(), &dev, false).unwrap();
     // The weights come back bit for bit; the logits agree to f32 kernel differences (another
     // test in this binary may switch the kernels to the plain path meanwhile).
     let (pa, qa) = (p.store.tensors(), q.store.tensors());
@@ -230,7 +233,7 @@ fn smollm2_round_trip_through_hf_directory() {
 #[test]
 fn smollm2_quantized_path_tracks_f32() {
     let dev = Device::Cpu;
-    let q = Pretrained::from_gguf(&smollm2_path(), &dev, true).unwrap();
+    let q = PretrainedCausalLm::from_gguf(&smollm2_path(), &dev, true).unwrap();
     assert!(q.quantized);
     let (got, want) = sampled_logits(&q.model);
     let scale = max_abs(&want);
@@ -260,11 +263,11 @@ fn bad_gguf_and_directories_give_clear_errors() {
     // Truncated: the header parses, a tensor runs past the end.
     let trunc = tmp.path().join("truncated.gguf");
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    let e = err_of(Pretrained::from_gguf(&trunc, &dev, false));
+    let e = err_of(PretrainedCausalLm::from_gguf(&trunc, &dev, false));
     assert!(e.contains("truncated.gguf") && e.contains("tensor"), "{e}");
     // Cut inside the header.
     std::fs::write(&trunc, &bytes[..1000]).unwrap();
-    let e = err_of(Pretrained::from_gguf(&trunc, &dev, false));
+    let e = err_of(PretrainedCausalLm::from_gguf(&trunc, &dev, false));
     assert!(e.contains("truncated.gguf") && e.contains("GGUF"), "{e}");
 
     // Unknown quantization type: patch the first tensor's ggml type to 99.
@@ -286,13 +289,13 @@ fn bad_gguf_and_directories_give_clear_errors() {
     bad[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
     let badq = tmp.path().join("badtype.gguf");
     std::fs::write(&badq, &bad).unwrap();
-    let e = err_of(Pretrained::from_gguf(&badq, &dev, false));
+    let e = err_of(PretrainedCausalLm::from_gguf(&badq, &dev, false));
     assert!(e.contains("badtype.gguf") && e.contains("99"), "{e}");
 
     // Not a GGUF at all.
     let junk = tmp.path().join("junk.gguf");
     std::fs::write(&junk, b"hello, not a model").unwrap();
-    let e = err_of(Pretrained::from_gguf(&junk, &dev, false));
+    let e = err_of(PretrainedCausalLm::from_gguf(&junk, &dev, false));
     assert!(e.contains("junk.gguf"), "{e}");
 
     // A directory whose config does not match its weights.
@@ -320,11 +323,11 @@ fn bad_gguf_and_directories_give_clear_errors() {
     assert!(e.contains("mamba") && e.contains("llama"), "{e}");
 
     // Missing tokenizer: the fixture directory has weights but no tokenizer.json.
-    let e = err_of(Pretrained::from_dir(&fixture("llama-tiny"), &dev));
+    let e = err_of(PretrainedCausalLm::from_dir(&fixture("llama-tiny"), &dev));
     assert!(e.contains("tokenizer.json"), "{e}");
 
     // --quantized on a safetensors directory.
-    let e = err_of(Pretrained::load(
+    let e = err_of(PretrainedCausalLm::load(
         fixture("llama-tiny").to_str().unwrap(),
         &dev,
         true,
@@ -462,7 +465,7 @@ fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
     .unwrap();
     let want = want_model.forward(&ids, None, None).unwrap();
 
-    let p = Pretrained::from_gguf(&path, &dev, false).unwrap();
+    let p = PretrainedCausalLm::from_gguf(&path, &dev, false).unwrap();
     let config = p.model.config();
     let c = config.downcast_ref::<LlamaConfig>().expect("llama");
     assert_eq!(
@@ -473,7 +476,7 @@ fn synthetic_gguf_with_k_quants_loads_like_its_weights() {
     let got = p.model.forward(&ids, None, None).unwrap();
     assert_close("GGUF (K-quants, f32 path) logits", &got, &want, 1e-5, 1e-6);
 
-    let q = Pretrained::from_gguf(&path, &dev, true).unwrap();
+    let q = PretrainedCausalLm::from_gguf(&path, &dev, true).unwrap();
     assert!(q.quantized);
     let got = q.model.forward(&ids, None, None).unwrap();
     let scale = max_abs(&want);

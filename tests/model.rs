@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixture};
 use ferroformer::eval::perplexity;
-use ferroformer::generate::logits_no_cache;
+use ferroformer::infer::generate::logits_no_cache;
 use ferroformer::io::safetensors;
 use ferroformer::models::Gpt2Config;
 use ferroformer::models::{self, ArchConfig, CausalModel};

@@ -103,7 +103,7 @@ fn load(base: &str, adapters: &[(&str, PathBuf)]) -> ferroformer::Result<M> {
         .iter()
         .map(|(n, d)| (n.to_string(), d.clone()))
         .collect();
-    let model = model.with_adapters(&mut store, &specs)?;
+    let model = ferroformer::peft::adapter_io::apply(model, &mut store, &specs)?;
     Ok(M { model, store })
 }
 
@@ -430,9 +430,12 @@ fn quantized_projection_passes_gradients_to_its_input() {
 /// Writes `expected.safetensors` in `adapter` (`input_ids` i64, `logits`) for base + adapter.
 fn export_logits(base: &Path, adapter: &Path, x: &Tensor) {
     let (model, mut store) = models::load_dir(base, &Device::Cpu).unwrap();
-    let model = model
-        .with_adapters(&mut store, &[("default".into(), adapter.to_path_buf())])
-        .unwrap();
+    let model = ferroformer::peft::adapter_io::apply(
+        model,
+        &mut store,
+        &[("default".into(), adapter.to_path_buf())],
+    )
+    .unwrap();
     let logits = model.forward(x, None, None).unwrap();
     let mut out = BTreeMap::new();
     out.insert("input_ids".to_string(), x.to_dtype(DType::I64).unwrap());
@@ -460,9 +463,12 @@ fn interop_check_on_given_model() {
     }
     let e = safetensors::load(&path, &Device::Cpu).unwrap();
     let (model, mut store) = models::load_dir(base, &Device::Cpu).unwrap();
-    let model = model
-        .with_adapters(&mut store, &[("default".into(), adapter.to_path_buf())])
-        .unwrap();
+    let model = ferroformer::peft::adapter_io::apply(
+        model,
+        &mut store,
+        &[("default".into(), adapter.to_path_buf())],
+    )
+    .unwrap();
     let logits = model.forward(&ids(&e), None, None).unwrap();
     let diff = (logits - &e["logits"])
         .unwrap()
@@ -488,7 +494,7 @@ mod cli {
             std::fs::copy(fixture("llama-tiny").join(f), base.join(f)).unwrap();
         }
         let corpus = small_corpus(400);
-        let tok = ferroformer::tokenizer::Tokenizer::train_char([corpus.as_str()]).unwrap();
+        let tok = ferroformer::text::tokenizer::Tokenizer::train_char([corpus.as_str()]).unwrap();
         assert!(tok.vocab_size() <= 96);
         tok.save(&base.join("tokenizer.json")).unwrap();
         base

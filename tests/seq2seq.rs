@@ -56,12 +56,12 @@ fn tiny_marian_matches_transformers() {
 /// The fixtures' decoding settings, 10 new tokens at most: Marian's processors (pad banned, end
 /// forced at the limit, renormalised) and none.
 fn marian_and_plain(
-    mean: ferroformer::translate::EnsembleMean,
+    mean: ferroformer::infer::translate::EnsembleMean,
 ) -> (
-    ferroformer::translate::DecodeOptions,
-    ferroformer::translate::DecodeOptions,
+    ferroformer::infer::translate::DecodeOptions,
+    ferroformer::infer::translate::DecodeOptions,
 ) {
-    let marian = ferroformer::translate::DecodeOptions {
+    let marian = ferroformer::infer::translate::DecodeOptions {
         max_new_tokens: 10,
         num_beams: 1,
         ban_pad: true,
@@ -70,7 +70,7 @@ fn marian_and_plain(
         ensemble_mean: mean,
         ..Default::default()
     };
-    let plain = ferroformer::translate::DecodeOptions {
+    let plain = ferroformer::infer::translate::DecodeOptions {
         ban_pad: false,
         forced_eos: false,
         renormalize: false,
@@ -85,7 +85,7 @@ fn marian_and_plain(
 /// below greedy.
 #[test]
 fn decoding_matches_transformers_generate() {
-    use ferroformer::translate::{decode, decode_beam, DecodeOptions};
+    use ferroformer::infer::translate::{decode, decode_beam, DecodeOptions};
     let (model, e) = load();
     let src = e["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = &e["attention_mask"];
@@ -163,7 +163,7 @@ fn decoding_matches_transformers_generate() {
 /// teacher-forced ensemble score of its tokens; models with other vocabularies are refused.
 #[test]
 fn ensemble_decoding_matches_pytorch() {
-    use ferroformer::translate::{
+    use ferroformer::infer::translate::{
         decode, decode_beam, decode_ensemble, log_probs, DecodeOptions, EnsembleMean,
     };
     let dev = Device::Cpu;
@@ -275,7 +275,7 @@ fn ensemble_decoding_matches_pytorch() {
 /// each model reading it in its own direction). One direction alone is plain decoding.
 #[test]
 fn bidirectional_rescoring_picks_the_best_mean_candidate() {
-    use ferroformer::translate::{
+    use ferroformer::infer::translate::{
         decode_beam, decode_ids, decode_ids_bidirectional, decode_ids_nbest, decode_nbest,
         sequence_log_probs,
     };
@@ -319,7 +319,7 @@ fn bidirectional_rescoring_picks_the_best_mean_candidate() {
         );
     }
     let (_, plain) = marian_and_plain(Default::default());
-    let opts = ferroformer::translate::DecodeOptions {
+    let opts = ferroformer::infer::translate::DecodeOptions {
         num_beams: 4,
         ..plain
     };

@@ -81,12 +81,12 @@ fn trl_fixture() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn messages(v: &serde_json::Value) -> Vec<ferroformer::chat::Message> {
+fn messages(v: &serde_json::Value) -> Vec<ferroformer::text::chat::Message> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|m| {
-            ferroformer::chat::Message::new(
+            ferroformer::text::chat::Message::new(
                 m["role"].as_str().unwrap(),
                 m["content"].as_str().unwrap(),
             )
@@ -114,7 +114,9 @@ fn tokens_and_labels_match_trl() {
     let path = ferroformer::assets::ensure("smollm2-135m-instruct")
         .unwrap()
         .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let p = ferroformer::pretrained::Pretrained::from_gguf(&path, &Device::Cpu, true).unwrap();
+    let p =
+        ferroformer::infer::pretrained::PretrainedCausalLm::from_gguf(&path, &Device::Cpu, true)
+            .unwrap();
     let template = p.chat().unwrap();
     assert_eq!(template.source, want["chat_template"].as_str().unwrap());
     assert_eq!(template.eos_token.as_deref(), want["eos_token"].as_str());
@@ -177,10 +179,11 @@ fn packing_matches_trl_bfd() {
 /// left with nothing to train after truncation is dropped.
 #[test]
 fn overflow_policy_counts() {
-    use ferroformer::chat::{ChatTemplate, Message};
     use ferroformer::data::instruct::Example;
-    let tok = ferroformer::tokenizer::Tokenizer::train_char(["abcdefghijklmnopqrstuvwxyz<>|_ \n"])
-        .unwrap();
+    use ferroformer::text::chat::{ChatTemplate, Message};
+    let tok =
+        ferroformer::text::tokenizer::Tokenizer::train_char(["abcdefghijklmnopqrstuvwxyz<>|_ \n"])
+            .unwrap();
     let t = ChatTemplate::new(sft::builtin_template("chatml").unwrap(), None, None).unwrap();
     let chat = |q: &str, a: &str| {
         Example::Chat(vec![Message::new("user", q), Message::new("assistant", a)])

@@ -3,7 +3,7 @@
 
 mod common;
 use common::fixture;
-use ferroformer::tokenizer::{Tokenizer, EOT, UNK};
+use ferroformer::text::tokenizer::{Tokenizer, EOT, UNK};
 
 const VARIED: &str =
     "  Hello,\tworld!\n\n  Whitespace   runs \r\n emoji 🤗🦀 accents café naïve Ångström ñ \
@@ -148,7 +148,10 @@ fn wordpiece_training_matches_python_tokenizers() {
             v.iter().filter(single).cloned().collect()
         };
         assert_eq!(alphabet(&ours), alphabet(&theirs), "{case} alphabet");
-        for (i, s) in ferroformer::tokenizer::BERT_SPECIAL.iter().enumerate() {
+        for (i, s) in ferroformer::text::tokenizer::BERT_SPECIAL
+            .iter()
+            .enumerate()
+        {
             assert_eq!(tok.token_id(s), Some(i as u32));
             assert_eq!(w["vocab"][s].as_u64(), Some(i as u64));
         }

@@ -144,7 +144,8 @@ fn llama_trains_and_resumes() {
         serde_json::from_str(&std::fs::read_to_string(b_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "llama");
     assert_eq!(cfg["num_key_value_heads"], 1);
-    let p = ferroformer::pretrained::Pretrained::from_dir(&b_dir, &Device::Cpu).unwrap();
+    let p =
+        ferroformer::infer::pretrained::PretrainedCausalLm::from_dir(&b_dir, &Device::Cpu).unwrap();
     assert_eq!(p.model.model_type(), "llama");
 }
 
@@ -225,7 +226,7 @@ log_interval = 1
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "BertForMaskedLM");
-    let fm = ferroformer::fill_mask::FillMask::load(&a_dir, &Device::Cpu).unwrap();
+    let fm = ferroformer::infer::fill_mask::FillMask::load(&a_dir, &Device::Cpu).unwrap();
     let out = fm.fill("alpha beta [MASK] delta epsilon.", 3).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].len(), 3);
@@ -368,8 +369,12 @@ seed = 3
     let pre =
         ferroformer::data::images::Preprocessor::load(&a_dir.join("preprocessor_config.json"), 1)
             .unwrap();
-    let top =
-        ferroformer::classify::classify_files(&model, &pre, &[data.join("top/0.png").as_path()], 1)
-            .unwrap();
+    let top = ferroformer::infer::classify::classify_files(
+        &model,
+        &pre,
+        &[data.join("top/0.png").as_path()],
+        1,
+    )
+    .unwrap();
     assert_eq!(top[0].top[0].label, "top");
 }

@@ -7,8 +7,8 @@
 mod common;
 use candle_core::{Device, Tensor};
 use common::{assert_close, fixture};
-use ferroformer::classify::load_image;
 use ferroformer::data::images::Preprocessor;
+use ferroformer::infer::classify::load_image;
 use ferroformer::io::safetensors;
 use ferroformer::models::vit::{self, Vit};
 use std::collections::BTreeMap;

@@ -147,7 +147,7 @@ pub fn run(cmd: BenchCmd, c: &Common) -> Result<()> {
 const BENCH_TEXT: &str = "The old lighthouse keeper climbed the spiral stairs every evening, carrying a lantern and a thermos of sweet tea. From the top he could see the whole bay: fishing boats returning home, gulls circling over the harbour, and the distant hills turning purple.";
 
 fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
-    use ferroformer::generate::{generate_ids, SamplingConfig};
+    use ferroformer::infer::generate::{generate_ids, SamplingConfig};
     if a.prompt_tokens == 0 || a.new_tokens == 0 || a.repeats == 0 {
         bail!("--prompt-tokens, --new-tokens and --repeats must be positive");
     }
@@ -272,7 +272,7 @@ fn train(a: TrainArgs, c: &Common) -> Result<()> {
     }
     let step = median(times);
     let flops_per_token =
-        ferroformer::params::gpt2_report(&cfg, a.batch, Some(a.context), &|_| false)?
+        ferroformer::models::params::gpt2_report(&cfg, a.batch, Some(a.context), &|_| false)?
             .flops_per_token
             .train;
     // Read before the ceiling measurement allocates its own matrices.

@@ -6,8 +6,8 @@ use super::generate::SamplingArgs;
 use super::{print_flush, Common, ModelArgs};
 use anyhow::Result;
 use clap::Args;
-use ferroformer::chat::Message;
-use ferroformer::generate::generate_stream;
+use ferroformer::infer::generate::generate_stream;
+use ferroformer::text::chat::Message;
 use std::io::{BufRead, Write};
 
 #[derive(Args, Debug)]
@@ -75,7 +75,7 @@ pub fn run(a: ChatArgs, c: &Common) -> Result<()> {
         let text = template.render(&history, true)?;
         let ids = p.tokenizer.encode(&text)?;
         // A different seed per turn, still fixed by --seed.
-        let turn_cfg = ferroformer::generate::SamplingConfig {
+        let turn_cfg = ferroformer::infer::generate::SamplingConfig {
             seed: cfg.seed.wrapping_add(turn),
             ..cfg
         };

@@ -4,8 +4,8 @@
 use super::Common;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferroformer::classify::{attention_map, classify_files};
 use ferroformer::data::images::Preprocessor;
+use ferroformer::infer::classify::{attention_map, classify_files};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -41,7 +41,7 @@ pub fn run(a: ClassifyArgs, c: &Common) -> Result<()> {
     if a.attention_map.is_some() && a.images.len() != 1 {
         bail!("--attention-map draws one image; {} given", a.images.len());
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     if !a.text.is_empty() {
         return classify_texts(&a, &dir, c);
     }
@@ -71,7 +71,7 @@ fn classify_texts(a: &ClassifyArgs, dir: &std::path::Path, c: &Common) -> Result
     use std::io::BufRead;
     let (model, _store) =
         ferroformer::models::sequence_classifier::load_dir(dir, &c.device()?, None, None, 0)?;
-    let tokenizer = ferroformer::tokenizer::Tokenizer::load_dir(dir)?;
+    let tokenizer = ferroformer::text::tokenizer::Tokenizer::load_dir(dir)?;
     let max_len = match a.max_length {
         Some(n) => n,
         None => {
@@ -102,7 +102,8 @@ fn classify_texts(a: &ClassifyArgs, dir: &std::path::Path, c: &Common) -> Result
         bail!("no text to classify");
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let preds = ferroformer::classify::classify_texts(&model, &tokenizer, &refs, max_len, a.top_k)?;
+    let preds =
+        ferroformer::infer::classify::classify_texts(&model, &tokenizer, &refs, max_len, a.top_k)?;
     for p in &preds {
         if c.json {
             println!("{}", serde_json::to_string(p)?);
@@ -114,7 +115,7 @@ fn classify_texts(a: &ClassifyArgs, dir: &std::path::Path, c: &Common) -> Result
 }
 
 /// `label prob` pairs, tab-separated, most probable first.
-fn top_line(top: &[ferroformer::classify::TopClass]) -> String {
+fn top_line(top: &[ferroformer::infer::classify::TopClass]) -> String {
     let parts: Vec<String> = top
         .iter()
         .map(|t| format!("{} {:.4}", t.label, t.prob))

@@ -3,7 +3,7 @@
 use super::{print_flush, Common};
 use anyhow::Result;
 use clap::Args;
-use ferroformer::generate::{generate, SamplingConfig};
+use ferroformer::infer::generate::{generate, SamplingConfig};
 use ferroformer::train::{checkpoint, Outcome, Recipe};
 use std::path::Path;
 

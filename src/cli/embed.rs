@@ -4,7 +4,7 @@
 use super::Common;
 use anyhow::{bail, Result};
 use clap::Args;
-use ferroformer::embed::{Pooling, SentenceEncoder};
+use ferroformer::infer::embed::{Pooling, SentenceEncoder};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -35,7 +35,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: EmbedArgs, c: &Common) -> Result<()> {
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     let mut enc = SentenceEncoder::load(&dir, &c.device()?)?;
     if let Some(p) = &a.pooling {
         enc.pooling = p.parse::<Pooling>()?;

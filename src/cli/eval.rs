@@ -113,7 +113,7 @@ fn bar(c: &Common, n: usize) -> indicatif::ProgressBar {
 fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
     use ferroformer::eval::few_shot::{evaluate, FewshotConfig, Prompted};
     use ferroformer::eval::task::{OutputType, Task};
-    use ferroformer::train::plot::{plot_against_shots, ShotSeries};
+    use ferroformer::plot::{plot_against_shots, ShotSeries};
     let task = Task::load(&a.task)?;
     let limit = a.limit.map(|l| l.min(task.test_docs().len()));
     if limit == Some(0) {
@@ -245,10 +245,10 @@ fn fewshot(a: FewshotArgs, c: &Common) -> Result<()> {
 }
 
 fn prototypes(a: PrototypesArgs, c: &Common) -> Result<()> {
-    use ferroformer::embed::{Pooling, SentenceEncoder};
     use ferroformer::eval::prototypes::{evaluate, FewShotSet};
     use ferroformer::eval::task::{Target, Task};
-    use ferroformer::train::plot::{plot_against_shots, ShotSeries};
+    use ferroformer::infer::embed::{Pooling, SentenceEncoder};
+    use ferroformer::plot::{plot_against_shots, ShotSeries};
     if a.batch == 0 || a.seeds == 0 || a.neighbors == 0 {
         anyhow::bail!("--batch, --seeds and --neighbors must be positive");
     }
@@ -278,7 +278,7 @@ fn prototypes(a: PrototypesArgs, c: &Common) -> Result<()> {
         }
         texts.push(task.embed_text(d)?);
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     let mut enc = SentenceEncoder::load(&dir, &c.device()?)?;
     if let Some(p) = &a.pooling {
         enc.pooling = p.parse::<Pooling>()?;
@@ -486,7 +486,7 @@ pub struct Seq2seqArgs {
     /// their probabilities (fairseq's ensembles). Left-to-right and right-to-left runs together: the
     /// same kind of mean, over whole candidate outputs.
     #[arg(long, default_value = "log")]
-    pub ensemble_mean: ferroformer::translate::EnsembleMean,
+    pub ensemble_mean: ferroformer::infer::translate::EnsembleMean,
     /// Words decoded together.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
@@ -514,7 +514,7 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
     if a.batch == 0 {
         anyhow::bail!("--batch must be positive");
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     let (model, _store) = ferroformer::models::vit::load_dir(&dir, &c.device()?)?;
     let pre = Preprocessor::load(
         &dir.join("preprocessor_config.json"),
@@ -539,9 +539,9 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
         Some(model.config.num_channels),
         &labels,
     )?;
-    let s = ferroformer::classify::score(&model, &pre, &set, a.batch)?;
+    let s = ferroformer::infer::classify::score(&model, &pre, &set, a.batch)?;
     if let Some(png) = &a.confusion {
-        ferroformer::train::plot::plot_confusion(
+        ferroformer::plot::plot_confusion(
             &s.confusion,
             &s.classes,
             &format!(
@@ -563,7 +563,7 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
 
 fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     use ferroformer::data::lexicon::Part;
-    use ferroformer::translate::strip_eos;
+    use ferroformer::infer::translate::strip_eos;
     if a.beam == 0 || a.batch == 0 {
         anyhow::bail!("--beam and --batch must be positive");
     }
@@ -605,8 +605,8 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
     if words.is_empty() {
         anyhow::bail!("the {} split is empty", a.split);
     }
-    let t = ferroformer::translate::Translator::load_ensemble(&dirs, &c.device()?)?;
-    let opts = ferroformer::translate::DecodeOptions {
+    let t = ferroformer::infer::translate::Translator::load_ensemble(&dirs, &c.device()?)?;
+    let opts = ferroformer::infer::translate::DecodeOptions {
         ensemble_mean: a.ensemble_mean,
         ..t.options(a.beam, a.length_penalty)
     };

@@ -3,7 +3,7 @@
 use super::Common;
 use anyhow::Result;
 use clap::Args;
-use ferroformer::fill_mask::FillMask;
+use ferroformer::infer::fill_mask::FillMask;
 
 #[derive(Args, Debug)]
 pub struct FillMaskArgs {
@@ -19,7 +19,7 @@ pub struct FillMaskArgs {
 }
 
 pub fn run(a: FillMaskArgs, c: &Common) -> Result<()> {
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     let fm = FillMask::load(&dir, &c.device()?)?;
     let results = fm.fill(&a.text, a.top_k)?;
     if c.json {

@@ -3,8 +3,8 @@
 use super::{print_flush, Common, ModelArgs};
 use anyhow::Result;
 use clap::Args;
-use ferroformer::chat::Message;
-use ferroformer::generate::{generate_stream, SamplingConfig};
+use ferroformer::infer::generate::{generate_stream, SamplingConfig};
+use ferroformer::text::chat::Message;
 
 /// Sampling flags shared by `generate` and `chat`.
 #[derive(Args, Debug, Clone)]

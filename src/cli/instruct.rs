@@ -76,7 +76,7 @@ pub struct BuildArgs {
 }
 
 fn build(a: BuildArgs, c: &Common) -> Result<()> {
-    use ferroformer::data::instruct_tasks::{build, BuildOptions, Sources};
+    use ferroformer::tasks::instruct_mixture::{build, BuildOptions, Sources};
     let opts = BuildOptions {
         seed: c.seed.unwrap_or(1234),
         train_per_family: a.train_per_family,

@@ -181,7 +181,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self, c: &Common) -> Result<ferroformer::pretrained::Pretrained> {
+    pub fn load(&self, c: &Common) -> Result<ferroformer::infer::pretrained::PretrainedCausalLm> {
         let adapters = adapter_specs(&self.adapter)?;
         let p = load_model(&self.model, c, self.quantized)?.with_adapters(&adapters)?;
         if let Some(active) = &self.active_adapter {
@@ -229,16 +229,17 @@ pub fn load_model(
     arg: &str,
     c: &Common,
     quantized: bool,
-) -> Result<ferroformer::pretrained::Pretrained> {
+) -> Result<ferroformer::infer::pretrained::PretrainedCausalLm> {
     let device = c.device()?;
     let start = std::time::Instant::now();
-    let p = ferroformer::pretrained::Pretrained::load(arg, &device, quantized)?.for_inference()?;
+    let p = ferroformer::infer::pretrained::PretrainedCausalLm::load(arg, &device, quantized)?
+        .for_inference()?;
     if c.progress() {
         eprintln!(
             "loaded {} ({} model, {}{} parameters{}) in {:.1} s",
             p.source.display(),
             p.model.config().model_type(),
-            ferroformer::params::size_name(p.store.numel() + p.quantized_numel),
+            ferroformer::models::params::size_name(p.store.numel() + p.quantized_numel),
             if p.quantized { " quantized" } else { "" },
             if p.quantized { "" } else { ", f32" },
             start.elapsed().as_secs_f64()
@@ -251,7 +252,7 @@ pub fn load_model(
 /// argument that failed.
 pub fn model_dirs(args: &[String]) -> Result<Vec<std::path::PathBuf>> {
     args.iter()
-        .map(|m| ferroformer::pretrained::resolve_model(m).with_context(|| format!("--model {m}")))
+        .map(|m| ferroformer::assets::resolve_model(m).with_context(|| format!("--model {m}")))
         .collect()
 }
 

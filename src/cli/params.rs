@@ -3,8 +3,8 @@
 use super::Common;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ferroformer::models::params::{report, size_name};
 use ferroformer::models::{ArchConfig, Gpt2Config};
-use ferroformer::params::{report, size_name};
 use std::path::Path;
 
 #[derive(Args, Debug)]
@@ -27,10 +27,10 @@ pub struct ParamsArgs {
 
 fn load_config(a: &ParamsArgs) -> Result<ArchConfig> {
     if let Some(m) = &a.model {
-        let p = ferroformer::pretrained::resolve_model(m)?;
+        let p = ferroformer::assets::resolve_model(m)?;
         if p.extension().is_some_and(|x| x == "gguf") {
             let g = ferroformer::io::gguf::Gguf::open(&p)?;
-            return Ok(ferroformer::pretrained::gguf_config(&g)?);
+            return Ok(ferroformer::infer::pretrained::gguf_config(&g)?);
         }
         return Ok(ArchConfig::load(&p.join("config.json"))?);
     }

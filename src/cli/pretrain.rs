@@ -93,7 +93,7 @@ pub fn train_one(recipe: Recipe, resume: bool, c: &Common) -> Result<(Trainer, O
         eprintln!(
             "model: {} parameters ({}), {vocab}, {train_n} training / {val_n} validation {unit}{}",
             n,
-            ferroformer::params::size_name(n),
+            ferroformer::models::params::size_name(n),
             if resume {
                 format!(", resuming at step {}", trainer.state.step)
             } else {

@@ -4,7 +4,7 @@
 use super::Common;
 use anyhow::{bail, Result};
 use clap::Args;
-use ferroformer::embed::{cosine, SentenceEncoder};
+use ferroformer::infer::embed::{cosine, SentenceEncoder};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -33,7 +33,7 @@ pub fn run(a: SimilarArgs, c: &Common) -> Result<()> {
     if a.query.trim().is_empty() {
         bail!("--query is empty");
     }
-    let dir = ferroformer::pretrained::resolve_model(&a.model)?;
+    let dir = ferroformer::assets::resolve_model(&a.model)?;
     let enc = SentenceEncoder::load(&dir, &c.device()?)?;
     let text = ferroformer::data::read_text(&a.corpus)?;
     let lines: Vec<(usize, &str)> = text

@@ -4,7 +4,7 @@ use super::Common;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use ferroformer::data::corpus_files;
-use ferroformer::tokenizer::Tokenizer;
+use ferroformer::text::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]

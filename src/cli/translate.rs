@@ -27,7 +27,7 @@ pub struct TranslateArgs {
     /// their probabilities (fairseq's ensembles). Left-to-right and right-to-left runs together: the
     /// same kind of mean, over whole candidate outputs.
     #[arg(long, default_value = "log")]
-    pub ensemble_mean: ferroformer::translate::EnsembleMean,
+    pub ensemble_mean: ferroformer::infer::translate::EnsembleMean,
     /// Inputs decoded together.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -40,11 +40,11 @@ pub fn run(a: TranslateArgs, c: &Common) -> Result<()> {
     if a.beam == 0 || a.batch == 0 {
         bail!("--beam and --batch must be positive");
     }
-    let t = ferroformer::translate::Translator::load_ensemble(
+    let t = ferroformer::infer::translate::Translator::load_ensemble(
         &super::model_dirs(&a.model)?,
         &c.device()?,
     )?;
-    let opts = ferroformer::translate::DecodeOptions {
+    let opts = ferroformer::infer::translate::DecodeOptions {
         ensemble_mean: a.ensemble_mean,
         ..t.options(a.beam, a.length_penalty)
     };

@@ -11,7 +11,7 @@
 //! record before the cut. Records that do not fit their format (missing fields, unknown roles,
 //! no assistant turn) are skipped and counted, the first few named in the report.
 
-use crate::chat::Message;
+use crate::text::chat::Message;
 use crate::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use crate::data::corpus::for_each_chunk;
 use crate::io::atomic::write_with;
 use crate::io::{read_json, write_json_atomic};
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -7,12 +7,12 @@
 //! so far, ending with the user's turn), `choices` (strings), `answer` (index), and optionally
 //! `family`, `task`, `held_out`.
 
-use crate::chat::{ChatTemplate, Message};
 use crate::data::instruct::Example;
 use crate::models::CausalModel;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::objective::sft::{self, SftBatch};
-use crate::tokenizer::Tokenizer;
+use crate::text::chat::{ChatTemplate, Message};
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

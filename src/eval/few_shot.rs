@@ -10,10 +10,10 @@
 //! serves every choice.
 
 use crate::eval::task::{OutputType, Target, Task};
-use crate::generate::{generate_ids, SamplingConfig};
+use crate::infer::generate::{generate_ids, SamplingConfig};
 use crate::models::CausalModel;
 use crate::rng::PyRandom;
-use crate::tokenizer::{Tokenizer, EOT};
+use crate::text::tokenizer::{Tokenizer, EOT};
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::Serialize;
@@ -294,7 +294,7 @@ pub struct Prompted<'a> {
 
 impl<'a> Prompted<'a> {
     /// A loaded model as lm-eval's HF wrapper prompts it.
-    pub fn new(p: &'a crate::pretrained::Pretrained) -> Result<Self> {
+    pub fn new(p: &'a crate::infer::pretrained::PretrainedCausalLm) -> Result<Self> {
         let prefix = p
             .special
             .bos

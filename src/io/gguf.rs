@@ -224,46 +224,6 @@ impl Gguf {
         }
     }
 
-    /// The tokenizer the metadata describes: byte-level BPE (`tokenizer.ggml.model = "gpt2"`:
-    /// tokens, merges, the pre-tokenizer named by `tokenizer.ggml.pre`) or SentencePiece
-    /// (`"llama"`: tokens, scores, `add_space_prefix`); `tokenizer.ggml.token_type` 3 (control)
-    /// and 4 (user-defined) become added tokens.
-    pub fn tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
-        let model = self.str("tokenizer.ggml.model")?;
-        let tokens = self.str_array("tokenizer.ggml.tokens")?;
-        let types = self
-            .int_array("tokenizer.ggml.token_type")?
-            .unwrap_or_else(|| vec![1; tokens.len()]);
-        if types.len() != tokens.len() {
-            return Err(self.err(format!(
-                "tokenizer.ggml.token_type has {} entries for {} tokens",
-                types.len(),
-                tokens.len()
-            )));
-        }
-        let special = self.special_tokens()?;
-        let built = match model {
-            "gpt2" => {
-                let merges = self.str_array("tokenizer.ggml.merges")?;
-                let pre = self.str("tokenizer.ggml.pre").unwrap_or("default");
-                crate::tokenizer::Tokenizer::from_bpe_parts(&tokens, &merges, &types, pre, &special)
-            }
-            "llama" => {
-                let scores = self.f32_array("tokenizer.ggml.scores")?;
-                let prefix = self.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                crate::tokenizer::Tokenizer::from_spm_parts(
-                    &tokens, &scores, &types, &special, prefix,
-                )
-            }
-            other => {
-                return Err(self.err(format!(
-                    "tokenizer model {other:?} is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece)"
-                )))
-            }
-        };
-        built.map_err(|e| self.err(e.to_string()))
-    }
-
     /// Reads tensor `name` (a llama.cpp name).
     pub fn qtensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         let path = self.path.clone();

@@ -1,10 +1,29 @@
-//! Files in and out: atomic writes, safetensors, Hugging Face model directories.
+//! Files in and out: atomic writes, JSON lines, safetensors, GGUF, and the corpus formats text
+//! comes in (plain text in any encoding, MediaWiki XML dumps).
 
 pub mod atomic;
+pub mod corpus;
 pub mod gguf;
 pub mod safetensors;
+pub mod wiki;
 
 pub use atomic::{read_json, write_atomic, write_json_atomic};
+
+/// Reads every record of a JSON-lines file (none if it does not exist); errors name the line.
+pub fn read_jsonl(path: &std::path::Path) -> crate::Result<Vec<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| crate::Error::format(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
 
 /// Shell-style matching: `*` matches any run of characters except `/`, `?` any one character
 /// except `/`; everything else matches itself.

@@ -2,21 +2,17 @@
 //! `config.json`) and [`CausalLm`] (the model built from it). The engine, generation,
 //! evaluation and PEFT see only [`ArchConfig`] and [`CausalModel`], which wrap them.
 
-use super::family::Family;
-use crate::io::read_json;
 use crate::nn::{KvCache, ParamStore, Projection, Segments};
 use crate::rng::Rng;
-use crate::{Error, Result};
+use crate::Result;
 use candle_core::{Device, Tensor};
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// A causal LM family's configuration: the fields of its `config.json` (unknown keys kept and
 /// written back), and how to build the model it describes.
 pub trait CausalConfig: std::fmt::Debug + Send + Sync + 'static {
-    fn family(&self) -> &'static Family;
-    /// The `model_type` as read (a family may read several).
+    /// The `model_type` as read (a family may read several); the registry knows its family.
     fn model_type(&self) -> &str;
     /// Checks the sizes and options are consistent and supported.
     fn validate(&self) -> Result<()>;
@@ -88,7 +84,7 @@ impl Clone for ArchConfig {
 
 impl PartialEq for ArchConfig {
     fn eq(&self, other: &Self) -> bool {
-        self.0.family() == other.0.family() && self.0.to_json() == other.0.to_json()
+        self.0.model_type() == other.0.model_type() && self.0.to_json() == other.0.to_json()
     }
 }
 
@@ -114,23 +110,6 @@ impl ArchConfig {
     pub fn from_box(config: Box<dyn CausalConfig>) -> Result<Self> {
         config.validate()?;
         Ok(ArchConfig(config))
-    }
-
-    /// Parses a `config.json` value, choosing the family by `model_type`.
-    pub fn from_json(v: serde_json::Value) -> Result<Self> {
-        let kind = v
-            .get("model_type")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| Error::Config("no \"model_type\" in the model config".into()))?
-            .to_string();
-        let family = super::registry::by_model_type(&kind)?;
-        Self::from_box((family.causal()?.parse)(v)?)
-    }
-
-    /// Reads `config.json`, naming the file in any error.
-    pub fn load(path: &Path) -> Result<Self> {
-        let v: serde_json::Value = read_json(path)?;
-        Self::from_json(v).map_err(|e| Error::format(path, e.to_string()))
     }
 
     /// The family's own configuration type (`LlamaConfig`, ...), if it is that one.
@@ -160,32 +139,6 @@ impl CausalModel {
         let mut store = ParamStore::new_init(device, seed);
         let model = Self::new(config, &mut store)?;
         Ok((model, store))
-    }
-
-    /// This model with PEFT adapter directories `(name, dir)` loaded into `store` and applied
-    /// (the first one active). On a frozen (inference) store the adapters are frozen too.
-    pub fn with_adapters(
-        self,
-        store: &mut ParamStore,
-        adapters: &[(String, std::path::PathBuf)],
-    ) -> Result<Self> {
-        if adapters.is_empty() {
-            return Ok(self);
-        }
-        for (name, dir) in adapters {
-            crate::peft::adapter_io::load_adapter(store, dir, name)?;
-        }
-        if !store.frozen().is_empty() {
-            let all = store.vars().keys().cloned().collect();
-            store.freeze(&all)?;
-        }
-        let model = CausalModel::new(&self.config(), store)?;
-        crate::peft::adapter_io::check_adapters_used(store)?;
-        Ok(model)
-    }
-
-    pub fn family(&self) -> &'static Family {
-        self.0.config().family()
     }
 
     /// transformers' `model_type` (as the config read it).

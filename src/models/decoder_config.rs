@@ -306,9 +306,6 @@ pub fn from_sizes<V: Variant>(s: &Sizes) -> Result<Box<dyn CausalConfig>> {
 }
 
 impl<V: Variant> CausalConfig for DecoderConfig<V> {
-    fn family(&self) -> &'static Family {
-        V::family()
-    }
     fn model_type(&self) -> &str {
         &self.model_type
     }

@@ -134,18 +134,6 @@ impl Family {
     pub fn model_type(&self) -> &'static str {
         self.model_types[0]
     }
-
-    /// The causal-LM functions, or an error saying this family is not a causal LM.
-    pub fn causal(&self) -> Result<&CausalSupport> {
-        self.causal.as_ref().ok_or_else(|| {
-            crate::Error::Config(format!(
-                "{} is a {}, not a causal language model (causal LMs: {})",
-                self.name,
-                self.kind.describe(),
-                super::registry::names(Kind::Causal).join(", ")
-            ))
-        })
-    }
 }
 
 impl std::fmt::Debug for Family {

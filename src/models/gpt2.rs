@@ -192,9 +192,6 @@ impl Gpt2Config {
 }
 
 impl CausalConfig for Gpt2Config {
-    fn family(&self) -> &'static Family {
-        &FAMILY
-    }
     fn model_type(&self) -> &str {
         &self.model_type
     }

@@ -16,6 +16,7 @@ pub mod hf;
 pub mod llama;
 pub mod marian;
 pub mod mistral;
+pub mod params;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;

@@ -1,7 +1,10 @@
 //! The one list of model families. Adding a family is one model file plus one line here.
 
-use super::family::{Family, Kind};
+use super::causal::{ArchConfig, CausalModel};
+use super::family::{CausalSupport, Family, Kind};
+use crate::io::read_json;
 use crate::{Error, Result};
+use std::path::Path;
 
 /// Every family ferroformer builds, trains and loads.
 pub static FAMILIES: &[&Family] = &[
@@ -83,6 +86,51 @@ pub fn by_gguf_architecture(arch: &str) -> Result<&'static Family> {
                 all.join(", ")
             ))
         })
+}
+
+impl Family {
+    /// The causal-LM functions, or an error saying this family is not a causal LM.
+    pub fn causal(&self) -> Result<&CausalSupport> {
+        self.causal.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "{} is a {}, not a causal language model (causal LMs: {})",
+                self.name,
+                self.kind.describe(),
+                names(Kind::Causal).join(", ")
+            ))
+        })
+    }
+}
+
+impl ArchConfig {
+    /// Parses a `config.json` value, choosing the family by `model_type`.
+    pub fn from_json(v: serde_json::Value) -> Result<Self> {
+        let kind = v
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| Error::Config("no \"model_type\" in the model config".into()))?
+            .to_string();
+        let family = by_model_type(&kind)?;
+        Self::from_box((family.causal()?.parse)(v)?)
+    }
+
+    /// Reads `config.json`, naming the file in any error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let v: serde_json::Value = read_json(path)?;
+        Self::from_json(v).map_err(|e| Error::format(path, e.to_string()))
+    }
+
+    /// The family this config is of.
+    pub fn family(&self) -> &'static Family {
+        by_model_type(self.model_type()).expect("configs come from registered families")
+    }
+}
+
+impl CausalModel {
+    /// The family this model is of.
+    pub fn family(&self) -> &'static Family {
+        by_model_type(self.model_type()).expect("models come from registered families")
+    }
 }
 
 /// Whether parameter `name` (of rank `rank`) is exempt from weight decay: biases, norm gains

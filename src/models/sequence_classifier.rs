@@ -14,7 +14,7 @@ use crate::models::bert::{self, Bert, BertConfig, BertHeads};
 use crate::models::{hf, registry, ArchConfig, CausalModel, Family, Kind};
 use crate::nn::{Dropout, Linear, ParamStore};
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};

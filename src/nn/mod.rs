@@ -19,7 +19,7 @@ pub mod virtual_tokens;
 /// The plain (differentiable) softmax and log-softmax, beside the fused kernels.
 pub use kernels::ops;
 
-pub use adapter::{AdapterHook, Base, LinearAdapter, LinearSite};
+pub use adapter::{Base, LinearAdapter, LinearSite};
 pub use attention::{
     grouped_attention, layer_prefix, CausalSelfAttention, KvCache, MultiHeadAttention, Prefix,
     Segments,
@@ -35,5 +35,5 @@ pub use position::{
     sinusoidal_encoding, sinusoidal_table, LearnedPosition, PositionEncoding, SinusoidLayout,
 };
 pub use rope::{Rope, RopeScaling};
-pub use store::{Init, ParamStore, TrainableCount};
+pub use store::{AdapterHook, Init, ParamStore, TrainableCount};
 pub use virtual_tokens::VirtualTokens;

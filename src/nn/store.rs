@@ -4,10 +4,12 @@
 //! gets initialised values (from a seeded RNG, so a seed fixes the whole model); a loaded model
 //! gets the checkpoint's tensors and an error for any missing or mis-shaped one.
 
+use crate::nn::adapter::{LinearAdapter, LinearSite};
 use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// How a parameter is initialised when the store does not hold it yet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +43,7 @@ pub struct ParamStore {
     /// holds the key.
     quant: crate::nn::QuantWeights,
     /// What answers the model's questions about adapters as it is built (PEFT's registry).
-    hook: Option<Box<dyn crate::nn::adapter::AdapterHook>>,
+    hook: Option<Box<dyn AdapterHook>>,
 }
 
 /// Trainable and total parameter counts, printed in PEFT's wording.
@@ -232,19 +234,19 @@ impl ParamStore {
     }
 
     /// The adapter hook, if one is installed.
-    pub fn hook(&self) -> Option<&(dyn crate::nn::adapter::AdapterHook + 'static)> {
+    pub fn hook(&self) -> Option<&(dyn AdapterHook + 'static)> {
         self.hook.as_deref()
     }
 
-    pub fn hook_mut(&mut self) -> Option<&mut (dyn crate::nn::adapter::AdapterHook + 'static)> {
+    pub fn hook_mut(&mut self) -> Option<&mut (dyn AdapterHook + 'static)> {
         self.hook.as_deref_mut()
     }
 
-    pub fn set_hook(&mut self, hook: Box<dyn crate::nn::adapter::AdapterHook>) {
+    pub fn set_hook(&mut self, hook: Box<dyn AdapterHook>) {
         self.hook = Some(hook);
     }
 
-    pub fn take_hook(&mut self) -> Option<Box<dyn crate::nn::adapter::AdapterHook>> {
+    pub fn take_hook(&mut self) -> Option<Box<dyn AdapterHook>> {
         self.hook.take()
     }
 
@@ -319,5 +321,98 @@ impl ParamStore {
     /// Total number of scalar parameters.
     pub fn numel(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
+    }
+}
+
+/// What a model asks of the store's adapters as it is built: its linear layers, norms and
+/// virtual tokens ask the store; a store with a hook installed (PEFT's registry,
+/// `crate::peft`) answers with the adapters that target them. `nn` defines the questions;
+/// `peft` answers them.
+pub trait AdapterHook: Send + Sync {
+    /// The adapters for linear layer `site`, their tensors taken from (or made in) `store`.
+    fn linear(
+        &mut self,
+        store: &mut ParamStore,
+        site: &LinearSite,
+    ) -> Result<Option<Arc<dyn LinearAdapter>>>;
+    /// The tensor a norm at `module` uses for its `param` (`weight`, `bias`), `base` unless
+    /// an adapter tunes it.
+    fn norm(
+        &mut self,
+        store: &mut ParamStore,
+        module: &str,
+        param: &str,
+        base: Tensor,
+    ) -> Result<Tensor>;
+    /// Learned virtual-token embeddings `[n, hidden]` put before the input (prompt tuning);
+    /// `table` (the token embeddings) may seed them.
+    fn prompt(
+        &mut self,
+        store: &mut ParamStore,
+        hidden: usize,
+        table: Option<&Tensor>,
+    ) -> Result<Option<Tensor>>;
+    /// Learned keys and values for `layers` layers of `heads` key/value heads of `head_dim`
+    /// (prefix tuning), as PEFT lays them out: `[n, layers * 2 * heads * head_dim]`.
+    fn prefix(
+        &mut self,
+        store: &mut ParamStore,
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Option<Tensor>>;
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl ParamStore {
+    /// Runs `f` with the store's hook taken out (it gets the store, hook-less, to work on).
+    fn with_hook<T>(
+        &mut self,
+        none: impl FnOnce() -> T,
+        f: impl FnOnce(&mut dyn AdapterHook, &mut ParamStore) -> Result<T>,
+    ) -> Result<T> {
+        let Some(mut hook) = self.take_hook() else {
+            return Ok(none());
+        };
+        let out = f(hook.as_mut(), self);
+        self.set_hook(hook);
+        out
+    }
+
+    /// The adapters for linear layer `site` (none without a hook).
+    pub fn adapt_linear(&mut self, site: &LinearSite) -> Result<Option<Arc<dyn LinearAdapter>>> {
+        self.with_hook(|| None, |h, s| h.linear(s, site))
+    }
+
+    /// The tensor a norm uses for `param` (see [`AdapterHook::norm`]).
+    pub fn adapt_norm(&mut self, module: &str, param: &str, base: Tensor) -> Result<Tensor> {
+        match self.take_hook() {
+            None => Ok(base),
+            Some(mut hook) => {
+                let out = hook.norm(self, module, param, base);
+                self.set_hook(hook);
+                out
+            }
+        }
+    }
+
+    /// Prompt tuning's embeddings (see [`AdapterHook::prompt`]).
+    pub fn virtual_prompt(
+        &mut self,
+        hidden: usize,
+        table: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        self.with_hook(|| None, |h, s| h.prompt(s, hidden, table))
+    }
+
+    /// Prefix tuning's keys and values (see [`AdapterHook::prefix`]).
+    pub fn virtual_prefix(
+        &mut self,
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Option<Tensor>> {
+        self.with_hook(|| None, |h, s| h.prefix(s, layers, heads, head_dim))
     }
 }

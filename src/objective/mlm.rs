@@ -9,7 +9,7 @@ use crate::data::{Split, TokenShard};
 use crate::models::bert::Bert;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ use crate::models::marian::Marian;
 use crate::nn::kernels::cross_entropy::nll_rows;
 use crate::nn::ops::log_softmax;
 use crate::rng::Rng;
-use crate::tokenizer::{Tokenizer, SEQ2SEQ_SPECIAL};
+use crate::text::tokenizer::{Tokenizer, SEQ2SEQ_SPECIAL};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, D};
 

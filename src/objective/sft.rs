@@ -11,13 +11,13 @@
 //! at once and token `i` is trained when its text overlaps a trained span (transformers'
 //! `return_assistant_tokens_mask`); it is then the target predicted from tokens `..i`.
 
-use crate::chat::{ChatTemplate, Message};
 use crate::data::instruct::Example;
 use crate::models::CausalModel;
 use crate::nn::Segments;
 use crate::objective::CausalLm;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::chat::{ChatTemplate, Message};
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, VecDeque};
@@ -76,7 +76,7 @@ pub fn resolve_template(
         });
     }
     let eos = own.and_then(|t| t.eos_token.clone()).or_else(|| {
-        let eot = crate::tokenizer::EOT;
+        let eot = crate::text::tokenizer::EOT;
         tokenizer.token_id(eot).map(|_| eot.to_string())
     });
     let bos = own.and_then(|t| t.bos_token.clone());

@@ -4,7 +4,10 @@
 //! own keys.
 
 use super::config::PeftConfig;
-use super::registry::{ln_param_name, param_name, split_param_name, trains, LN, PROMPT};
+use super::keys::{
+    file_key, ln_param_name, param_name, split_param_name, KINDS, LN, PREFIX, PROMPT,
+};
+use super::registry::trains;
 use crate::io::{read_json, write_json_atomic};
 use crate::nn::store::ParamStore;
 use crate::{Error, Result};
@@ -12,27 +15,8 @@ use candle_core::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const PREFIX: &str = "base_model.model.";
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-/// The file key of a store key: PEFT's prefix added, the adapter name taken out (and DoRA's
-/// magnitude without `.weight`, as PEFT saves it).
-pub fn file_key(store_key: &str) -> String {
-    match split_param_name(store_key) {
-        // A prompt is the prompt encoder's, not a module of the base model.
-        Some((_, PROMPT, _)) => PROMPT.to_string(),
-        Some((module, kind, _)) => {
-            let suffix = match kind {
-                "lora_magnitude_vector" | "ia3_l" => "",
-                _ if store_key.ends_with(".bias") => ".bias",
-                _ => ".weight",
-            };
-            format!("{PREFIX}{module}.{kind}{suffix}")
-        }
-        None => format!("{PREFIX}{store_key}"),
-    }
-}
 
 /// The store key of file key `k` (PEFT's prefix removed) for adapter `name`, when `k` names
 /// an adapter tensor.
@@ -40,7 +24,7 @@ fn store_key(k: &str, name: &str) -> Option<String> {
     if k == PROMPT {
         return Some(param_name(PROMPT, PROMPT, name));
     }
-    super::registry::kinds().find_map(|kind| {
+    KINDS.iter().find_map(|&kind| {
         for (suffix, param) in [(".weight", "weight"), (".bias", "bias"), ("", "")] {
             let Some(module) = k
                 .strip_suffix(suffix)
@@ -147,6 +131,28 @@ pub fn load_adapter(store: &mut ParamStore, dir: &Path, name: &str) -> Result<()
         store.insert(&k, t)?;
     }
     Ok(())
+}
+
+/// `model` with PEFT adapter directories `(name, dir)` loaded into `store` and applied (the
+/// first one active). On a frozen (inference) store the adapters are frozen too.
+pub fn apply(
+    model: crate::models::CausalModel,
+    store: &mut ParamStore,
+    adapters: &[(String, std::path::PathBuf)],
+) -> Result<crate::models::CausalModel> {
+    if adapters.is_empty() {
+        return Ok(model);
+    }
+    for (name, dir) in adapters {
+        load_adapter(store, dir, name)?;
+    }
+    if !store.frozen().is_empty() {
+        let all = store.vars().keys().cloned().collect();
+        store.freeze(&all)?;
+    }
+    let model = crate::models::CausalModel::new(&model.config(), store)?;
+    check_adapters_used(store)?;
+    Ok(model)
 }
 
 /// After a model was built from a store with adapters loaded from files: fails if an adapter

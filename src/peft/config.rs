@@ -224,9 +224,9 @@ impl PeftConfig {
         c
     }
 
-    /// Checks the values (and, for a recipe, that no key is unknown); the method checks its
-    /// own options.
-    pub fn validate(&self, strict: bool) -> Result<()> {
+    /// Checks the options every method shares (and, for a recipe, that no key is unknown);
+    /// [`PeftConfig::validate`] adds the method's own checks.
+    pub(crate) fn check_common(&self, strict: bool) -> Result<()> {
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(Error::Config(format!(
                 "peft.lora_dropout must be in [0, 1), got {}",
@@ -240,7 +240,6 @@ impl PeftConfig {
                 self.peft_type
             )));
         }
-        self.peft_type.method().validate(self)?;
         let unknown: Vec<&String> = self
             .other
             .keys()

@@ -5,7 +5,8 @@
 
 use super::adapter::LayerAdapter;
 use super::config::{PeftConfig, PeftType};
-use super::registry::{param_name, Ctx, Fold, Method};
+use super::keys::param_name;
+use super::method::{Ctx, Fold, Method};
 use crate::nn::adapter::{Base, LinearSite};
 use crate::nn::store::Init;
 use crate::Result;

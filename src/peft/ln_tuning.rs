@@ -3,7 +3,8 @@
 //! without touching the base. Merging gives the base the trained values (kept to undo).
 
 use super::config::PeftType;
-use super::registry::{ln_param_name, Ctx, Fold, Method};
+use super::keys::ln_param_name;
+use super::method::{Ctx, Fold, Method};
 use crate::nn::store::Init;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -17,7 +18,7 @@ impl Method for LnTuningMethod {
     }
 
     fn kinds(&self) -> &'static [&'static str] {
-        &[super::registry::LN]
+        &[super::keys::LN]
     }
 
     fn what(&self) -> &'static str {

@@ -5,7 +5,8 @@
 //! cannot be merged into weights.
 
 use super::config::{PeftConfig, PeftType};
-use super::registry::{param_name, Ctx, Method, PROMPT};
+use super::keys::{param_name, PROMPT};
+use super::method::{Ctx, Method};
 use crate::nn::store::Init;
 use crate::{Error, Result};
 use candle_core::Tensor;

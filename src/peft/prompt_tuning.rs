@@ -5,9 +5,10 @@
 //! [`crate::nn::VirtualTokens`].
 
 use super::config::{PeftConfig, PeftType};
-use super::registry::{param_name, Ctx, Method, PROMPT};
+use super::keys::{param_name, PROMPT};
+use super::method::{Ctx, Method};
 use crate::nn::store::{Init, ParamStore};
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Tensor;
 

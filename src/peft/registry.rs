@@ -4,69 +4,18 @@
 //! puts on a layer, a norm or before the input; merging asks the method how its adapter
 //! folds into the weights.
 
-use super::adapter::{AdaptedModule, Adapters, LayerAdapter, Switch};
+use super::adapter::{AdaptedModule, Adapters, Switch};
 use super::config::{BiasMode, PeftConfig, PeftType};
-use crate::nn::adapter::{AdapterHook, LinearAdapter, LinearSite};
-use crate::nn::store::{Init, ParamStore};
+use super::keys::{param_name, split_param_name, PROMPT};
+use super::method::{Ctx, Fold, Method, RegisteredAdapter};
+use crate::nn::adapter::{LinearAdapter, LinearSite};
+use crate::nn::store::AdapterHook;
+use crate::nn::store::ParamStore;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// One PEFT method: its options, what it adds to a model, and how it folds into weights.
-pub trait Method: Sync {
-    fn peft_type(&self) -> PeftType;
-    /// The key segments of the tensors it stores (`lora_A`, `ia3_l`, ...).
-    fn kinds(&self) -> &'static [&'static str];
-    /// Checks the method's own options.
-    fn validate(&self, _cfg: &PeftConfig) -> Result<()> {
-        Ok(())
-    }
-    /// Its piece of the linear layer `site`, which its `target_modules` select.
-    fn linear(&self, _ctx: &mut Ctx, _site: &LinearSite) -> Result<Option<Arc<dyn LayerAdapter>>> {
-        Ok(None)
-    }
-    /// The tensor a targeted norm uses for `param` instead of `base`.
-    fn norm(
-        &self,
-        _ctx: &mut Ctx,
-        _module: &str,
-        _param: &str,
-        _base: &Tensor,
-    ) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-    /// Virtual-token embeddings before the input.
-    fn prompt(
-        &self,
-        _ctx: &mut Ctx,
-        _hidden: usize,
-        _table: Option<&Tensor>,
-    ) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-    /// Keys and values before every layer's own.
-    fn prefix(
-        &self,
-        _ctx: &mut Ctx,
-        _layers: usize,
-        _heads: usize,
-        _head_dim: usize,
-    ) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-    /// What it is called in messages.
-    fn what(&self) -> &'static str;
-    /// Whether the adapter folds into weights (virtual tokens do not).
-    fn merges(&self) -> bool {
-        true
-    }
-    /// Folds the adapter into the parameters of one adapted module (or, `f.undo`, back out).
-    fn fold(&self, _f: &mut Fold) -> Result<()> {
-        Ok(())
-    }
-}
 
 /// Every method.
 pub static METHODS: &[&dyn Method] = &[
@@ -76,6 +25,15 @@ pub static METHODS: &[&dyn Method] = &[
     &super::prompt_tuning::PROMPT_TUNING,
     &super::prefix_tuning::PREFIX_TUNING,
 ];
+
+impl PeftConfig {
+    /// Checks the values (and, for a recipe, that no key is unknown): the options every method
+    /// shares, then the method's own.
+    pub fn validate(&self, strict: bool) -> Result<()> {
+        self.check_common(strict)?;
+        self.peft_type.method().validate(self)
+    }
+}
 
 impl PeftType {
     /// The method of this type.
@@ -87,15 +45,6 @@ impl PeftType {
     }
 }
 
-/// One named adapter.
-#[derive(Debug, Clone)]
-pub struct RegisteredAdapter {
-    pub name: String,
-    pub config: PeftConfig,
-    /// The adapter directory it was read from: its tensors must then all be present.
-    pub source: Option<PathBuf>,
-}
-
 /// What a store knows of its adapters.
 #[derive(Debug, Default)]
 pub struct PeftRegistry {
@@ -105,129 +54,6 @@ pub struct PeftRegistry {
     pub modules: BTreeMap<String, AdaptedModule>,
     /// Values kept to undo a merge: DoRA row norms, LayerNorm-tuned norms.
     pub saved: BTreeMap<(String, String), Tensor>,
-}
-
-/// A method at work on the store for one adapter.
-pub struct Ctx<'a> {
-    pub store: &'a mut ParamStore,
-    pub adapter: &'a RegisteredAdapter,
-}
-
-impl Ctx<'_> {
-    /// The adapter's tensor `key` of shape `dims`: the store's, else (for an adapter not read
-    /// from a file) initialised with `init`. An adapter read from a file must hold it.
-    pub fn param(&mut self, key: &str, dims: &[usize], init: Init) -> Result<Tensor> {
-        let strict = self.adapter.source.as_deref();
-        let store = &mut *self.store;
-        if let (Some(src), false, None) = (strict, store.vars().contains_key(key), store.shapes()) {
-            return Err(Error::format(
-                src,
-                format!(
-                    "the adapter has no tensor for {} ({}), which its target_modules select in this model: is it an adapter for another base model?",
-                    super::adapter_io::file_key(key),
-                    key.split('.').rev().nth(1).unwrap_or(key)
-                ),
-            ));
-        }
-        store
-            .get_or_init(key, dims, init)
-            .map_err(|e| match (e, strict) {
-                (Error::Format { msg, .. } | Error::Config(msg), Some(src)) => Error::format(
-                    src,
-                    format!("{msg}: is this an adapter for another base model?"),
-                ),
-                (e, _) => e,
-            })
-    }
-
-    /// Whether the store lacks `key` and should make it (not read from a file, not shapes).
-    pub fn is_new(&self, key: &str) -> bool {
-        !self.store.vars().contains_key(key)
-            && self.store.shapes().is_none()
-            && self.adapter.source.is_none()
-    }
-}
-
-/// One adapted module during a merge (or its undoing).
-pub struct Fold<'a> {
-    pub store: &'a ParamStore,
-    pub config: &'a PeftConfig,
-    pub name: &'a str,
-    pub module: &'a str,
-    pub info: &'a AdaptedModule,
-    pub undo: bool,
-    /// Values kept by earlier merges (read when undoing).
-    pub saved: &'a BTreeMap<(String, String), Tensor>,
-    /// New parameter values by key.
-    pub updates: Vec<(String, Tensor)>,
-    /// Values to keep for undoing this merge.
-    pub keep: Vec<((String, String), Tensor)>,
-}
-
-impl Fold<'_> {
-    /// Parameter `key`, detached, if the store holds it.
-    pub fn get(&self, key: &str) -> Option<Tensor> {
-        self.store.vars().get(key).map(|v| v.as_tensor().detach())
-    }
-
-    /// The module's weight as `[out, in]`, if it has one.
-    pub fn weight(&self) -> Result<Option<Tensor>> {
-        let Some(w) = self.get(&format!("{}.weight", self.module)) else {
-            return Ok(None);
-        };
-        Ok(Some(if self.info.in_out { w.t()? } else { w }))
-    }
-
-    /// Records the module's new weight (given `[out, in]`).
-    pub fn set_weight(&mut self, w: Tensor) -> Result<()> {
-        let w = if self.info.in_out { w.t()? } else { w };
-        self.updates
-            .push((format!("{}.weight", self.module), w.contiguous()?));
-        Ok(())
-    }
-}
-
-/// A store key of an adapter tensor: `{module}.{kind}.{adapter}` plus `.weight` for the
-/// `nn.Linear`-held ones (PEFT's in-memory names); `prompt_embeddings.{adapter}` for a prompt.
-pub fn param_name(module: &str, kind: &str, adapter: &str) -> String {
-    match kind {
-        "ia3_l" => format!("{module}.{kind}.{adapter}"),
-        PROMPT => format!("{PROMPT}.{adapter}"),
-        _ => format!("{module}.{kind}.{adapter}.weight"),
-    }
-}
-
-/// The store key of LayerNorm tuning's copy of a norm's `param` (`weight` or `bias`).
-pub fn ln_param_name(module: &str, adapter: &str, param: &str) -> String {
-    format!("{module}.{LN}.{adapter}.{param}")
-}
-
-pub(crate) const LN: &str = "ln_tuning_layers";
-pub(crate) const PROMPT: &str = "prompt_embeddings";
-
-/// The kinds of adapter tensor that name a module in a key (a prompt's does not).
-pub fn kinds() -> impl Iterator<Item = &'static str> {
-    METHODS
-        .iter()
-        .flat_map(|m| m.kinds().iter().copied())
-        .filter(|k| *k != PROMPT)
-}
-
-/// Splits a store key into (module, kind, adapter) when it is an adapter tensor (a prompt's
-/// module is `prompt_embeddings`).
-pub fn split_param_name(key: &str) -> Option<(&str, &'static str, &str)> {
-    if let Some(adapter) = key.strip_prefix("prompt_embeddings.") {
-        return Some((PROMPT, PROMPT, adapter));
-    }
-    kinds().find_map(|kind| {
-        let i = key.find(&format!(".{kind}."))?;
-        let rest = &key[i + kind.len() + 2..];
-        let adapter = rest
-            .strip_suffix(".weight")
-            .or_else(|| rest.strip_suffix(".bias"))
-            .unwrap_or(rest);
-        Some((&key[..i], kind, adapter))
-    })
 }
 
 impl PeftRegistry {
@@ -586,5 +412,32 @@ impl ParamStore {
             st.merged.push(name.to_string());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_has_one_method_and_its_kinds_are_named() {
+        for t in [
+            PeftType::Lora,
+            PeftType::Ia3,
+            PeftType::LnTuning,
+            PeftType::PromptTuning,
+            PeftType::PrefixTuning,
+        ] {
+            assert_eq!(METHODS.iter().filter(|m| m.peft_type() == t).count(), 1);
+        }
+        let mut kinds: Vec<&str> = METHODS
+            .iter()
+            .flat_map(|m| m.kinds().iter().copied())
+            .filter(|k| *k != PROMPT)
+            .collect();
+        kinds.sort();
+        let mut named = super::super::keys::KINDS.to_vec();
+        named.sort();
+        assert_eq!(kinds, named);
     }
 }

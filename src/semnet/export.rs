@@ -188,7 +188,7 @@ pub fn png(
 
 fn draw_rings(g: &Graph, nodes: &[(u32, u32)], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    crate::train::plot::register_font();
+    crate::plot::register_font();
     let (w, h) = (1200i32, 1000i32);
     let rings = nodes.iter().map(|n| n.1).max().unwrap_or(0).max(1);
     let radius = (h / 2 - 70) as f64 / rings as f64;

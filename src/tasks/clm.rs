@@ -10,7 +10,7 @@ use crate::models::{self, CausalModel, Kind};
 use crate::nn::ParamStore;
 use crate::objective::CausalLm;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, Task};
 use crate::train::Prepared;
 use crate::Result;

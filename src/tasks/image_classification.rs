@@ -11,7 +11,7 @@ use crate::models::vit::{self, Vit, VitConfig};
 use crate::models::Kind;
 use crate::nn::ParamStore;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, EpochOrder, Task};
 use crate::train::{Prepared, Recipe};
 use crate::{Error, Result};
@@ -235,7 +235,7 @@ impl Task for ImageClassification {
             .is_train()
             .then_some((&self.recipe.augment, &mut *rng));
         let (x, labels) =
-            crate::classify::batch(set, &idx, &self.preprocessor, aug, self.model.device())?;
+            crate::infer::classify::batch(set, &idx, &self.preprocessor, aug, self.model.device())?;
         let (loss, correct) = self.loss(&x, &labels, t.label_smoothing, dropout)?;
         Ok(BatchLoss {
             loss,
@@ -248,7 +248,7 @@ impl Task for ImageClassification {
         let all: Vec<usize> = (0..self.val.len()).collect();
         let (mut sum, mut correct) = (0f64, 0usize);
         for chunk in all.chunks(self.recipe.train.batch_size) {
-            let (x, labels) = crate::classify::batch(
+            let (x, labels) = crate::infer::classify::batch(
                 &self.val,
                 chunk,
                 &self.preprocessor,
@@ -267,7 +267,7 @@ impl Task for ImageClassification {
         if self.val.is_empty() {
             return Ok(None);
         }
-        let s = crate::classify::score(
+        let s = crate::infer::classify::score(
             &self.model,
             &self.preprocessor,
             &self.val,

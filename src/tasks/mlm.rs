@@ -11,7 +11,7 @@ use crate::models::Kind;
 use crate::nn::ParamStore;
 use crate::objective::mlm::MaskedLm;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, Task};
 use crate::train::{Prepared, Recipe};
 use crate::Result;

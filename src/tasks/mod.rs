@@ -10,6 +10,7 @@
 
 pub mod clm;
 pub mod image_classification;
+pub mod instruct_mixture;
 pub mod mlm;
 pub mod seq2seq;
 pub mod sft;
@@ -74,10 +75,10 @@ pub(crate) fn families(keep: fn(&crate::models::Family) -> bool) -> Vec<&'static
 /// `confusion.json` and `confusion.png` in `out_dir`; returned as JSON.
 pub(crate) fn write_scores(
     out_dir: &Path,
-    s: &crate::classify::Scores,
+    s: &crate::infer::classify::Scores,
 ) -> Result<serde_json::Value> {
     crate::io::write_json_atomic(&out_dir.join("confusion.json"), s)?;
-    crate::train::plot::plot_confusion(
+    crate::plot::plot_confusion(
         &s.confusion,
         &s.classes,
         &format!(

@@ -10,7 +10,7 @@ use crate::models::Kind;
 use crate::nn::ParamStore;
 use crate::objective::seq2seq::{grouped_loss_scale, pad_batch, pair_loss, sample, PairData};
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, Task};
 use crate::train::{Prepared, Recipe};
 use crate::Result;
@@ -105,7 +105,7 @@ fn prepare(s: &Setup) -> Result<Prepared> {
         )?,
     };
     // Which way the model writes is its own property, read by `translate` from its config.
-    let key = crate::translate::REVERSE_TARGET;
+    let key = crate::infer::translate::REVERSE_TARGET;
     if d.reverse_target {
         model.config.extra.insert(key.into(), json!(true));
     } else {
@@ -131,21 +131,21 @@ impl Seq2Seq {
         let model = &self.model;
         let refs = &p.valid_refs[..limit.min(p.valid_refs.len())];
         let eos = model.config.eos_token_id;
-        let opts = crate::translate::DecodeOptions {
+        let opts = crate::infer::translate::DecodeOptions {
             max_new_tokens: model.config.max_position_embeddings,
             ..Default::default()
         };
         let mut outputs = Vec::with_capacity(refs.len());
         for chunk in refs.chunks(self.recipe.train.batch_size.max(1) * 4) {
             let srcs: Vec<Vec<u32>> = chunk.iter().map(|(s, _)| s.clone()).collect();
-            let decoded = crate::translate::decode_ids(&[model], &srcs, &opts)?;
+            let decoded = crate::infer::translate::decode_ids(&[model], &srcs, &opts)?;
             outputs.extend(decoded.into_iter().map(|(tokens, _)| tokens));
         }
         let references: Vec<Vec<Vec<u32>>> = refs
             .iter()
             .map(|(_, r)| {
                 r.iter()
-                    .map(|t| crate::translate::strip_eos(t, eos).to_vec())
+                    .map(|t| crate::infer::translate::strip_eos(t, eos).to_vec())
                     .collect()
             })
             .collect();

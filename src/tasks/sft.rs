@@ -5,12 +5,12 @@
 
 use super::text::causal_start;
 use super::{Setup, TaskInfo};
-use crate::chat::ChatTemplate;
 use crate::models::{self, CausalModel, Kind};
 use crate::nn::ParamStore;
 use crate::objective::sft::{self, SftBatch, Tokenized};
 use crate::rng::Rng;
-use crate::tokenizer::{Tokenizer, EOT};
+use crate::text::chat::ChatTemplate;
+use crate::text::tokenizer::{Tokenizer, EOT};
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, EpochOrder, Task};
 use crate::train::{Prepared, Recipe};
 use crate::{Error, Result};

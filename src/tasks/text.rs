@@ -2,12 +2,12 @@
 //! corpus files held out whole for validation, a token stream cut into training and
 //! validation ranges, and the starting causal LM with the files its run carries over.
 
-use crate::chat::ChatTemplate;
 use crate::data::corpus::for_each_chunk;
 use crate::data::{Split, TokenShard};
 use crate::models::{self, ArchConfig, CausalModel, Sizes};
 use crate::nn::ParamStore;
-use crate::tokenizer::{Tokenizer, EOT};
+use crate::text::chat::ChatTemplate;
+use crate::text::tokenizer::{Tokenizer, EOT};
 use crate::train::engine::ModelFiles;
 use crate::train::Recipe;
 use crate::{Error, Result};
@@ -148,7 +148,11 @@ pub fn causal_start(
 ) -> Result<CausalStart> {
     let mut carried = ModelFiles::new();
     if let Some(file) = from.filter(|p| is_gguf(p)) {
-        let p = crate::pretrained::Pretrained::from_gguf(file, device, recipe.model.quantized)?;
+        let p = crate::infer::pretrained::PretrainedCausalLm::from_gguf(
+            file,
+            device,
+            recipe.model.quantized,
+        )?;
         for (name, v) in p.tokenizer_files() {
             let bytes = serde_json::to_vec_pretty(&v).expect("JSON serialises");
             carried.push((name.to_string(), bytes));
@@ -163,7 +167,7 @@ pub fn causal_start(
         });
     }
     if let Some(dir) = from {
-        let template = crate::pretrained::Pretrained::dir_chat_template(dir)?;
+        let template = crate::infer::pretrained::PretrainedCausalLm::dir_chat_template(dir)?;
         for name in CARRIED_FILES {
             let path = dir.join(name);
             if path.is_file() {

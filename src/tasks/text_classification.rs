@@ -8,7 +8,7 @@ use super::{Setup, TaskInfo};
 use crate::models::sequence_classifier::{self, Body, Pooling, SequenceClassifier};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, EpochOrder, Task};
 use crate::train::{Prepared, Recipe};
 use crate::{Error, Result};
@@ -191,8 +191,13 @@ impl Task for TextClassification {
         let idx = self.order.batch(set.len(), batch, t, rng);
         let seqs: Vec<&[u32]> = idx.iter().map(|&i| set[i].0.as_slice()).collect();
         let labels: Vec<u32> = idx.iter().map(|&i| set[i].1).collect();
-        let (loss, correct) =
-            crate::classify::text_loss(&self.model, &seqs, &labels, t.label_smoothing, dropout)?;
+        let (loss, correct) = crate::infer::classify::text_loss(
+            &self.model,
+            &seqs,
+            &labels,
+            t.label_smoothing,
+            dropout,
+        )?;
         Ok(BatchLoss {
             loss,
             tokens: seqs.iter().map(|s| s.len()).sum(),
@@ -206,7 +211,8 @@ impl Task for TextClassification {
         for chunk in all.chunks(self.recipe.train.batch_size) {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| self.val[i].0.as_slice()).collect();
             let labels: Vec<u32> = chunk.iter().map(|&i| self.val[i].1).collect();
-            let (loss, c) = crate::classify::text_loss(&self.model, &seqs, &labels, 0.0, None)?;
+            let (loss, c) =
+                crate::infer::classify::text_loss(&self.model, &seqs, &labels, 0.0, None)?;
             sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             correct += c;
         }
@@ -218,7 +224,11 @@ impl Task for TextClassification {
         if self.val.is_empty() {
             return Ok(None);
         }
-        let s = crate::classify::score_texts(&self.model, &self.val, self.recipe.train.batch_size)?;
+        let s = crate::infer::classify::score_texts(
+            &self.model,
+            &self.val,
+            self.recipe.train.batch_size,
+        )?;
         super::write_scores(out_dir, &s).map(Some)
     }
 

@@ -8,7 +8,7 @@ use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::semnet::kg::{KgSplit, Triple};
 use crate::semnet::transe::{TransE, TransEConfig};
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::task::{Batch, BatchLoss, DataSummary, Describe, EpochOrder, Task};
 use crate::train::{Prepared, Recipe};
 use crate::Result;

@@ -3,11 +3,11 @@
 //! task by name: what a batch is and what its loss means are the task's.
 
 use crate::nn::ParamStore;
+use crate::plot::plot_losses;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::train::checkpoint::{self, Checkpoint, TrainerState};
 use crate::train::metrics::{peak_rss, reset_peak_rss, MetricsLog};
-use crate::train::plot::plot_losses;
 use crate::train::task::{Batch, BatchLoss, Task};
 use crate::train::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, Recipe};
 use crate::{Error, Result};
@@ -108,7 +108,7 @@ impl RunStart {
     pub fn model(&self, recipe: &Recipe) -> Result<Option<PathBuf>> {
         Ok(match (&self.resume_from, &recipe.model.init) {
             (Some((_, ck)), _) if recipe.peft.is_none() => Some(ck.clone()),
-            (_, Some(init)) => Some(crate::pretrained::resolve_model(init)?),
+            (_, Some(init)) => Some(crate::assets::resolve_model(init)?),
             (_, None) => None,
         })
     }

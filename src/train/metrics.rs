@@ -55,19 +55,7 @@ impl MetricsLog {
 }
 
 /// Reads all records of a metrics file (none if it does not exist).
-pub fn read_records(path: &Path) -> Result<Vec<Value>> {
-    if !path.exists() {
-        return Ok(vec![]);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
-}
+pub use crate::io::read_jsonl as read_records;
 
 /// The process's peak resident memory since the last [`reset_peak_rss`] (or its start), in
 /// bytes: Linux's `VmHWM`. `None` where the kernel does not report it.

@@ -6,7 +6,6 @@ pub mod cross_validation;
 pub mod engine;
 pub mod metrics;
 pub mod optimizer;
-pub mod plot;
 pub mod recipe;
 pub mod schedule;
 pub mod task;

@@ -6,7 +6,7 @@
 use crate::models::CausalModel;
 use crate::nn::ParamStore;
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::Result;
 use candle_core::Tensor;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! and GPT-2's own `vocab.json` + `merges.txt`. All of it is the Hugging Face `tokenizers`
 //! library, so what we write loads in Python and the reverse.
 
+use crate::io::gguf::Gguf;
 use crate::io::write_atomic;
 use crate::{Error, Result};
 use std::collections::BTreeSet;
@@ -21,7 +22,7 @@ pub const UNK: &str = "<unk>";
 pub const BERT_SPECIAL: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 /// Trains `tk` on the text of `files` (any corpus format, see
-/// [`crate::data::corpus::for_each_chunk`]), streamed from a reader thread so a large corpus
+/// [`crate::io::corpus::for_each_chunk`]), streamed from a reader thread so a large corpus
 /// never sits in memory whole.
 fn train_streaming<M, N, PT, PP, D, T>(
     tk: &mut tokenizers::TokenizerImpl<M, N, PT, PP, D>,
@@ -40,7 +41,7 @@ where
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<()> {
             for f in files {
-                crate::data::corpus::for_each_chunk(f, 1 << 20, |text| {
+                crate::io::corpus::for_each_chunk(f, 1 << 20, |text| {
                     // A closed channel means training failed; its error is reported instead.
                     let _ = tx.send(text.to_string());
                     Ok(())
@@ -80,7 +81,7 @@ fn scan_alphabet(
     let mut counts: std::collections::HashMap<char, u64> = Default::default();
     let mut inner: std::collections::HashSet<char> = Default::default();
     for f in files {
-        crate::data::corpus::for_each_chunk(f, 1 << 20, |text| {
+        crate::io::corpus::for_each_chunk(f, 1 << 20, |text| {
             let err = |e| tok_err(Some(f), e);
             let mut n = tokenizers::NormalizedString::from(text);
             normalizer.normalize(&mut n).map_err(err)?;
@@ -322,6 +323,46 @@ impl Tokenizer {
             .build()
             .map(Some)
             .map_err(|e| tok_err(None, e))
+    }
+
+    /// The tokenizer the metadata describes: byte-level BPE (`tokenizer.ggml.model = "gpt2"`:
+    /// tokens, merges, the pre-tokenizer named by `tokenizer.ggml.pre`) or SentencePiece
+    /// (`"llama"`: tokens, scores, `add_space_prefix`); `tokenizer.ggml.token_type` 3 (control)
+    /// and 4 (user-defined) become added tokens.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let model = g.str("tokenizer.ggml.model")?;
+        let tokens = g.str_array("tokenizer.ggml.tokens")?;
+        let types = g
+            .int_array("tokenizer.ggml.token_type")?
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(g.err(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let special = g.special_tokens()?;
+        let built = match model {
+            "gpt2" => {
+                let merges = g.str_array("tokenizer.ggml.merges")?;
+                let pre = g.str("tokenizer.ggml.pre").unwrap_or("default");
+                Tokenizer::from_bpe_parts(&tokens, &merges, &types, pre, &special)
+            }
+            "llama" => {
+                let scores = g.f32_array("tokenizer.ggml.scores")?;
+                let prefix = g.bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                Tokenizer::from_spm_parts(
+                    &tokens, &scores, &types, &special, prefix,
+                )
+            }
+            other => {
+                return Err(g.err(format!(
+                    "tokenizer model {other:?} is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece)"
+                )))
+            }
+        };
+        built.map_err(|e| g.err(e.to_string()))
     }
 
     /// A SentencePiece vocabulary as llama.cpp stores it in GGUF (`tokenizer.ggml.model =

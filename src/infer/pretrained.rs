@@ -1,22 +1,22 @@
 //! Pretrained causal language models as users have them: a Hugging Face directory
 //! (`config.json`, `model.safetensors` or shards, `tokenizer.json`, `tokenizer_config.json`,
 //! `generation_config.json`), a llama.cpp `.gguf` file, or an asset name from `assets.toml`.
-//! [`Pretrained`] bundles the model with its tokenizer, special tokens and chat template, and
-//! writes itself back as a Hugging Face directory.
+//! [`PretrainedCausalLm`] bundles the model with its tokenizer, special tokens and chat
+//! template, and writes itself back as a Hugging Face directory.
 
-use crate::chat::ChatTemplate;
 use crate::io::gguf::{Gguf, Precision, SpecialTokens};
 use crate::io::{read_json, write_json_atomic};
 use crate::models::{self, ArchConfig, CausalModel};
 use crate::nn::ParamStore;
-use crate::tokenizer::Tokenizer;
+use crate::text::chat::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Device;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// A loaded model with everything needed to prompt it.
-pub struct Pretrained {
+/// A pretrained causal language model with everything needed to prompt it.
+pub struct PretrainedCausalLm {
     pub model: CausalModel,
     pub store: ParamStore,
     pub tokenizer: Tokenizer,
@@ -29,40 +29,6 @@ pub struct Pretrained {
     pub quantized: bool,
     /// Parameters held in quantized matrices (not in `store`).
     pub quantized_numel: usize,
-}
-
-/// Resolves a `--model` argument: an existing path; `asset:NAME` or a bare asset name (fetched
-/// if needed). An asset folder holding a single `.gguf` and no `config.json` resolves to the
-/// file.
-pub fn resolve_model(arg: &str) -> Result<PathBuf> {
-    let path = Path::new(arg);
-    let dir = if path.exists() {
-        path.to_path_buf()
-    } else {
-        let name = arg.strip_prefix("asset:").unwrap_or(arg);
-        if crate::assets::manifest()?.contains_key(name) {
-            crate::assets::ensure(name)?
-        } else {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file or directory, and not an asset name (see assets.toml)",
-                ),
-            ));
-        }
-    };
-    if dir.is_dir() && !dir.join("config.json").exists() {
-        let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-            .collect();
-        if ggufs.len() == 1 {
-            return Ok(ggufs[0].clone());
-        }
-    }
-    Ok(dir)
 }
 
 /// The family support for a GGUF file's `general.architecture`.
@@ -81,7 +47,6 @@ pub fn gguf_config(g: &Gguf) -> Result<ArchConfig> {
     ArchConfig::from_box((gguf_support(g)?.config)(g)?).map_err(|e| g.err(e.to_string()))
 }
 
-/// A token named in `tokenizer_config.json`: a string or `{"content": ...}`.
 /// The chat template source of a model directory whose `tokenizer_config.json` is `tc`.
 fn template_source(dir: &Path, tc: &Value) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
@@ -101,6 +66,7 @@ fn template_source(dir: &Path, tc: &Value) -> Result<Option<String>> {
     })
 }
 
+/// A token named in `tokenizer_config.json`: a string or `{"content": ...}`.
 fn token_str(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
@@ -122,11 +88,11 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
-impl Pretrained {
-    /// Loads a model by `--model` argument (see [`resolve_model`]); `quantized` keeps GGUF
+impl PretrainedCausalLm {
+    /// Loads a model by `--model` argument (see [`crate::assets::resolve_model`]); `quantized` keeps GGUF
     /// matrices quantized.
     pub fn load(arg: &str, device: &Device, quantized: bool) -> Result<Self> {
-        let path = resolve_model(arg)?;
+        let path = crate::assets::resolve_model(arg)?;
         if crate::peft::adapter_io::is_adapter_dir(&path) && !path.join("config.json").exists() {
             // A PEFT adapter directory: its base model, with it applied.
             let cfg = crate::peft::adapter_io::read_config(&path)?;
@@ -213,7 +179,7 @@ impl Pretrained {
                 .and_then(|b| b.as_bool())
                 .unwrap_or(false),
         };
-        Ok(Pretrained {
+        Ok(PretrainedCausalLm {
             model,
             store,
             tokenizer,
@@ -232,7 +198,7 @@ impl Pretrained {
         let arch = g.architecture()?.to_string();
         let support = gguf_support(&g)?;
         let config = gguf_config(&g)?;
-        let tokenizer = g.tokenizer()?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != config.vocab_size() {
             return Err(Error::format(
                 path,
@@ -270,7 +236,7 @@ impl Pretrained {
         let mut used: Vec<String> = config.param_shapes()?.into_keys().collect();
         used.extend(quant_keys.iter().cloned());
         models::hf::check_all_used(&store, &used, path, "the file's metadata")?;
-        Ok(Pretrained {
+        Ok(PretrainedCausalLm {
             model,
             store,
             tokenizer,
@@ -295,9 +261,16 @@ impl Pretrained {
 
     /// Loads PEFT adapter directories `(name, dir)` onto the model (the first loaded is the
     /// active one; switch with `store.peft().set_active`).
-    pub fn with_adapters(mut self, adapters: &[(String, PathBuf)]) -> Result<Self> {
-        self.model = self.model.with_adapters(&mut self.store, adapters)?;
-        Ok(self)
+    pub fn with_adapters(self, adapters: &[(String, PathBuf)]) -> Result<Self> {
+        let Self {
+            model, mut store, ..
+        } = self;
+        let model = crate::peft::adapter_io::apply(model, &mut store, adapters)?;
+        Ok(Self {
+            model,
+            store,
+            ..self
+        })
     }
 
     fn token_text(&self, id: Option<u32>) -> Option<String> {

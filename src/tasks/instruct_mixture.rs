@@ -10,12 +10,12 @@
 //! (multiple-choice records: `family`, `task`, `held_out`, `messages` (the user turn),
 //! `choices`, `answer` (index); never-seen examples of every family) and `manifest.json`.
 
-use crate::chat::Message;
 use crate::data::labelled::read_labelled;
 use crate::data::lexicon::Lexicon;
 use crate::rng::Rng;
 use crate::semnet::verbalize::article;
 use crate::semnet::wordnet::{self, Synset};
+use crate::text::chat::Message;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};

@@ -1,6 +1,6 @@
 //! `loss.png`: training and validation loss against step.
 
-use crate::train::metrics::read_records;
+use crate::io::read_jsonl as read_records;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;

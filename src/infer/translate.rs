@@ -780,8 +780,8 @@ pub struct Translator {
     pub models: Vec<Marian>,
     /// The right-to-left models.
     pub reversed: Vec<Marian>,
-    pub source: crate::tokenizer::Tokenizer,
-    pub target: crate::tokenizer::Tokenizer,
+    pub source: crate::text::tokenizer::Tokenizer,
+    pub target: crate::text::tokenizer::Tokenizer,
 }
 
 /// A run directory's model, its source and target tokenizers, and whether it writes right to
@@ -792,15 +792,15 @@ fn load_one(
     device: &candle_core::Device,
 ) -> Result<(
     Marian,
-    crate::tokenizer::Tokenizer,
-    crate::tokenizer::Tokenizer,
+    crate::text::tokenizer::Tokenizer,
+    crate::text::tokenizer::Tokenizer,
     bool,
 )> {
     let (model, _) = crate::models::marian::load_dir(dir, device)?;
-    let source = crate::tokenizer::Tokenizer::load_dir(dir)?;
+    let source = crate::text::tokenizer::Tokenizer::load_dir(dir)?;
     let tgt_path = dir.join("target_tokenizer.json");
     let target = if tgt_path.exists() {
-        crate::tokenizer::Tokenizer::load(&tgt_path)?
+        crate::text::tokenizer::Tokenizer::load(&tgt_path)?
     } else {
         source.clone()
     };

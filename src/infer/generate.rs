@@ -3,7 +3,7 @@
 
 use crate::models::CausalModel;
 use crate::rng::Rng;
-use crate::tokenizer::{Tokenizer, EOT};
+use crate::text::tokenizer::{Tokenizer, EOT};
 use crate::{Error, Result};
 use candle_core::Tensor;
 

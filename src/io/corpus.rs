@@ -1,6 +1,6 @@
 //! Text corpora: files or folders of UTF-8 text, read in a fixed order.
 
-use crate::data::wiki;
+use crate::io::wiki;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 use crate::io::read_json;
 use crate::models::bert::{self, Bert};
 use crate::nn::ParamStore;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;

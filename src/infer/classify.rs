@@ -8,7 +8,7 @@ use crate::data::images::{augment, read_image, ImageSet, Preprocessor};
 use crate::models::sequence_classifier::SequenceClassifier;
 use crate::models::vit::{attention_rollout, probabilities, Vit};
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
+use crate::text::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;

@@ -1,0 +1,6 @@
+//! Text as models read it: tokenizers (trained here, loaded from `tokenizer.json`, rebuilt from
+//! GGUF metadata) and chat templates (Hugging Face's Jinja templates, rendered with
+//! minijinja).
+
+pub mod chat;
+pub mod tokenizer;
