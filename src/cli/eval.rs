@@ -562,46 +562,13 @@ fn accuracy(a: AccuracyArgs, c: &Common) -> Result<()> {
 }
 
 fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
-    use ferroformer::data::lexicon::Part;
-    use ferroformer::infer::translate::strip_eos;
+    use ferroformer::eval::seq2seq::{part, run_lexicon, score};
     if a.beam == 0 || a.batch == 0 {
         anyhow::bail!("--beam and --batch must be positive");
     }
     let dirs = super::model_dirs(&a.model)?;
-    let recipes = dirs
-        .iter()
-        .map(|d| ferroformer::train::Recipe::load(&d.join("recipe.toml"), &[]))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Outputs come back left to right from every model, so the references are read so too.
-    let datas: Vec<_> = recipes
-        .iter()
-        .map(|r| ferroformer::train::recipe::DataConfig {
-            reverse_target: false,
-            ..r.data.clone()
-        })
-        .collect();
-    // A word one model trained on would be scored as unseen by the ensemble.
-    if let Some(i) = datas.iter().position(|d| *d != datas[0]) {
-        anyhow::bail!(
-            "--model {} was trained with a different [data] section (split, stress or corpus) \
-             than --model {}; an ensemble is scored on one split",
-            a.model[i],
-            a.model[0]
-        );
-    }
-    let part: Part = a.split.parse()?;
-    let data = match &a.data {
-        Some(d) => d.clone(),
-        None => datas[0]
-            .corpus
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("the recipe names no corpus; pass --data"))?,
-    };
-    // Scored as trained: without stress digits in the references too when the run was.
-    let d = &datas[0];
-    let lex = d.lexicon(&ferroformer::assets::resolve(&data)?)?;
-    let words = lex.split(d.split_seed, d.split_fractions(), part);
+    let (lex, data) = run_lexicon(&dirs, a.data.as_deref())?;
+    let words = part(&lex, &data, a.split.parse()?);
     if words.is_empty() {
         anyhow::bail!("the {} split is empty", a.split);
     }
@@ -610,64 +577,14 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
         ensemble_mean: a.ensemble_mean,
         ..t.options(a.beam, a.length_penalty)
     };
-    let eos = t.config().eos_token_id;
-    let bar = if c.progress() {
-        indicatif::ProgressBar::new(words.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = bar(c, words.len());
     let start = std::time::Instant::now();
-    let (mut outputs, mut refs) = (vec![], vec![]);
-    for chunk in words.chunks(a.batch) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|e| t.encode(&e.word, true))
-            .collect::<Result<_, _>>()?;
-        for (toks, _) in t.translate_ids(&ids, &opts)? {
-            outputs.push(toks);
-        }
-        for e in chunk {
-            let r: Vec<Vec<u32>> = e
-                .prons
-                .iter()
-                .map(|p| {
-                    ferroformer::objective::seq2seq::encode_target(&t.target, &p.join(" "))
-                        .or_else(|_| -> anyhow::Result<Vec<u32>> {
-                            // A phoneme the model never saw: it cannot be produced, so any
-                            // id that is not an output token keeps the reference unmatched.
-                            Ok(p.iter().map(|_| u32::MAX).chain([eos]).collect())
-                        })
-                        .map(|v| strip_eos(&v, eos).to_vec())
-                })
-                .collect::<Result<_>>()?;
-            refs.push(r);
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let r = score(&t, &words, &opts, a.batch, &mut |n| {
+        bar.set_position(n as u64)
+    })?;
     bar.finish_and_clear();
-    let r = ferroformer::objective::seq2seq::error_rates(&outputs, &refs);
-    // The same with stress digits removed (AH0 = AH1), as published CMUdict G2P results score.
-    let unstressed = |ids: &Vec<u32>| -> Vec<String> {
-        ids.iter()
-            .map(|&i| match t.target.id_token(i) {
-                Some(p) => ferroformer::data::lexicon::unstressed(&p).to_string(),
-                None => format!("#{i}"),
-            })
-            .collect()
-    };
-    let ns = ferroformer::objective::seq2seq::error_rates(
-        &outputs.iter().map(unstressed).collect::<Vec<_>>(),
-        &refs
-            .iter()
-            .map(|rs| rs.iter().map(unstressed).collect())
-            .collect::<Vec<_>>(),
-    );
     if c.json {
-        println!(
-            "{}",
-            serde_json::json!({"wer": r.wer, "per": r.per, "n": r.n,
-                "wer_no_stress": ns.wer, "per_no_stress": ns.per})
-        );
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
             "{} words ({} split): WER {:.2}%, PER {:.2}%; without stress WER {:.2}%, PER {:.2}% ({}, {:.1} s)",
@@ -675,8 +592,8 @@ fn seq2seq(a: Seq2seqArgs, c: &Common) -> Result<()> {
             a.split,
             100.0 * r.wer,
             100.0 * r.per,
-            100.0 * ns.wer,
-            100.0 * ns.per,
+            100.0 * r.wer_no_stress,
+            100.0 * r.per_no_stress,
             if a.beam > 1 {
                 format!("beam {}", a.beam)
             } else {

@@ -4,6 +4,7 @@ pub mod choices;
 pub mod few_shot;
 pub mod perplexity;
 pub mod prototypes;
+pub mod seq2seq;
 pub mod task;
 
 pub use perplexity::{perplexity, PerplexityReport};
