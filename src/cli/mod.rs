@@ -15,7 +15,6 @@ pub mod instruct;
 pub mod params;
 pub mod pretrain;
 pub mod semnet;
-pub mod semnet_embed;
 pub mod similar;
 pub mod tokenizer;
 pub mod translate;

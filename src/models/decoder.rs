@@ -11,17 +11,14 @@
 //! safetensors, or kept in a llama.cpp quantized format for inference on GGUF checkpoints.
 
 use super::causal::{CausalConfig, CausalLm};
-use crate::nn::attention::{causal_attention_in, KvCache, Prefix, Segments};
-use crate::nn::kernels::attention::causal_attention;
-use crate::nn::kernels::softmax::attn_softmax;
+use crate::nn::attention::{KvCache, Segments};
 use crate::nn::{
-    Activation, Dropout, Embedding, Init, ParamStore, Projection, QuantWeights, QuantizedWeight,
-    RmsNorm, Rope, RopeScaling, TokenEmbedding, VirtualTokens,
+    Activation, Embedding, GateUp, GatedMlp, Init, ParamStore, Projection, Qkv, QuantWeights,
+    QuantizedWeight, RmsNorm, Rope, RopeScaling, RotaryAttention, TokenEmbedding, VirtualTokens,
 };
 use crate::rng::Rng;
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, D};
-use std::sync::Arc;
+use candle_core::{Device, Tensor};
 
 /// What kind of attention a layer has.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -183,285 +180,12 @@ impl DecoderSpec {
     }
 }
 
-/// Queries, keys and values: three projections, or one (`qkv_proj`).
-#[derive(Clone, Debug)]
-pub enum Qkv {
-    Separate {
-        q_proj: Projection,
-        k_proj: Projection,
-        v_proj: Projection,
-        /// Frozen quantized weights: the three stacked into one product.
-        stacked: Option<Projection>,
-    },
-    Fused(Projection),
-}
-
-/// Splits the last dimension of `y` into parts of the given widths.
-fn split_last(y: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
-    let mut start = 0;
-    widths
-        .iter()
-        .map(|&w| {
-            let part = y.narrow(D::Minus1, start, w)?;
-            start += w;
-            Ok(part)
-        })
-        .collect()
-}
-
-/// Self-attention with rotary positions and grouped key/value heads.
-#[derive(Clone, Debug)]
-pub struct DecoderAttention {
-    pub qkv: Qkv,
-    pub o_proj: Projection,
-    pub q_norm: Option<RmsNorm>,
-    pub k_norm: Option<RmsNorm>,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub rope: Rope,
-    pub window: Option<usize>,
-    pub query_scale: Option<f64>,
-    pub softcap: Option<f64>,
-    /// Prefix tuning's learned keys (not rotated, as PEFT's) and values.
-    pub prefix: Option<Prefix>,
-}
-
-impl DecoderAttention {
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let widths = [h * d, kvh * d, kvh * d];
-        Ok(match &self.qkv {
-            Qkv::Separate {
-                stacked: Some(p), ..
-            }
-            | Qkv::Fused(p) => {
-                let mut parts = split_last(&p.forward(x)?, &widths)?.into_iter();
-                let mut next = || parts.next().expect("three parts");
-                (next(), next(), next())
-            }
-            Qkv::Separate {
-                q_proj,
-                k_proj,
-                v_proj,
-                stacked: None,
-            } => (q_proj.forward(x)?, k_proj.forward(x)?, v_proj.forward(x)?),
-        })
-    }
-
-    /// `x`: `[b, t, hidden]`. With `cache`, new keys/values (already rotated) are appended;
-    /// with `segments`, packed examples attend only within themselves.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cache: Option<&mut KvCache>,
-        segments: Option<&Segments>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let offset = Prefix::offset(self.prefix.as_ref(), cache.as_deref());
-        let (q, k, v) = self.project(x)?;
-        let mut q = q.reshape((b, t, h, d))?;
-        let mut k = k.reshape((b, t, kvh, d))?;
-        let v = v.reshape((b, t, kvh, d))?;
-        if let Some(n) = &self.q_norm {
-            q = n.forward(&q)?;
-        }
-        if let Some(n) = &self.k_norm {
-            k = n.forward(&k)?;
-        }
-        let (q, k) = match segments {
-            Some(s) => (
-                self.rope.forward_segments(&q, s)?,
-                self.rope.forward_segments(&k, s)?,
-            ),
-            None => (
-                self.rope.forward(&q, offset)?,
-                self.rope.forward(&k, offset)?,
-            ),
-        };
-        if cache.is_none()
-            && self.prefix.is_none()
-            && self.softcap.is_none()
-            && crate::nn::kernels::fused(x.device())
-        {
-            // Full sequence (training, scoring): the fused blocked kernel over one packed
-            // [b, t, 3 h d] tensor, key/value heads repeated to the query heads; it scales by
-            // 1 / sqrt(head_dim), so another scale goes into the queries.
-            let q = match self.query_scale {
-                Some(s) => (&q * (s * (d as f64).sqrt()))?,
-                None => q.clone(),
-            };
-            let repeat = |x: Tensor| -> Result<Tensor> {
-                Ok(if kvh == h {
-                    x.reshape((b, t, h * d))?
-                } else {
-                    x.unsqueeze(3)?
-                        .broadcast_as((b, t, kvh, h / kvh, d))?
-                        .reshape((b, t, h * d))?
-                })
-            };
-            let qkv = Tensor::cat(
-                &[
-                    q.reshape((b, t, h * d))?,
-                    repeat(k.clone())?,
-                    repeat(v.clone())?,
-                ],
-                2,
-            )?;
-            let windowed = match self.window {
-                Some(w) if w < t => Some(window_segments(segments, b, t, w)),
-                _ => None,
-            };
-            if let Some(y) = causal_attention(&qkv, h, windowed.as_ref().or(segments))? {
-                return self.o_proj.forward(&y);
-            }
-        }
-        let q = q.transpose(1, 2)?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
-        let y = if self.window.is_none() && self.softcap.is_none() && self.query_scale.is_none() {
-            // No attention dropout in these families.
-            causal_attention_in(&q, &k, &v, offset, segments, &Dropout::default(), None)?
-        } else {
-            let mask = Mask {
-                offset,
-                window: self.window,
-                segments,
-            };
-            let scale = self
-                .query_scale
-                .unwrap_or(1.0 / (self.head_dim as f64).sqrt());
-            masked_attention(&q, &k, &v, &mask, scale, self.softcap)?
-        };
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
-        self.o_proj.forward(&y)
-    }
-}
-
-/// Who sees whom in [`masked_attention`].
-struct Mask<'a> {
-    /// The position of the first query (the keys start at 0).
-    offset: usize,
-    window: Option<usize>,
-    segments: Option<&'a Segments>,
-}
-
-impl Mask<'_> {
-    /// Additive `[b or 1, 1, t, s]`: 0 where query `i` sees key `j` (`j <= offset + i`,
-    /// within the window, in its own packed example), minus infinity elsewhere.
-    fn tensor(&self, t: usize, s: usize, device: &Device) -> Result<Tensor> {
-        let rows = self.segments.map_or(1, |seg| seg.b);
-        let mut data = vec![f32::NEG_INFINITY; rows * t * s];
-        for (r, block) in data.chunks_mut(t * s).enumerate() {
-            for (i, row) in block.chunks_mut(s).enumerate() {
-                let pos = self.offset + i;
-                let mut first = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                if let Some(seg) = self.segments {
-                    first = first.max(seg.starts[r * t + i] as usize);
-                }
-                row[first..=pos.min(s - 1)].fill(0.0);
-            }
-        }
-        Ok(Tensor::from_vec(data, (rows, 1, t, s), device)?)
-    }
-}
-
-/// Grouped-query attention of `q` `[b, h, t, d]` over `k`, `v` `[b, kv_heads, s, d]` with
-/// the scores scaled by `scale`, soft-capped, and masked by `mask` (the composition the
-/// fused kernel does not cover: sliding windows with a cache, soft-capping).
-fn masked_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Mask,
-    scale: f64,
-    softcap: Option<f64>,
-) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let (_, kvh, s, _) = k.dims4()?;
-    let g = h / kvh;
-    let qg = q.contiguous()?.reshape((b, kvh, g * t, d))?;
-    let mut scores = (qg.matmul(&k.t()?)?.reshape((b, h, t, s))? * scale)?;
-    if let Some(cap) = softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
-    }
-    let scores = scores.broadcast_add(&mask.tensor(t, s, q.device())?)?;
-    let p = attn_softmax(&scores, 1.0, None)?;
-    let y = p.reshape((b, kvh, g * t, s))?.matmul(v)?;
-    Ok(y.reshape((b, h, t, d))?)
-}
-
-/// The segments that make the fused causal kernel honour a sliding window of `w`: each query
-/// sees from `w - 1` positions back (or its packed example's start, if later).
-fn window_segments(segments: Option<&Segments>, b: usize, t: usize, w: usize) -> Segments {
-    let starts = (0..b * t)
-        .map(|k| {
-            let i = k % t;
-            let own = segments.map_or(0, |s| s.starts[k]);
-            own.max((i + 1).saturating_sub(w) as u32)
-        })
-        .collect();
-    let positions = match segments {
-        Some(s) => s.positions.clone(),
-        None => Arc::new((0..b * t).map(|k| (k % t) as u32).collect()),
-    };
-    Segments {
-        b,
-        t,
-        positions,
-        starts: Arc::new(starts),
-    }
-}
-
-/// Gate and up projections: two, or one (`gate_up_proj`, gate first).
-#[derive(Clone, Debug)]
-pub enum GateUp {
-    Separate {
-        gate_proj: Projection,
-        up_proj: Projection,
-        /// Frozen quantized weights: both stacked into one product.
-        stacked: Option<Projection>,
-    },
-    Fused(Projection),
-}
-
-/// The gated feed-forward network: `down(act(gate(x)) * up(x))` (SwiGLU, GeGLU).
-#[derive(Clone, Debug)]
-pub struct GatedMlp {
-    pub gate_up: GateUp,
-    pub down_proj: Projection,
-    pub act: Activation,
-}
-
-impl GatedMlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (g, u) = match &self.gate_up {
-            GateUp::Separate {
-                stacked: Some(p), ..
-            }
-            | GateUp::Fused(p) => {
-                let y = p.forward(x)?;
-                let n = y.dim(D::Minus1)? / 2;
-                (y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)
-            }
-            GateUp::Separate {
-                gate_proj,
-                up_proj,
-                stacked: None,
-            } => (gate_proj.forward(x)?, up_proj.forward(x)?),
-        };
-        self.down_proj.forward(&(self.act.forward(&g)? * u)?)
-    }
-}
-
 /// One decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`; with sandwich norms,
 /// each sub-layer's output is normalised too before it is added.
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
-    pub self_attn: DecoderAttention,
+    pub self_attn: RotaryAttention,
     pub post_attention_layernorm: RmsNorm,
     pub pre_feedforward_layernorm: Option<RmsNorm>,
     pub post_feedforward_layernorm: Option<RmsNorm>,
@@ -659,7 +383,7 @@ impl Decoder {
             };
             let mut layer = DecoderLayer {
                 input_layernorm,
-                self_attn: DecoderAttention {
+                self_attn: RotaryAttention {
                     qkv,
                     o_proj,
                     q_norm,
@@ -811,33 +535,5 @@ impl CausalLm for Decoder {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_starts_follow_the_window_and_the_examples() {
-        let s = window_segments(None, 1, 5, 2);
-        assert_eq!(*s.starts, vec![0, 0, 1, 2, 3]);
-        let packed = Segments::from_lengths(&[vec![3, 2]], 5).unwrap();
-        let s = window_segments(Some(&packed), 1, 5, 2);
-        assert_eq!(*s.starts, vec![0, 0, 1, 3, 3]);
-        assert_eq!(s.positions, packed.positions);
-    }
-
-    #[test]
-    fn mask_sees_the_window_after_a_cache() {
-        let m = Mask {
-            offset: 3,
-            window: Some(2),
-            segments: None,
-        };
-        let t = m.tensor(1, 4, &Device::Cpu).unwrap();
-        let row: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(row[..2], [f32::NEG_INFINITY, f32::NEG_INFINITY]);
-        assert_eq!(row[2..], [0.0, 0.0]);
     }
 }

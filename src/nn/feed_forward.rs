@@ -1,8 +1,8 @@
 //! The position-wise feed-forward network: expand, activate, project back.
 
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, Projection};
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
 /// Activation functions, named as in Hugging Face configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,5 +53,46 @@ pub struct FeedForward {
 impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.proj.forward(&self.act.forward(&self.fc.forward(x)?)?)
+    }
+}
+
+/// Gate and up projections: two, or one (`gate_up_proj`, gate first).
+#[derive(Clone, Debug)]
+pub enum GateUp {
+    Separate {
+        gate_proj: Projection,
+        up_proj: Projection,
+        /// Frozen quantized weights: both stacked into one product.
+        stacked: Option<Projection>,
+    },
+    Fused(Projection),
+}
+
+/// The gated feed-forward network: `down(act(gate(x)) * up(x))` (SwiGLU, GeGLU).
+#[derive(Clone, Debug)]
+pub struct GatedMlp {
+    pub gate_up: GateUp,
+    pub down_proj: Projection,
+    pub act: Activation,
+}
+
+impl GatedMlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (g, u) = match &self.gate_up {
+            GateUp::Separate {
+                stacked: Some(p), ..
+            }
+            | GateUp::Fused(p) => {
+                let y = p.forward(x)?;
+                let n = y.dim(D::Minus1)? / 2;
+                (y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)
+            }
+            GateUp::Separate {
+                gate_proj,
+                up_proj,
+                stacked: None,
+            } => (gate_proj.forward(x)?, up_proj.forward(x)?),
+        };
+        self.down_proj.forward(&(self.act.forward(&g)? * u)?)
     }
 }

@@ -13,6 +13,7 @@ pub mod linear;
 pub mod norm;
 pub mod position;
 pub mod rope;
+pub mod rotary_attention;
 pub mod store;
 pub mod virtual_tokens;
 
@@ -28,12 +29,13 @@ pub use block::DecoderBlock;
 pub use dropout::Dropout;
 pub use embedding::{Embedding, TokenEmbedding};
 pub use encoder::{EncoderLayer, EncoderLayerConfig, EncoderLayerNames};
-pub use feed_forward::{Activation, FeedForward};
+pub use feed_forward::{Activation, FeedForward, GateUp, GatedMlp};
 pub use linear::{Linear, Projection, QuantWeights, QuantizedWeight};
 pub use norm::{LayerNorm, RmsNorm};
 pub use position::{
     sinusoidal_encoding, sinusoidal_table, LearnedPosition, PositionEncoding, SinusoidLayout,
 };
 pub use rope::{Rope, RopeScaling};
+pub use rotary_attention::{Qkv, RotaryAttention};
 pub use store::{AdapterHook, Init, ParamStore, TrainableCount};
 pub use virtual_tokens::VirtualTokens;

@@ -3,4 +3,6 @@
 //! minijinja).
 
 pub mod chat;
+pub mod gguf_vocab;
 pub mod tokenizer;
+pub mod train;

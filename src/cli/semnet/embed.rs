@@ -1,8 +1,8 @@
 //! `ferroformer semnet embed`: TransE knowledge-graph embeddings trained through the training
 //! engine, then filtered link prediction on the held-out triples.
 
-use super::semnet::GraphArg;
-use super::Common;
+use super::super::Common;
+use super::GraphArg;
 use anyhow::{bail, Result};
 use clap::Args;
 use ferroformer::semnet;
@@ -133,7 +133,7 @@ seed = {seed}
     );
     let recipe =
         ferroformer::train::Recipe::parse(&recipe, &[], std::path::Path::new("semnet embed"))?;
-    let (trainer, outcome) = super::pretrain::train_one(recipe, a.resume, c)?;
+    let (trainer, outcome) = super::super::pretrain::train_one(recipe, a.resume, c)?;
     if let ferroformer::train::Outcome::Interrupted { .. } = outcome {
         return Ok(());
     }
