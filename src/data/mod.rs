@@ -2,6 +2,7 @@
 //! texts, instruction records, images, lexicons. (Corpus files themselves are read by
 //! [`crate::io::corpus`].)
 
+pub mod image_preprocess;
 pub mod images;
 pub mod instruct;
 pub mod labelled;

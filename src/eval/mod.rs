@@ -6,5 +6,6 @@ pub mod perplexity;
 pub mod prototypes;
 pub mod seq2seq;
 pub mod task;
+pub mod task_data;
 
 pub use perplexity::{perplexity, PerplexityReport};

@@ -3,8 +3,10 @@
 //! beam, ensembles), classification (texts and images), sentence embeddings, fill-mask.
 
 pub mod classify;
+pub mod decode;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;
 pub mod pretrained;
+pub mod rescore;
 pub mod translate;
