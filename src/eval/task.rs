@@ -28,6 +28,9 @@
 //! TSV is written), CSV with a header row (RFC 4180 quoting), or fastText lines
 //! (`__label__NAME text`, fields `label` and `text`). Paths are relative to the task file, or
 //! `asset:NAME/FILE`.
+//!
+//! Length: one concept (the task format: parsing, templates, sources, validation) whose parts
+//! share private types; a quarter of the file is its tests.
 
 use crate::rng::PyRandom;
 use crate::{Error, Result};

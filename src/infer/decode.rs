@@ -12,6 +12,9 @@
 //! [`EnsembleMean::Probability`]). One model decodes exactly as alone.
 //!
 //! Rescoring (whole-sequence log-probabilities, right-to-left models) is in [`super::rescore`].
+//!
+//! Length: greedy and beam search share the batched cache and logits-processor steps; splitting
+//! them would spread one algorithm (transformers' `generate`) over files.
 
 use crate::models::marian::{DecoderCache, Marian};
 use crate::objective::seq2seq::{pad_batch, Pair, PairBatch};

@@ -1,5 +1,8 @@
 //! Recipes: a TOML file describing one training job (data, model, training, sampling), with
 //! any key overridable from the command line as `--set section.key=value`.
+//!
+//! Length: the recipe schema is one concept; most lines are documented fields and their
+//! defaults, which users read here, and a sixth of the file is tests.
 
 use crate::data::lexicon::Lexicon;
 use crate::objective::mlm::MaskingConfig;

@@ -7,6 +7,9 @@
 //! minimum `-8 d`, so one kernel serves both:
 //! `sum_j (n_j d_w + m_w) q_j d_x = d_w d_x sum_j n_j q_j + m_w (d_x sum_j q_j)`.
 //! [`QWeight::matmul_reference`] is the scalar reference the SIMD path is tested against.
+//!
+//! Length: one kernel family; the AVX-512 and AVX2 variants of each block product sit side by
+//! side so they are reviewed together, and the tests are a tenth of the file.
 
 use super::f32s;
 use candle_core::quantized::{GgmlDType, QTensor};
