@@ -315,3 +315,46 @@ fn unsupported_options_are_named() {
         "{e}"
     );
 }
+
+/// The byte-level BPE pre-tokenizers GGUF files name (`tokenizer.ggml.pre`: Qwen 2/2.5/3's
+/// `qwen2`, Llama 3's `llama-bpe`, SmolLM's `smollm`, GPT-2's `gpt-2`, and `default`, what
+/// llama.cpp does without a known one) tokenize as llama.cpp does (and, for `qwen2`, as transformers' GGUF tokenizer; fixtures by
+/// tests/fixtures/make_bpe_pre_fixtures.py: GPT-2's first 3,000 merges, varied texts: digits,
+/// contractions, runs of spaces, newlines, accents, CJK, emoji, code).
+#[test]
+fn gguf_bpe_pre_tokenizers_match_llama_cpp() {
+    use ferroformer::io::gguf::Gguf;
+    use ferroformer::text::tokenizer::Tokenizer;
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("bpe-pre/expected.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = serde_json::from_value(want["texts"].clone()).unwrap();
+    let g = Gguf::open(&fixture("bpe-pre/qwen2.gguf")).unwrap();
+    let tokens = g.str_array("tokenizer.ggml.tokens").unwrap();
+    let merges = g.str_array("tokenizer.ggml.merges").unwrap();
+    let types = g.int_array("tokenizer.ggml.token_type").unwrap().unwrap();
+    let special = g.special_tokens().unwrap();
+    for (pre, ids) in want["ids"].as_object().unwrap() {
+        let tok = if pre == "qwen2" {
+            Tokenizer::from_gguf(&g).unwrap()
+        } else {
+            Tokenizer::from_bpe_parts(&tokens, &merges, &types, pre, &special).unwrap()
+        };
+        let ids: Vec<Vec<u32>> = serde_json::from_value(ids.clone()).unwrap();
+        for (text, want) in texts.iter().zip(ids) {
+            assert_eq!(tok.encode(text).unwrap(), want, "pre {pre}, text {text:?}");
+            assert_eq!(
+                &tok.decode(&want).unwrap(),
+                text,
+                "pre {pre}, decoding {text:?}"
+            );
+        }
+    }
+    let Err(e) = Tokenizer::from_bpe_parts(&tokens, &merges, &types, "tekken", &special) else {
+        panic!("an unknown pre-tokenizer must be refused");
+    };
+    assert!(
+        e.to_string().contains("\"tekken\"") && e.to_string().contains("qwen2"),
+        "{e}"
+    );
+}

@@ -11,6 +11,40 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
+/// The pre-tokenizer regexes llama.cpp names in `tokenizer.ggml.pre` (llama-vocab.cpp), as
+/// the models' own tokenizer.json files write them.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+const LLAMA_CPP_DEFAULT_SPLITS: &[&str] = &[
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
+/// `regex` splits the text into its matches and what lies between them.
+fn split(regex: &str) -> Result<tokenizers::pre_tokenizers::PreTokenizerWrapper> {
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    Ok(Split::new(
+        SplitPattern::Regex(regex.into()),
+        tokenizers::SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| tok_err(None, e))?
+    .into())
+}
+
+/// `regex` splits the text, then each piece becomes bytes.
+fn split_then_bytes(regex: &str) -> Result<tokenizers::pre_tokenizers::PreTokenizerWrapper> {
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    Ok(Sequence::new(vec![
+        split(regex)?,
+        ByteLevel::new(false, true, false).into(),
+    ])
+    .into())
+}
+
 impl Tokenizer {
     /// A byte-level BPE tokenizer from its parts as llama.cpp's GGUF stores them: the tokens
     /// (by id), the merges (`"a b"`), each token's type (3 control and 4 user-defined tokens
@@ -25,9 +59,7 @@ impl Tokenizer {
     ) -> Result<Self> {
         use tokenizers::pre_tokenizers::digits::Digits;
         use tokenizers::pre_tokenizers::sequence::Sequence;
-        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
         use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-        use tokenizers::SplitDelimiterBehavior;
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -53,30 +85,30 @@ impl Tokenizer {
         // The pre-tokenizer regexes llama.cpp names in `tokenizer.ggml.pre` (llama-vocab.cpp),
         // written as the `tokenizers` pipelines the original tokenizer.json files use.
         let pre_tok: PreTokenizerWrapper = match pre {
-            "default" | "gpt2" | "gpt-2" => byte_level.into(),
+            "gpt2" | "gpt-2" => byte_level.into(),
+            // What llama.cpp does with a BPE vocabulary of no known pre-tokenizer (files
+            // converted before `tokenizer.ggml.pre` existed): its four splits in turn.
+            "default" => Sequence::new(
+                LLAMA_CPP_DEFAULT_SPLITS
+                    .iter()
+                    .map(|r| split(r))
+                    .chain([Ok(ByteLevel::new(false, true, false).into())])
+                    .collect::<Result<_>>()?,
+            )
+            .into(),
             "smollm" => Sequence::new(vec![
                 Digits::new(true).into(),
                 byte_level.into(),
             ])
             .into(),
-            "llama3" | "llama-v3" | "llama-bpe" => Sequence::new(vec![
-                Split::new(
-                    SplitPattern::Regex(
-                        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-                            .into(),
-                    ),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| tok_err(None, e))?
-                .into(),
-                ByteLevel::new(false, true, false).into(),
-            ])
-            .into(),
+            "llama3" | "llama-v3" | "llama-bpe" => split_then_bytes(LLAMA3_SPLIT)?,
+            // Qwen 2, 2.5 and 3 (and DeepSeek's Qwen distillations): Llama 3's split with
+            // every digit on its own.
+            "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_SPLIT)?,
             other => {
                 return Err(tok_err(
                     None,
-                    format!("pre-tokenizer {other:?} is not supported (supported: default, gpt2, smollm, llama-bpe)"),
+                    format!("pre-tokenizer {other:?} is not supported (supported: default, gpt-2, smollm, llama-bpe, qwen2)"),
                 ))
             }
         };
