@@ -134,19 +134,21 @@ pub fn for_each_chunk(
     }
     let mut file = wiki::open_text(path)?;
     let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
+    // Appends up to `chunk` more bytes; true at the end of the file.
+    let read_more = |file: &mut Box<dyn Read>, buf: &mut Vec<u8>| -> Result<bool> {
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        let n = file
+            .read(&mut buf[start..])
+            .map_err(|e| Error::io(path, e))?;
+        buf.truncate(start + n);
+        Ok(n == 0)
+    };
     let mut offset = 0usize; // bytes of the file already handed out, for error messages
     let mut eof = false;
     while !eof || !buf.is_empty() {
         if !eof && buf.len() < chunk {
-            let start = buf.len();
-            buf.resize(start + chunk, 0);
-            let n = file
-                .read(&mut buf[start..])
-                .map_err(|e| Error::io(path, e))?;
-            buf.truncate(start + n);
-            if n == 0 {
-                eof = true;
-            }
+            eof = read_more(&mut file, &mut buf)?;
             continue;
         }
         // Find a cut: after '\n' followed by a non-whitespace byte, searching backwards.
@@ -161,15 +163,7 @@ pub fn for_each_chunk(
             }
             if cut == 0 {
                 // No safe cut in this window: read more before handing anything out.
-                let start = buf.len();
-                buf.resize(start + chunk, 0);
-                let n = file
-                    .read(&mut buf[start..])
-                    .map_err(|e| Error::io(path, e))?;
-                buf.truncate(start + n);
-                if n == 0 {
-                    eof = true;
-                }
+                eof = read_more(&mut file, &mut buf)?;
                 continue;
             }
         }

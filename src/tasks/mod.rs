@@ -189,24 +189,7 @@ mod tests {
 
     #[test]
     fn every_objective_has_a_task_and_pairs_are_checked() {
-        let base = r#"
-name = "t"
-[data]
-corpus = ["a.txt"]
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 8
-[train]
-out_dir = "runs/t"
-steps = 10
-batch_size = 2
-context = 8
-lr = 1e-3
-min_lr = 1e-4
-warmup_steps = 2
-eval_interval = 5
-"#;
+        let base = crate::train::recipe::tests::R;
         let p = Path::new("r.toml");
         let r = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

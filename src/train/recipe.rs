@@ -584,10 +584,11 @@ impl Recipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const R: &str = r#"
+    /// The smallest valid recipe, for tests.
+    pub(crate) const R: &str = r#"
 name = "t"
 [data]
 corpus = ["a.txt"]
