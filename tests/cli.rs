@@ -2,7 +2,7 @@
 //! exit code 1, never a panic.
 
 mod common;
-use common::{fails_with, ff, small_corpus, stdout_of, tiny_recipe};
+use common::{fails_with, ff, fixture, small_corpus, stdout_of, tiny_recipe};
 use std::path::Path;
 
 fn last_json(s: &str) -> serde_json::Value {
@@ -313,6 +313,52 @@ fn bench_verbs_print_their_json() {
     fails_with(
         ff().args(["bench", "generate", "--config", cfg, "--new-tokens", "40"]),
         &["positions"],
+    );
+
+    // A pretrained model through the engine, with a LoRA adapter on PEFT's default targets
+    // (q_proj, v_proj): 2 layers x r 8 x ((64 + 64) + (64 + 2 x 16)) trained parameters.
+    let llama = fixture("llama-tiny");
+    let llama = llama.to_str().unwrap();
+    let tiny = [
+        "--batch",
+        "2",
+        "--context",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+    ];
+    let j = last_json(&stdout_of(
+        ff().args([
+            "--json", "bench", "train", "--model", llama, "--peft", "lora",
+        ])
+        .args(["--set", "peft.r=8"])
+        .args(tiny),
+    ));
+    assert_eq!(j["trainable_params"], 3584, "{j}");
+    assert!(j["tokens_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert_eq!(j["step_ms"].as_array().unwrap().len(), 3, "{j}");
+    assert!(j.get("mfu").is_none(), "no MFU for an adapter: {j}");
+    let j = last_json(&stdout_of(
+        ff().args(["--json", "bench", "train", "--model", llama])
+            .args(tiny),
+    ));
+    assert_eq!(j["trainable_params"], j["params"], "{j}");
+    assert!(j["mfu"].as_f64().unwrap() > 0.0, "{j}");
+    fails_with(
+        ff().args(["bench", "train", "--config", cfg, "--peft", "lora"]),
+        &["--peft", "--model"],
+    );
+    fails_with(
+        ff().args(["bench", "train", "--model", llama, "--peft", "lora"])
+            .args(["--set", "peft.rank=8"])
+            .args(tiny),
+        &["peft", "\"rank\""],
+    );
+    fails_with(
+        ff().args(["bench", "train", "--model", llama, "--context", "4096"]),
+        &["context", "128"],
     );
 }
 

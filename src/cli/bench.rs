@@ -1,19 +1,20 @@
 //! `ferroformer bench`: training and forward throughput on random tokens, printed in the same
-//! JSON shape as `bench/throughput.py` prints for PyTorch, for side-by-side ratios.
+//! JSON shape as `bench/throughput.py` and `bench/finetune_torch.py` print for PyTorch, for
+//! side-by-side ratios (`bench/compare.sh`).
 
 use super::Common;
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use ferroformer::models::{ArchConfig, CausalModel, Gpt2Config};
-use ferroformer::objective::CausalLm;
 use ferroformer::rng::Rng;
-use ferroformer::train::{AdamW, AdamWConfig, GradAccumulator};
+use ferroformer::train::Recipe;
 use std::time::Instant;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Full training steps (forward, backward, AdamW) and forward passes of a GPT.
+    /// Full training steps (forward, backward, AdamW) and forward passes on random tokens: a
+    /// fresh GPT, or a pretrained model (--model), whole or with an adapter (--peft), through
+    /// the engine `finetune` uses.
     Train(TrainArgs),
     /// Greedy generation with the KV cache: a prompt, then new tokens one at a time (a random
     /// GPT, or a real model with --model).
@@ -49,10 +50,28 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model size: a named config (gpt2, ...), a config.json path, or inline JSON
-    /// [default: 6 layers, 6 heads, 384 dims, vocab 8192, tanh GELU, tied head].
+    /// Model size of a fresh GPT-2: a named config (gpt2, ...), a config.json path, or inline
+    /// JSON [default: 6 layers, 6 heads, 384 dims, vocab 8192, tanh GELU, tied head]. Ignored
+    /// with --model.
     #[arg(long)]
     pub config: Option<String>,
+    /// A pretrained causal LM to train instead: a Hugging Face directory, a .gguf file
+    /// (dequantized to f32; `--set model.quantized=true` keeps it quantized, with --peft) or an
+    /// asset name.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Train a PEFT adapter (lora, ia3, ln_tuning, prompt_tuning, prefix_tuning) on the frozen
+    /// model instead of the whole model; its options as `--set peft.KEY=VALUE` (PEFT's
+    /// defaults otherwise) [default: the whole model].
+    #[arg(long, value_name = "METHOD")]
+    pub peft: Option<String>,
+    /// Recipe overrides, as for `finetune` (`train.lr`, `train.grad_accum`, `train.freeze`,
+    /// `peft.r`, ...). The defaults: for a fresh GPT lr 3e-4, betas (0.9, 0.95), weight decay
+    /// 0.1, no clipping (as bench/throughput.py); for --model those of
+    /// recipes/domain-shakespeare.toml (lr 1e-4, betas (0.9, 0.999), weight decay 0.01,
+    /// clipping at 1.0; as bench/finetune_torch.py).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -226,80 +245,116 @@ fn generate(a: GenerateArgs, c: &Common) -> Result<()> {
     Ok(())
 }
 
+/// The bench's run: random tokens, no evaluation, no checkpoints.
+fn bench_recipe(a: &TrainArgs, fresh: Option<&Gpt2Config>, seed: u64) -> Result<Recipe> {
+    let model = match fresh {
+        Some(c) => format!(
+            "architecture = \"gpt2\"\nn_layer = {}\nn_head = {}\nn_embd = {}\n",
+            c.n_layer, c.n_head, c.n_embd
+        ),
+        None => String::new(),
+    };
+    let optimizer = if fresh.is_none() {
+        "lr = 1e-4\nmin_lr = 1e-5\nbeta1 = 0.9\nbeta2 = 0.999\nweight_decay = 0.01\ngrad_clip = 1.0"
+    } else {
+        "lr = 3e-4\nmin_lr = 3e-4\nbeta1 = 0.9\nbeta2 = 0.95\nweight_decay = 0.1\ngrad_clip = 0.0"
+    };
+    let text = format!(
+        "name = \"bench\"\nobjective = \"clm\"\n[data]\ncorpus = [\"(random tokens)\"]\n\
+         [model]\n{model}[train]\nout_dir = \"(temporary)\"\nsteps = {}\nbatch_size = {}\n\
+         context = {}\nwarmup_steps = 0\neval_interval = 1000000\nseed = {seed}\n{optimizer}\n",
+        a.warmup + a.steps,
+        a.batch,
+        a.context,
+    );
+    let mut set = a.set.clone();
+    if let Some(method) = &a.peft {
+        ferroformer::peft::PeftType::parse(method)?;
+        set.insert(
+            0,
+            format!("peft.peft_type={}", toml::Value::String(method.clone())),
+        );
+    }
+    if let Some(m) = &a.model {
+        set.insert(0, format!("model.init={}", toml::Value::String(m.clone())));
+    }
+    Ok(Recipe::parse(
+        &text,
+        &set,
+        std::path::Path::new("bench train"),
+    )?)
+}
+
 fn train(a: TrainArgs, c: &Common) -> Result<()> {
     if a.steps == 0 || a.batch == 0 || a.context == 0 {
         bail!("--steps, --batch and --context must be positive");
     }
     let device = c.device()?;
-    let cfg = config(&a)?;
-    let (model, store) = CausalModel::init(&ArchConfig::new(cfg.clone())?, &device, 0)?;
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    });
-    let mut rng = Rng::new(0);
-    let n = a.batch * a.context;
-    let ids = |rng: &mut Rng| -> Result<Tensor> {
-        let v: Vec<u32> = (0..n)
-            .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-            .collect();
-        Ok(Tensor::from_vec(v, (a.batch, a.context), &device)?)
+    let fresh = match &a.model {
+        Some(_) => None,
+        None if a.peft.is_some() => bail!("--peft needs a pretrained --model to adapt"),
+        None => Some(config(&a)?),
     };
-    let (x, y) = (ids(&mut rng)?, ids(&mut rng)?);
-    let mut times = vec![];
-    for i in 0..a.warmup + a.steps {
-        let t0 = Instant::now();
-        let loss = CausalLm::train_loss(&model, &x, &y, None)?;
-        let mut acc = GradAccumulator::default();
-        acc.add(&store, &loss.backward()?)?;
-        opt.step(&store, acc.grads(), 3e-4, 1.0)?;
-        // Reading the loss forces the step to complete on asynchronous devices.
-        loss.to_scalar::<f32>()?;
-        if i >= a.warmup {
-            times.push(t0.elapsed().as_secs_f64());
+    let recipe = bench_recipe(&a, fresh.as_ref(), c.seed.unwrap_or(0))?;
+    let (model, store) = match (&recipe.model.init, fresh) {
+        (Some(m), _) => {
+            let path = ferroformer::assets::resolve_model(m)?;
+            if ferroformer::tasks::text::is_gguf(&path) {
+                let p = ferroformer::infer::pretrained::PretrainedCausalLm::from_gguf(
+                    &path,
+                    &device,
+                    recipe.model.quantized,
+                )?;
+                (p.model, p.store)
+            } else if recipe.model.quantized {
+                bail!("model.quantized needs a .gguf --model");
+            } else {
+                ferroformer::models::load_dir(&path, &device)?
+            }
         }
-    }
-    let mut fwd = vec![];
-    for i in 0..a.warmup + a.steps {
-        let t0 = Instant::now();
-        let logits = model.forward(&x, None, None)?;
-        logits.sum_all()?.to_scalar::<f32>()?;
-        if i >= a.warmup {
-            fwd.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let step = median(times);
-    let flops_per_token =
-        ferroformer::models::params::gpt2_report(&cfg, a.batch, Some(a.context), &|_| false)?
-            .flops_per_token
-            .train;
-    // Read before the ceiling measurement allocates its own matrices.
-    let rss = peak_rss_mb();
-    let peak = matmul_peak_flops();
-    let report = serde_json::json!({
-        "impl": "ferroformer",
-        "tokens_per_s": n as f64 / step,
-        "step_ms_median": 1000.0 * step,
-        "forward_tokens_per_s": n as f64 / median(fwd),
-        "peak_rss_mb": rss,
-        "mfu": flops_per_token * n as f64 / step / peak,
-        "matmul_peak_gflops": peak / 1e9,
-        "params": store.numel(),
+        (None, Some(cfg)) => CausalModel::init(&ArchConfig::new(cfg)?, &device, 0)?,
+        (None, None) => bail!("--set model.init cannot be removed"),
+    };
+    let config = model.config();
+    let r = ferroformer::tasks::throughput::measure(recipe, model, store, a.warmup, a.steps)?;
+    // Model FLOPs utilisation, for whole-model training only (an adapter's step does not
+    // compute the frozen weights' gradients).
+    let mfu_peak = (r.trainable_params == r.params).then(|| {
+        let per_token =
+            ferroformer::models::params::report(&config, a.batch, Some(a.context), &|_| false)
+                .map(|p| p.flops_per_token.train);
+        (per_token, matmul_peak_flops())
     });
+    let mut report = serde_json::json!({
+        "impl": "ferroformer",
+        "tokens_per_s": r.tokens_per_s,
+        "step_ms_median": r.step_ms_median,
+        "forward_tokens_per_s": r.forward_tokens_per_s,
+        "peak_rss_mb": r.peak_rss_mb,
+        "params": r.params,
+        "trainable_params": r.trainable_params,
+        "last_loss": r.last_loss,
+        "step_ms": r.step_ms,
+    });
+    if let Some((Ok(per_token), peak)) = mfu_peak {
+        report["mfu"] = (per_token * r.tokens_per_s / peak).into();
+        report["matmul_peak_gflops"] = (peak / 1e9).into();
+    }
     if c.json {
         println!("{report}");
     } else {
         println!(
-            "train {:.0} tokens/s ({:.1} ms/step, MFU {:.0}% of {:.0} GFLOP/s), forward {:.0} tokens/s, peak RSS {:.0} MB, {} parameters",
-            report["tokens_per_s"].as_f64().unwrap_or(0.0),
-            1000.0 * step,
-            100.0 * report["mfu"].as_f64().unwrap_or(0.0),
-            peak / 1e9,
-            report["forward_tokens_per_s"].as_f64().unwrap_or(0.0),
-            report["peak_rss_mb"].as_f64().unwrap_or(0.0),
-            store.numel()
+            "train {:.0} tokens/s ({:.1} ms/step{}), forward {:.0} tokens/s, peak RSS {:.0} MB, {} of {} parameters trained",
+            r.tokens_per_s,
+            r.step_ms_median,
+            match report["mfu"].as_f64() {
+                Some(m) => format!(", MFU {:.0}%", 100.0 * m),
+                None => String::new(),
+            },
+            r.forward_tokens_per_s,
+            r.peak_rss_mb.unwrap_or(0.0),
+            r.trainable_params,
+            r.params,
         );
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod seq2seq;
 pub mod sft;
 pub mod text;
 pub mod text_classification;
+pub mod throughput;
 pub mod transe;
 
 use crate::models::registry;
