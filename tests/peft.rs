@@ -485,19 +485,8 @@ mod cli {
     use super::common::{fails_with, ff, fixture, small_corpus, stdout_of};
     use super::*;
 
-    /// llama-tiny with a character tokenizer for the test corpus (its vocabulary fits the
-    /// model's 96 ids).
     fn base_model(dir: &Path) -> PathBuf {
-        let base = dir.join("base");
-        std::fs::create_dir_all(&base).unwrap();
-        for f in ["config.json", "model.safetensors", "generation_config.json"] {
-            std::fs::copy(fixture("llama-tiny").join(f), base.join(f)).unwrap();
-        }
-        let corpus = small_corpus(400);
-        let tok = ferroformer::text::tokenizer::Tokenizer::train_char([corpus.as_str()]).unwrap();
-        assert!(tok.vocab_size() <= 96);
-        tok.save(&base.join("tokenizer.json")).unwrap();
-        base
+        super::common::llama_tiny_base(dir)
     }
 
     fn recipe(dir: &Path, steps: usize, extra: &str) -> PathBuf {

@@ -347,7 +347,10 @@ impl Bert {
         x = self.embeddings_dropout.forward(&x, rng.as_deref_mut())?;
         let mask = attention_mask.map(Self::additive_mask).transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref(), rng.as_deref_mut())?;
+            let (l, mask) = (layer.clone(), mask.clone());
+            x = crate::nn::checkpoint::layer(&[&x], rng.as_deref_mut(), move |xs, rng| {
+                l.forward(&xs[0], mask.as_ref(), rng)
+            })?;
             if detach {
                 x = x.detach();
             }

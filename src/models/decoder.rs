@@ -12,6 +12,7 @@
 
 use super::causal::{CausalConfig, CausalLm};
 use crate::nn::attention::{KvCache, Segments};
+use crate::nn::checkpoint;
 use crate::nn::{
     Activation, Embedding, GateUp, GatedMlp, Init, ParamStore, Projection, Qkv, QuantWeights,
     QuantizedWeight, RmsNorm, Rope, RopeScaling, RotaryAttention, TokenEmbedding, VirtualTokens,
@@ -490,7 +491,8 @@ impl CausalLm for Decoder {
             }
             None => {
                 for layer in &self.layers {
-                    x = layer.forward(&x, None, None)?;
+                    let l = layer.clone();
+                    x = checkpoint::layer(&[&x], None, move |xs, _| l.forward(&xs[0], None, None))?;
                 }
             }
         }
@@ -506,7 +508,10 @@ impl CausalLm for Decoder {
         self.virtual_tokens.check_packable()?;
         let (mut x, _) = self.embed(ids, 0)?;
         for layer in &self.layers {
-            x = layer.forward(&x, None, Some(segments))?;
+            let (l, seg) = (layer.clone(), segments.clone());
+            x = checkpoint::layer(&[&x], None, move |xs, _| {
+                l.forward(&xs[0], None, Some(&seg))
+            })?;
         }
         self.norm.forward(&x)
     }

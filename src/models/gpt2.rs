@@ -5,6 +5,7 @@
 
 use super::causal::{CausalConfig, CausalLm};
 use super::family::{CausalSupport, Family, Kind, PeftDefaults, Sizes};
+use crate::nn::checkpoint;
 use crate::nn::{
     sinusoidal_encoding, Activation, CausalSelfAttention, DecoderBlock, Dropout, Embedding,
     FeedForward, KvCache, LayerNorm, LearnedPosition, Linear, ParamStore, PositionEncoding,
@@ -410,7 +411,10 @@ impl CausalLm for Gpt2 {
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(&x, None, None, rng.as_deref_mut())?;
+                    let b = block.clone();
+                    x = checkpoint::layer(&[&x], rng.as_deref_mut(), move |xs, rng| {
+                        b.forward(&xs[0], None, None, rng)
+                    })?;
                 }
             }
         }
@@ -430,7 +434,10 @@ impl CausalLm for Gpt2 {
             .broadcast_add(&self.wpe.forward_segments(segments)?)?;
         let mut x = self.drop.forward(&x, rng.as_deref_mut())?;
         for block in &self.blocks {
-            x = block.forward(&x, None, Some(segments), rng.as_deref_mut())?;
+            let (b, seg) = (block.clone(), segments.clone());
+            x = checkpoint::layer(&[&x], rng.as_deref_mut(), move |xs, rng| {
+                b.forward(&xs[0], None, Some(&seg), rng)
+            })?;
         }
         self.ln_f.forward(&x)
     }

@@ -7,6 +7,7 @@
 //! Source and target may share one vocabulary and embedding (`model.shared`) or have their own.
 
 use super::family::{Family, Kind, PeftDefaults};
+use crate::nn::checkpoint;
 use crate::nn::{
     sinusoidal_table, Activation, Dropout, Embedding, EncoderLayer, EncoderLayerConfig,
     EncoderLayerNames, Init, KvCache, LayerNorm, Linear, MultiHeadAttention, ParamStore,
@@ -480,7 +481,10 @@ impl Marian {
     ) -> Result<Tensor> {
         let mut x = self.embed(&self.encoder_embed, src, 0, rng.as_deref_mut())?;
         for layer in &self.encoder_layers {
-            x = layer.forward(&x, mask, rng.as_deref_mut())?;
+            let (l, mask) = (layer.clone(), mask.cloned());
+            x = checkpoint::layer(&[&x], rng.as_deref_mut(), move |xs, rng| {
+                l.forward(&xs[0], mask.as_ref(), rng)
+            })?;
         }
         Ok(x)
     }
@@ -503,8 +507,17 @@ impl Marian {
             .unwrap_or(0);
         let mut x = self.embed(&self.decoder_embed, tgt, start, rng.as_deref_mut())?;
         for (i, layer) in self.decoder_layers.iter().enumerate() {
-            let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(&x, enc, enc_mask, cache, rng.as_deref_mut())?;
+            match caches.as_deref_mut() {
+                Some(c) => {
+                    x = layer.forward(&x, enc, enc_mask, Some(&mut c[i]), rng.as_deref_mut())?;
+                }
+                None => {
+                    let (l, mask) = (layer.clone(), enc_mask.cloned());
+                    x = checkpoint::layer(&[&x, enc], rng.as_deref_mut(), move |xs, rng| {
+                        l.forward(&xs[0], &xs[1], mask.as_ref(), None, rng)
+                    })?;
+                }
+            }
         }
         Ok(x)
     }

@@ -349,7 +349,10 @@ impl Vit {
     ) -> Result<Tensor> {
         let mut x = self.embed(pixels, interpolate, rng.as_deref_mut())?;
         for layer in &self.layers {
-            x = layer.forward(&x, None, rng.as_deref_mut())?;
+            let l = layer.clone();
+            x = crate::nn::checkpoint::layer(&[&x], rng.as_deref_mut(), move |xs, rng| {
+                l.forward(&xs[0], None, rng)
+            })?;
         }
         self.layernorm.forward(&x)
     }

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod block;
+pub mod checkpoint;
 pub mod dropout;
 pub mod embedding;
 pub mod encoder;

@@ -60,8 +60,11 @@ impl Adapters {
         if p == 0.0 {
             return None;
         }
-        let mut st = self.switch.lock().expect("adapter state");
-        st.dropout.as_mut().map(|rng| rng.next_u64())
+        // Through the checkpoint tape: a recomputed layer must draw the same masks.
+        crate::nn::checkpoint::seed(|| {
+            let mut st = self.switch.lock().expect("adapter state");
+            st.dropout.as_mut().map(|rng| rng.next_u64())
+        })
     }
 }
 

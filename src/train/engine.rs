@@ -216,6 +216,11 @@ impl Trainer {
             )?;
         }
         let t = &recipe.train;
+        if t.gradient_checkpointing && !store.device().is_cpu() {
+            return Err(Error::Config(
+                "train.gradient_checkpointing runs on the CPU only for now".into(),
+            ));
+        }
         let mut optimizer = AdamW::new(AdamWConfig {
             beta1: t.beta1,
             beta2: t.beta2,
@@ -277,11 +282,35 @@ impl Trainer {
 
     /// One optimizer step (over `grad_accum` micro-batches).
     pub fn train_step(&mut self) -> Result<StepStats> {
+        let (acc, loss_sum, tokens) = self.gradients()?;
+        let t = &self.recipe.train;
+        let (scale, grad_norm) = if t.grad_clip > 0.0 {
+            acc.clip_scale(t.grad_clip)?
+        } else {
+            (1.0, acc.global_norm()?)
+        };
+        let lr = self.schedule.at(self.state.step);
+        self.optimizer.step(&self.store, acc.grads(), lr, scale)?;
+        self.state.step += 1;
+        self.state.tokens_seen += tokens as u64;
+        Ok(StepStats {
+            step: self.state.step,
+            tokens,
+            loss: loss_sum / t.grad_accum as f64,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// The next step's gradients, summed over its `grad_accum` micro-batches, with the summed
+    /// loss and the token count; advances the data and dropout streams but not the step.
+    pub fn gradients(&mut self) -> Result<(GradAccumulator, f64, usize)> {
         let t = &self.recipe.train;
         let accum = t.grad_accum;
         let mut acc = GradAccumulator::default();
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
+        let _checkpointing = crate::nn::checkpoint::enable(t.gradient_checkpointing);
         let dropout = self.task.uses_dropout();
         let adapter_dropout = self
             .store
@@ -330,24 +359,11 @@ impl Trainer {
             } else {
                 loss
             };
-            acc.add(&self.store, &loss.backward()?)?;
+            let mut grads = loss.backward()?;
+            crate::nn::checkpoint::merge_param_grads(&mut grads)?;
+            acc.add(&self.store, &grads)?;
         }
-        let (scale, grad_norm) = if t.grad_clip > 0.0 {
-            acc.clip_scale(t.grad_clip)?
-        } else {
-            (1.0, acc.global_norm()?)
-        };
-        let lr = self.schedule.at(self.state.step);
-        self.optimizer.step(&self.store, acc.grads(), lr, scale)?;
-        self.state.step += 1;
-        self.state.tokens_seen += tokens as u64;
-        Ok(StepStats {
-            step: self.state.step,
-            tokens,
-            loss: loss_sum / accum as f64,
-            lr,
-            grad_norm,
-        })
+        Ok((acc, loss_sum, tokens))
     }
 
     /// Mean loss over `eval_iters` batches of each split (for the masked LM also the accuracy

@@ -399,6 +399,10 @@ pub struct TrainConfig {
     /// them too).
     #[serde(default)]
     pub train_only: Vec<String>,
+    /// Activation checkpointing: each layer keeps only its input for the backward pass and
+    /// recomputes its activations there (less memory, about a third more compute). CPU only.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// The sample generated after training.

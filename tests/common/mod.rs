@@ -230,3 +230,18 @@ pub fn fails_with(c: &mut assert_cmd::Command, needles: &[&str]) {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
 }
+
+/// llama-tiny (weights from the fixture) with a character tokenizer of [`small_corpus`] (its
+/// vocabulary fits the model's 96 ids), as `dir/base`.
+pub fn llama_tiny_base(dir: &std::path::Path) -> PathBuf {
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("llama-tiny").join(f), base.join(f)).unwrap();
+    }
+    let corpus = small_corpus(400);
+    let tok = ferroformer::text::tokenizer::Tokenizer::train_char([corpus.as_str()]).unwrap();
+    assert!(tok.vocab_size() <= 96);
+    tok.save(&base.join("tokenizer.json")).unwrap();
+    base
+}
