@@ -19,7 +19,9 @@ fn keep_freed_memory() {
         // Worker threads (matmul packing buffers) would otherwise get arenas of their own,
         // which glibc does trim.
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // -1 is the largest size_t: never trim (i32::MAX, 2 GiB, was still trimmed after
+        // every step of a model whose activations exceed it, and re-faulted the next step).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
 }
 
