@@ -5,6 +5,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::assert_close;
+use ferroformer::nn::kernels::glu::{glu, glu_plain, GluAct};
 use ferroformer::nn::kernels::{cross_entropy, gelu, layer_norm, softmax};
 use ferroformer::nn::LayerNorm;
 use ferroformer::rng::Rng;
@@ -96,6 +97,39 @@ fn gelu_both_forms() {
         &|x| gelu::gelu_plain(x, false).unwrap(),
         5e-6,
     );
+}
+
+/// SwiGLU and both GeGLU forms: the value and the gradients of the gate and the up
+/// projection, on odd shapes and a non-contiguous gate (a half of a fused gate_up output).
+#[test]
+fn gated_units_match_composition() {
+    for act in [GluAct::Silu, GluAct::GeluTanh, GluAct::GeluErf] {
+        for dims in SHAPES {
+            let g = Var::from_tensor(&randn(dims, 2.0, 11)).unwrap();
+            let u = Var::from_tensor(&randn(dims, 1.0, 12)).unwrap();
+            check_param_grads(
+                &format!("glu {act:?} {dims:?}"),
+                &|| glu(g.as_tensor(), u.as_tensor(), act).unwrap(),
+                &|| glu_plain(g.as_tensor(), u.as_tensor(), act).unwrap(),
+                &[("g", &g), ("u", &u)],
+            );
+            assert_close(
+                &format!("glu {act:?} {dims:?} value"),
+                &glu(g.as_tensor(), u.as_tensor(), act).unwrap(),
+                &glu_plain(g.as_tensor(), u.as_tensor(), act).unwrap(),
+                1e-5,
+                1e-6,
+            );
+        }
+        let gu = Var::from_tensor(&randn(&[5, 2 * 33], 2.0, 13)).unwrap();
+        let half = |i: usize| gu.as_tensor().narrow(1, 33 * i, 33).unwrap();
+        check_param_grads(
+            &format!("glu {act:?} of a fused gate_up"),
+            &|| glu(&half(0), &half(1), act).unwrap(),
+            &|| glu_plain(&half(0), &half(1), act).unwrap(),
+            &[("gate_up", &gu)],
+        );
+    }
 }
 
 #[test]

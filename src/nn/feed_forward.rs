@@ -1,5 +1,6 @@
 //! The position-wise feed-forward network: expand, activate, project back.
 
+use crate::nn::kernels::glu::{glu, GluAct};
 use crate::nn::linear::{Linear, Projection};
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
@@ -93,6 +94,16 @@ impl GatedMlp {
                 stacked: None,
             } => (gate_proj.forward(x)?, up_proj.forward(x)?),
         };
-        self.down_proj.forward(&(self.act.forward(&g)? * u)?)
+        let act = match self.act {
+            Activation::Silu => Some(GluAct::Silu),
+            Activation::GeluTanh => Some(GluAct::GeluTanh),
+            Activation::Gelu => Some(GluAct::GeluErf),
+            Activation::Relu => None,
+        };
+        let h = match act {
+            Some(a) => glu(&g, &u, a)?,
+            None => (self.act.forward(&g)? * u)?,
+        };
+        self.down_proj.forward(&h)
     }
 }

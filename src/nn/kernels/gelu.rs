@@ -13,11 +13,39 @@ const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 const CHUNK: usize = 1 << 15;
 
+/// GELU, tanh form.
+#[inline(always)]
+pub(crate) fn tanh_value(x: f32) -> f32 {
+    let t = tanh(K0 * (x + K1 * x * x * x));
+    0.5 * x * (1.0 + t)
+}
+
+/// GELU, exact form.
+#[inline(always)]
+pub(crate) fn erf_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * INV_SQRT2))
+}
+
+/// The derivative of the tanh form.
+#[inline(always)]
+pub(crate) fn tanh_slope(x: f32) -> f32 {
+    let x2 = x * x;
+    let t = tanh(K0 * x * (1.0 + K1 * x2));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K0 * (1.0 + 3.0 * K1 * x2)
+}
+
+/// The derivative of the exact form.
+#[inline(always)]
+pub(crate) fn erf_slope(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
+    let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
+    cdf + x * pdf
+}
+
 multiversion! {
     fn fwd_tanh(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            let t = tanh(K0 * (x + K1 * x * x * x));
-            *y = 0.5 * x * (1.0 + t);
+            *y = tanh_value(x);
         }
     }
 }
@@ -25,7 +53,7 @@ multiversion! {
 multiversion! {
     fn fwd_erf(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + erf(x * INV_SQRT2));
+            *y = erf_value(x);
         }
     }
 }
@@ -33,10 +61,7 @@ multiversion! {
 multiversion! {
     fn bwd_tanh(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let x2 = x * x;
-            let t = tanh(K0 * x * (1.0 + K1 * x2));
-            let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K0 * (1.0 + 3.0 * K1 * x2);
-            *dx = g * d;
+            *dx = g * tanh_slope(x);
         }
     }
 }
@@ -44,9 +69,7 @@ multiversion! {
 multiversion! {
     fn bwd_erf(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-            let cdf = 0.5 * (1.0 + erf(x * INV_SQRT2));
-            let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
-            *dx = g * (cdf + x * pdf);
+            *dx = g * erf_slope(x);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
 pub mod gemm;
+pub mod glu;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora;
