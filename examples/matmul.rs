@@ -1,0 +1,158 @@
+//! The matrix-multiply rate of `nn::kernels::gemm::matmul` on the shapes models train with,
+//! beside what the CPU can do: the peak of f32 FMAs and of AVX512-BF16 dot products per core.
+//! `bench/matmul.py` measures PyTorch on the same shapes.
+//!
+//! `cargo run --release --example matmul [THREADS]` (default 2)
+
+use ferroformer::nn::kernels::gemm::{matmul, View, ViewMut};
+use std::time::Instant;
+
+/// `(m, k, n)`, the name, and whether the right side is stored transposed (`x W^T` with an
+/// `[out, in]` weight) or the left side is (`dy^T x`, a weight gradient).
+fn shapes() -> Vec<(String, usize, usize, usize, bool, bool)> {
+    let mut v = vec![];
+    // The GPT bench config (6 layers, 384 dims, batch 8 x 256, vocab 8192).
+    for (m, k, n) in [
+        (2048, 384, 1152),
+        (2048, 384, 1536),
+        (2048, 1536, 384),
+        (2048, 384, 8192),
+    ] {
+        for bt in [false, true] {
+            v.push((format!("gpt {m}x{k} @ {k}x{n}"), m, k, n, false, bt));
+        }
+    }
+    // SmolLM2-135M at batch 4 x 256: forward x W^T, input gradient dy W, weight gradient dy^T x.
+    let t = 1024;
+    for (name, d_in, d_out) in [
+        ("q/o_proj", 576, 576),
+        ("k/v_proj", 576, 192),
+        ("gate/up_proj", 576, 1536),
+        ("down_proj", 1536, 576),
+        ("lm_head", 576, 49152),
+    ] {
+        v.push((
+            format!("smollm2 {name} forward"),
+            t,
+            d_in,
+            d_out,
+            false,
+            true,
+        ));
+        v.push((format!("smollm2 {name} dx"), t, d_out, d_in, false, false));
+        v.push((format!("smollm2 {name} dW"), d_out, t, d_in, true, false));
+    }
+    v
+}
+
+/// Median GFLOP/s of `reps` products after two warm-up ones.
+fn rate(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; m * n];
+    let av = if a_t {
+        View::rows(&a, k, m, m).t()
+    } else {
+        View::rows(&a, m, k, k)
+    };
+    let bv = if b_t {
+        View::rows(&b, n, k, k).t()
+    } else {
+        View::rows(&b, k, n, n)
+    };
+    let mut ts = vec![];
+    for i in 0..reps + 2 {
+        let t0 = Instant::now();
+        matmul(ViewMut::rows(&mut c, m, n, n), av, bv, false, true);
+        if i >= 2 {
+            ts.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    ts.sort_by(f64::total_cmp);
+    2.0 * (m * k * n) as f64 / ts[ts.len() / 2] / 1e9
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// 24 independent accumulators, so throughput, not latency, bounds the loop.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn fma(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        let (a, b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(a, b, *r);
+            }
+        }
+        acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_dot(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        // bf16 1.0 in both halves of every 32-bit lane.
+        let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, one, one);
+            }
+        }
+        acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
+    }
+}
+
+/// One core's peak GFLOP/s: f32 FMA, and AVX512-BF16 `vdpbf16ps` where the CPU has it.
+fn core_peaks() -> (Option<f64>, Option<f64>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let iters = 20_000_000;
+        let time = |f: &dyn Fn() -> f32, flops: f64| {
+            let t0 = Instant::now();
+            std::hint::black_box(f());
+            flops / t0.elapsed().as_secs_f64() / 1e9
+        };
+        let fma = is_x86_feature_detected!("avx512f").then(|| {
+            // SAFETY: the CPU has AVX-512F (and FMA with it).
+            time(
+                &|| unsafe { peak::fma(iters) },
+                (iters * 24 * 16 * 2) as f64,
+            )
+        });
+        let bf16 = is_x86_feature_detected!("avx512bf16").then(|| {
+            // SAFETY: the CPU has AVX512-BF16.
+            time(
+                &|| unsafe { peak::bf16_dot(iters) },
+                (iters * 24 * 32 * 2) as f64,
+            )
+        });
+        (fma, bf16)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    (None, None)
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("thread pool");
+    let (fma, bf16) = core_peaks();
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} GFLOP/s"));
+    println!(
+        "one core: f32 FMA {}, bf16 dot (vdpbf16ps) {}",
+        show(fma),
+        show(bf16)
+    );
+    println!("matmul on {threads} threads (median of 6):");
+    for (name, m, k, n, a_t, b_t) in shapes() {
+        let t = if a_t { " (lhs transposed)" } else { "" };
+        let u = if b_t { " (rhs transposed)" } else { "" };
+        println!("  {name}{t}{u}: {:.0} GFLOP/s", rate(m, k, n, a_t, b_t, 6));
+    }
+}
