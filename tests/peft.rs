@@ -482,7 +482,7 @@ fn interop_check_on_given_model() {
 }
 
 mod cli {
-    use super::common::{fails_with, ff, fixture, small_corpus, stdout_of};
+    use super::common::{fails_with, ff, small_corpus, stdout_of};
     use super::*;
 
     fn base_model(dir: &Path) -> PathBuf {
