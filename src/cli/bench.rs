@@ -66,8 +66,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "METHOD")]
     pub peft: Option<String>,
     /// Recipe overrides, as for `finetune` (`train.lr`, `train.grad_accum`, `train.freeze`,
-    /// `train.gradient_checkpointing=true`, `peft.r`, ...). The defaults: for a fresh GPT lr 3e-4, betas (0.9, 0.95), weight decay
-    /// 0.1, no clipping (as bench/throughput.py); for --model those of
+    /// `train.gradient_checkpointing=true`, `peft.r`, ...). The defaults: for a fresh GPT lr
+    /// 3e-4, betas (0.9, 0.95), weight decay 0.1, no clipping (as bench/throughput.py); for
+    /// --model those of
     /// recipes/domain-shakespeare.toml (lr 1e-4, betas (0.9, 0.999), weight decay 0.01,
     /// clipping at 1.0; as bench/finetune_torch.py).
     #[arg(long = "set", value_name = "KEY=VALUE")]
