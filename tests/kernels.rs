@@ -315,7 +315,7 @@ fn blocked_causal_attention_matches_composition() {
         check(
             &format!("attention b={b} t={t} heads={heads}"),
             &qkv,
-            &|x| causal_attention(x, heads, None).unwrap().unwrap(),
+            &|x| causal_attention(x, heads, heads, None).unwrap().unwrap(),
             &|x| attn.attend(x, None, None, None).unwrap(),
             1e-5,
         );
@@ -341,8 +341,81 @@ fn blocked_causal_attention_matches_composition() {
         check(
             &format!("packed attention b={b} t={t} heads={heads} {rows:?}"),
             &qkv,
-            &|x| causal_attention(x, heads, Some(&segs)).unwrap().unwrap(),
+            &|x| {
+                causal_attention(x, heads, heads, Some(&segs))
+                    .unwrap()
+                    .unwrap()
+            },
             &|x| attn.attend(x, None, Some(&segs), None).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+/// Grouped-query attention (query heads sharing key/value heads, read in place) against the
+/// composition over separate q, k, v heads: values and the gradient of the packed input
+/// (the key/value gradients summed over their query heads), whole rows and packed examples.
+#[test]
+fn grouped_query_causal_attention_matches_composition() {
+    use ferroformer::nn::attention::causal_attention_in;
+    use ferroformer::nn::kernels::attention::causal_attention;
+    use ferroformer::nn::{Dropout, Segments};
+    let d = 8;
+    for (i, (b, t, h, kvh)) in [
+        (1usize, 1usize, 2usize, 1usize),
+        (2, 70, 6, 2),
+        (1, 129, 9, 3),
+        (2, 33, 4, 4),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let qkv = randn(&[b, t, (h + 2 * kvh) * d], 1.5, 40 + i as u64);
+        let plain = |x: &Tensor, segs: Option<&Segments>| {
+            let heads = |from: usize, n: usize| {
+                x.narrow(2, from * d, n * d)
+                    .unwrap()
+                    .reshape((b, t, n, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let (q, k, v) = (heads(0, h), heads(h, kvh), heads(h + kvh, kvh));
+            causal_attention_in(&q, &k, &v, 0, segs, &Dropout::default(), None)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, t, h * d))
+                .unwrap()
+        };
+        check(
+            &format!("grouped attention b={b} t={t} h={h} kvh={kvh}"),
+            &qkv,
+            &|x| causal_attention(x, h, kvh, None).unwrap().unwrap(),
+            &|x| plain(x, None),
+            1e-5,
+        );
+        let rows: Vec<Vec<usize>> = (0..b).map(|r| vec![(t / 3).max(1) + r, t / 2]).collect();
+        let rows: Vec<Vec<usize>> = rows
+            .into_iter()
+            .map(|r| {
+                let mut used = 0;
+                r.into_iter()
+                    .filter(|&n| {
+                        used += n;
+                        n > 0 && used <= t
+                    })
+                    .collect()
+            })
+            .collect();
+        let segs = Segments::from_lengths(&rows, t).unwrap();
+        check(
+            &format!("packed grouped attention b={b} t={t} h={h} kvh={kvh} {rows:?}"),
+            &qkv,
+            &|x| causal_attention(x, h, kvh, Some(&segs)).unwrap().unwrap(),
+            &|x| plain(x, Some(&segs)),
             1e-5,
         );
     }

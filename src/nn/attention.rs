@@ -484,7 +484,12 @@ impl CausalSelfAttention {
             && self.prefix.is_none()
             && (rng.is_none() || self.attn_dropout.p == 0.0)
         {
-            crate::nn::kernels::attention::causal_attention(&qkv, self.n_head, segments)?
+            crate::nn::kernels::attention::causal_attention(
+                &qkv,
+                self.n_head,
+                self.n_head,
+                segments,
+            )?
         } else {
             None
         };

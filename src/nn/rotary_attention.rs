@@ -120,26 +120,17 @@ impl RotaryAttention {
             && crate::nn::kernels::fused(x.device())
         {
             // Full sequence (training, scoring): the fused blocked kernel over one packed
-            // [b, t, 3 h d] tensor, key/value heads repeated to the query heads; it scales by
-            // 1 / sqrt(head_dim), so another scale goes into the queries.
+            // [b, t, (h + 2 kvh) d] tensor, each group of query heads reading its key/value head
+            // in place; it scales by 1 / sqrt(head_dim), so another scale goes into the queries.
             let q = match self.query_scale {
                 Some(s) => (&q * (s * (d as f64).sqrt()))?,
                 None => q.clone(),
             };
-            let repeat = |x: Tensor| -> Result<Tensor> {
-                Ok(if kvh == h {
-                    x.reshape((b, t, h * d))?
-                } else {
-                    x.unsqueeze(3)?
-                        .broadcast_as((b, t, kvh, h / kvh, d))?
-                        .reshape((b, t, h * d))?
-                })
-            };
             let qkv = Tensor::cat(
                 &[
                     q.reshape((b, t, h * d))?,
-                    repeat(k.clone())?,
-                    repeat(v.clone())?,
+                    k.reshape((b, t, kvh * d))?,
+                    v.reshape((b, t, kvh * d))?,
                 ],
                 2,
             )?;
@@ -147,7 +138,7 @@ impl RotaryAttention {
                 Some(w) if w < t => Some(window_segments(segments, b, t, w)),
                 _ => None,
             };
-            if let Some(y) = causal_attention(&qkv, h, windowed.as_ref().or(segments))? {
+            if let Some(y) = causal_attention(&qkv, h, kvh, windowed.as_ref().or(segments))? {
                 return self.o_proj.forward(&y);
             }
         }

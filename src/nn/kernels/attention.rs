@@ -1,5 +1,6 @@
-//! Causal multi-head attention as one op over the fused `[b, t, 3c]` query/key/value
-//! projection, blocked over queries (flash-attention style): for each head and block of 64
+//! Causal multi-head attention as one op over the fused `[b, t, (h + 2 kvh) d]` query/key/value
+//! projection (`kvh` key/value heads shared by groups of query heads: grouped-query attention,
+//! read in place rather than repeated), blocked over queries (flash-attention style): for each head and block of 64
 //! queries, scores against the visible keys, softmax, and the weighted sum of values. No
 //! `[b, h, t, t]` probability tensor is stored (memory grows with `t`, not `t^2`); backward
 //! recomputes each block's probabilities from q and k. Heads run in parallel; q, k and v are
@@ -15,50 +16,77 @@ use std::sync::Arc;
 /// Queries per block.
 const BQ: usize = 64;
 
-/// Causal attention over `qkv` `[b, t, 3c]` with `n_head` heads; output `[b, t, c]`. With
-/// `starts` (`[b * t]`: the first key each query may see), several examples packed in one row
-/// attend only within themselves.
+/// Causal attention over `qkv` `[b, t, (h + 2 kvh) d]` (the `h` query heads, then the `kvh`
+/// key heads, then the `kvh` value heads; query head `i` reads key/value head `i / (h / kvh)`)
+/// with `n_head` = h query heads; output `[b, t, h d]`. With `starts` (`[b * t]`: the first key
+/// each query may see), several examples packed in one row attend only within themselves.
 #[derive(Clone, Debug)]
 pub struct CausalAttention {
     pub n_head: usize,
+    pub n_kv_head: usize,
     pub starts: Option<Arc<Vec<u32>>>,
 }
 
 struct CausalAttentionGrad {
-    n_head: usize,
-    starts: Option<Arc<Vec<u32>>>,
+    op: CausalAttention,
 }
 
 struct Geometry {
     b: usize,
     t: usize,
+    /// Query width `h * hd`.
     c: usize,
+    /// Row width of the packed input, `(h + 2 kvh) * hd`.
+    w: usize,
     h: usize,
+    kvh: usize,
     hd: usize,
     scale: f32,
 }
 
-fn geometry(op: &str, l: &Layout, n_head: usize) -> candle_core::Result<Geometry> {
-    let (b, t, c3) = l.shape().dims3()?;
-    if c3 % 3 != 0 || (c3 / 3) % n_head != 0 {
-        candle_core::bail!("{op}: last dimension {c3} is not 3 * heads * head_dim");
+impl Geometry {
+    /// The key/value head query head `h` reads.
+    fn kv_of(&self, h: usize) -> usize {
+        h / (self.h / self.kvh)
     }
-    let c = c3 / 3;
-    let hd = c / n_head;
+}
+
+fn geometry(
+    op: &str,
+    l: &Layout,
+    n_head: usize,
+    n_kv_head: usize,
+) -> candle_core::Result<Geometry> {
+    let (b, t, w) = l.shape().dims3()?;
+    let parts = n_head + 2 * n_kv_head;
+    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || w % parts != 0 {
+        candle_core::bail!(
+            "{op}: last dimension {w} is not (heads {n_head} + 2 x key/value heads {n_kv_head}) x head_dim, with the heads a multiple of the key/value heads"
+        );
+    }
+    let hd = w / parts;
     Ok(Geometry {
         b,
         t,
-        c,
+        c: n_head * hd,
+        w,
         h: n_head,
+        kvh: n_kv_head,
         hd,
         scale: 1.0 / (hd as f32).sqrt(),
     })
 }
 
-/// q, k and v of head `h` in one batch element's `[t, 3c]` slice.
+/// q of query head `h`, and k and v of the key/value head it reads, in one batch element's
+/// `[t, w]` slice.
 fn qkv_views<'a>(xb: &'a [f32], g: &Geometry, h: usize) -> (View<'a>, View<'a>, View<'a>) {
-    let v = |part: usize| View::rows(&xb[part * g.c + h * g.hd..], g.t, g.hd, 3 * g.c);
-    (v(0), v(1), v(2))
+    let kv = g.kv_of(h);
+    let at = |col: usize| View::rows(&xb[col..], g.t, g.hd, g.w);
+    (
+        at(h * g.hd),
+        at(g.c + kv * g.hd),
+        at(g.c + (g.kvh + kv) * g.hd),
+    )
 }
 
 /// Softmax probabilities of query rows `i0 .. i0 + nb` over keys `0 .. i0 + nb`, into `p`;
@@ -89,7 +117,7 @@ impl CustomOp1 for CausalAttention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = geometry(self.name(), l, self.n_head)?;
+        let g = geometry(self.name(), l, self.n_head, self.n_kv_head)?;
         let x = f32s(s, l, self.name())?;
         let head = g.t * g.hd;
         // Per-head outputs [b, h, t, hd], then interleaved into [b, t, c].
@@ -99,7 +127,7 @@ impl CustomOp1 for CausalAttention {
             .enumerate()
             .for_each(|(task, out)| {
                 let (bi, h) = (task / g.h, task % g.h);
-                let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
+                let xb = &x[bi * g.t * g.w..(bi + 1) * g.t * g.w];
                 let (q, k, v) = qkv_views(xb, &g, h);
                 let starts = self.starts.as_ref().map(|s| &s[bi * g.t..(bi + 1) * g.t]);
                 let mut p = vec![0f32; BQ * g.t];
@@ -138,10 +166,7 @@ impl CustomOp1 for CausalAttention {
     ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(
             &grad.contiguous()?,
-            &CausalAttentionGrad {
-                n_head: self.n_head,
-                starts: self.starts.clone(),
-            },
+            &CausalAttentionGrad { op: self.clone() },
         )?))
     }
 }
@@ -158,21 +183,26 @@ impl CustomOp2 for CausalAttentionGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = geometry(self.name(), l1, self.n_head)?;
+        let g = geometry(self.name(), l1, self.op.n_head, self.op.n_kv_head)?;
         let x = f32s(s1, l1, self.name())?;
         let dy = f32s(s2, l2, self.name())?;
         let head = g.t * g.hd;
-        // Per head: [dq | dk | dv], each [t, hd].
+        // Per query head: [dq | dk | dv], each [t, hd]; the dk and dv of the query heads sharing
+        // a key/value head are summed when written out.
         let mut grads = vec![0f32; g.b * g.h * 3 * head];
         grads
             .par_chunks_mut(3 * head)
             .enumerate()
             .for_each(|(task, out)| {
                 let (bi, h) = (task / g.h, task % g.h);
-                let xb = &x[bi * g.t * 3 * g.c..(bi + 1) * g.t * 3 * g.c];
+                let xb = &x[bi * g.t * g.w..(bi + 1) * g.t * g.w];
                 let dyh = View::rows(&dy[bi * g.t * g.c + h * g.hd..], g.t, g.hd, g.c);
                 let (q, k, v) = qkv_views(xb, &g, h);
-                let starts = self.starts.as_ref().map(|s| &s[bi * g.t..(bi + 1) * g.t]);
+                let starts = self
+                    .op
+                    .starts
+                    .as_ref()
+                    .map(|s| &s[bi * g.t..(bi + 1) * g.t]);
                 let (dq, rest) = out.split_at_mut(head);
                 let (dk, dv) = rest.split_at_mut(head);
                 let mut p = vec![0f32; BQ * g.t];
@@ -219,17 +249,28 @@ impl CustomOp2 for CausalAttentionGrad {
                     );
                 }
             });
-        let mut dx = vec![0f32; g.b * g.t * 3 * g.c];
-        dx.par_chunks_mut(g.t * 3 * g.c)
+        let mut dx = vec![0f32; g.b * g.t * g.w];
+        dx.par_chunks_mut(g.t * g.w)
             .enumerate()
             .for_each(|(bi, xb)| {
                 for h in 0..g.h {
                     let base = (bi * g.h + h) * 3 * head;
+                    let kv = g.kv_of(h);
+                    let first = h % (g.h / g.kvh) == 0;
                     for part in 0..3 {
                         let src = &grads[base + part * head..base + (part + 1) * head];
-                        for (row, s) in xb.chunks_mut(3 * g.c).zip(src.chunks(g.hd)) {
-                            let o = part * g.c + h * g.hd;
-                            row[o..o + g.hd].copy_from_slice(s);
+                        let o = match part {
+                            0 => h * g.hd,
+                            1 => g.c + kv * g.hd,
+                            _ => g.c + (g.kvh + kv) * g.hd,
+                        };
+                        for (row, s) in xb.chunks_mut(g.w).zip(src.chunks(g.hd)) {
+                            let dst = &mut row[o..o + g.hd];
+                            if part == 0 || first {
+                                dst.copy_from_slice(s);
+                            } else {
+                                dst.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                            }
                         }
                     }
                 }
@@ -238,19 +279,21 @@ impl CustomOp2 for CausalAttentionGrad {
     }
 }
 
-/// Fused causal attention of `qkv` `[b, t, 3c]` (within each packed example when `segments`
-/// is given), or `None` where it does not apply.
+/// Fused causal attention of `qkv` `[b, t, (n_head + 2 n_kv_head) d]` (within each packed
+/// example when `segments` is given), or `None` where it does not apply.
 pub fn causal_attention(
     qkv: &Tensor,
     n_head: usize,
+    n_kv_head: usize,
     segments: Option<&crate::nn::Segments>,
 ) -> crate::Result<Option<Tensor>> {
     if !fused(qkv.device()) || qkv.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
     let starts = segments.map(|s| s.starts.clone());
-    Ok(Some(
-        qkv.contiguous()?
-            .apply_op1(CausalAttention { n_head, starts })?,
-    ))
+    Ok(Some(qkv.contiguous()?.apply_op1(CausalAttention {
+        n_head,
+        n_kv_head,
+        starts,
+    })?))
 }
