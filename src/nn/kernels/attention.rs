@@ -59,7 +59,11 @@ fn geometry(
 ) -> candle_core::Result<Geometry> {
     let (b, t, w) = l.shape().dims3()?;
     let parts = n_head + 2 * n_kv_head;
-    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || w % parts != 0 {
+    if n_head == 0
+        || n_kv_head == 0
+        || !n_head.is_multiple_of(n_kv_head)
+        || !w.is_multiple_of(parts)
+    {
         candle_core::bail!(
             "{op}: last dimension {w} is not (heads {n_head} + 2 x key/value heads {n_kv_head}) x head_dim, with the heads a multiple of the key/value heads"
         );
