@@ -7,7 +7,8 @@
 mod common;
 use candle_core::{Device, Tensor};
 use common::{
-    fixture, letter_sound_lexicon, llama_tiny_base, small_corpus, tiny_recipe, tiny_seq2seq_recipe,
+    fixture, grey_shapes, letter_sound_lexicon, llama_tiny_base, small_corpus,
+    tiny_bert_mlm_recipe, tiny_recipe, tiny_seq2seq_recipe, tiny_vit_recipe,
 };
 use ferroformer::nn::checkpoint;
 use std::collections::BTreeMap;
@@ -50,6 +51,7 @@ fn assert_same_grads(what: &str, a: &BTreeMap<String, Tensor>, b: &BTreeMap<Stri
 /// The first step's gradients (and loss) of `recipe` with `overrides`, with and without
 /// checkpointing, each in its own run directory under `dir`.
 fn step_gradients(dir: &Path, recipe: &str, overrides: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("recipe.toml");
     std::fs::write(&path, recipe).unwrap();
     let mut runs = vec![];
@@ -81,7 +83,6 @@ fn causal_lm_gradients_equal_with_checkpointing() {
     step_gradients(d.path(), &recipe, &[]);
     for arch in ["llama", "gemma2", "phi3", "qwen3"] {
         let sub = d.path().join(arch);
-        std::fs::create_dir_all(&sub).unwrap();
         let a = format!("model.architecture={arch:?}");
         step_gradients(
             &sub,
@@ -91,7 +92,6 @@ fn causal_lm_gradients_equal_with_checkpointing() {
     }
     // LoRA with adapter dropout, and lower layers frozen under a trainable top.
     let sub = d.path().join("lora");
-    std::fs::create_dir_all(&sub).unwrap();
     let init = format!(
         "model.init={:?}",
         llama_tiny_base(&sub).display().to_string()
@@ -109,7 +109,6 @@ fn causal_lm_gradients_equal_with_checkpointing() {
         ],
     );
     let sub = d.path().join("frozen");
-    std::fs::create_dir_all(&sub).unwrap();
     step_gradients(&sub, &recipe, &["train.freeze=[\"h.0\"]"]);
 }
 
@@ -118,84 +117,25 @@ fn masked_lm_image_and_seq2seq_gradients_equal_with_checkpointing() {
     let d = tempfile::tempdir().unwrap();
     let corpus = d.path().join("corpus.txt");
     std::fs::write(&corpus, small_corpus(200)).unwrap();
-    let bert = format!(
-        r#"name = "tiny-bert"
-objective = "mlm"
-[data]
-corpus = [{corpus:?}]
-tokenizer = "wordpiece"
-vocab_size = 120
-val_fraction = 0.1
-[model]
-architecture = "bert"
-n_layer = 2
-n_head = 2
-n_embd = 32
-dropout = 0.1
-[train]
-out_dir = "unused"
-steps = 2
-batch_size = 8
-context = 24
-grad_accum = 2
-lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 1
-eval_interval = 100
-"#
-    );
+    let unused = d.path().join("unused");
     let sub = d.path().join("bert");
-    std::fs::create_dir_all(&sub).unwrap();
-    step_gradients(&sub, &bert, &[]);
+    step_gradients(&sub, &tiny_bert_mlm_recipe(&corpus, &unused, 2), &[]);
 
     let images = d.path().join("shapes");
-    let mut rng = ferroformer::rng::Rng::new(5);
-    for (c, name) in ["bottom", "top"].iter().enumerate() {
-        std::fs::create_dir_all(images.join(name)).unwrap();
-        for i in 0..10 {
-            let img = image::GrayImage::from_fn(8, 8, |_, y| {
-                let lit = (c == 0) == (y >= 4);
-                let base = if lit { 190.0 } else { 50.0 };
-                image::Luma([(base + 60.0 * (rng.uniform() - 0.5)) as u8])
-            });
-            img.save(images.join(format!("{name}/{i}.png"))).unwrap();
-        }
-    }
-    let vit = format!(
-        r#"name = "vit-tiny"
-objective = "classify"
-[data]
-corpus = [{images:?}]
-val_fraction = 0.2
-[model]
-architecture = "vit"
-patch_size = 4
-n_layer = 2
-n_head = 2
-n_embd = 16
-intermediate_size = 32
-dropout = 0.1
-[train]
-out_dir = "unused"
-steps = 2
-batch_size = 8
-lr = 3e-3
-min_lr = 1e-4
-warmup_steps = 1
-eval_interval = 100
-"#
-    );
+    grey_shapes(&images);
     let sub = d.path().join("vit");
-    std::fs::create_dir_all(&sub).unwrap();
-    step_gradients(&sub, &vit, &[]);
+    step_gradients(
+        &sub,
+        &tiny_vit_recipe(&images, &unused, 2),
+        &["model.dropout=0.1"],
+    );
 
     let lex = d.path().join("lex");
     letter_sound_lexicon(&lex);
     let sub = d.path().join("marian");
-    std::fs::create_dir_all(&sub).unwrap();
     step_gradients(
         &sub,
-        &tiny_seq2seq_recipe(&lex, &d.path().join("unused"), 2),
+        &tiny_seq2seq_recipe(&lex, &unused, 2),
         &["model.dropout=0.1"],
     );
 }

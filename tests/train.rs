@@ -3,7 +3,10 @@
 
 mod common;
 use candle_core::Device;
-use common::{letter_sound_lexicon, small_corpus, tiny_recipe, tiny_seq2seq_recipe};
+use common::{
+    grey_shapes, letter_sound_lexicon, small_corpus, tiny_bert_mlm_recipe, tiny_recipe,
+    tiny_seq2seq_recipe, tiny_vit_recipe,
+};
 use ferroformer::train::metrics::read_records;
 use ferroformer::train::{checkpoint, Outcome, Recipe, Trainer};
 use std::path::Path;
@@ -171,39 +174,7 @@ fn bert_mlm_trains_resumes_and_fills_masks() {
         })
         .collect();
     std::fs::write(&corpus, text).unwrap();
-    let recipe = |out: &Path, steps: usize| {
-        format!(
-            r#"name = "tiny-bert"
-objective = "mlm"
-[data]
-corpus = [{corpus:?}]
-tokenizer = "wordpiece"
-vocab_size = 120
-val_fraction = 0.1
-[model]
-architecture = "bert"
-n_layer = 2
-n_head = 2
-n_embd = 32
-dropout = 0.1
-[mlm]
-whole_word = true
-[train]
-out_dir = {out:?}
-steps = {steps}
-batch_size = 8
-context = 24
-grad_accum = 2
-lr = 3e-3
-min_lr = 3e-4
-warmup_steps = 5
-decay_steps = 400
-eval_interval = 100
-eval_iters = 4
-log_interval = 1
-"#
-        )
-    };
+    let recipe = |out: &Path, steps: usize| tiny_bert_mlm_recipe(&corpus, out, steps);
     let a_dir = d.path().join("a");
     let a = train(&recipe(&a_dir, 400), false);
     let b_dir = d.path().join("b");
@@ -287,55 +258,8 @@ fn seq2seq_trains_resumes_and_decodes() {
 fn vit_trains_resumes_and_classifies() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
-    let mut rng = ferroformer::rng::Rng::new(5);
-    for (c, name) in ["bottom", "left", "top"].iter().enumerate() {
-        std::fs::create_dir_all(data.join(name)).unwrap();
-        for i in 0..30 {
-            let img = image::GrayImage::from_fn(8, 8, |x, y| {
-                let lit = match c {
-                    0 => y >= 4,
-                    1 => x < 4,
-                    _ => y < 4,
-                };
-                let base = if lit { 190.0 } else { 50.0 };
-                image::Luma([(base + 60.0 * (rng.uniform() - 0.5)) as u8])
-            });
-            img.save(data.join(format!("{name}/{i}.png"))).unwrap();
-        }
-    }
-    let recipe = |out: &Path, steps: usize| {
-        format!(
-            r#"
-name = "vit-tiny"
-objective = "classify"
-[data]
-corpus = ["{data}"]
-val_fraction = 0.2
-[augment]
-crop_padding = 1
-[model]
-architecture = "vit"
-patch_size = 4
-n_layer = 2
-n_head = 2
-n_embd = 16
-intermediate_size = 32
-[train]
-out_dir = "{out}"
-steps = {steps}
-decay_steps = 300
-batch_size = 16
-lr = 3e-3
-min_lr = 1e-4
-warmup_steps = 20
-eval_interval = 150
-log_interval = 1
-seed = 3
-"#,
-            data = data.display(),
-            out = out.display()
-        )
-    };
+    grey_shapes(&data);
+    let recipe = |out: &Path, steps: usize| tiny_vit_recipe(&data, out, steps);
     let a_dir = d.path().join("a");
     let a = train(&recipe(&a_dir, 300), false);
     let b_dir = d.path().join("b");

@@ -245,3 +245,100 @@ pub fn llama_tiny_base(dir: &std::path::Path) -> PathBuf {
     tok.save(&base.join("tokenizer.json")).unwrap();
     base
 }
+
+/// A recipe for a tiny BERT trained with whole-word masked LM on a WordPiece vocabulary of
+/// `corpus` (dropout 0.1), writing to `out`.
+pub fn tiny_bert_mlm_recipe(
+    corpus: &std::path::Path,
+    out: &std::path::Path,
+    steps: usize,
+) -> String {
+    format!(
+        r#"name = "tiny-bert"
+objective = "mlm"
+[data]
+corpus = [{corpus:?}]
+tokenizer = "wordpiece"
+vocab_size = 120
+val_fraction = 0.1
+[model]
+architecture = "bert"
+n_layer = 2
+n_head = 2
+n_embd = 32
+dropout = 0.1
+[mlm]
+whole_word = true
+[train]
+out_dir = {out:?}
+steps = {steps}
+batch_size = 8
+context = 24
+grad_accum = 2
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 5
+decay_steps = 400
+eval_interval = 100
+eval_iters = 4
+log_interval = 1
+"#
+    )
+}
+
+/// Class folders `bottom`, `left`, `top` under `dir`, 30 noisy 8x8 grey images each, bright in
+/// that half.
+pub fn grey_shapes(dir: &std::path::Path) {
+    let mut rng = ferroformer::rng::Rng::new(5);
+    for (c, name) in ["bottom", "left", "top"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        for i in 0..30 {
+            let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                let lit = match c {
+                    0 => y >= 4,
+                    1 => x < 4,
+                    _ => y < 4,
+                };
+                let base = if lit { 190.0 } else { 50.0 };
+                image::Luma([(base + 60.0 * (rng.uniform() - 0.5)) as u8])
+            });
+            img.save(dir.join(format!("{name}/{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// A recipe for a tiny ViT classifying the images of [`grey_shapes`] in `data`, writing to
+/// `out`.
+pub fn tiny_vit_recipe(data: &std::path::Path, out: &std::path::Path, steps: usize) -> String {
+    format!(
+        r#"
+name = "vit-tiny"
+objective = "classify"
+[data]
+corpus = ["{data}"]
+val_fraction = 0.2
+[augment]
+crop_padding = 1
+[model]
+architecture = "vit"
+patch_size = 4
+n_layer = 2
+n_head = 2
+n_embd = 16
+intermediate_size = 32
+[train]
+out_dir = "{out}"
+steps = {steps}
+decay_steps = 300
+batch_size = 16
+lr = 3e-3
+min_lr = 1e-4
+warmup_steps = 20
+eval_interval = 150
+log_interval = 1
+seed = 3
+"#,
+        data = data.display(),
+        out = out.display()
+    )
+}
