@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release --example matmul [THREADS]` (default 2)
 
+use ferroformer::nn::kernels::bf16::{self, Kernel};
 use ferroformer::nn::kernels::gemm::{matmul, View, ViewMut};
 use std::time::Instant;
 
@@ -45,8 +46,16 @@ fn shapes() -> Vec<(String, usize, usize, usize, bool, bool)> {
     v
 }
 
-/// Median GFLOP/s of `reps` products after two warm-up ones.
-fn rate(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, reps: usize) -> f64 {
+/// Median GFLOP/s of `reps` products after two warm-up ones: f32, or bf16 operands with the
+/// given kernel.
+fn rate(
+    m: usize,
+    k: usize,
+    n: usize,
+    (a_t, b_t): (bool, bool),
+    bf16: Option<Kernel>,
+    reps: usize,
+) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
     let mut c = vec![0f32; m * n];
@@ -63,7 +72,11 @@ fn rate(m: usize, k: usize, n: usize, a_t: bool, b_t: bool, reps: usize) -> f64 
     let mut ts = vec![];
     for i in 0..reps + 2 {
         let t0 = Instant::now();
-        matmul(ViewMut::rows(&mut c, m, n, n), av, bv, false, true);
+        let dst = ViewMut::rows(&mut c, m, n, n);
+        match bf16 {
+            None => matmul(dst, av, bv, false, true),
+            Some(kernel) => bf16::matmul_with(kernel, dst, av, bv, false, true),
+        }
         if i >= 2 {
             ts.push(t0.elapsed().as_secs_f64());
         }
@@ -149,10 +162,26 @@ fn main() {
         show(fma),
         show(bf16)
     );
-    println!("matmul on {threads} threads (median of 6):");
+    // FERROFORMER_BF16_KERNEL picks one kernel; otherwise all the CPU runs.
+    let kernels = match std::env::var("FERROFORMER_BF16_KERNEL") {
+        Ok(_) => vec![bf16::kernel().expect("FERROFORMER_BF16_KERNEL")],
+        Err(_) => Kernel::available(),
+    };
+    println!(
+        "GFLOP/s on {threads} threads (median of 6): f32, then bf16 operands with {}",
+        kernels
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for (name, m, k, n, a_t, b_t) in shapes() {
         let t = if a_t { " (lhs transposed)" } else { "" };
         let u = if b_t { " (rhs transposed)" } else { "" };
-        println!("  {name}{t}{u}: {:.0} GFLOP/s", rate(m, k, n, a_t, b_t, 6));
+        let mut line = format!("  {name}{t}{u}: {:.0}", rate(m, k, n, (a_t, b_t), None, 6));
+        for &kernel in &kernels {
+            line += &format!(" | {:.0}", rate(m, k, n, (a_t, b_t), Some(kernel), 6));
+        }
+        println!("{line}");
     }
 }

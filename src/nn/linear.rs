@@ -4,6 +4,7 @@
 use crate::nn::adapter::{Base, LinearAdapter, LinearSite};
 use crate::nn::store::{Init, ParamStore};
 use crate::Result;
+use crate::nn::kernels::bf16::Precision;
 use candle_core::{DType, Tensor, D};
 use std::sync::Arc;
 
@@ -151,10 +152,20 @@ impl Linear {
     }
 
     fn forward_plain_2d(&self, x2: Tensor, dims: Vec<usize>) -> Result<Tensor> {
+        // Under bf16 precision the operands are rounded as the fused op rounds them; a weight
+        // held in bf16 is widened.
+        let round = |t: &Tensor| -> Result<Tensor> {
+            Ok(if crate::nn::kernels::bf16::current() == Precision::Bf16 {
+                t.to_dtype(DType::BF16)?.to_dtype(x2.dtype())?
+            } else {
+                t.to_dtype(x2.dtype())?
+            })
+        };
+        let (x2, w) = (round(&x2)?, round(&self.weight)?);
         let y = if self.in_out {
-            x2.matmul(&self.weight)?
+            x2.matmul(&w)?
         } else {
-            x2.matmul(&self.weight.t()?)?
+            x2.matmul(&w.t()?)?
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -2,6 +2,7 @@
 //! schedule), evaluation, logging, checkpoints and exact resume, for any [`Task`]. It knows no
 //! task by name: what a batch is and what its loss means are the task's.
 
+use crate::nn::kernels::bf16::Precision;
 use crate::nn::ParamStore;
 use crate::plot::plot_losses;
 use crate::rng::Rng;
@@ -221,6 +222,15 @@ impl Trainer {
                 "train.gradient_checkpointing runs on the CPU only for now".into(),
             ));
         }
+        if t.precision == Precision::Bf16 {
+            if !store.device().is_cpu() {
+                return Err(Error::Config(
+                    "train.precision = \"bf16\" runs on the CPU only for now".into(),
+                ));
+            }
+            // An unusable FERROFORMER_BF16_KERNEL fails here, not in the first product.
+            crate::nn::kernels::bf16::kernel()?;
+        }
         let mut optimizer = AdamW::new(AdamWConfig {
             beta1: t.beta1,
             beta2: t.beta2,
@@ -311,6 +321,7 @@ impl Trainer {
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
         let _checkpointing = crate::nn::checkpoint::enable(t.gradient_checkpointing);
+        let _precision = crate::nn::kernels::bf16::enable(t.precision);
         let dropout = self.task.uses_dropout();
         let adapter_dropout = self
             .store
@@ -372,6 +383,7 @@ impl Trainer {
     /// so the numbers are comparable across steps.
     pub fn evaluate(&self) -> Result<EvalStats> {
         let t = &self.recipe.train;
+        let _precision = crate::nn::kernels::bf16::enable(t.precision);
         let mean = |batch: Batch, stream: u64| -> Result<(f64, Option<f64>)> {
             let mut rng = Rng::new(t.seed).fork(stream);
             let (mut sum, mut count, mut correct) = (0f64, 0usize, 0usize);

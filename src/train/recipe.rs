@@ -403,6 +403,11 @@ pub struct TrainConfig {
     /// recomputes its activations there (less memory, about a third more compute). CPU only.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// `"f32"` (default) or `"bf16"`: mixed precision, matrix products with bf16 operands
+    /// and f32 accumulation (master weights, optimizer state, norms, softmax and the loss stay
+    /// f32), and frozen base matrices under PEFT held in bf16. CPU only.
+    #[serde(default)]
+    pub precision: crate::nn::kernels::bf16::Precision,
 }
 
 /// The sample generated after training.

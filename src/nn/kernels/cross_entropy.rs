@@ -169,9 +169,11 @@ const HEAD_CHUNK: usize = 256;
 /// backward only scales `dh` and `dW` by the incoming gradient of the loss. Same FLOPs as the
 /// separate matmul and loss, a fraction of the memory traffic. With `weight_grad` false (a
 /// frozen head) `dW` is neither computed nor packed.
+/// The head's products take bf16 operands with `precision` bf16; the loss stays f32.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadCrossEntropy {
     pub weight_grad: bool,
+    pub precision: super::bf16::Precision,
 }
 
 impl CustomOp3 for HeadCrossEntropy {
@@ -188,7 +190,9 @@ impl CustomOp3 for HeadCrossEntropy {
         st: &CpuStorage,
         lt: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use super::gemm::{matmul, View, ViewMut};
+        use super::bf16::product;
+        use super::gemm::{View, ViewMut};
+        let p = self.precision;
         let (n, c) = lh.shape().dims2()?;
         let (v, wc) = lw.shape().dims2()?;
         if wc != c {
@@ -213,7 +217,7 @@ impl CustomOp3 for HeadCrossEntropy {
             let rows = HEAD_CHUNK.min(n - r0);
             let hc = View::rows(&h[r0 * c..], rows, c, c);
             let lg = &mut logits[..rows * v];
-            matmul(ViewMut::rows(lg, rows, v, v), hc, wv.t(), false, true);
+            product(p, ViewMut::rows(lg, rows, v, v), hc, wv.t(), false, true)?;
             // Each row becomes (softmax - onehot) / n, its NLL summed.
             let per_task = rows_per_task(rows, v);
             let chunk_loss: f64 = lg
@@ -233,15 +237,16 @@ impl CustomOp3 for HeadCrossEntropy {
                 .sum();
             loss += chunk_loss;
             let g = View::rows(lg, rows, v, v);
-            matmul(
+            product(
+                p,
                 ViewMut::rows(&mut dh[r0 * c..(r0 + rows) * c], rows, c, c),
                 g,
                 wv,
                 false,
                 true,
-            );
+            )?;
             if self.weight_grad {
-                matmul(ViewMut::rows(dw, v, c, c), g.t(), hc, true, true);
+                product(p, ViewMut::rows(dw, v, c, c), g.t(), hc, true, true)?;
             }
         }
         loss_slot[0] = (loss / n as f64) as f32;
@@ -287,6 +292,7 @@ pub fn head_cross_entropy(
     }
     let op = HeadCrossEntropy {
         weight_grad: super::tracked(w),
+        precision: super::bf16::current(),
     };
     let packed = h
         .contiguous()?

@@ -4,10 +4,11 @@
 
 use gemm::Parallelism;
 
-/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`. Elements are
+/// f32, or bf16 for weights held in bf16 (`train.precision = "bf16"`, see [`super::bf16`]).
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
+pub struct View<'a, T = f32> {
+    pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
     pub rs: usize,
@@ -31,9 +32,9 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-impl<'a> View<'a> {
+impl<'a, T> View<'a, T> {
     /// A row-major `rows x cols` matrix starting at `data[0]` with row stride `rs`.
-    pub fn rows(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+    pub fn rows(data: &'a [T], rows: usize, cols: usize, rs: usize) -> Self {
         View {
             data,
             rows,
@@ -212,8 +213,9 @@ fn tiny(dst: &mut ViewMut, a: View, b: View, accumulate: bool) -> bool {
     }
 }
 
-/// `dst = a @ b` (or `dst += a @ b` with `accumulate`). Multi-threaded when `parallel`.
-pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) {
+/// Checks that `dst = a @ b` is well formed and its views lie inside their slices; zeroes
+/// (or leaves, with `accumulate`) `dst` and returns false when there is nothing to multiply.
+pub(crate) fn check<A, B>(dst: &mut ViewMut, a: &View<A>, b: &View<B>, accumulate: bool) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert_eq!((dst.rows, dst.cols), (m, n), "matmul: output shape");
@@ -230,7 +232,7 @@ pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) 
         "matmul: dst view out of bounds"
     );
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     if k == 0 {
         if !accumulate {
@@ -240,9 +242,18 @@ pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) 
                 }
             }
         }
+        return false;
+    }
+    true
+}
+
+/// `dst = a @ b` (or `dst += a @ b` with `accumulate`). Multi-threaded when `parallel`.
+pub fn matmul(dst: ViewMut, a: View, b: View, accumulate: bool, parallel: bool) {
+    let mut dst = dst;
+    if !check(&mut dst, &a, &b, accumulate) {
         return;
     }
-    let mut dst = dst;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     if small_m(&mut dst, a, b, accumulate, parallel) || tiny(&mut dst, a, b, accumulate) {
         return;
     }

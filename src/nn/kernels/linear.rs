@@ -3,8 +3,9 @@
 //! weight's own orientation) and `db` (column sums of `dy`) in one op, with transposes as
 //! strided views rather than copies. Without a bias it serves the tied output projection.
 
-use super::gemm::{matmul, View, ViewMut};
-use super::{f32s, fused, tracked};
+use super::bf16::{product, Elem, Precision};
+use super::gemm::{View, ViewMut};
+use super::{data, f32s, fused, tracked, Data};
 use crate::multiversion;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -20,20 +21,25 @@ multiversion! {
 
 /// Fused affine map on `x` `[n, in]` with a bias; `in_out` says the weight is `[in, out]`
 /// (GPT-2 Conv1D) rather than `[out, in]` (`nn.Linear`).
+/// The products take bf16 operands with `precision` bf16 (see [`super::bf16`]), and always
+/// when the weight is held in bf16.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearOp {
     pub in_out: bool,
+    pub precision: Precision,
 }
 
 /// The same without a bias.
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulOp {
     pub in_out: bool,
+    pub precision: Precision,
 }
 
 /// Backward of [`LinearOp`] / [`MatmulOp`]; computes only the gradients asked for.
 struct LinearGrad {
     in_out: bool,
+    precision: Precision,
     want_x: bool,
     want_w: bool,
     want_b: bool,
@@ -41,9 +47,15 @@ struct LinearGrad {
 
 impl LinearGrad {
     /// The gradients `x`, `w` (and `b`) need, and the backward op computing them packed.
-    fn for_args(in_out: bool, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Self {
+    fn for_args(
+        (in_out, precision): (bool, Precision),
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Self {
         LinearGrad {
             in_out,
+            precision,
             want_x: tracked(x),
             want_w: tracked(w),
             want_b: b.is_some_and(tracked),
@@ -90,7 +102,7 @@ impl LinearGrad {
 }
 
 /// The weight as an `[in, out]` view.
-fn weight_view(w: &[f32], d_in: usize, d_out: usize, in_out: bool) -> View<'_> {
+fn weight_view<T>(w: &[T], d_in: usize, d_out: usize, in_out: bool) -> View<'_, T> {
     if in_out {
         View::rows(w, d_in, d_out, d_out)
     } else {
@@ -113,16 +125,40 @@ fn dims(
     Ok((n, d_in, d_out))
 }
 
+/// `x W` (+)= into `y` in `precision`, for an f32 or bf16 weight.
+fn times_weight(
+    precision: Precision,
+    y: ViewMut,
+    x: View,
+    w: &Data,
+    (d_in, d_out, in_out): (usize, usize, bool),
+    accumulate: bool,
+) -> candle_core::Result<()> {
+    fn go<T: Elem>(
+        p: Precision,
+        y: ViewMut,
+        x: View,
+        w: View<T>,
+        accumulate: bool,
+    ) -> candle_core::Result<()> {
+        product(p, y, x, w, accumulate, true)
+    }
+    match w {
+        Data::F32(w) => go(precision, y, x, weight_view(w, d_in, d_out, in_out), accumulate),
+        Data::Bf16(w) => go(precision, y, x, weight_view(w, d_in, d_out, in_out), accumulate),
+    }
+}
+
 fn forward(
     op: &str,
     (sx, lx): (&CpuStorage, &Layout),
     (sw, lw): (&CpuStorage, &Layout),
     bias: Option<(&CpuStorage, &Layout)>,
-    in_out: bool,
+    (in_out, precision): (bool, Precision),
 ) -> candle_core::Result<(CpuStorage, Shape)> {
     let (n, d_in, d_out) = dims(op, lx, lw, in_out)?;
     let x = f32s(sx, lx, op)?;
-    let w = f32s(sw, lw, op)?;
+    let w = data(sw, lw, op)?;
     let mut y = match bias {
         Some((sb, lb)) => {
             let b = f32s(sb, lb, op)?;
@@ -137,13 +173,14 @@ fn forward(
         }
         None => vec![0f32; n * d_out],
     };
-    matmul(
+    times_weight(
+        precision,
         ViewMut::rows(&mut y, n, d_out, d_out),
         View::rows(x, n, d_in, d_in),
-        weight_view(w, d_in, d_out, in_out),
+        &w,
+        (d_in, d_out, in_out),
         bias.is_some(),
-        true,
-    );
+    )?;
     Ok((CpuStorage::F32(y), Shape::from((n, d_out))))
 }
 
@@ -161,7 +198,13 @@ impl CustomOp3 for LinearOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(self.name(), (sx, lx), (sw, lw), Some((sb, lb)), self.in_out)
+        forward(
+            self.name(),
+            (sx, lx),
+            (sw, lw),
+            Some((sb, lb)),
+            (self.in_out, self.precision),
+        )
     }
 
     fn bwd(
@@ -172,8 +215,8 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] =
-            LinearGrad::for_args(self.in_out, x, w, Some(b)).run(x, w, grad, b.elem_count())?;
+        let [dx, dw, db] = LinearGrad::for_args((self.in_out, self.precision), x, w, Some(b))
+            .run(x, w, grad, b.elem_count())?;
         Ok((dx, dw, db))
     }
 }
@@ -190,7 +233,13 @@ impl CustomOp2 for MatmulOp {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        forward(self.name(), (sx, lx), (sw, lw), None, self.in_out)
+        forward(
+            self.name(),
+            (sx, lx),
+            (sw, lw),
+            None,
+            (self.in_out, self.precision),
+        )
     }
 
     fn bwd(
@@ -200,7 +249,8 @@ impl CustomOp2 for MatmulOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, _] = LinearGrad::for_args(self.in_out, x, w, None).run(x, w, grad, 0)?;
+        let [dx, dw, _] =
+            LinearGrad::for_args((self.in_out, self.precision), x, w, None).run(x, w, grad, 0)?;
         Ok((dx, dw))
     }
 }
@@ -222,7 +272,7 @@ impl CustomOp3 for LinearGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, d_in, d_out) = dims(self.name(), lx, lw, self.in_out)?;
         let x = f32s(sx, lx, self.name())?;
-        let w = f32s(sw, lw, self.name())?;
+        let w = data(sw, lw, self.name())?;
         let dy = f32s(sg, lg, self.name())?;
         let (nx, nw) = (
             if self.want_x { n * d_in } else { 0 },
@@ -234,32 +284,22 @@ impl CustomOp3 for LinearGrad {
         let (dw, db) = rest.split_at_mut(nw);
         let dyv = View::rows(dy, n, d_out, d_out);
         let xv = View::rows(x, n, d_in, d_in);
+        let p = self.precision;
         if self.want_x {
-            // dx = dy W^T
-            matmul(
+            // dx = dy W^T: the weight's transpose is the map from `out` to `in`.
+            times_weight(
+                p,
                 ViewMut::rows(dx, n, d_in, d_in),
                 dyv,
-                weight_view(w, d_in, d_out, self.in_out).t(),
+                &w,
+                (d_out, d_in, !self.in_out),
                 false,
-                true,
-            );
+            )?;
         }
         if self.want_w && self.in_out {
-            matmul(
-                ViewMut::rows(dw, d_in, d_out, d_out),
-                xv.t(),
-                dyv,
-                false,
-                true,
-            );
+            product(p, ViewMut::rows(dw, d_in, d_out, d_out), xv.t(), dyv, false, true)?;
         } else if self.want_w {
-            matmul(
-                ViewMut::rows(dw, d_out, d_in, d_in),
-                dyv.t(),
-                xv,
-                false,
-                true,
-            );
+            product(p, ViewMut::rows(dw, d_out, d_in, d_in), dyv.t(), xv, false, true)?;
         }
         if self.want_b {
             add_rows(dy, d_out, db);
@@ -279,8 +319,9 @@ pub fn linear(
         return Ok(None);
     }
     let (x2, w) = (x2.contiguous()?, w.contiguous()?);
+    let precision = super::bf16::current();
     Ok(Some(match b {
-        Some(b) => x2.apply_op3(&w, &b.contiguous()?, LinearOp { in_out })?,
-        None => x2.apply_op2(&w, MatmulOp { in_out })?,
+        Some(b) => x2.apply_op3(&w, &b.contiguous()?, LinearOp { in_out, precision })?,
+        None => x2.apply_op2(&w, MatmulOp { in_out, precision })?,
     }))
 }

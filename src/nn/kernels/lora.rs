@@ -8,7 +8,8 @@
 //! same mask). A and B travel packed in one tensor (`[A | B]` flattened, made by a `cat` whose
 //! backward hands each its part), since a candle op takes at most three inputs.
 
-use super::gemm::{matmul, View, ViewMut};
+use super::bf16::{product, Precision};
+use super::gemm::{View, ViewMut};
 use super::{f32s, tracked};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -20,6 +21,8 @@ pub struct LoraAddOp {
     pub scaling: f32,
     /// Dropout probability and the mask's seed.
     pub dropout: Option<(f32, u64)>,
+    /// The products' operands: bf16 under `train.precision = "bf16"`.
+    pub precision: Precision,
 }
 
 /// A uniform number in `[0, 1)` from `(seed, i)` (splitmix64): the same mask in backward.
@@ -65,16 +68,22 @@ impl LoraAddOp {
 }
 
 /// `h = xd A^T` `[n, r]`.
-fn down(xd: &[f32], a: &[f32], n: usize, d_in: usize, r: usize) -> Vec<f32> {
+fn down(
+    p: Precision,
+    xd: &[f32],
+    a: &[f32],
+    (n, d_in, r): (usize, usize, usize),
+) -> candle_core::Result<Vec<f32>> {
     let mut h = vec![0f32; n * r];
-    matmul(
+    product(
+        p,
         ViewMut::rows(&mut h, n, r, r),
         View::rows(xd, n, d_in, d_in),
         View::rows(a, r, d_in, d_in).t(),
         false,
         true,
-    );
-    h
+    )?;
+    Ok(h)
 }
 
 impl CustomOp3 for LoraAddOp {
@@ -100,18 +109,19 @@ impl CustomOp3 for LoraAddOp {
         );
         let (a, b) = p.split_at(r * d_in);
         let dropped = self.dropped(x);
-        let mut h = down(dropped.as_deref().unwrap_or(x), a, n, d_in, r);
+        let mut h = down(self.precision, dropped.as_deref().unwrap_or(x), a, (n, d_in, r))?;
         for v in &mut h {
             *v *= self.scaling;
         }
         let mut y = yb.to_vec();
-        matmul(
+        product(
+            self.precision,
             ViewMut::rows(&mut y, n, d_out, d_out),
             View::rows(&h, n, r, r),
             View::rows(b, d_out, r, r).t(),
             true,
             true,
-        );
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((n, d_out))))
     }
 
@@ -148,26 +158,28 @@ impl CustomOp3 for LoraAddOp {
         let s = self.scaling;
         // dh = s dy B   [n, r]
         let mut dh = vec![0f32; n * r];
-        matmul(
+        product(
+            self.precision,
             ViewMut::rows(&mut dh, n, r, r),
             View::rows(dy, n, d_out, d_out),
             View::rows(b, d_out, r, r),
             false,
             true,
-        );
+        )?;
         for v in &mut dh {
             *v *= s;
         }
         let dx = if want_x {
             // dx = (dh A) * mask / (1 - p)
             let mut dx = vec![0f32; n * d_in];
-            matmul(
+            product(
+                self.precision,
                 ViewMut::rows(&mut dx, n, d_in, d_in),
                 View::rows(&dh, n, r, r),
                 View::rows(a, r, d_in, d_in),
                 false,
                 true,
-            );
+            )?;
             if let Some((pr, seed)) = self.dropout {
                 let keep = 1.0 / (1.0 - pr);
                 for (i, v) in dx.iter_mut().enumerate() {
@@ -188,25 +200,27 @@ impl CustomOp3 for LoraAddOp {
             let mut dp = vec![0f32; p.len()];
             let (da, db) = dp.split_at_mut(r * d_in);
             // dA = dh^T xd   [r, in]
-            matmul(
+            product(
+                self.precision,
                 ViewMut::rows(da, r, d_in, d_in),
                 View::rows(&dh, n, r, r).t(),
                 View::rows(xd, n, d_in, d_in),
                 false,
                 true,
-            );
+            )?;
             // dB = s dy^T h   [out, r]
-            let mut h = down(xd, a, n, d_in, r);
+            let mut h = down(self.precision, xd, a, (n, d_in, r))?;
             for v in &mut h {
                 *v *= s;
             }
-            matmul(
+            product(
+                self.precision,
                 ViewMut::rows(db, d_out, r, r),
                 View::rows(dy, n, d_out, d_out).t(),
                 View::rows(&h, n, r, r),
                 false,
                 true,
-            );
+            )?;
             Some(Tensor::from_vec(dp, pack.shape(), pack.device())?)
         } else {
             None
@@ -232,6 +246,7 @@ pub fn lora_add(
         r: a.dim(0)?,
         scaling: scaling as f32,
         dropout: dropout.map(|(p, s)| (p as f32, s)),
+        precision: super::bf16::current(),
     };
     Ok(Some(y_base.contiguous()?.apply_op3(
         &x.contiguous()?,

@@ -10,6 +10,7 @@
 //! measurements), or [`set_plain`] is called.
 
 pub mod attention;
+pub mod bf16;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
@@ -70,6 +71,24 @@ pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
+}
+
+/// A CPU tensor's contiguous data: f32, or bf16 for a weight held in bf16.
+pub(crate) enum Data<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+/// The contiguous f32 or bf16 data of a CPU tensor.
+pub(crate) fn data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<Data<'a>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: input must be contiguous")
+    };
+    Ok(match s {
+        CpuStorage::F32(v) => Data::F32(&v[a..b]),
+        CpuStorage::BF16(v) => Data::Bf16(&v[a..b]),
+        _ => candle_core::bail!("{op}: expected an f32 or bf16 input"),
+    })
 }
 
 /// The contiguous u32 data of a CPU tensor.
