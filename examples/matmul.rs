@@ -1,5 +1,6 @@
 //! The matrix-multiply rate of `nn::kernels::gemm::matmul` on the shapes models train with,
-//! beside what the CPU can do: the peak of f32 FMAs and of AVX512-BF16 dot products per core.
+//! beside what the CPU can do: the peak of f32 FMAs and of AVX512-BF16 dot products per core,
+//! and the same products with bf16 operands (`nn::kernels::bf16`) on each kernel the CPU runs.
 //! `bench/matmul.py` measures PyTorch on the same shapes.
 //!
 //! `cargo run --release --example matmul [THREADS]` (default 2)
@@ -85,67 +86,6 @@ fn rate(
     2.0 * (m * k * n) as f64 / ts[ts.len() / 2] / 1e9
 }
 
-#[cfg(target_arch = "x86_64")]
-mod peak {
-    use std::arch::x86_64::*;
-
-    /// 24 independent accumulators, so throughput, not latency, bounds the loop.
-    #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn fma(iters: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 24];
-        let (a, b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
-        for _ in 0..iters {
-            for r in acc.iter_mut() {
-                *r = _mm512_fmadd_ps(a, b, *r);
-            }
-        }
-        acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn bf16_dot(iters: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 24];
-        // bf16 1.0 in both halves of every 32-bit lane.
-        let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-        for _ in 0..iters {
-            for r in acc.iter_mut() {
-                *r = _mm512_dpbf16_ps(*r, one, one);
-            }
-        }
-        acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
-    }
-}
-
-/// One core's peak GFLOP/s: f32 FMA, and AVX512-BF16 `vdpbf16ps` where the CPU has it.
-fn core_peaks() -> (Option<f64>, Option<f64>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let iters = 20_000_000;
-        let time = |f: &dyn Fn() -> f32, flops: f64| {
-            let t0 = Instant::now();
-            std::hint::black_box(f());
-            flops / t0.elapsed().as_secs_f64() / 1e9
-        };
-        let fma = is_x86_feature_detected!("avx512f").then(|| {
-            // SAFETY: the CPU has AVX-512F (and FMA with it).
-            time(
-                &|| unsafe { peak::fma(iters) },
-                (iters * 24 * 16 * 2) as f64,
-            )
-        });
-        let bf16 = is_x86_feature_detected!("avx512bf16").then(|| {
-            // SAFETY: the CPU has AVX512-BF16.
-            time(
-                &|| unsafe { peak::bf16_dot(iters) },
-                (iters * 24 * 32 * 2) as f64,
-            )
-        });
-        (fma, bf16)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    (None, None)
-}
-
 fn main() {
     let threads: usize = std::env::args()
         .nth(1)
@@ -155,13 +95,13 @@ fn main() {
         .num_threads(threads)
         .build_global()
         .expect("thread pool");
-    let (fma, bf16) = core_peaks();
-    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0} GFLOP/s"));
-    println!(
-        "one core: f32 FMA {}, bf16 dot (vdpbf16ps) {}",
-        show(fma),
-        show(bf16)
-    );
+    match bf16::peaks() {
+        Some((fma, dot)) => {
+            println!("one core: f32 FMA {fma:.0} GFLOP/s, bf16 dot (vdpbf16ps) {dot:.0} GFLOP/s")
+        }
+        None => println!("one core: no AVX512-BF16"),
+    }
+    println!("bf16 products use the {:?} kernel", bf16::kernel());
     // FERROFORMER_BF16_KERNEL picks one kernel; otherwise all the CPU runs.
     let kernels = match std::env::var("FERROFORMER_BF16_KERNEL") {
         Ok(_) => vec![bf16::kernel().expect("FERROFORMER_BF16_KERNEL")],

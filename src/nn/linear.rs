@@ -2,9 +2,9 @@
 //! parameter-efficient methods (LoRA and friends) wrap this type rather than the models.
 
 use crate::nn::adapter::{Base, LinearAdapter, LinearSite};
+use crate::nn::kernels::bf16::Precision;
 use crate::nn::store::{Init, ParamStore};
 use crate::Result;
-use crate::nn::kernels::bf16::Precision;
 use candle_core::{DType, Tensor, D};
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ impl Linear {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        let weight = store.get(
+        let weight = store.matrix(
             &format!("{prefix}.weight"),
             &[d_out, d_in],
             Init::Normal(std),
@@ -62,7 +62,11 @@ impl Linear {
     fn adapted(mut self, store: &mut ParamStore, prefix: &str) -> Result<Self> {
         let (d_in, d_out) = self.dims()?;
         let (w, in_out) = (self.weight.clone(), self.in_out);
-        let weight = move || -> Result<Tensor> { Ok(if in_out { w.t()? } else { w.clone() }) };
+        // Adapters see the weight `[out, in]` in f32, also when it is held in bf16.
+        let weight = move || -> Result<Tensor> {
+            let w = w.to_dtype(DType::F32)?;
+            Ok(if in_out { w.t()? } else { w })
+        };
         self.adapters = store.adapt_linear(&LinearSite {
             module: prefix,
             d_in,
@@ -89,7 +93,7 @@ impl Linear {
         d_out: usize,
         std: f64,
     ) -> Result<Self> {
-        let weight = store.get(
+        let weight = store.matrix(
             &format!("{prefix}.weight"),
             &[d_in, d_out],
             Init::Normal(std),
@@ -107,11 +111,8 @@ impl Linear {
                 let x2 = x.reshape(((), dims[dims.len() - 1]))?;
                 let base = |x: &Tensor| self.forward_base(x);
                 let weight = || -> Result<Tensor> {
-                    Ok(if self.in_out {
-                        self.weight.t()?
-                    } else {
-                        self.weight.clone()
-                    })
+                    let w = self.weight.to_dtype(DType::F32)?;
+                    Ok(if self.in_out { w.t()? } else { w })
                 };
                 let y = ad.forward(
                     &x2,

@@ -44,6 +44,9 @@ pub struct ParamStore {
     quant: crate::nn::QuantWeights,
     /// What answers the model's questions about adapters as it is built (PEFT's registry).
     hook: Option<Box<dyn AdapterHook>>,
+    /// The parameters models took as the weight of a linear map ([`ParamStore::matrix`]):
+    /// those may be held in bf16 when frozen.
+    linear_weights: BTreeSet<String>,
 }
 
 /// Trainable and total parameter counts, printed in PEFT's wording.
@@ -102,6 +105,7 @@ impl ParamStore {
             frozen: BTreeSet::new(),
             quant: Default::default(),
             hook: None,
+            linear_weights: BTreeSet::new(),
         }
     }
 
@@ -140,6 +144,7 @@ impl ParamStore {
             frozen: BTreeSet::new(),
             quant: Default::default(),
             hook: None,
+            linear_weights: BTreeSet::new(),
         })
     }
 
@@ -205,6 +210,33 @@ impl ParamStore {
         };
         self.insert(name, Tensor::from_vec(data, dims, &self.device)?)?;
         self.get(name, dims, init)
+    }
+
+    /// The weight of a linear map: as [`ParamStore::get`], and remembered as one, so that
+    /// [`ParamStore::hold_frozen_matrices_in_bf16`] may hold it in bf16 (after which this
+    /// returns the bf16 tensor, which the linear kernels multiply directly).
+    pub fn matrix(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        let t = self.get(name, dims, init)?;
+        if self.shapes.is_none() {
+            self.linear_weights.insert(name.to_string());
+        }
+        Ok(t)
+    }
+
+    /// Holds the frozen weights of linear maps in bf16 (`train.precision = "bf16"` under
+    /// PEFT: the base is never written back, and bf16 products round it anyway), halving
+    /// their memory once models are rebuilt from the store. Returns how many were converted.
+    pub fn hold_frozen_matrices_in_bf16(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for name in self.frozen.intersection(&self.linear_weights) {
+            if let Some(v) = self.vars.get_mut(name) {
+                if v.dtype() == DType::F32 {
+                    *v = Var::from_tensor(&v.as_tensor().to_dtype(DType::BF16)?)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// As [`ParamStore::get`], but initialising a missing parameter even in a loaded store

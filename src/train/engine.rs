@@ -142,6 +142,7 @@ fn attach_adapter(
     cfg: &crate::peft::PeftConfig,
     base: Option<&str>,
     resume: Option<&Path>,
+    precision: Precision,
 ) -> Result<()> {
     match resume {
         Some(ck) => crate::peft::adapter_io::load_adapter(store, ck, "default")?,
@@ -184,6 +185,11 @@ fn attach_adapter(
         )));
     }
     store.freeze_all_but_adapters()?;
+    // A base loaded from a file is never written back: under bf16 its matrices can be held
+    // in bf16.
+    if precision == Precision::Bf16 && base.is_some() {
+        store.hold_frozen_matrices_in_bf16()?;
+    }
     task.rebuild(store)
 }
 
@@ -214,6 +220,7 @@ impl Trainer {
                 cfg,
                 recipe.model.init.as_deref(),
                 start.resume_from.as_ref().map(|(_, ck)| ck.as_path()),
+                recipe.train.precision,
             )?;
         }
         let t = &recipe.train;
@@ -288,6 +295,11 @@ impl Trainer {
     /// The text tokenizer (none for images and triples).
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.task.tokenizer()
+    }
+
+    /// The parameters being trained (and the frozen ones).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
     }
 
     /// One optimizer step (over `grad_accum` micro-batches).

@@ -471,12 +471,17 @@ impl Recipe {
         for o in overrides {
             set_override(&mut table, o)?;
         }
-        let mut recipe: Recipe =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::format(origin, format!("invalid recipe: {}", e.message()))
-                })?;
+        // The error names the key (`train.precision: unknown variant ...`).
+        let mut recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let (path, e) = (e.path().to_string(), e.into_inner());
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
+                Error::format(origin, format!("invalid recipe: {at}{}", e.message()))
+            })?;
         recipe.source = Some(origin.to_path_buf());
         recipe
             .validate()

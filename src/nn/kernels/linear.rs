@@ -144,8 +144,20 @@ fn times_weight(
         product(p, y, x, w, accumulate, true)
     }
     match w {
-        Data::F32(w) => go(precision, y, x, weight_view(w, d_in, d_out, in_out), accumulate),
-        Data::Bf16(w) => go(precision, y, x, weight_view(w, d_in, d_out, in_out), accumulate),
+        Data::F32(w) => go(
+            precision,
+            y,
+            x,
+            weight_view(w, d_in, d_out, in_out),
+            accumulate,
+        ),
+        Data::Bf16(w) => go(
+            precision,
+            y,
+            x,
+            weight_view(w, d_in, d_out, in_out),
+            accumulate,
+        ),
     }
 }
 
@@ -215,8 +227,12 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] = LinearGrad::for_args((self.in_out, self.precision), x, w, Some(b))
-            .run(x, w, grad, b.elem_count())?;
+        let [dx, dw, db] = LinearGrad::for_args((self.in_out, self.precision), x, w, Some(b)).run(
+            x,
+            w,
+            grad,
+            b.elem_count(),
+        )?;
         Ok((dx, dw, db))
     }
 }
@@ -297,9 +313,23 @@ impl CustomOp3 for LinearGrad {
             )?;
         }
         if self.want_w && self.in_out {
-            product(p, ViewMut::rows(dw, d_in, d_out, d_out), xv.t(), dyv, false, true)?;
+            product(
+                p,
+                ViewMut::rows(dw, d_in, d_out, d_out),
+                xv.t(),
+                dyv,
+                false,
+                true,
+            )?;
         } else if self.want_w {
-            product(p, ViewMut::rows(dw, d_out, d_in, d_in), dyv.t(), xv, false, true)?;
+            product(
+                p,
+                ViewMut::rows(dw, d_out, d_in, d_in),
+                dyv.t(),
+                xv,
+                false,
+                true,
+            )?;
         }
         if self.want_b {
             add_rows(dy, d_out, db);

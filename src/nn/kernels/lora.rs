@@ -109,7 +109,12 @@ impl CustomOp3 for LoraAddOp {
         );
         let (a, b) = p.split_at(r * d_in);
         let dropped = self.dropped(x);
-        let mut h = down(self.precision, dropped.as_deref().unwrap_or(x), a, (n, d_in, r))?;
+        let mut h = down(
+            self.precision,
+            dropped.as_deref().unwrap_or(x),
+            a,
+            (n, d_in, r),
+        )?;
         for v in &mut h {
             *v *= self.scaling;
         }
