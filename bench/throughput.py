@@ -4,6 +4,11 @@ full steps after warm-up. Prints one JSON line.
 
     ~/.cache/ferroformer-ref/bin/python bench/throughput.py [--layers 6 --heads 6 --dim 384
         --context 256 --batch 8 --vocab 8192 --act tanh --steps 10]
+        [--set train.precision="bf16"]
+
+`--set train.precision="bf16"` runs forward and loss under
+`torch.autocast("cpu", dtype=torch.bfloat16)`, as `ferroformer bench train` takes the same key;
+other `--set` keys are accepted and ignored, so bench/compare.sh can pass one line to both.
 """
 import argparse
 import json
@@ -29,7 +34,16 @@ p.add_argument("--act", default="tanh", help="GELU form: tanh or none (exact)")
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 a = p.parse_args()
+precision = "f32"
+for kv in a.set:
+    key, _, value = kv.partition("=")
+    if key == "train.precision":
+        precision = value.strip("'\"")
+if precision not in ("f32", "bf16"):
+    raise SystemExit(f"train.precision {precision!r}: f32 or bf16")
+autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 model = GPT(a.vocab, a.context, a.dim, a.layers, a.heads, act=a.act)
@@ -39,7 +53,8 @@ y = torch.randint(0, a.vocab, (a.batch, a.context))
 times = []
 for i in range(a.warmup + a.steps):
     t0 = time.perf_counter()
-    loss = model(x, y)
+    with autocast():
+        loss = model(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -49,12 +64,13 @@ fwd = []
 with torch.no_grad():
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        model(x)
+        with autocast():
+            model(x)
         if i >= a.warmup:
             fwd.append(time.perf_counter() - t0)
 tokens = a.batch * a.context
 print(json.dumps({
-    "impl": "pytorch", "torch": torch.__version__,
+    "impl": "pytorch", "torch": torch.__version__, "precision": precision,
     "tokens_per_s": tokens / statistics.median(times),
     "step_ms_median": 1000 * statistics.median(times),
     "forward_tokens_per_s": tokens / statistics.median(fwd),

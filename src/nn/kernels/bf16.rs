@@ -208,8 +208,14 @@ fn fastest() -> Kernel {
 /// Rows and columns of the register tile.
 const MR: usize = 12;
 const NR: usize = 32;
-/// Depth of a packed block (even, for `vdpbf16ps` pairs): a `KC x NR` panel of B fits L1.
-const KC: usize = 192;
+/// Most depth packed at once (even, for `vdpbf16ps` pairs). Deep enough that model shapes
+/// take one pass, so each output tile is written once from registers: a `KC x NR` strip of B
+/// and a block of A then sit in L2, which feeds the kernel fast enough (a step of `k` loads
+/// 176 bytes for 24 FMAs, 12 cycles).
+const KC: usize = 2048;
+/// Row stride of A packed by rows: not a multiple of 4 KiB, so the 12 rows the kernel reads
+/// side by side do not collide in L1's sets.
+const AS: usize = KC + 16;
 /// Columns of B packed at once (a `KC x NC` panel stays in L2/L3 while every row block of
 /// A passes over it).
 const NC: usize = 4096;
@@ -256,15 +262,14 @@ pub fn matmul_with<A: Elem, B: Elem>(
     let words = |len: usize| if kernel.pairs() { len.div_ceil(2) } else { len };
     let (drs, dcs) = (dst.rs, dst.cs);
     let out = SharedOut(dst.data.as_mut_ptr(), dst.data.len());
-    let mut bpack = Vec::new();
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         let strips = nc.div_ceil(NR);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let strip_len = words(kc) * NR;
-            bpack.clear();
-            bpack.resize(strips * strip_len, 0u32);
+            let blen = strips * strip_len;
+            let mut bpack = take_buffer(&BPACK, blen);
             let pack_b = |(t, dstrip): (usize, &mut [u32])| {
                 pack_b_strip(
                     kernel,
@@ -277,28 +282,35 @@ pub fn matmul_with<A: Elem, B: Elem>(
                 )
             };
             if threads > 1 && strips > 1 {
-                bpack.par_chunks_mut(strip_len).enumerate().for_each(pack_b);
+                bpack[..blen]
+                    .par_chunks_mut(strip_len)
+                    .enumerate()
+                    .for_each(pack_b);
             } else {
-                bpack.chunks_mut(strip_len).enumerate().for_each(pack_b);
+                bpack[..blen]
+                    .chunks_mut(strip_len)
+                    .enumerate()
+                    .for_each(pack_b);
             }
             let overwrite = pc == 0 && !accumulate;
-            let bpack = &bpack;
+            let packed_b = &bpack;
             // Row-major A is packed row by row (a straight copy), and the kernel reads its rows
             // at fixed offsets; other layouts are packed a column of the strip at a time.
             let a_rows = !kernel.pairs() && a.cs == 1;
-            let alen = MR * words(KC);
+            let alen = if a_rows { MR * AS } else { MR * words(KC) };
             let block = |ic: usize| {
                 let rows = mc.min(m - ic);
-                let mut apack = vec![0u32; rows.div_ceil(MR) * alen];
-                for (s, astrip) in apack.chunks_mut(alen).enumerate() {
+                let alen_all = rows.div_ceil(MR) * alen;
+                let mut apack = take_buffer(&APACK, alen_all);
+                for (s, astrip) in apack[..alen_all].chunks_mut(alen).enumerate() {
                     let r = (rows - s * MR).min(MR);
                     pack_a_strip(kernel, &a, (ic + s * MR, r), (pc, kc), a_rows, astrip);
                 }
                 let mut tile = [0f32; MR * NR];
                 for t in 0..strips {
-                    let bstrip = &bpack[t * strip_len..(t + 1) * strip_len];
+                    let bstrip = &packed_b[t * strip_len..(t + 1) * strip_len];
                     let cols = (nc - t * NR).min(NR);
-                    for (s, astrip) in apack.chunks(alen).enumerate() {
+                    for (s, astrip) in apack[..alen_all].chunks(alen).enumerate() {
                         let r = (rows - s * MR).min(MR);
                         let at = (ic + s * MR, jc + t * NR);
                         if r == MR && cols == NR && dcs == 1 {
@@ -320,14 +332,38 @@ pub fn matmul_with<A: Elem, B: Elem>(
                         }
                     }
                 }
+                give_back(&APACK, apack);
             };
             if threads > 1 && blocks > 1 {
                 (0..blocks).into_par_iter().for_each(|bi| block(bi * mc));
             } else {
                 (0..blocks).for_each(|bi| block(bi * mc));
             }
+            give_back(&BPACK, bpack);
         }
     }
+}
+
+thread_local! {
+    /// Packing buffers, kept per thread between products: packing writes every word the
+    /// kernel reads (padding included), so they are never zeroed.
+    static APACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BPACK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+type Buffer = std::thread::LocalKey<std::cell::RefCell<Vec<u32>>>;
+
+/// This thread's buffer, at least `len` long.
+fn take_buffer(key: &'static Buffer, len: usize) -> Vec<u32> {
+    let mut v = key.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v
+}
+
+fn give_back(key: &'static Buffer, v: Vec<u32>) {
+    key.with(|b| *b.borrow_mut() = v);
 }
 
 /// The output buffer, shared by tasks that write disjoint row blocks.
@@ -374,7 +410,7 @@ impl SharedOut {
 }
 
 /// Packs rows `i0 .. i0 + rows` (at most MR) and depth `p0 .. p0 + kc` of `a` for the kernel:
-/// with `by_rows`, row `i` at `i * KC` (a copy of row-major data); otherwise per `k` (or pair
+/// with `by_rows`, row `i` at `i * AS` (a copy of row-major data); otherwise per `k` (or pair
 /// of `k`) MR words. Missing rows and the odd last `k` of a pair are zero.
 fn pack_a_strip<A: Elem>(
     kernel: Kernel,
@@ -385,6 +421,24 @@ fn pack_a_strip<A: Elem>(
     out: &mut [u32],
 ) {
     let at = |i: usize, p: usize| a.data[(i0 + i) * a.rs + (p0 + p) * a.cs].bits();
+    if by_rows {
+        for i in 0..MR {
+            let o = &mut out[i * AS..i * AS + kc];
+            if i < rows {
+                let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = v.bits() << 16;
+                }
+            } else {
+                o.fill(0);
+            }
+        }
+        return;
+    }
+    let kw = if kernel.pairs() { kc.div_ceil(2) } else { kc };
+    for q in 0..kw {
+        out[q * MR + rows..(q + 1) * MR].fill(0);
+    }
     if kernel.pairs() {
         for i in 0..rows {
             for q in 0..kc / 2 {
@@ -393,16 +447,6 @@ fn pack_a_strip<A: Elem>(
             if kc % 2 == 1 {
                 out[(kc / 2) * MR + i] = at(i, kc - 1);
             }
-        }
-    } else if by_rows {
-        for i in 0..rows {
-            let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
-            for (o, v) in out[i * KC..i * KC + kc].iter_mut().zip(row) {
-                *o = v.bits() << 16;
-            }
-        }
-        for o in &mut out[rows * KC..] {
-            *o = 0;
         }
     } else if a.rs == 1 {
         for p in 0..kc {
@@ -432,8 +476,14 @@ fn pack_b_strip<B: Elem>(
     out: &mut [u32],
 ) {
     let at = |p: usize, j: usize| b.data[(p0 + p) * b.rs + (j0 + j) * b.cs].bits();
+    let kw = if kernel.pairs() { kc.div_ceil(2) } else { kc };
+    if cols < NR {
+        for q in 0..kw {
+            out[q * NR + cols..(q + 1) * NR].fill(0);
+        }
+    }
     if kernel.pairs() {
-        for q in 0..kc.div_ceil(2) {
+        for q in 0..kw {
             let second = 2 * q + 1 < kc;
             for j in 0..cols {
                 let hi = if second { at(2 * q + 1, j) } else { 0 };
@@ -466,9 +516,9 @@ fn run_tile(kernel: Kernel, kc: usize, (a, a_rows): (&[u32], bool), b: &[u32], c
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_with` checked the CPU supports the kernel; the strips hold
-        // `kc` (or `kc / 2` pairs) rows of MR and NR words, or MR rows of KC; `c` is a tile
+        // `kc` (or `kc / 2` pairs) rows of MR and NR words, or MR rows of AS; `c` is a tile
         // no other task writes.
-        Kernel::Fma if a_rows => unsafe { x86::tile_fma::<KC, 1>(kc, a, b, c) },
+        Kernel::Fma if a_rows => unsafe { x86::tile_fma::<AS, 1>(kc, a, b, c) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Kernel::Fma => unsafe { x86::tile_fma::<1, MR>(kc, a, b, c) },
@@ -477,7 +527,7 @@ fn run_tile(kernel: Kernel, kc: usize, (a, a_rows): (&[u32], bool), b: &[u32], c
         Kernel::Dot => unsafe { x86::tile_dot(kc.div_ceil(2), a, b, c) },
         _ => {
             let mut tile = [0f32; MR * NR];
-            let strides = if a_rows { (KC, 1) } else { (1, MR) };
+            let strides = if a_rows { (AS, 1) } else { (1, MR) };
             tile_portable(kc, a, strides, b, &mut tile);
             let (ptr, rs, overwrite) = c;
             for (i, row) in tile.chunks(NR).enumerate() {
