@@ -10,8 +10,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    // Round to nearest by the 1.5 * 2^23 trick (vectorises without a rounding instruction).
-    let k = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest by the 1.5 * 2^23 trick (vectorises without a rounding instruction):
+    // `t`'s low mantissa bits then hold `k` itself.
+    let t = x * LOG2E + 12_582_912.0;
+    let k = t - 12_582_912.0;
     let r = x - k * LN2_HI - k * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -20,7 +22,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    // 2^k from `t`'s bits: integer ops only (`k as i32` saturates, which the compiler does
+    // element by element).
+    let n = (t.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127;
+    y * f32::from_bits((n << 23) as u32)
 }
 
 /// `tanh(x)` as `1 - 2 / (e^{2x} + 1)` (absolute error ~1e-7).
@@ -121,6 +126,14 @@ mod tests {
             let e = super::exp(xf as f32) as f64;
             worst[0] = worst[0].max(((e - xf.exp()) / xf.exp()).abs());
             worst[1] = worst[1].max((super::tanh(xf as f32) as f64 - xf.tanh()).abs());
+            x += 0.001_37;
+        }
+        // The whole range, where 2^k's exponent bits run from 1 to 254.
+        let mut x: f64 = -87.0;
+        while x < 88.0 {
+            let xf = x as f32 as f64;
+            let e = super::exp(xf as f32) as f64;
+            worst[0] = worst[0].max(((e - xf.exp()) / xf.exp()).abs());
             x += 0.001_37;
         }
         for i in 0..8000 {
