@@ -143,25 +143,14 @@ fn bf16_weights_equal_rounded_f32_weights() {
     let w = values(n * k, 4);
     let w16 = bf16::to_bf16(&w);
     for kernel in Kernel::available() {
+        let xv = View::rows(&x, m, k, k);
         let mut y32 = vec![0f32; m * n];
         let mut y16 = vec![0f32; m * n];
-        let xv = View::rows(&x, m, k, k);
-        bf16::matmul_with(
-            kernel,
-            ViewMut::rows(&mut y32, m, n, n),
-            xv,
-            View::rows(&w, n, k, k).t(),
-            false,
-            false,
-        );
-        bf16::matmul_with(
-            kernel,
-            ViewMut::rows(&mut y16, m, n, n),
-            xv,
-            View::rows(&w16, n, k, k).t(),
-            false,
-            false,
-        );
+        let (w32, w16v) = (View::rows(&w, n, k, k).t(), View::rows(&w16, n, k, k).t());
+        let d32 = ViewMut::rows(&mut y32, m, n, n);
+        bf16::matmul_with(kernel, d32, xv, w32, false, false);
+        let d16 = ViewMut::rows(&mut y16, m, n, n);
+        bf16::matmul_with(kernel, d16, xv, w16v, false, false);
         assert_eq!(y32, y16, "{kernel:?}");
     }
 }

@@ -8,6 +8,12 @@ use crate::Result;
 use candle_core::{DType, Tensor, D};
 use std::sync::Arc;
 
+/// The weight as adapters see it: `[out, in]`, in f32 also when it is held in bf16.
+fn out_in_f32(w: &Tensor, in_out: bool) -> Result<Tensor> {
+    let w = w.to_dtype(DType::F32)?;
+    Ok(if in_out { w.t()? } else { w })
+}
+
 /// The adapters on a layer.
 pub type Adapters = Arc<dyn LinearAdapter>;
 
@@ -62,11 +68,7 @@ impl Linear {
     fn adapted(mut self, store: &mut ParamStore, prefix: &str) -> Result<Self> {
         let (d_in, d_out) = self.dims()?;
         let (w, in_out) = (self.weight.clone(), self.in_out);
-        // Adapters see the weight `[out, in]` in f32, also when it is held in bf16.
-        let weight = move || -> Result<Tensor> {
-            let w = w.to_dtype(DType::F32)?;
-            Ok(if in_out { w.t()? } else { w })
-        };
+        let weight = move || out_in_f32(&w, in_out);
         self.adapters = store.adapt_linear(&LinearSite {
             module: prefix,
             d_in,
@@ -110,10 +112,7 @@ impl Linear {
                 let dims = x.dims().to_vec();
                 let x2 = x.reshape(((), dims[dims.len() - 1]))?;
                 let base = |x: &Tensor| self.forward_base(x);
-                let weight = || -> Result<Tensor> {
-                    let w = self.weight.to_dtype(DType::F32)?;
-                    Ok(if self.in_out { w.t()? } else { w })
-                };
+                let weight = || out_in_f32(&self.weight, self.in_out);
                 let y = ad.forward(
                     &x2,
                     Base {

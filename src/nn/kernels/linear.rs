@@ -3,7 +3,7 @@
 //! weight's own orientation) and `db` (column sums of `dy`) in one op, with transposes as
 //! strided views rather than copies. Without a bias it serves the tied output projection.
 
-use super::bf16::{product, Elem, Precision};
+use super::bf16::{product, Precision};
 use super::gemm::{View, ViewMut};
 use super::{data, f32s, fused, tracked, Data};
 use crate::multiversion;
@@ -134,29 +134,22 @@ fn times_weight(
     (d_in, d_out, in_out): (usize, usize, bool),
     accumulate: bool,
 ) -> candle_core::Result<()> {
-    fn go<T: Elem>(
-        p: Precision,
-        y: ViewMut,
-        x: View,
-        w: View<T>,
-        accumulate: bool,
-    ) -> candle_core::Result<()> {
-        product(p, y, x, w, accumulate, true)
-    }
     match w {
-        Data::F32(w) => go(
+        Data::F32(w) => product(
             precision,
             y,
             x,
             weight_view(w, d_in, d_out, in_out),
             accumulate,
+            true,
         ),
-        Data::Bf16(w) => go(
+        Data::Bf16(w) => product(
             precision,
             y,
             x,
             weight_view(w, d_in, d_out, in_out),
             accumulate,
+            true,
         ),
     }
 }
