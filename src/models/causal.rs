@@ -50,6 +50,13 @@ pub trait CausalLm: Send + Sync {
         caches: Option<&mut [KvCache]>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor>;
+    /// Final hidden states `[b, 1, hidden]` of one new token per row (`ids[r]`), row `r`
+    /// continuing its own sequence with its own caches (`caches[r]`, one per layer): the
+    /// decode step of continuous batching. Each row equals `hidden` on it alone; families
+    /// that batch the projections override the default, which runs the rows one by one.
+    fn hidden_rows(&self, ids: &[u32], caches: &mut [Vec<KvCache>]) -> Result<Tensor> {
+        hidden_rows_one_by_one(self, ids, caches)
+    }
     /// Final hidden states `[b, t, hidden]` of rows holding several examples each, every one
     /// attending only within itself with positions from 0 (as if run alone).
     fn hidden_packed(
@@ -70,6 +77,23 @@ pub trait CausalLm: Send + Sync {
     fn max_positions(&self) -> usize;
     fn device(&self) -> &Device;
     fn as_any(&self) -> &dyn Any;
+}
+
+/// [`CausalLm::hidden_rows`] computed row by row.
+pub fn hidden_rows_one_by_one<M: CausalLm + ?Sized>(
+    model: &M,
+    ids: &[u32],
+    caches: &mut [Vec<KvCache>],
+) -> Result<Tensor> {
+    let rows = ids
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(&id, c)| {
+            let x = Tensor::new(&[id], model.device())?.unsqueeze(0)?;
+            model.hidden(&x, Some(c), None)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// The configuration of a causal language model of any registered family.
@@ -163,6 +187,24 @@ impl CausalModel {
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         self.0.hidden(ids, caches, rng)
+    }
+
+    /// See [`CausalLm::hidden_rows`].
+    pub fn hidden_rows(&self, ids: &[u32], caches: &mut [Vec<KvCache>]) -> Result<Tensor> {
+        let layers = self.0.config().num_layers();
+        if ids.is_empty() || ids.len() != caches.len() || caches.iter().any(|c| c.len() != layers) {
+            return Err(crate::Error::Config(format!(
+                "a decode step needs one token and one cache per layer ({layers}) for each row: got {} tokens and {} caches",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+            return Err(crate::Error::Config(format!(
+                "token id {bad} is outside the model's vocabulary"
+            )));
+        }
+        self.0.hidden_rows(ids, caches)
     }
 
     /// See [`CausalLm::hidden_packed`].

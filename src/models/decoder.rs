@@ -200,9 +200,22 @@ impl DecoderLayer {
         cache: Option<&mut KvCache>,
         segments: Option<&Segments>,
     ) -> Result<Tensor> {
-        let a = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cache, segments)?;
+        self.around_attention(x, |h| self.self_attn.forward(h, cache, segments))
+    }
+
+    /// One new token per row, each row with its own caches (see
+    /// [`RotaryAttention::forward_rows`]).
+    pub fn forward_rows(&self, x: &Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        self.around_attention(x, |h| self.self_attn.forward_rows(h, caches))
+    }
+
+    /// The layer with `attend` as its attention sub-layer.
+    fn around_attention(
+        &self,
+        x: &Tensor,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let a = attend(&self.input_layernorm.forward(x)?)?;
         match (
             &self.pre_feedforward_layernorm,
             &self.post_feedforward_layernorm,
@@ -497,6 +510,19 @@ impl CausalLm for Decoder {
             }
         }
         VirtualTokens::strip(self.norm.forward(&x)?, n)
+    }
+
+    fn hidden_rows(&self, ids: &[u32], caches: &mut [Vec<KvCache>]) -> Result<Tensor> {
+        if !self.virtual_tokens.is_empty() {
+            return crate::models::causal::hidden_rows_one_by_one(self, ids, caches);
+        }
+        let x = Tensor::from_vec(ids.to_vec(), (ids.len(), 1), self.device())?;
+        let (mut x, _) = self.embed(&x, 1)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut rows: Vec<&mut KvCache> = caches.iter_mut().map(|c| &mut c[l]).collect();
+            x = layer.forward_rows(&x, &mut rows)?;
+        }
+        self.norm.forward(&x)
     }
 
     fn hidden_packed(

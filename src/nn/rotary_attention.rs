@@ -83,6 +83,28 @@ impl RotaryAttention {
         })
     }
 
+    /// Queries `[b, t, h, d]`, keys and values `[b, t, kv_heads, d]` of `x`, the queries and
+    /// keys normalised (when the family does) and rotated by `rotate`.
+    fn heads(
+        &self,
+        x: &Tensor,
+        rotate: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let (q, k, v) = self.project(x)?;
+        let mut q = q.reshape((b, t, h, d))?;
+        let mut k = k.reshape((b, t, kvh, d))?;
+        let v = v.reshape((b, t, kvh, d))?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k)?;
+        }
+        Ok((rotate(&q)?, rotate(&k)?, v))
+    }
+
     /// `x`: `[b, t, hidden]`. With `cache`, new keys/values (already rotated) are appended;
     /// with `segments`, packed examples attend only within themselves.
     pub fn forward(
@@ -94,26 +116,10 @@ impl RotaryAttention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let offset = Prefix::offset(self.prefix.as_ref(), cache.as_deref());
-        let (q, k, v) = self.project(x)?;
-        let mut q = q.reshape((b, t, h, d))?;
-        let mut k = k.reshape((b, t, kvh, d))?;
-        let v = v.reshape((b, t, kvh, d))?;
-        if let Some(n) = &self.q_norm {
-            q = n.forward(&q)?;
-        }
-        if let Some(n) = &self.k_norm {
-            k = n.forward(&k)?;
-        }
-        let (q, k) = match segments {
-            Some(s) => (
-                self.rope.forward_segments(&q, s)?,
-                self.rope.forward_segments(&k, s)?,
-            ),
-            None => (
-                self.rope.forward(&q, offset)?,
-                self.rope.forward(&k, offset)?,
-            ),
-        };
+        let (q, k, v) = self.heads(x, |y| match segments {
+            Some(s) => self.rope.forward_segments(y, s),
+            None => self.rope.forward(y, offset),
+        })?;
         if cache.is_none()
             && self.prefix.is_none()
             && self.softcap.is_none()
@@ -142,13 +148,75 @@ impl RotaryAttention {
                 return self.o_proj.forward(&y);
             }
         }
-        let q = q.transpose(1, 2)?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
+        let heads_first = |t: &Tensor| t.transpose(1, 2);
+        let y = self.attend(
+            &heads_first(&q)?,
+            &heads_first(&k)?,
+            &heads_first(&v)?,
+            offset,
+            cache,
+            segments,
+        )?;
+        self.o_proj
+            .forward(&y.transpose(1, 2)?.reshape((b, t, h * d))?)
+    }
+
+    /// One new token per row (`x` `[b, 1, hidden]`), row `r` continuing its own sequence
+    /// with its own `caches[r]`: the projections run on all rows at once, each row attends
+    /// over its own cache. Equals `forward` on each row alone with its cache.
+    pub fn forward_rows(&self, x: &Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let (h, d) = (self.n_head, self.head_dim);
+        let offsets: Vec<usize> = caches
+            .iter()
+            .map(|c| Prefix::offset(self.prefix.as_ref(), Some(&**c)))
+            .collect();
+        let positions = Segments {
+            b,
+            t: 1,
+            positions: Arc::new(offsets.iter().map(|&o| o as u32).collect()),
+            starts: Arc::new(vec![0; b]),
+        };
+        let (q, k, v) = self.heads(x, |y| self.rope.forward_segments(y, &positions))?;
+        let rows = caches
+            .iter_mut()
+            .zip(offsets)
+            .enumerate()
+            .map(|(r, (cache, offset))| {
+                let row = |t: &Tensor| t.narrow(0, r, 1)?.transpose(1, 2);
+                self.attend(
+                    &row(&q)?,
+                    &row(&k)?,
+                    &row(&v)?,
+                    offset,
+                    Some(&mut **cache),
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y = Tensor::cat(&rows, 0)?;
+        self.o_proj
+            .forward(&y.transpose(1, 2)?.reshape((b, 1, h * d))?)
+    }
+
+    /// Attention of `q` `[b, h, t, d]` over `k`, `v` `[b, kv_heads, t, d]` (appended to the
+    /// cache and prefix first): `[b, h, t, d]`. The composition, for what the fused kernel
+    /// does not cover.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+        segments: Option<&Segments>,
+    ) -> Result<Tensor> {
+        let k = k.contiguous()?;
+        let v = v.contiguous()?;
         let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
-        let y = if self.window.is_none() && self.softcap.is_none() && self.query_scale.is_none() {
+        if self.window.is_none() && self.softcap.is_none() && self.query_scale.is_none() {
             // No attention dropout in these families.
-            causal_attention_in(&q, &k, &v, offset, segments, &Dropout::default(), None)?
+            causal_attention_in(q, &k, &v, offset, segments, &Dropout::default(), None)
         } else {
             let mask = Mask {
                 offset,
@@ -158,10 +226,8 @@ impl RotaryAttention {
             let scale = self
                 .query_scale
                 .unwrap_or(1.0 / (self.head_dim as f64).sqrt());
-            masked_attention(&q, &k, &v, &mask, scale, self.softcap)?
-        };
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
-        self.o_proj.forward(&y)
+            masked_attention(q, &k, &v, &mask, scale, self.softcap)
+        }
     }
 }
 
