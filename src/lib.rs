@@ -26,6 +26,7 @@ pub mod peft;
 pub mod plot;
 pub mod rng;
 pub mod semnet;
+pub mod serve;
 pub mod tasks;
 pub mod text;
 pub mod train;

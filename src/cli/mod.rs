@@ -15,6 +15,7 @@ pub mod instruct;
 pub mod params;
 pub mod pretrain;
 pub mod semnet;
+pub mod serve;
 pub mod similar;
 pub mod tokenizer;
 pub mod translate;
@@ -100,6 +101,9 @@ pub enum Command {
     /// similarity; verbalize, extract and retrieve facts for language models; export.
     #[command(subcommand)]
     Semnet(semnet::SemnetCmd),
+    /// Serve a model over HTTP with OpenAI's API: chat, completions and embeddings, adapters
+    /// chosen per request, continuous batching.
+    Serve(serve::ServeArgs),
     /// Measure training, forward and generation throughput (random GPTs, or real models for generation).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Params(a) => params::run(a, c),
         Command::Bench(a) => bench::run(a, c),
         Command::Semnet(a) => semnet::run(a, c),
+        Command::Serve(a) => serve::run(a, c),
     }
 }
 

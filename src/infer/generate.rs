@@ -200,6 +200,55 @@ pub fn generate_stream(
     })
 }
 
+/// Generated text checked against stop strings as it streams: text that may be the start of a
+/// stop string is held back until the next pieces decide; at a stop string the text ends (the
+/// stop string itself is not part of it).
+#[derive(Debug, Clone, Default)]
+pub struct StopText {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopText {
+    /// Empty stop strings are ignored.
+    pub fn new(stops: Vec<String>) -> Self {
+        StopText {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Adds a piece of generated text: returns the text now final, and whether a stop string
+    /// ended it.
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        self.pending.push_str(piece);
+        let p = &self.pending;
+        if let Some(at) = self.stops.iter().filter_map(|s| p.find(s.as_str())).min() {
+            let out = p[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // The longest tail of the pending text that begins some stop string is held back.
+        let hold = self
+            .stops
+            .iter()
+            .filter_map(|s| {
+                (1..s.len().min(p.len() + 1))
+                    .rev()
+                    .find(|&k| p.is_char_boundary(p.len() - k) && s.starts_with(&p[p.len() - k..]))
+            })
+            .max()
+            .unwrap_or(0);
+        let out: String = self.pending.drain(..self.pending.len() - hold).collect();
+        (out, false)
+    }
+
+    /// The text held back, at the end of generation.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// Full-sequence logits of the last position without a cache (reference for cache tests).
 pub fn logits_no_cache(model: &CausalModel, ids: &[u32]) -> Result<Vec<f32>> {
     let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
@@ -210,6 +259,22 @@ pub fn logits_no_cache(model: &CausalModel, ids: &[u32]) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_strings_end_the_text_across_pieces() {
+        let mut s = StopText::new(vec!["\n\nUser:".into(), "END".into(), "".into()]);
+        assert_eq!(s.push("Hello"), ("Hello".into(), false));
+        // "\n" may begin "\n\nUser:": held back.
+        assert_eq!(s.push(" world\n"), (" world".into(), false));
+        assert_eq!(s.push("x"), ("\nx".into(), false));
+        assert_eq!(s.push(" E"), (" ".into(), false));
+        assert_eq!(s.push("NDING"), ("".into(), true));
+        let mut s = StopText::new(vec!["é!".into()]);
+        assert_eq!(s.push("café"), ("caf".into(), false));
+        assert_eq!(s.finish(), "é");
+        let mut none = StopText::new(vec![]);
+        assert_eq!(none.push("a\n"), ("a\n".into(), false));
+    }
 
     #[test]
     fn greedy_topk_topp() {

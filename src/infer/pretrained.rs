@@ -273,51 +273,29 @@ impl PretrainedCausalLm {
         })
     }
 
-    fn token_text(&self, id: Option<u32>) -> Option<String> {
-        id.and_then(|i| self.tokenizer.inner.id_to_token(i))
+    /// What prompting needs of the model (tokenizer, special tokens, chat template).
+    pub fn prompting(&self) -> Prompting<'_> {
+        Prompting {
+            tokenizer: &self.tokenizer,
+            special: &self.special,
+            chat_template: self.chat_template.as_deref(),
+            source: &self.source,
+        }
     }
 
-    /// The chat template, ready to render.
+    /// See [`Prompting::chat`].
     pub fn chat(&self) -> Result<ChatTemplate> {
-        let src = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::format(&self.source, "this model has no chat template"))?;
-        ChatTemplate::new(
-            src,
-            self.token_text(self.special.bos),
-            self.token_text(self.special.eos),
-        )
+        self.prompting().chat()
     }
 
-    /// Tokens that end generation: the end-of-sequence token and, for chat, the template's
-    /// end-of-turn marker.
+    /// See [`Prompting::stop_tokens`].
     pub fn stop_tokens(&self) -> Vec<u32> {
-        let mut stop: Vec<u32> = self.special.eos.into_iter().collect();
-        if let Ok(t) = self.chat() {
-            for m in t.end_of_turn_markers() {
-                if let Some(id) = self.tokenizer.token_id(m) {
-                    if !stop.contains(&id) {
-                        stop.push(id);
-                    }
-                }
-            }
-        }
-        stop
+        self.prompting().stop_tokens()
     }
 
-    /// Token ids of a plain prompt, with the beginning-of-sequence token when the tokenizer
-    /// adds one (`add_bos_token`).
+    /// See [`Prompting::encode_prompt`].
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tokenizer.encode(text)?;
-        if self.special.add_bos {
-            if let Some(bos) = self.special.bos {
-                if ids.first() != Some(&bos) {
-                    ids.insert(0, bos);
-                }
-            }
-        }
-        Ok(ids)
+        self.prompting().encode_prompt(text)
     }
 
     /// Writes a Hugging Face directory transformers loads: `config.json`,
@@ -354,7 +332,7 @@ impl PretrainedCausalLm {
             ("pad_token", self.special.pad),
             ("unk_token", self.special.unk),
         ] {
-            if let Some(t) = self.token_text(id) {
+            if let Some(t) = self.prompting().token_text(id) {
                 tc.insert(key.into(), json!(t));
             }
         }
@@ -368,5 +346,64 @@ impl PretrainedCausalLm {
                 Value::Object(self.special.id_entries()),
             ),
         ]
+    }
+}
+
+/// A model's tokenizer, special tokens and chat template: how prompts become token ids.
+#[derive(Clone, Copy)]
+pub struct Prompting<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub special: &'a SpecialTokens,
+    pub chat_template: Option<&'a str>,
+    /// The model's file or directory (named in errors).
+    pub source: &'a Path,
+}
+
+impl Prompting<'_> {
+    /// The text of a special token id.
+    pub fn token_text(&self, id: Option<u32>) -> Option<String> {
+        id.and_then(|i| self.tokenizer.inner.id_to_token(i))
+    }
+
+    /// The chat template, ready to render.
+    pub fn chat(&self) -> Result<ChatTemplate> {
+        let src = self
+            .chat_template
+            .ok_or_else(|| Error::format(self.source, "this model has no chat template"))?;
+        ChatTemplate::new(
+            src,
+            self.token_text(self.special.bos),
+            self.token_text(self.special.eos),
+        )
+    }
+
+    /// Tokens that end generation: the end-of-sequence token and, for chat, the template's
+    /// end-of-turn marker.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop: Vec<u32> = self.special.eos.into_iter().collect();
+        if let Ok(t) = self.chat() {
+            for m in t.end_of_turn_markers() {
+                if let Some(id) = self.tokenizer.token_id(m) {
+                    if !stop.contains(&id) {
+                        stop.push(id);
+                    }
+                }
+            }
+        }
+        stop
+    }
+
+    /// Token ids of a plain prompt, with the beginning-of-sequence token when the tokenizer
+    /// adds one (`add_bos_token`).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text)?;
+        if self.special.add_bos {
+            if let Some(bos) = self.special.bos {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
     }
 }

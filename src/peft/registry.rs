@@ -342,6 +342,53 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Unloads adapter `name`: its registration and tensors go; models built from the store
+    /// afterwards no longer carry it (rebuild them). An adapter that replaced base values
+    /// (`modules_to_save`, biases) cannot be taken out: the base's own are gone.
+    pub fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        let Some(a) = self.peft().get(name) else {
+            return Err(Error::Config(format!("no adapter named {name:?}")));
+        };
+        if a.config
+            .modules_to_save
+            .as_ref()
+            .is_some_and(|m| !m.is_empty())
+            || a.config.bias != super::BiasMode::None
+        {
+            return Err(Error::Config(format!(
+                "adapter {name:?} replaced base parameters (modules_to_save or biases) and cannot be unloaded"
+            )));
+        }
+        let keys: Vec<String> = self
+            .vars()
+            .keys()
+            .filter(|k| split_param_name(k).is_some_and(|(_, _, n)| n == name))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+        let frozen = self
+            .frozen()
+            .iter()
+            .filter(|k| self.vars().contains_key(*k))
+            .cloned()
+            .collect();
+        self.freeze(&frozen)?;
+        let reg = self.peft_mut();
+        reg.adapters.retain(|a| a.name != name);
+        reg.saved.retain(|(n, _), _| n != name);
+        reg.switch
+            .lock()
+            .expect("adapter state")
+            .active
+            .retain(|n| n != name);
+        if reg.adapters.is_empty() {
+            reg.modules.clear();
+        }
+        Ok(())
+    }
+
     /// Takes a merged adapter back out of the base weights.
     pub fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
         self.fold(name, true)
