@@ -147,7 +147,8 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Sampling fields shared by chat and completions.
+/// Sampling fields shared by chat and completions, read from the same body as the request
+/// (not flattened into it: serde would then lose the path of a wrong field).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Sampling {
     pub temperature: Option<f64>,
@@ -193,8 +194,6 @@ pub struct ChatMessage {
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
     pub tools: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
 }
@@ -213,8 +212,6 @@ pub enum Inputs {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Inputs,
-    #[serde(flatten)]
-    pub sampling: Sampling,
     #[serde(default)]
     pub echo: bool,
     pub suffix: Option<String>,

@@ -96,6 +96,7 @@ impl Names {
 pub struct AppState {
     pub info: ModelInfo,
     pub generation: mpsc::Sender<worker::Command>,
+    pub load: Arc<worker::Load>,
     pub embedder: Option<embedder::Embedder>,
     pub names: RwLock<Names>,
     pub api_key: Option<String>,
@@ -190,13 +191,16 @@ pub fn start(opts: &ServeOptions) -> Result<Arc<AppState>> {
     let (tx, rx) = mpsc::channel();
     let tokenizer = p.tokenizer.clone();
     let max_batch = opts.max_batch;
+    let load = Arc::new(worker::Load::default());
+    let worker_load = load.clone();
     std::thread::Builder::new()
         .name("generation".into())
-        .spawn(move || worker::run(p, &tokenizer, rx, max_batch))
+        .spawn(move || worker::run(p, &tokenizer, rx, max_batch, &worker_load))
         .map_err(|e| Error::Config(format!("cannot start the generation thread: {e}")))?;
     Ok(Arc::new(AppState {
         info,
         generation: tx,
+        load,
         embedder,
         names: RwLock::new(names),
         api_key: opts.api_key.clone(),

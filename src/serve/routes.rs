@@ -111,7 +111,13 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 
 async fn health(State(s): S) -> Json<Value> {
     let names = s.names.read().expect("names");
-    Json(json!({"status": "ok", "model": names.base, "adapters": names.adapters.len()}))
+    Json(json!({
+        "status": "ok",
+        "model": names.base,
+        "adapters": names.adapters.len(),
+        "active": s.load.active.load(Ordering::Relaxed),
+        "waiting": s.load.waiting.load(Ordering::Relaxed),
+    }))
 }
 
 fn model_object(id: &str, created: u64) -> Value {
@@ -485,7 +491,9 @@ fn message_text(m: &api::ChatMessage, i: usize) -> Result<String, ApiError> {
 }
 
 async fn chat(State(s): S, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: ChatRequest = api::parse(&body(b)?)?;
+    let b = body(b)?;
+    let req: ChatRequest = api::parse(&b)?;
+    let sampling_req: Sampling = api::parse(&b)?;
     let target = resolve(&s, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
@@ -524,23 +532,21 @@ async fn chat(State(s): S, b: Result<Bytes, BytesRejection>) -> Result<Response,
         .render(&messages, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = s.info.tokenizer.encode(&text)?;
-    let (cfg, n) = sampling(&req.sampling, ids.len(), s.info.max_positions)?;
-    let stop = req
-        .sampling
+    let (cfg, n) = sampling(&sampling_req, ids.len(), s.info.max_positions)?;
+    let stop = sampling_req
         .stop
         .clone()
         .map(|x| x.into_vec())
         .unwrap_or_default();
     let run = launch(&s, vec![ids], n, cfg, stop, target, "chatcmpl")?;
-    if req.sampling.stream {
+    if sampling_req.stream {
         let first = (0..run.n)
             .map(|i| {
                 json!({"index": i, "delta": {"role": "assistant", "content": ""},
                        "logprobs": null, "finish_reason": null})
             })
             .collect();
-        let usage = req
-            .sampling
+        let usage = sampling_req
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
@@ -614,7 +620,9 @@ fn prompts(s: &AppState, inputs: Inputs, param: &str) -> Result<Vec<Vec<u32>>, A
 }
 
 async fn completions(State(s): S, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: CompletionRequest = api::parse(&body(b)?)?;
+    let b = body(b)?;
+    let req: CompletionRequest = api::parse(&b)?;
+    let sampling_req: Sampling = api::parse(&b)?;
     let target = resolve(&s, &req.model)?;
     if req.echo {
         return Err(ApiError::invalid(
@@ -636,22 +644,20 @@ async fn completions(State(s): S, b: Result<Bytes, BytesRejection>) -> Result<Re
     }
     let lists = prompts(&s, req.prompt, "prompt")?;
     let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
-    let (cfg, n) = sampling(&req.sampling, longest, s.info.max_positions).map_err(|mut e| {
+    let (cfg, n) = sampling(&sampling_req, longest, s.info.max_positions).map_err(|mut e| {
         if e.param.as_deref() == Some("messages") {
             e.param = Some("prompt".into());
         }
         e
     })?;
-    let stop = req
-        .sampling
+    let stop = sampling_req
         .stop
         .clone()
         .map(|x| x.into_vec())
         .unwrap_or_default();
     let run = launch(&s, lists, n, cfg, stop, target, "cmpl")?;
-    if req.sampling.stream {
-        let usage = req
-            .sampling
+    if sampling_req.stream {
+        let usage = sampling_req
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);

@@ -16,6 +16,7 @@ use crate::{Error, Result};
 use candle_core::Tensor;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
@@ -282,8 +283,23 @@ impl Model {
     }
 }
 
+/// How busy the worker is, for `/health`.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Sequences being generated.
+    pub active: AtomicUsize,
+    /// Sequences waiting for a place in the batch.
+    pub waiting: AtomicUsize,
+}
+
 /// Runs the worker until every sender of `rx` is gone.
-pub fn run(p: PretrainedCausalLm, tokenizer: &Tokenizer, rx: Receiver<Command>, max_batch: usize) {
+pub fn run(
+    p: PretrainedCausalLm,
+    tokenizer: &Tokenizer,
+    rx: Receiver<Command>,
+    max_batch: usize,
+    load: &Load,
+) {
     let mut m = Model { p, current: None };
     let mut active: Vec<Seq> = Vec::new();
     let mut waiting: VecDeque<Generation> = VecDeque::new();
@@ -344,6 +360,8 @@ pub fn run(p: PretrainedCausalLm, tokenizer: &Tokenizer, rx: Receiver<Command>, 
             }
         }
         active.retain(|s| !s.done && !s.g.events.is_closed());
+        load.active.store(active.len(), Ordering::Relaxed);
+        load.waiting.store(waiting.len(), Ordering::Relaxed);
         retiring.retain(|name| {
             let in_use = active
                 .iter()
