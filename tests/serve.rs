@@ -457,7 +457,16 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let unload_base = format!("/v1/adapters/{MODEL}");
     let long_prompt: Vec<u32> = (0..8200).map(|i| 100 + i % 1000).collect();
     // (what, method, path, body, key, status, param)
-    let cases: Vec<(&str, &str, &str, String, Option<&str>, u16, Option<&str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        String,
+        Option<&'a str>,
+        u16,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         ("no key", "POST", chat, ok_chat.to_string(), None, 401, None),
         (
             "wrong key",
