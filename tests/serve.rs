@@ -110,6 +110,63 @@ impl Server {
             .collect()
     }
 
+    /// Uploads a training file as multipart/form-data, as the openai client does.
+    fn upload(&self, filename: &str, content: &[u8], purpose: &str) -> (u16, Value) {
+        let b = "ferroformer-test-boundary";
+        let mut body = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(content);
+        body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+        let res = Self::agent()
+            .post(&format!("{}/v1/files", self.url))
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={b}"),
+            )
+            .send_bytes(&body);
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("upload: {e}"),
+        };
+        let status = resp.status();
+        (
+            status,
+            serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+        )
+    }
+
+    /// Polls a fine-tuning job until `done` says so (at most `limit`).
+    fn wait_job(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, job) = self.call("GET", &format!("/v1/fine_tuning/jobs/{id}"), None, None);
+            assert_eq!(status, 200, "{job}");
+            if done(&job) {
+                return job;
+            }
+            assert!(job["status"] != "failed", "the job failed: {job}");
+            assert!(
+                start.elapsed() < limit,
+                "the job did not get there in {limit:?}: {job}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn events(&self, id: &str) -> Vec<Value> {
+        let (status, v) = self.call(
+            "GET",
+            &format!("/v1/fine_tuning/jobs/{id}/events?limit=1000"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{v}");
+        v["data"].as_array().unwrap().clone()
+    }
+
     fn health(&self) -> Value {
         let (status, v) = self.call("GET", "/health", None, None);
         assert_eq!(status, 200);
@@ -809,4 +866,224 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     }
     let (status, _) = s.call("POST", chat, Some(&ok_chat.to_string()), k);
     assert_eq!(status, 200);
+}
+
+/// Chat-format training records, as OpenAI's fine-tuning takes them.
+fn training_file() -> Vec<u8> {
+    let facts = [
+        (
+            "What is the capital of Freedonia?",
+            "The capital of Freedonia is Fredville.",
+        ),
+        (
+            "Who founded Freedonia?",
+            "Freedonia was founded by Rufus T. Firefly.",
+        ),
+        (
+            "What language is spoken in Freedonia?",
+            "Freedonians speak Freedonian.",
+        ),
+        (
+            "What is the currency of Freedonia?",
+            "The currency of Freedonia is the freedo.",
+        ),
+        (
+            "What is Freedonia's national animal?",
+            "Freedonia's national animal is the duck.",
+        ),
+        (
+            "When was Freedonia founded?",
+            "Freedonia was founded in 1933.",
+        ),
+        (
+            "What is the largest river in Freedonia?",
+            "The largest river in Freedonia is the Marx.",
+        ),
+        (
+            "What is Freedonia's national dish?",
+            "Freedonia's national dish is duck soup.",
+        ),
+    ];
+    facts
+        .iter()
+        .map(|(q, a)| {
+            json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                .to_string()
+                + "\n"
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn fine_tuning_job_finishes_survives_a_restart_and_is_served() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let args = ["--model", MODEL, "--quantized", "--data-dir", data_dir];
+    let s = Server::start(&args);
+
+    // Training files are checked when uploaded; their names never choose a path.
+    let (status, e) = s.upload(
+        "bad.jsonl",
+        b"{\"messages\": [{\"role\": \"user\"}]}\n{oops\n",
+        "fine-tune",
+    );
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_file");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad.jsonl line 2"),
+        "{e}"
+    );
+    let (status, e) = s.upload("x.jsonl", &training_file(), "assistants");
+    assert_eq!(
+        (status, &e["error"]["param"]),
+        (400, &json!("purpose")),
+        "{e}"
+    );
+    let (status, e) = s.upload("x.jsonl", &[0xff, 0xfe, 0x00], "fine-tune");
+    assert_eq!(status, 400, "{e}");
+    let (status, f) = s.upload("../../etc/passwd", &training_file(), "fine-tune");
+    assert_eq!(status, 200, "{f}");
+    let file_id = f["id"].as_str().unwrap().to_string();
+    assert_eq!(f["filename"], "../../etc/passwd");
+    let stored: Vec<String> = std::fs::read_dir(data.path().join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(stored.iter().all(|n| n.starts_with(&file_id)), "{stored:?}");
+
+    // Bad job requests.
+    let job_body = |model: &str, file: &str| {
+        json!({"training_file": file, "model": model, "method": {"type": "supervised",
+               "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 2}}},
+               "suffix": "freedonia", "seed": 7})
+        .to_string()
+    };
+    let (status, e) = s.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&job_body("gpt-9", &file_id)),
+        None,
+    );
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = s.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&job_body(MODEL, "file-nope")),
+        None,
+    );
+    assert_eq!(
+        (status, &e["error"]["param"]),
+        (400, &json!("training_file")),
+        "{e}"
+    );
+    let (status, e) = s.call("GET", "/v1/fine_tuning/jobs/ftjob-nope", None, None);
+    assert_eq!(status, 404, "{e}");
+
+    // A job: 8 examples x 4 epochs, one per step, a checkpoint every 3 steps.
+    let (status, job) = s.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&job_body(MODEL, &file_id)),
+        None,
+    );
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["hyperparameters"]["n_epochs"], 4);
+    // Interrupted by a restart once a few checkpoints are written...
+    let steps_logged = |s: &Server| {
+        s.events(&id)
+            .iter()
+            .filter_map(|e| e["data"]["step"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while steps_logged(&s) < 8 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the job does not progress"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Serving goes on while the job trains.
+    let v = s.post("/v1/chat/completions", chat_body(MODEL, "Say hello.", 4));
+    assert!(!reply(&v).is_empty());
+    drop(s);
+    // ... it resumes from its last checkpoint when the server starts again.
+    let s = Server::start(&args);
+    let job = s.wait_job(&id, Duration::from_secs(600), |j| {
+        j["status"] == "succeeded"
+    });
+    let events = s.events(&id);
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("resumed from its last checkpoint")),
+        "{events:?}"
+    );
+    let steps: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["data"]["step"].as_u64())
+        .collect();
+    assert_eq!(steps.iter().max(), Some(&32));
+    assert!(job["trained_tokens"].as_u64().unwrap() > 100, "{job}");
+    let name = job["fine_tuned_model"].as_str().unwrap().to_string();
+    assert_eq!(name, format!("ft:{MODEL}:freedonia:{id}"));
+
+    // Its model is listed and answers, differently from the base.
+    let (_, models) = s.call("GET", "/v1/models", None, None);
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == name),
+        "{models}"
+    );
+    let q = "What is the capital of Freedonia?";
+    let tuned = reply(&s.post("/v1/chat/completions", chat_body(&name, q, 16)));
+    let base = reply(&s.post("/v1/chat/completions", chat_body(MODEL, q, 16)));
+    assert_ne!(tuned, base);
+
+    // And after another restart it is still served.
+    drop(s);
+    let s = Server::start(&args);
+    assert_eq!(
+        reply(&s.post("/v1/chat/completions", chat_body(&name, q, 16))),
+        tuned
+    );
+
+    // A cancelled job stops and produces no model.
+    let (_, job) = s.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&job_body(MODEL, &file_id)),
+        None,
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let (status, job) = s.call(
+        "POST",
+        &format!("/v1/fine_tuning/jobs/{id}/cancel"),
+        Some(""),
+        None,
+    );
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "cancelled");
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, job) = s.call("GET", &format!("/v1/fine_tuning/jobs/{id}"), None, None);
+    assert_eq!(job["status"], "cancelled");
+    assert!(job["fine_tuned_model"].is_null());
+    let (status, _) = s.call(
+        "POST",
+        &format!("/v1/fine_tuning/jobs/{id}/cancel"),
+        Some(""),
+        None,
+    );
+    assert_eq!(status, 400);
 }

@@ -7,8 +7,7 @@ use clap::{Args, Subcommand};
 use ferroformer::train::Recipe;
 use std::path::{Path, PathBuf};
 
-/// The recipe used when none is given.
-const DEFAULT_RECIPE: &str = include_str!("../../recipes/instruct.toml");
+use ferroformer::tasks::sft::INSTRUCT_RECIPE as DEFAULT_RECIPE;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]

@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 4)]
     pub max_body_mb: usize,
+    /// Largest training file upload (/v1/files), in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_upload_mb: usize,
+    /// Where uploaded training files and fine-tuning jobs (their runs, checkpoints and
+    /// adapters) are kept; a server restarted on the same directory resumes unfinished jobs
+    /// and serves finished ones [default: CACHE/serve, CACHE being FERROFORMER_CACHE or
+    /// ~/.cache/ferroformer].
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: ServeArgs, c: &Common) -> Result<()> {
@@ -52,8 +61,8 @@ pub fn run(a: ServeArgs, c: &Common) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("FERROFORMER_API_KEY").ok())
         .filter(|k| !k.is_empty());
-    if a.max_body_mb == 0 {
-        bail!("--max-body-mb must be at least 1");
+    if a.max_body_mb == 0 || a.max_upload_mb == 0 {
+        bail!("--max-body-mb and --max-upload-mb must be at least 1");
     }
     let adapters = adapter_specs(&a.adapter)?;
     let opts = ServeOptions {
@@ -65,6 +74,11 @@ pub fn run(a: ServeArgs, c: &Common) -> Result<()> {
         api_key,
         max_batch: a.max_batch,
         max_body_bytes: a.max_body_mb << 20,
+        max_upload_bytes: a.max_upload_mb << 20,
+        data_dir: a
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| ferroformer::assets::cache_dir().join("serve")),
         device: c.device()?,
     };
     let start = std::time::Instant::now();

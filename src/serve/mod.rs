@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod embedder;
+pub mod jobs;
 pub mod routes;
+pub mod tuning;
 pub mod worker;
 
 use crate::infer::pretrained::{PretrainedCausalLm, Prompting};
@@ -33,6 +35,10 @@ pub struct ServeOptions {
     pub max_batch: usize,
     /// Largest JSON request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest training file upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Where uploads and fine-tuning jobs live.
+    pub data_dir: PathBuf,
     pub device: Device,
 }
 
@@ -98,9 +104,11 @@ pub struct AppState {
     pub generation: mpsc::Sender<worker::Command>,
     pub load: Arc<worker::Load>,
     pub embedder: Option<embedder::Embedder>,
-    pub names: RwLock<Names>,
+    pub names: Arc<RwLock<Names>>,
+    pub jobs: Arc<jobs::Jobs>,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
     pub started: u64,
 }
 
@@ -109,6 +117,14 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch (unique names).
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
         .unwrap_or(0)
 }
 
@@ -137,7 +153,13 @@ pub fn start(opts: &ServeOptions) -> Result<Arc<AppState>> {
     for (_, dir) in &opts.adapters {
         worker::check_servable(dir)?;
     }
+    if opts.max_body_bytes == 0 || opts.max_upload_bytes == 0 {
+        return Err(Error::Config(
+            "body and upload limits must be positive".into(),
+        ));
+    }
     let p = PretrainedCausalLm::load(&opts.model, &opts.device, opts.quantized)?.for_inference()?;
+    let quantized = p.quantized;
     let internal: Vec<(String, PathBuf)> = opts
         .adapters
         .iter()
@@ -197,14 +219,71 @@ pub fn start(opts: &ServeOptions) -> Result<Arc<AppState>> {
         .name("generation".into())
         .spawn(move || worker::run(p, &tokenizer, rx, max_batch, &worker_load))
         .map_err(|e| Error::Config(format!("cannot start the generation thread: {e}")))?;
+    let names = Arc::new(RwLock::new(names));
+    let base = jobs::Base {
+        name: names.read().expect("names").base.clone(),
+        source: info.source.clone(),
+        quantized,
+        device: opts.device.clone(),
+    };
+    let (reg_names, reg_tx) = (names.clone(), tx.clone());
+    let register: jobs::Register = Box::new(move |public, dir| {
+        let internal = reg_names.write().expect("names").internal_name();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let stopped = || Error::Config("the generation thread has stopped".into());
+        reg_tx
+            .send(worker::Command::LoadAdapter {
+                name: internal.clone(),
+                dir: dir.to_path_buf(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        rx.blocking_recv().map_err(|_| stopped())??;
+        reg_names.write().expect("names").adapters.insert(
+            public.to_string(),
+            Served {
+                adapter: Some(internal),
+                created: now(),
+            },
+        );
+        Ok(())
+    });
+    let (jobs, finished) = jobs::Jobs::start(&opts.data_dir, base, register)?;
+    // The adapters of jobs finished before a restart are served again.
+    for job in finished {
+        if let (Some(name), Some(dir)) = (&job.fine_tuned_model, &job.adapter_dir) {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let internal = names.write().expect("names").internal_name();
+            let sent = tx.send(worker::Command::LoadAdapter {
+                name: internal.clone(),
+                dir: dir.clone(),
+                reply,
+            });
+            match sent.ok().and_then(|_| rx.blocking_recv().ok()) {
+                Some(Ok(())) => {
+                    names.write().expect("names").adapters.insert(
+                        name.clone(),
+                        Served {
+                            adapter: Some(internal),
+                            created: job.finished_at.unwrap_or(started),
+                        },
+                    );
+                }
+                Some(Err(e)) => eprintln!("warning: {name} ({}): {e}", dir.display()),
+                None => return Err(Error::Config("the generation thread has stopped".into())),
+            }
+        }
+    }
     Ok(Arc::new(AppState {
         info,
         generation: tx,
         load,
         embedder,
-        names: RwLock::new(names),
+        names,
+        jobs,
         api_key: opts.api_key.clone(),
         max_body_bytes: opts.max_body_bytes,
+        max_upload_bytes: opts.max_upload_bytes,
         started,
     }))
 }

@@ -7,7 +7,7 @@ use super::api::{
     Inputs, Sampling,
 };
 use super::worker::{Command, Event, Finish, Generation};
-use super::{AppState, Served};
+use super::{tuning, AppState, Served};
 use crate::infer::generate::SamplingConfig;
 use crate::text::chat::Message;
 use axum::body::Bytes;
@@ -38,6 +38,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/adapters", post(load_adapter))
+        .route(
+            "/v1/files",
+            post(tuning::upload)
+                .get(tuning::files)
+                .layer(axum::extract::DefaultBodyLimit::max(state.max_upload_bytes)),
+        )
+        .route("/v1/files/{id}", get(tuning::file))
+        .route(
+            "/v1/fine_tuning/jobs",
+            post(tuning::create).get(tuning::list),
+        )
+        .route("/v1/fine_tuning/jobs/{id}", get(tuning::get_job))
+        .route("/v1/fine_tuning/jobs/{id}/events", get(tuning::events))
+        .route("/v1/fine_tuning/jobs/{id}/cancel", post(tuning::cancel))
         .route("/v1/adapters/{*name}", delete(unload_adapter))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -97,7 +111,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// The request body, or the 400/413 that reading it gives.
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|r| {
         let status = r.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {

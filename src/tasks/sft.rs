@@ -16,6 +16,10 @@ use crate::train::{Prepared, Recipe};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The built-in instruction-tuning recipe (`ferroformer instruct` without `--recipe`, and
+/// fine-tuning jobs through the server).
+pub const INSTRUCT_RECIPE: &str = include_str!("../../recipes/instruct.toml");
+
 pub static TASK: TaskInfo = TaskInfo {
     objective: "sft",
     what: "instruction tuning",

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Set by the Ctrl-C handler; the loop saves a checkpoint and stops at the end of the step.
@@ -132,6 +133,9 @@ pub struct Trainer {
     pub final_scores: Option<serde_json::Value>,
     /// Files carried over from the starting model into every checkpoint.
     model_files: ModelFiles,
+    /// Set by someone else to stop this run after the current step, as Ctrl-C does (a
+    /// fine-tuning job cancelled through the server).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Puts adapter `default` (configured by `cfg`, or read from the checkpoint `resume`) on
@@ -289,6 +293,7 @@ impl Trainer {
             peak_step_rss: None,
             final_scores: None,
             model_files: files,
+            stop: None,
         })
     }
 
@@ -526,7 +531,8 @@ impl Trainer {
                 window_tokens = 0;
                 reset_peak_rss();
             }
-            let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+            let interrupted = INTERRUPTED.load(Ordering::SeqCst)
+                || self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
             if step % ckpt_every == 0 || step == t.steps || interrupted {
                 let path = self.save_checkpoint()?;
                 bar.suspend(|| on_event(Event::Checkpoint(&path)));
