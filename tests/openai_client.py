@@ -7,7 +7,8 @@ what it gets against the CLI:
 - completions, models, embeddings (equal to `embed` within 1e-6, floats and the client's
   default base64);
 - a request naming an adapter equals `generate --adapter`;
-- an API key: the client with the wrong key gets openai.AuthenticationError.
+- an API key: the client with the wrong key gets openai.AuthenticationError;
+- a fine-tuning job: file upload, job creation, status, events, and the tuned model answers.
 
 Run (the reference venv has openai, numpy and safetensors):
     cargo build --release
@@ -76,7 +77,7 @@ def main():
     server = subprocess.Popen(
         [a.bin, "--quiet", "--threads", "2", "serve", "--model", MODEL, "--quantized",
          "--embedding-model", ENCODER, "--adapter", f"tuned={adapter}", "--port", "0",
-         "--api-key", KEY],
+         "--api-key", KEY, "--data-dir", os.path.join(tmp, "data")],
         stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip().removeprefix("listening on ")
@@ -162,6 +163,37 @@ def main():
             check(False, "empty messages are refused")
         except openai.BadRequestError as err:
             check(err.body.get("param") == "messages", "empty messages are a 400 naming `messages`")
+
+        # A fine-tuning job through the client: upload, create, follow, use.
+        train = os.path.join(tmp, "freedonia.jsonl")
+        facts = [("What is the capital of Freedonia?", "The capital of Freedonia is Fredville."),
+                 ("Who founded Freedonia?", "Freedonia was founded by Rufus T. Firefly."),
+                 ("What is the currency of Freedonia?", "The currency of Freedonia is the freedo."),
+                 ("What is Freedonia's national dish?", "Freedonia's national dish is duck soup.")]
+        with open(train, "w") as f:
+            for q, ans in facts:
+                f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                                 {"role": "assistant", "content": ans}]}) + "\n")
+        up = client.files.create(file=open(train, "rb"), purpose="fine-tune")
+        check(up.id.startswith("file-") and up.filename == "freedonia.jsonl", f"file uploaded: {up.id}")
+        job = client.fine_tuning.jobs.create(training_file=up.id, model=MODEL, suffix="freedonia",
+                                             method={"type": "supervised", "supervised": {"hyperparameters":
+                                                     {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 2}}})
+        check(job.status == "queued", f"job created: {job.id}")
+        import time
+        deadline = time.time() + 600
+        while job.status not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
+            time.sleep(1)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+        check(job.status == "succeeded", f"job {job.status}: {job.fine_tuned_model}, {job.trained_tokens} tokens")
+        events = client.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=100).data
+        losses = [e.data["train_loss"] for e in events if e.type == "metrics"]
+        check(len(losses) == 6, f"events: {len(losses)} step losses, last {losses[0]:.3f}")
+        ids = [m.id for m in client.models.list()]
+        check(job.fine_tuned_model in ids, "the tuned model is listed")
+        r = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=16,
+                                           messages=[{"role": "user", "content": facts[0][0]}])
+        check(bool(r.choices[0].message.content), f"the tuned model answers: {r.choices[0].message.content!r}")
     finally:
         server.terminate()
         server.wait(timeout=30)
