@@ -423,37 +423,66 @@ mod simd {
 
         macro_rules! row_kernels {
             ($four:ident, $eight:ident, $dot:ident, $features:literal) => {
+                // Two blocks per iteration into two accumulators: one accumulator would
+                // chain every block's multiply-add on the last one's (a 4-cycle latency per
+                // 32 weights, the kernel's bound on short rows).
                 #[target_feature(enable = $features)]
                 pub unsafe fn $four(w: &[B4], x: &[XBlock]) -> f32 {
-                    let mask = _mm_set1_epi8(15);
-                    let mut acc = _mm256_setzero_ps();
-                    let mut mins = 0f32;
-                    for (w, x) in w.iter().zip(x) {
+                    #[inline(always)]
+                    unsafe fn block(w: &B4, x: &XBlock, acc: __m256) -> __m256 {
+                        let mask = _mm256_set1_epi8(15);
                         let qs = _mm_loadu_si128(w.qs.as_ptr() as *const __m128i);
-                        let lo = _mm_and_si128(qs, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-                        let wv = _mm256_set_m128i(hi, lo);
+                        let wv =
+                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), mask);
                         let xv = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
                         let p = _mm256_cvtepi32_ps($dot(wv, xv));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc);
-                        mins += w.m * x.s;
+                        _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc)
                     }
-                    hsum(acc) + mins
+                    let n = w.len().min(x.len());
+                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let (mut m0, mut m1) = (0f32, 0f32);
+                    let mut i = 0;
+                    while i + 1 < n {
+                        let (w0, w1) = (w.get_unchecked(i), w.get_unchecked(i + 1));
+                        let (x0, x1) = (x.get_unchecked(i), x.get_unchecked(i + 1));
+                        a0 = block(w0, x0, a0);
+                        a1 = block(w1, x1, a1);
+                        m0 += w0.m * x0.s;
+                        m1 += w1.m * x1.s;
+                        i += 2;
+                    }
+                    if i < n {
+                        let (wi, xi) = (w.get_unchecked(i), x.get_unchecked(i));
+                        a0 = block(wi, xi, a0);
+                        m0 += wi.m * xi.s;
+                    }
+                    hsum(_mm256_add_ps(a0, a1)) + (m0 + m1)
                 }
 
                 #[target_feature(enable = $features)]
                 pub unsafe fn $eight(w: &[B8], x: &[XBlock]) -> f32 {
-                    let mut acc = _mm256_setzero_ps();
-                    for (w, x) in w.iter().zip(x) {
+                    #[inline(always)]
+                    unsafe fn block(w: &B8, x: &XBlock, acc: __m256) -> __m256 {
                         let wv = _mm256_loadu_si256(w.qs.as_ptr() as *const __m256i);
                         let xv = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
                         // |w| (unsigned) times x with w's sign: the same products.
                         let aw = _mm256_sign_epi8(wv, wv);
                         let sx = _mm256_sign_epi8(xv, wv);
                         let p = _mm256_cvtepi32_ps($dot(aw, sx));
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc);
+                        _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc)
                     }
-                    hsum(acc)
+                    let n = w.len().min(x.len());
+                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let mut i = 0;
+                    while i + 1 < n {
+                        a0 = block(w.get_unchecked(i), x.get_unchecked(i), a0);
+                        a1 = block(w.get_unchecked(i + 1), x.get_unchecked(i + 1), a1);
+                        i += 2;
+                    }
+                    if i < n {
+                        a0 = block(w.get_unchecked(i), x.get_unchecked(i), a0);
+                    }
+                    hsum(_mm256_add_ps(a0, a1))
                 }
             };
         }

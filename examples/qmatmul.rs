@@ -1,0 +1,62 @@
+//! The rate of the quantized products generation runs on (`nn::kernels::qmatmul`), one
+//! activation row (a decode step) and several (continuous batching), on SmolLM2-135M's
+//! shapes: billions of weights read per second, one thread and all.
+//!
+//! `cargo run --release --example qmatmul [THREADS]` (default 2)
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use ferroformer::nn::kernels::qmatmul::QWeight;
+use std::time::Instant;
+
+fn weight(dtype: GgmlDType, rows: usize, cols: usize) -> QWeight {
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05)
+        .collect();
+    let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+    QWeight::from_qtensor(&QTensor::quantize(&t, dtype).unwrap())
+        .unwrap()
+        .expect("a type the kernel takes")
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("THREADS"))
+        .unwrap_or(2);
+    let shapes = [
+        ("qkv (stacked)", GgmlDType::Q4_1, 960, 576),
+        ("o_proj", GgmlDType::Q4_1, 576, 576),
+        ("gate+up (stacked)", GgmlDType::Q4_1, 3072, 576),
+        ("down_proj", GgmlDType::Q4_1, 576, 1536),
+        ("head (Q8_0)", GgmlDType::Q8_0, 49152, 576),
+    ];
+    for t in [1, threads] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap();
+        for m in [1, 4, 16] {
+            for (name, dtype, rows, cols) in shapes {
+                let w = weight(dtype, rows, cols);
+                let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+                let reps = (2e9 / (rows * cols * m) as f64).clamp(3.0, 20000.0) as usize;
+                pool.install(|| {
+                    for _ in 0..reps / 10 + 1 {
+                        std::hint::black_box(w.matmul(&x, m));
+                    }
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        std::hint::black_box(w.matmul(std::hint::black_box(&x), m));
+                    }
+                    let s = start.elapsed().as_secs_f64() / reps as f64;
+                    println!(
+                        "{t} thread(s) m={m:<2} {name:<18} {rows:>5}x{cols:<5} {:7.1} us  {:6.2} G weights/s",
+                        s * 1e6,
+                        (rows * cols) as f64 / s / 1e9
+                    );
+                });
+            }
+        }
+    }
+}
