@@ -49,14 +49,17 @@ fn main() {
     // until woken, twice per op; for generation one token at a time (hundreds of small ops
     // per token) that hand-off cost more than the work (measured ~25% of the time in the
     // scheduler). Inside the pool, a small op runs inline and the other workers steal.
+    // The pool is the global one, so threads of our own (the server's model threads) use
+    // it too, hopping onto it once per step (`nn::kernels::on_pool`). `serve` itself stays
+    // on the main thread: its HTTP runtime would otherwise hold a worker for good.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         // candle's backward walks the graph recursively; give it the main thread's room.
         .stack_size(64 << 20)
-        .build();
-    let result = match pool {
-        Ok(pool) => pool.install(|| cli::run(cli)),
-        Err(_) => cli::run(cli),
+        .build_global();
+    let result = match (pool, &cli.command) {
+        (Ok(()), cli::Command::Serve(_)) | (Err(_), _) => cli::run(cli),
+        (Ok(()), _) => rayon::scope(|_| cli::run(cli)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -36,7 +36,9 @@ impl Embedder {
             .name("embeddings".into())
             .spawn(move || {
                 for job in rx {
-                    let _ = job.reply.send(embed(&enc, &job.texts));
+                    let texts = &job.texts;
+                    let out = crate::nn::kernels::on_pool(|| embed(&enc, texts));
+                    let _ = job.reply.send(out);
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the embedding thread: {e}")))?;

@@ -476,9 +476,13 @@ impl Jobs {
                 "Fine-tuning job started"
             }));
         })?;
-        let mut trainer = crate::tasks::prepare(recipe, resume, &self.base.device)?;
-        trainer.stop = Some(flag);
-        let outcome = trainer.run(false, &mut |_| {})?;
+        let device = &self.base.device;
+        let (trainer, outcome) = crate::nn::kernels::on_pool(|| {
+            let mut trainer = crate::tasks::prepare(recipe, resume, device)?;
+            trainer.stop = Some(flag);
+            let outcome = trainer.run(false, &mut |_| {})?;
+            Ok::<_, Error>((trainer, outcome))
+        })?;
         let tokens = trainer.state.tokens_seen as u64;
         let _ = self.update(&job.id, |j| j.trained_tokens = Some(tokens));
         if outcome != crate::train::engine::Outcome::Finished {

@@ -8,6 +8,7 @@
 
 use crate::infer::generate::{pick, SamplingConfig, StopText};
 use crate::infer::pretrained::PretrainedCausalLm;
+use crate::nn::kernels::on_pool;
 use crate::nn::KvCache;
 use crate::peft::PeftType;
 use crate::rng::Rng;
@@ -243,15 +244,13 @@ impl Model {
             g,
         };
         let logits = self.select(&seq.g.adapter).and_then(|_| {
-            let x = Tensor::new(seq.g.prompt.as_slice(), self.p.model.device())?.unsqueeze(0)?;
-            let h = self.p.model.hidden(&x, Some(&mut seq.caches), None)?;
-            let last = h.narrow(1, seq.g.prompt.len() - 1, 1)?;
-            Ok(self
-                .p
-                .model
-                .logits(&last)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
+            let (model, prompt, caches) = (&self.p.model, &seq.g.prompt, &mut seq.caches);
+            on_pool(|| {
+                let x = Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?;
+                let h = model.hidden(&x, Some(caches), None)?;
+                let last = h.narrow(1, prompt.len() - 1, 1)?;
+                Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+            })
         });
         match logits {
             Ok(l) => seq.accept(&l),
@@ -268,11 +267,11 @@ impl Model {
             .iter_mut()
             .map(|s| std::mem::take(&mut s.caches))
             .collect();
-        let out = self
-            .p
-            .model
-            .hidden_rows(&ids, &mut caches)
-            .and_then(|h| Ok(self.p.model.logits(&h)?.squeeze(1)?.to_vec2::<f32>()?));
+        let model = &self.p.model;
+        let out = on_pool(|| {
+            let h = model.hidden_rows(&ids, &mut caches)?;
+            Ok::<_, Error>(model.logits(&h)?.squeeze(1)?.to_vec2::<f32>()?)
+        });
         for (s, c) in rows.iter_mut().zip(caches) {
             s.caches = c;
         }

@@ -249,13 +249,23 @@ impl QWeight {
                 let r0 = t * per_task;
                 let r1 = (r0 + per_task).min(self.rows);
                 let mut part = vec![0f32; (r1 - r0) * m];
+                let xr = |i: usize| &xq[i * nb..(i + 1) * nb];
                 for r in r0..r1 {
                     let w = (self.first_row + r) * nb..(self.first_row + r + 1) * nb;
-                    for i in 0..m {
-                        let xr = &xq[i * nb..(i + 1) * nb];
-                        part[(r - r0) * m + i] = match self.blocks.as_ref() {
-                            Blocks::Four(b) => kernel.four(&b[w.clone()], xr),
-                            Blocks::Eight(b) => kernel.eight(&b[w.clone()], xr),
+                    let out = &mut part[(r - r0) * m..(r - r0 + 1) * m];
+                    let mut i = 0;
+                    while i + 4 <= m {
+                        let x4 = [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)];
+                        out[i..i + 4].copy_from_slice(&match self.blocks.as_ref() {
+                            Blocks::Four(b) => kernel.four4(&b[w.clone()], x4),
+                            Blocks::Eight(b) => kernel.eight4(&b[w.clone()], x4),
+                        });
+                        i += 4;
+                    }
+                    for (i, o) in out.iter_mut().enumerate().skip(i) {
+                        *o = match self.blocks.as_ref() {
+                            Blocks::Four(b) => kernel.four(&b[w.clone()], xr(i)),
+                            Blocks::Eight(b) => kernel.eight(&b[w.clone()], xr(i)),
                         };
                     }
                 }
@@ -381,6 +391,33 @@ mod simd {
             }
         }
 
+        /// [`Kernel::four`] of one weight row against four activation rows (each as long as
+        /// the weight row).
+        pub fn four4(self, w: &[B4], x: [&[XBlock]; 4]) -> [f32; 4] {
+            assert!(x.iter().all(|r| r.len() >= w.len()));
+            match self {
+                // SAFETY: as above; every activation row holds as many blocks as `w`.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vnni => unsafe { x86::four4_vnni(w, x) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { x86::four4_avx2(w, x) },
+                Kernel::Scalar => x.map(|x| scalar_four(w, x)),
+            }
+        }
+
+        /// [`Kernel::eight`] against four activation rows.
+        pub fn eight4(self, w: &[B8], x: [&[XBlock]; 4]) -> [f32; 4] {
+            assert!(x.iter().all(|r| r.len() >= w.len()));
+            match self {
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vnni => unsafe { x86::eight4_vnni(w, x) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { x86::eight4_avx2(w, x) },
+                Kernel::Scalar => x.map(|x| scalar_eight(w, x)),
+            }
+        }
+
         pub fn eight(self, w: &[B8], x: &[XBlock]) -> f32 {
             match self {
                 // SAFETY: as above.
@@ -422,7 +459,48 @@ mod simd {
         }
 
         macro_rules! row_kernels {
-            ($four:ident, $eight:ident, $dot:ident, $features:literal) => {
+            ($four:ident, $eight:ident, $four4:ident, $eight4:ident, $dot:ident, $features:literal) => {
+                // One weight row against four activation rows: each weight block is loaded
+                // and unpacked once for the four (continuous batching's decode steps).
+                #[target_feature(enable = $features)]
+                pub unsafe fn $four4(w: &[B4], x: [&[XBlock]; 4]) -> [f32; 4] {
+                    let mask = _mm256_set1_epi8(15);
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let mut mins = [0f32; 4];
+                    for (b, wb) in w.iter().enumerate() {
+                        let qs = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+                        let wv = _mm256_and_si256(
+                            _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs),
+                            mask,
+                        );
+                        for r in 0..4 {
+                            let xb = x[r].get_unchecked(b);
+                            let xv = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
+                            let p = _mm256_cvtepi32_ps($dot(wv, xv));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), p, acc[r]);
+                            mins[r] += wb.m * xb.s;
+                        }
+                    }
+                    [0, 1, 2, 3].map(|r| hsum(acc[r]) + mins[r])
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn $eight4(w: &[B8], x: [&[XBlock]; 4]) -> [f32; 4] {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for (b, wb) in w.iter().enumerate() {
+                        let wv = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+                        let aw = _mm256_sign_epi8(wv, wv);
+                        for r in 0..4 {
+                            let xb = x[r].get_unchecked(b);
+                            let xv = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
+                            let sx = _mm256_sign_epi8(xv, wv);
+                            let p = _mm256_cvtepi32_ps($dot(aw, sx));
+                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), p, acc[r]);
+                        }
+                    }
+                    [0, 1, 2, 3].map(|r| hsum(acc[r]))
+                }
+
                 // Two blocks per iteration into two accumulators: one accumulator would
                 // chain every block's multiply-add on the last one's (a 4-cycle latency per
                 // 32 weights, the kernel's bound on short rows).
@@ -490,10 +568,19 @@ mod simd {
         row_kernels!(
             four_vnni,
             eight_vnni,
+            four4_vnni,
+            eight4_vnni,
             dot_vnni,
             "avx2,fma,avx512vnni,avx512vl"
         );
-        row_kernels!(four_avx2, eight_avx2, dot_avx2, "avx2,fma");
+        row_kernels!(
+            four_avx2,
+            eight_avx2,
+            four4_avx2,
+            eight4_avx2,
+            dot_avx2,
+            "avx2,fma"
+        );
     }
 }
 
@@ -608,14 +695,20 @@ mod tests {
     /// dequantized weights within the 8-bit activation rounding.
     #[test]
     fn simd_matches_reference_and_dequantized() {
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, cols, m) = (37, 96, 3);
+        // m = 6: a group of four activation rows (one weight block for four) and two alone.
+        for (dtype, m) in [
+            (GgmlDType::Q4_0, 3),
+            (GgmlDType::Q4_1, 6),
+            (GgmlDType::Q8_0, 6),
+            (GgmlDType::Q4_1, 1),
+        ] {
+            let (rows, cols) = (37, 96);
             let (q, _) = weight(dtype, rows, cols);
             let w = QWeight::from_qtensor(&q).unwrap().unwrap();
             let mut rng = crate::rng::Rng::new(3);
             let x: Vec<f32> = (0..m * cols).map(|_| rng.normal() as f32).collect();
             let reference = w.matmul_reference(&x, m);
-            let mut kernels = vec![simd::kernel()];
+            let mut kernels = vec![simd::kernel(), simd::Kernel::Scalar];
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
