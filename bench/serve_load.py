@@ -51,7 +51,9 @@ def start(server, gguf, threads, ff, py):
     else:
         cmd = [py, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "m", "--n_threads",
                str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096", "--port", str(port),
-               "--host", "127.0.0.1", "--verbose", "False"]
+               "--host", "127.0.0.1", "--verbose", "False",
+               # Queue concurrent requests (its default interrupts the running one).
+               "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -442,7 +442,12 @@ impl Jobs {
                         "The job has successfully completed: {name}"
                     )));
                 }
-                Ok(None) => {} // cancelled: already recorded
+                // Stopped by a cancellation (recorded by it).
+                Ok(None) if j.is_over() => {}
+                Ok(None) => {
+                    j.status = "cancelled".into();
+                    j.events.push(event("Fine-tuning job cancelled"));
+                }
                 Err(e) => {
                     j.status = "failed".into();
                     j.error = Some(e.to_string());
@@ -469,13 +474,19 @@ impl Jobs {
         let run = PathBuf::from(&recipe.train.out_dir);
         let resume = !list_checkpoints(&run)?.is_empty();
         let job = self.update(&job.id, |j| {
-            j.status = "running".into();
-            j.events.push(event(if resume {
-                "Fine-tuning job resumed from its last checkpoint"
-            } else {
-                "Fine-tuning job started"
-            }));
+            // Cancelled while it was being picked up: it stays so.
+            if !j.is_over() {
+                j.status = "running".into();
+                j.events.push(event(if resume {
+                    "Fine-tuning job resumed from its last checkpoint"
+                } else {
+                    "Fine-tuning job started"
+                }));
+            }
         })?;
+        if job.is_over() {
+            return Ok(None);
+        }
         let device = &self.base.device;
         let (trainer, outcome) = crate::nn::kernels::on_pool(|| {
             let mut trainer = crate::tasks::prepare(recipe, resume, device)?;
@@ -483,7 +494,7 @@ impl Jobs {
             let outcome = trainer.run(false, &mut |_| {})?;
             Ok::<_, Error>((trainer, outcome))
         })?;
-        let tokens = trainer.state.tokens_seen as u64;
+        let tokens = trainer.state.tokens_seen;
         let _ = self.update(&job.id, |j| j.trained_tokens = Some(tokens));
         if outcome != crate::train::engine::Outcome::Finished {
             return Ok(None);

@@ -4,6 +4,7 @@
 //! ([`worker`] for generation, one for embeddings), never on the async runtime.
 
 pub mod api;
+pub mod completions;
 pub mod embedder;
 pub mod jobs;
 pub mod routes;

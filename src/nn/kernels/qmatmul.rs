@@ -458,90 +458,65 @@ mod simd {
             _mm_cvtss_f32(s)
         }
 
+        // Each row's blocks go alternately into two accumulators (and two sums of minimum
+        // terms): one accumulator would chain every block's multiply-add on the last one's, a
+        // 4-cycle latency per 32 weights, the bound on short rows. The kernels over N
+        // activation rows unpack each weight block once for all N and sum each row in exactly
+        // the order of N = 1, so a row's result does not depend on the rows batched with it.
         macro_rules! row_kernels {
-            ($four:ident, $eight:ident, $four4:ident, $eight4:ident, $dot:ident, $features:literal) => {
-                // One weight row against four activation rows: each weight block is loaded
-                // and unpacked once for the four (continuous batching's decode steps).
+            ($four:ident, $eight:ident, $four4:ident, $eight4:ident, $four_n:ident, $eight_n:ident, $dot:ident, $features:literal) => {
                 #[target_feature(enable = $features)]
-                pub unsafe fn $four4(w: &[B4], x: [&[XBlock]; 4]) -> [f32; 4] {
-                    let mask = _mm256_set1_epi8(15);
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    let mut mins = [0f32; 4];
-                    for (b, wb) in w.iter().enumerate() {
-                        let qs = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
-                        let wv = _mm256_and_si256(
-                            _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs),
-                            mask,
-                        );
-                        for r in 0..4 {
-                            let xb = x[r].get_unchecked(b);
-                            let xv = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
-                            let p = _mm256_cvtepi32_ps($dot(wv, xv));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), p, acc[r]);
-                            mins[r] += wb.m * xb.s;
-                        }
-                    }
-                    [0, 1, 2, 3].map(|r| hsum(acc[r]) + mins[r])
-                }
-
-                #[target_feature(enable = $features)]
-                pub unsafe fn $eight4(w: &[B8], x: [&[XBlock]; 4]) -> [f32; 4] {
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for (b, wb) in w.iter().enumerate() {
-                        let wv = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
-                        let aw = _mm256_sign_epi8(wv, wv);
-                        for r in 0..4 {
-                            let xb = x[r].get_unchecked(b);
-                            let xv = _mm256_loadu_si256(xb.q.as_ptr() as *const __m256i);
-                            let sx = _mm256_sign_epi8(xv, wv);
-                            let p = _mm256_cvtepi32_ps($dot(aw, sx));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), p, acc[r]);
-                        }
-                    }
-                    [0, 1, 2, 3].map(|r| hsum(acc[r]))
-                }
-
-                // Two blocks per iteration into two accumulators: one accumulator would
-                // chain every block's multiply-add on the last one's (a 4-cycle latency per
-                // 32 weights, the kernel's bound on short rows).
-                #[target_feature(enable = $features)]
-                pub unsafe fn $four(w: &[B4], x: &[XBlock]) -> f32 {
+                unsafe fn $four_n<const N: usize>(w: &[B4], x: [&[XBlock]; N]) -> [f32; N] {
                     #[inline(always)]
-                    unsafe fn block(w: &B4, x: &XBlock, acc: __m256) -> __m256 {
-                        let mask = _mm256_set1_epi8(15);
+                    unsafe fn unpack(w: &B4) -> __m256i {
                         let qs = _mm_loadu_si128(w.qs.as_ptr() as *const __m128i);
-                        let wv =
-                            _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), mask);
+                        _mm256_and_si256(
+                            _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs),
+                            _mm256_set1_epi8(15),
+                        )
+                    }
+                    #[inline(always)]
+                    unsafe fn add(wv: __m256i, w: &B4, x: &XBlock, acc: __m256) -> __m256 {
                         let xv = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
                         let p = _mm256_cvtepi32_ps($dot(wv, xv));
                         _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc)
                     }
-                    let n = w.len().min(x.len());
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    let (mut m0, mut m1) = (0f32, 0f32);
+                    let (mut a0, mut a1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+                    let (mut m0, mut m1) = ([0f32; N], [0f32; N]);
+                    let n = w.len();
                     let mut i = 0;
                     while i + 1 < n {
                         let (w0, w1) = (w.get_unchecked(i), w.get_unchecked(i + 1));
-                        let (x0, x1) = (x.get_unchecked(i), x.get_unchecked(i + 1));
-                        a0 = block(w0, x0, a0);
-                        a1 = block(w1, x1, a1);
-                        m0 += w0.m * x0.s;
-                        m1 += w1.m * x1.s;
+                        let (v0, v1) = (unpack(w0), unpack(w1));
+                        for r in 0..N {
+                            let (x0, x1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
+                            a0[r] = add(v0, w0, x0, a0[r]);
+                            a1[r] = add(v1, w1, x1, a1[r]);
+                            m0[r] += w0.m * x0.s;
+                            m1[r] += w1.m * x1.s;
+                        }
                         i += 2;
                     }
                     if i < n {
-                        let (wi, xi) = (w.get_unchecked(i), x.get_unchecked(i));
-                        a0 = block(wi, xi, a0);
-                        m0 += wi.m * xi.s;
+                        let wi = w.get_unchecked(i);
+                        let v = unpack(wi);
+                        for r in 0..N {
+                            let xi = x[r].get_unchecked(i);
+                            a0[r] = add(v, wi, xi, a0[r]);
+                            m0[r] += wi.m * xi.s;
+                        }
                     }
-                    hsum(_mm256_add_ps(a0, a1)) + (m0 + m1)
+                    let mut out = [0f32; N];
+                    for r in 0..N {
+                        out[r] = hsum(_mm256_add_ps(a0[r], a1[r])) + (m0[r] + m1[r]);
+                    }
+                    out
                 }
 
                 #[target_feature(enable = $features)]
-                pub unsafe fn $eight(w: &[B8], x: &[XBlock]) -> f32 {
+                unsafe fn $eight_n<const N: usize>(w: &[B8], x: [&[XBlock]; N]) -> [f32; N] {
                     #[inline(always)]
-                    unsafe fn block(w: &B8, x: &XBlock, acc: __m256) -> __m256 {
-                        let wv = _mm256_loadu_si256(w.qs.as_ptr() as *const __m256i);
+                    unsafe fn add(wv: __m256i, w: &B8, x: &XBlock, acc: __m256) -> __m256 {
                         let xv = _mm256_loadu_si256(x.q.as_ptr() as *const __m256i);
                         // |w| (unsigned) times x with w's sign: the same products.
                         let aw = _mm256_sign_epi8(wv, wv);
@@ -549,18 +524,54 @@ mod simd {
                         let p = _mm256_cvtepi32_ps($dot(aw, sx));
                         _mm256_fmadd_ps(_mm256_set1_ps(w.d * x.d), p, acc)
                     }
-                    let n = w.len().min(x.len());
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    #[inline(always)]
+                    unsafe fn load(w: &B8) -> __m256i {
+                        _mm256_loadu_si256(w.qs.as_ptr() as *const __m256i)
+                    }
+                    let (mut a0, mut a1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+                    let n = w.len();
                     let mut i = 0;
                     while i + 1 < n {
-                        a0 = block(w.get_unchecked(i), x.get_unchecked(i), a0);
-                        a1 = block(w.get_unchecked(i + 1), x.get_unchecked(i + 1), a1);
+                        let (w0, w1) = (w.get_unchecked(i), w.get_unchecked(i + 1));
+                        let (v0, v1) = (load(w0), load(w1));
+                        for r in 0..N {
+                            a0[r] = add(v0, w0, x[r].get_unchecked(i), a0[r]);
+                            a1[r] = add(v1, w1, x[r].get_unchecked(i + 1), a1[r]);
+                        }
                         i += 2;
                     }
                     if i < n {
-                        a0 = block(w.get_unchecked(i), x.get_unchecked(i), a0);
+                        let wi = w.get_unchecked(i);
+                        let v = load(wi);
+                        for r in 0..N {
+                            a0[r] = add(v, wi, x[r].get_unchecked(i), a0[r]);
+                        }
                     }
-                    hsum(_mm256_add_ps(a0, a1))
+                    let mut out = [0f32; N];
+                    for r in 0..N {
+                        out[r] = hsum(_mm256_add_ps(a0[r], a1[r]));
+                    }
+                    out
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn $four(w: &[B4], x: &[XBlock]) -> f32 {
+                    $four_n::<1>(w, [x])[0]
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn $four4(w: &[B4], x: [&[XBlock]; 4]) -> [f32; 4] {
+                    $four_n::<4>(w, x)
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn $eight(w: &[B8], x: &[XBlock]) -> f32 {
+                    $eight_n::<1>(w, [x])[0]
+                }
+
+                #[target_feature(enable = $features)]
+                pub unsafe fn $eight4(w: &[B8], x: [&[XBlock]; 4]) -> [f32; 4] {
+                    $eight_n::<4>(w, x)
                 }
             };
         }
@@ -570,6 +581,8 @@ mod simd {
             eight_vnni,
             four4_vnni,
             eight4_vnni,
+            four_n_vnni,
+            eight_n_vnni,
             dot_vnni,
             "avx2,fma,avx512vnni,avx512vl"
         );
@@ -578,6 +591,8 @@ mod simd {
             eight_avx2,
             four4_avx2,
             eight4_avx2,
+            four_n_avx2,
+            eight_n_avx2,
             dot_avx2,
             "avx2,fma"
         );
@@ -717,6 +732,15 @@ mod tests {
             }
             for k in kernels {
                 let fast = w.matmul_with(k, &x, m);
+                // Each activation row's result is the same, to the bit, batched or alone.
+                for i in 0..m {
+                    let alone = w.matmul_with(k, &x[i * cols..(i + 1) * cols], 1);
+                    assert_eq!(
+                        alone[..],
+                        fast[i * rows..(i + 1) * rows],
+                        "{dtype:?} row {i}"
+                    );
+                }
                 for (a, b) in fast.iter().zip(&reference) {
                     assert!(
                         (a - b).abs() <= 1e-5 * b.abs().max(1.0),
