@@ -169,6 +169,15 @@ pub struct Sampling {
     pub logit_bias: Option<serde_json::Value>,
 }
 
+impl Sampling {
+    /// Whether a stream ends with a usage chunk of its own.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
 /// A message's content: text, or a list of parts of which only text is understood.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

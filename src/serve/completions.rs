@@ -256,6 +256,26 @@ impl Run {
         Ok((choices, usage))
     }
 
+    /// The whole answer: every choice (made by `choice`) and the usage, once all have ended.
+    async fn answer(
+        self,
+        object: &'static str,
+        choice: fn(usize, Choice) -> Value,
+    ) -> Result<Response, ApiError> {
+        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
+        let (choices, usage) = self.collect().await?;
+        let choices: Vec<Value> = choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| choice(i, c))
+            .collect();
+        Ok(Json(
+            json!({"id": id, "object": object, "created": created, "model": model,
+                       "system_fingerprint": null, "choices": choices, "usage": usage}),
+        )
+        .into_response())
+    }
+
     fn usage(&self, completion: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -429,36 +449,25 @@ pub async fn chat(State(s): S, b: Result<Bytes, BytesRejection>) -> Result<Respo
                        "logprobs": null, "finish_reason": null})
             })
             .collect();
-        let usage = sampling_req
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(
-            run.stream("chat.completion.chunk", first, usage, |i, text, finish| {
+        return Ok(run.stream(
+            "chat.completion.chunk",
+            first,
+            sampling_req.include_usage(),
+            |i, text, finish| {
                 let delta = match text {
                     Some(t) => json!({"content": t}),
                     None => json!({}),
                 };
                 json!({"index": i, "delta": delta, "logprobs": null,
-                   "finish_reason": finish.map(Finish::as_str)})
-            }),
-        );
+                       "finish_reason": finish.map(Finish::as_str)})
+            },
+        ));
     }
-    let (id, created, model) = (run.id.clone(), run.created, run.model.clone());
-    let (choices, usage) = run.collect().await?;
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": null},
-                   "logprobs": null, "finish_reason": c.finish.map(Finish::as_str)})
-        })
-        .collect();
-    Ok(Json(
-        json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-                   "system_fingerprint": null, "choices": choices, "usage": usage}),
-    )
-    .into_response())
+    run.answer("chat.completion", |i, c| {
+        json!({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": null},
+               "logprobs": null, "finish_reason": c.finish.map(Finish::as_str)})
+    })
+    .await
 }
 
 /// Token ids of `prompt`/`input` texts or ids (ids checked against the vocabulary).
@@ -543,30 +552,19 @@ pub async fn completions(
         .unwrap_or_default();
     let run = launch(&s, lists, n, cfg, stop, target, "cmpl")?;
     if sampling_req.stream {
-        let usage = sampling_req
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        return Ok(
-            run.stream("text_completion", vec![], usage, |i, text, finish| {
+        return Ok(run.stream(
+            "text_completion",
+            vec![],
+            sampling_req.include_usage(),
+            |i, text, finish| {
                 json!({"index": i, "text": text.unwrap_or(""), "logprobs": null,
-                   "finish_reason": finish.map(Finish::as_str)})
-            }),
-        );
+                       "finish_reason": finish.map(Finish::as_str)})
+            },
+        ));
     }
-    let (id, created, model) = (run.id.clone(), run.created, run.model.clone());
-    let (choices, usage) = run.collect().await?;
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "text": c.text, "logprobs": null,
-                   "finish_reason": c.finish.map(Finish::as_str)})
-        })
-        .collect();
-    Ok(Json(
-        json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "system_fingerprint": null, "choices": choices, "usage": usage}),
-    )
-    .into_response())
+    run.answer("text_completion", |i, c| {
+        json!({"index": i, "text": c.text, "logprobs": null,
+               "finish_reason": c.finish.map(Finish::as_str)})
+    })
+    .await
 }
