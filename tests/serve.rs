@@ -224,6 +224,15 @@ fn write_adapter(dir: &Path, seed: u64) {
     std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
 }
 
+/// `generate --model MODEL --quantized ARGS... --temperature 0 --max-tokens N`'s result.
+fn greedy_cli(args: &[&str], max_tokens: usize) -> Value {
+    let n = max_tokens.to_string();
+    let mut all = vec!["generate", "--model", MODEL, "--quantized"];
+    all.extend_from_slice(args);
+    all.extend(["--temperature", "0", "--max-tokens", &n]);
+    cli(&all)
+}
+
 fn chat_body(model: &str, prompt: &str, max_tokens: usize) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}],
            "temperature": 0, "max_tokens": max_tokens})
@@ -264,19 +273,7 @@ fn openai_endpoints_equal_the_cli() {
 
     // Chat, greedy: the same tokens as `generate --chat --temperature 0`.
     let prompt = "Name three colours of the rainbow.";
-    let want = cli(&[
-        "generate",
-        "--model",
-        MODEL,
-        "--quantized",
-        "--chat",
-        "--prompt",
-        prompt,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "24",
-    ]);
+    let want = greedy_cli(&["--chat", "--prompt", prompt], 24);
     let v = s.post("/v1/chat/completions", chat_body(MODEL, prompt, 24));
     assert_eq!(reply(&v), want["text"].as_str().unwrap());
     assert_eq!(v["object"], "chat.completion");
@@ -314,18 +311,7 @@ fn openai_endpoints_equal_the_cli() {
     );
 
     // Completions: a plain prompt, as `generate` continues it; a list gives one choice each.
-    let want = cli(&[
-        "generate",
-        "--model",
-        MODEL,
-        "--quantized",
-        "--prompt",
-        "Once upon a time",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "16",
-    ]);
+    let want = greedy_cli(&["--prompt", "Once upon a time"], 16);
     let v = s.post(
         "/v1/completions",
         json!({"model": MODEL, "prompt": ["Once upon a time", "The sea"], "temperature": 0, "max_tokens": 16}),
@@ -344,21 +330,16 @@ fn openai_endpoints_equal_the_cli() {
     assert_eq!(streamed, want["text"].as_str().unwrap());
 
     // An adapter chosen by the request: as `generate --adapter`, and not the base's reply.
-    let want_tuned = cli(&[
-        "generate",
-        "--model",
-        MODEL,
-        "--quantized",
-        "--adapter",
-        tuned.to_str().unwrap(),
-        "--chat",
-        "--prompt",
-        prompt,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "24",
-    ]);
+    let want_tuned = greedy_cli(
+        &[
+            "--adapter",
+            tuned.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            prompt,
+        ],
+        24,
+    );
     let base = reply(&s.post("/v1/chat/completions", chat_body(MODEL, prompt, 24)));
     let adapted = reply(&s.post("/v1/chat/completions", chat_body("tuned", prompt, 24)));
     assert_eq!(adapted, want_tuned["text"].as_str().unwrap());

@@ -186,7 +186,6 @@ fn launch(
     id_prefix: &str,
 ) -> Result<Run, ApiError> {
     let (tx, rx) = unbounded_channel();
-    let stop_ids = s.info.prompting().stop_tokens();
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let total = prompts.len() * n;
     if total > MAX_SEQUENCES {
@@ -205,7 +204,7 @@ fn launch(
                     seed: cfg.seed.wrapping_add(k as u64),
                     ..cfg
                 },
-                stop_ids: stop_ids.clone(),
+                stop_ids: s.info.stop_ids.clone(),
                 stop_text: stop_text.clone(),
                 index,
                 events: tx.clone(),

@@ -51,6 +51,8 @@ pub struct ModelInfo {
     pub source: PathBuf,
     /// Context length.
     pub max_positions: usize,
+    /// Tokens that end a reply (end of sequence, the template's end of turn), found once.
+    pub stop_ids: Vec<u32>,
     pub vocab_size: usize,
 }
 
@@ -176,6 +178,7 @@ pub fn start(opts: &ServeOptions) -> Result<Arc<AppState>> {
         chat_template: p.chat_template.clone(),
         source: p.source.clone(),
         max_positions: p.model.max_positions(),
+        stop_ids: p.stop_tokens(),
         vocab_size: p.model.vocab_size(),
     };
     let started = now();
