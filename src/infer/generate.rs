@@ -135,10 +135,19 @@ fn last_logits(
     ids: &[u32],
     caches: &mut [crate::nn::KvCache],
 ) -> Result<Vec<f32>> {
-    let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let h = model.hidden(&x, Some(caches), None)?;
-    let last = h.narrow(1, ids.len() - 1, 1)?;
-    Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    let mut step = || {
+        let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+        let h = model.hidden(&x, Some(caches), None)?;
+        let last = h.narrow(1, ids.len() - 1, 1)?;
+        Ok(model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    // One new token is a decode step: small products, best on the spinning team. A prompt
+    // is a few large ones, and its attention runs on rayon.
+    if ids.len() == 1 {
+        crate::nn::kernels::team::decode(step)
+    } else {
+        step()
+    }
 }
 
 /// Generates up to `cfg.max_tokens` token ids after `prompt` (non-empty, inside the

@@ -268,7 +268,7 @@ impl Model {
             .map(|s| std::mem::take(&mut s.caches))
             .collect();
         let model = &self.p.model;
-        let out = on_pool(|| {
+        let out = crate::nn::kernels::team::decode(|| {
             let h = model.hidden_rows(&ids, &mut caches)?;
             Ok::<_, Error>(model.logits(&h)?.squeeze(1)?.to_vec2::<f32>()?)
         });

@@ -26,6 +26,7 @@ pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
+pub mod team;
 
 use candle_core::{CpuStorage, Device, Layout};
 use std::sync::atomic::{AtomicU8, Ordering};
