@@ -236,6 +236,12 @@ impl PretrainedCausalLm {
         let mut used: Vec<String> = config.param_shapes()?.into_keys().collect();
         used.extend(quant_keys.iter().cloned());
         models::hf::check_all_used(&store, &used, path, "the file's metadata")?;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: no arguments to get wrong. Reading the file went through buffers as large as
+        // the model, which glibc would otherwise keep for later.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         Ok(PretrainedCausalLm {
             model,
             store,

@@ -236,17 +236,53 @@ impl DecoderLayer {
     }
 }
 
-/// Builds projections from the quantized weights when they hold the key, else from the store.
+/// Builds projections from the store's quantized weights when they hold the key, else from
+/// its parameters. It takes the quantized weights out of the store while building, so that
+/// a matrix replaced by a view of a stacked one ([`Source::replace`]) is freed at once, and
+/// gives them back (as the model holds them) when dropped, whether the build succeeded or not.
 struct Source<'a> {
     store: &'a mut ParamStore,
-    quant: Option<&'a QuantWeights>,
+    /// Quantized weights not used yet, and those used.
+    quant: QuantWeights,
+    used: QuantWeights,
     std: f64,
 }
 
-impl Source<'_> {
+impl Drop for Source<'_> {
+    fn drop(&mut self) {
+        let mut q = std::mem::take(&mut self.quant);
+        q.append(&mut self.used);
+        self.store.set_quantized(q);
+    }
+}
+
+impl<'a> Source<'a> {
+    fn new(store: &'a mut ParamStore, std: f64) -> Self {
+        let quant = std::mem::take(store.quantized_mut());
+        Source {
+            store,
+            quant,
+            used: QuantWeights::new(),
+            std,
+        }
+    }
+
+    /// The quantized weight of `key` (unused or used).
+    fn quantized(&self, key: &str) -> Option<&QuantizedWeight> {
+        self.quant.get(key).or_else(|| self.used.get(key))
+    }
+
+    /// Records that projection `prefix` now holds `p`'s weight (a view of a stacked matrix).
+    fn replace(&mut self, prefix: &str, p: &Projection) {
+        if let Projection::Quantized { weight, .. } = p {
+            self.used.insert(format!("{prefix}.weight"), weight.clone());
+        }
+    }
+
     fn proj(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Projection> {
         let key = format!("{prefix}.weight");
-        if let Some(q) = self.quant.and_then(|q| q.get(&key)) {
+        if let Some(q) = self.quant.remove(&key) {
+            let q = self.used.entry(key.clone()).or_insert(q);
             if q.dims() != [d_out, d_in] {
                 return Err(Error::Config(format!(
                     "quantized parameter {key} has shape {:?} but the configuration needs {:?}",
@@ -262,7 +298,8 @@ impl Source<'_> {
             } else {
                 None
             };
-            return Projection::quantized(self.store, prefix, q.clone(), bias);
+            let q = q.clone();
+            return Projection::quantized(self.store, prefix, q, bias);
         }
         Projection::linear(self.store, prefix, d_in, d_out, bias, self.std)
     }
@@ -302,8 +339,7 @@ impl Decoder {
     ) -> Result<Self> {
         spec.validate()?;
         let c = spec;
-        let quant = store.quantized().clone();
-        let quant = (!quant.is_empty()).then_some(&quant);
+        let quantized = !store.quantized().is_empty();
         let (hs, h, kvh, d) = (c.hidden, c.heads, c.kv_heads, c.head_dim);
         // Shape-only stores need no rotary tables.
         let positions = if store.shapes().is_some() {
@@ -316,7 +352,7 @@ impl Decoder {
             .iter()
             .map(|(theta, scaling)| Rope::new(d, positions, *theta, scaling, store.device()))
             .collect::<Result<Vec<_>>>()?;
-        let quant_embed = match quant.and_then(|q| q.get(EMBED)) {
+        let quant_embed = match store.quantized().get(EMBED) {
             Some(QuantizedWeight::Cpu(w)) if !store.vars().contains_key(EMBED) => {
                 if (w.rows, w.cols) != (c.vocab_size, hs) {
                     return Err(Error::Config(format!(
@@ -342,11 +378,7 @@ impl Decoder {
             d,
             embed_tokens.dense().map(|e| &e.weight),
         )?;
-        let mut src = Source {
-            store,
-            quant,
-            std: c.init_std,
-        };
+        let mut src = Source::new(store, c.init_std);
         let mut layers = Vec::with_capacity(c.layers);
         for (i, lt) in c.layer_types.iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -420,9 +452,10 @@ impl Decoder {
                     act: c.activation,
                 },
             };
-            if quant.is_some() {
+            if quantized {
                 // Fewer, larger products per token: less thread hand-off than compute at
-                // this size.
+                // this size. The store then holds the parts as views of the stacked matrix,
+                // so the separate copies loaded first are freed.
                 if let Qkv::Separate {
                     q_proj,
                     k_proj,
@@ -431,6 +464,11 @@ impl Decoder {
                 } = &mut layer.self_attn.qkv
                 {
                     *stacked = Projection::stack(&mut [q_proj, k_proj, v_proj]);
+                    if stacked.is_some() {
+                        src.replace(&format!("{a}.q_proj"), q_proj);
+                        src.replace(&format!("{a}.k_proj"), k_proj);
+                        src.replace(&format!("{a}.v_proj"), v_proj);
+                    }
                 }
                 if let GateUp::Separate {
                     gate_proj,
@@ -439,13 +477,17 @@ impl Decoder {
                 } = &mut layer.mlp.gate_up
                 {
                     *stacked = Projection::stack(&mut [gate_proj, up_proj]);
+                    if stacked.is_some() {
+                        src.replace(&format!("{m}.gate_proj"), gate_proj);
+                        src.replace(&format!("{m}.up_proj"), up_proj);
+                    }
                 }
             }
             layers.push(layer);
         }
         let norm = src.norm("model.norm", hs, c)?;
         let lm_head = if c.tie_word_embeddings {
-            match (quant.and_then(|q| q.get(EMBED)), embed_tokens.dense()) {
+            match (src.quantized(EMBED), embed_tokens.dense()) {
                 (Some(q), _) => Projection::Quantized {
                     weight: q.clone(),
                     bias: None,

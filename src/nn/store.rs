@@ -265,6 +265,10 @@ impl ParamStore {
         &self.quant
     }
 
+    pub fn quantized_mut(&mut self) -> &mut crate::nn::QuantWeights {
+        &mut self.quant
+    }
+
     /// The adapter hook, if one is installed.
     pub fn hook(&self) -> Option<&(dyn AdapterHook + 'static)> {
         self.hook.as_deref()

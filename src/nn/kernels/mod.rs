@@ -22,6 +22,7 @@ pub mod lora;
 pub mod math;
 pub mod mha;
 pub mod ops;
+pub mod pages;
 pub mod qmatmul;
 pub mod rms_norm;
 pub mod rope;

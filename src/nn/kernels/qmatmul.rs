@@ -3,8 +3,8 @@
 //! is quantized to 8 bits (scale `d`, integers `q`), so a block's dot product is one integer
 //! multiply-add over 32 byte pairs (AVX-512 VNNI `vpdpbusd`, or AVX2 `vpmaddubsw`) and a scale.
 //!
-//! The weights are repacked once at load into blocks with f32 scales; Q4_0 becomes Q4_1 with
-//! minimum `-8 d`, so one kernel serves both:
+//! The weights are repacked once at load into blocks with the file's f16 scales, on huge
+//! pages; Q4_0 becomes Q4_1 with minimum `-8 d`, so one kernel serves both:
 //! `sum_j (n_j d_w + m_w) q_j d_x = d_w d_x sum_j n_j q_j + m_w (d_x sum_j q_j)`.
 //! [`QWeight::matmul_reference`] is the scalar reference the SIMD path is tested against.
 //!
@@ -12,6 +12,7 @@
 //! side so they are reviewed together, and the tests are a tenth of the file.
 
 use super::f32s;
+use super::pages::Pages;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
@@ -63,10 +64,20 @@ pub struct XBlock {
     q: [i8; 32],
 }
 
-#[derive(Clone, Debug)]
+/// On huge pages: generation streams them all once per token (see `kernels::pages`).
+#[derive(Debug)]
 enum Blocks {
-    Four(Vec<B4>),
-    Eight(Vec<B8>),
+    Four(Pages<B4>),
+    Eight(Pages<B8>),
+}
+
+impl Blocks {
+    fn four(v: Vec<B4>) -> Blocks {
+        Blocks::Four(Pages::copy_of(&v))
+    }
+    fn eight(v: Vec<B8>) -> Blocks {
+        Blocks::Eight(Pages::copy_of(&v))
+    }
 }
 
 /// A quantized `[rows, cols]` matrix (`nn.Linear` orientation) in the repacked layout.
@@ -96,52 +107,48 @@ impl QWeight {
         }
         let data = q.data()?;
         let n = rows * cols / QK;
-        let blocks = match q.dtype() {
-            GgmlDType::Q4_0 => Blocks::Four(
-                data.chunks_exact(18)
-                    .map(|b| {
-                        let d = f16_at(b, 0);
-                        // -8 d is exact in f16 unless it overflows, which GGUF's writers
-                        // never produce (|d| <= max|w| / 8).
-                        let m = f16::from_f32(-8.0 * f16::from_bits(d).to_f32()).to_bits();
-                        B4 {
-                            dm: [d, m],
-                            qs: b[2..18].try_into().expect("16 bytes"),
-                        }
-                    })
-                    .collect(),
-            ),
-            GgmlDType::Q4_1 => Blocks::Four(
-                data.chunks_exact(20)
-                    .map(|b| B4 {
-                        dm: [f16_at(b, 0), f16_at(b, 2)],
-                        qs: b[4..20].try_into().expect("16 bytes"),
-                    })
-                    .collect(),
-            ),
-            GgmlDType::Q8_0 => Blocks::Eight(
-                data.chunks_exact(34)
-                    .map(|b| {
-                        let mut qs = [0i8; 32];
-                        for (q, &v) in qs.iter_mut().zip(&b[2..34]) {
-                            *q = v as i8;
-                        }
-                        B8 {
-                            d: f16_at(b, 0),
-                            qs,
-                        }
-                    })
-                    .collect(),
-            ),
+        let size = match q.dtype() {
+            GgmlDType::Q4_0 => 18,
+            GgmlDType::Q4_1 => 20,
+            GgmlDType::Q8_0 => 34,
             _ => return Ok(None),
         };
-        let len = match &blocks {
-            Blocks::Four(v) => v.len(),
-            Blocks::Eight(v) => v.len(),
-        };
-        if len != n {
-            candle_core::bail!("quantized data holds {len} blocks, expected {n}");
+        if data.len() != n * size {
+            candle_core::bail!(
+                "quantized data holds {} bytes, expected {} ({n} blocks of {size})",
+                data.len(),
+                n * size
+            );
         }
+        // Written straight onto the huge pages, block by block.
+        let at = |i: usize| &data[i * size..(i + 1) * size];
+        let blocks = match q.dtype() {
+            GgmlDType::Q4_0 => Blocks::Four(Pages::from_fn(n, |i| {
+                let b = at(i);
+                let d = f16_at(b, 0);
+                // -8 d is exact in f16 unless it overflows, which GGUF's writers never
+                // produce (|d| <= max|w| / 8).
+                let m = f16::from_f32(-8.0 * f16::from_bits(d).to_f32()).to_bits();
+                B4 {
+                    dm: [d, m],
+                    qs: b[2..18].try_into().expect("16 bytes"),
+                }
+            })),
+            GgmlDType::Q4_1 => Blocks::Four(Pages::from_fn(n, |i| {
+                let b = at(i);
+                B4 {
+                    dm: [f16_at(b, 0), f16_at(b, 2)],
+                    qs: b[4..20].try_into().expect("16 bytes"),
+                }
+            })),
+            _ => Blocks::Eight(Pages::from_fn(n, |i| {
+                let b = at(i);
+                B8 {
+                    d: f16_at(b, 0),
+                    qs: std::array::from_fn(|j| b[2 + j] as i8),
+                }
+            })),
+        };
         Ok(Some(QWeight {
             rows,
             cols,
@@ -158,10 +165,22 @@ impl QWeight {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
+        // Adjacent views of one matrix (a model rebuilt from stacked parts) stack for free.
+        let adjacent = parts.windows(2).all(|w| {
+            Arc::ptr_eq(&w[0].blocks, &w[1].blocks) && w[0].first_row + w[0].rows == w[1].first_row
+        });
+        if adjacent {
+            return Some(QWeight {
+                rows,
+                cols,
+                blocks: parts[0].blocks.clone(),
+                first_row: parts[0].first_row,
+            });
+        }
         let nb = cols / QK;
         let range = |p: &QWeight| p.first_row * nb..(p.first_row + p.rows) * nb;
         let blocks = match parts[0].blocks.as_ref() {
-            Blocks::Four(_) => Blocks::Four(
+            Blocks::Four(_) => Blocks::four(
                 parts
                     .iter()
                     .map(|p| match p.blocks.as_ref() {
@@ -173,7 +192,7 @@ impl QWeight {
                     .flatten()
                     .collect(),
             ),
-            Blocks::Eight(_) => Blocks::Eight(
+            Blocks::Eight(_) => Blocks::eight(
                 parts
                     .iter()
                     .map(|p| match p.blocks.as_ref() {
@@ -331,26 +350,28 @@ impl SendPtr {
     }
 }
 
-/// Quantizes `x` (rows a multiple of 32 wide) into 8-bit blocks, rounding to nearest.
+/// Quantizes `x` (rows a multiple of 32 wide) into 8-bit blocks, rounding to nearest (ties
+/// to even), with SIMD where the CPU has it (the same blocks either way).
 pub fn quantize(x: &[f32]) -> Vec<XBlock> {
-    x.chunks_exact(QK)
-        .map(|v| {
-            let amax = v.iter().fold(0f32, |a, &b| a.max(b.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut q = [0i8; 32];
-            let mut sum = 0i32;
-            for (q, &v) in q.iter_mut().zip(v) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
-            XBlock {
-                d,
-                s: d * sum as f32,
-                q,
-            }
-        })
-        .collect()
+    let simd = simd::kernel();
+    x.chunks_exact(QK).map(|v| simd.quantize(v)).collect()
+}
+
+fn scalar_quantize(v: &[f32]) -> XBlock {
+    let amax = v.iter().fold(0f32, |a, &b| a.max(b.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i8; 32];
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(v) {
+        *q = (v * inv).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    XBlock {
+        d,
+        s: d * sum as f32,
+        q,
+    }
 }
 
 fn scalar_four(w: &[B4], x: &[XBlock]) -> f32 {
@@ -380,7 +401,7 @@ fn scalar_eight(w: &[B8], x: &[XBlock]) -> f32 {
 }
 
 mod simd {
-    use super::{scalar_eight, scalar_four, XBlock, B4, B8};
+    use super::{scalar_eight, scalar_four, scalar_quantize, XBlock, B4, B8};
 
     /// The best row-dot implementation for this CPU.
     #[derive(Clone, Copy)]
@@ -414,6 +435,17 @@ mod simd {
     }
 
     impl Kernel {
+        /// One block of 32 activations.
+        pub fn quantize(self, v: &[f32]) -> XBlock {
+            assert_eq!(v.len(), 32);
+            match self {
+                // SAFETY: the CPU has AVX2 (both variants); `v` holds 32 values.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vnni | Kernel::Avx2 => unsafe { x86::quantize(v) },
+                Kernel::Scalar => scalar_quantize(v),
+            }
+        }
+
         pub fn four(self, w: &[B4], x: &[XBlock]) -> f32 {
             match self {
                 // SAFETY: the variant is chosen only when the CPU has these features.
@@ -468,6 +500,47 @@ mod simd {
     mod x86 {
         use super::{XBlock, B4, B8};
         use std::arch::x86_64::*;
+
+        /// [`super::scalar_quantize`] of 32 values, as llama.cpp's `quantize_row_q8_1`
+        /// does it: the same maximum, scale and products, and the conversion rounds to
+        /// nearest even as `round_ties_even` does.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn quantize(v: &[f32]) -> XBlock {
+            let p = v.as_ptr();
+            let a = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let sign = _mm256_set1_ps(-0.0);
+            let m = a.iter().fold(_mm256_setzero_ps(), |m, &a| {
+                _mm256_max_ps(m, _mm256_andnot_ps(sign, a))
+            });
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let d = amax / 127.0;
+            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let q = a.map(|a| _mm256_cvtps_epi32(_mm256_mul_ps(a, inv)));
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+            // The packs interleave 128-bit lanes; the permutation puts the values back in order.
+            let b = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let mut out = XBlock {
+                d,
+                s: d * sum as f32,
+                q: [0; 32],
+            };
+            _mm256_storeu_si256(out.q.as_mut_ptr() as *mut __m256i, b);
+            out
+        }
 
         /// `sum` over groups of four of `a_u8 * b_i8`, as eight i32.
         #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
@@ -762,6 +835,24 @@ mod tests {
 
     /// SIMD equals the scalar reference, and both approximate the f32 product of the
     /// dequantized weights within the 8-bit activation rounding.
+    #[test]
+    fn simd_quantization_equals_the_scalar_one() {
+        let mut rng = crate::rng::Rng::new(5);
+        let mut x: Vec<f32> = (0..32 * 20).map(|_| rng.normal() as f32 * 3.0).collect();
+        // A zero block, and one whose scale is 1 with halves to round (ties go to even).
+        x[..32].fill(0.0);
+        for (j, v) in x[32..64].iter_mut().enumerate() {
+            *v = j as f32 - 15.5;
+        }
+        x[63] = -127.0;
+        let k = simd::kernel();
+        for v in x.chunks_exact(32) {
+            let (a, b) = (k.quantize(v), scalar_quantize(v));
+            assert_eq!((a.d, a.s, a.q), (b.d, b.s, b.q));
+        }
+        assert_eq!(scalar_quantize(&x[32..64]).q[..4], [-16, -14, -14, -12]);
+    }
+
     #[test]
     fn simd_matches_reference_and_dequantized() {
         // m = 6: a group of four activation rows (one weight block for four) and two alone.
