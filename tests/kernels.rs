@@ -628,3 +628,80 @@ fn fused_lora_matches_composition() {
         );
     }
 }
+
+/// One query per row over its own cache (strided views, different lengths), with grouped
+/// heads, a soft cap and a sliding window, against the plain composition.
+#[test]
+fn decode_attention_reads_caches_in_place_like_the_composition() {
+    use ferroformer::nn::kernels::decode_attention::DecodeAttention;
+    use ferroformer::nn::KvCache;
+    let (h, kvh, d) = (6, 2, 24);
+    let lens = [1usize, 7, 70];
+    for (softcap, window) in [(None, None), (Some(5.0f32), Some(5usize))] {
+        let mut kv = Vec::new();
+        let q = randn(&[lens.len(), h, 1, d], 1.0, 1);
+        for (r, &n) in lens.iter().enumerate() {
+            let mut cache = KvCache::default();
+            // Appended in two steps, so the views are strided within a larger buffer.
+            let k = randn(&[1, kvh, n, d], 1.0, 10 + r as u64);
+            let v = randn(&[1, kvh, n, d], 1.0, 20 + r as u64);
+            let cut = n / 2;
+            if cut > 0 {
+                cache
+                    .append(
+                        &k.narrow(2, 0, cut).unwrap().contiguous().unwrap(),
+                        &v.narrow(2, 0, cut).unwrap().contiguous().unwrap(),
+                    )
+                    .unwrap();
+            }
+            let views = cache
+                .append(
+                    &k.narrow(2, cut, n - cut).unwrap().contiguous().unwrap(),
+                    &v.narrow(2, cut, n - cut).unwrap().contiguous().unwrap(),
+                )
+                .unwrap();
+            assert!(!views.0.is_contiguous() || n == 0);
+            kv.push((views, (k, v)));
+        }
+        let scale = 0.3f32;
+        let op = DecodeAttention {
+            kv: kv.iter().map(|(views, _)| views.clone()).collect(),
+            n_head: h,
+            scale,
+            softcap,
+            window,
+        };
+        let fused = q.apply_op1(op).unwrap();
+        for (r, (_, (k, v))) in kv.iter().enumerate() {
+            let n = lens[r];
+            let first = window.map_or(0, |w| n.saturating_sub(w));
+            let (k, v) = (
+                k.narrow(2, first, n - first).unwrap(),
+                v.narrow(2, first, n - first).unwrap(),
+            );
+            let qr = q
+                .narrow(0, r, 1)
+                .unwrap()
+                .reshape((kvh, h / kvh, d))
+                .unwrap();
+            let k = k.squeeze(0).unwrap();
+            let mut s = (qr.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+            if let Some(c) = softcap {
+                s = ((s / c as f64).unwrap().tanh().unwrap() * c as f64).unwrap();
+            }
+            let p = candle_nn::ops::softmax(&s, 2).unwrap();
+            let want = p
+                .matmul(&v.squeeze(0).unwrap())
+                .unwrap()
+                .reshape((1, h, 1, d))
+                .unwrap();
+            assert_close(
+                &format!("row {r} (cap {softcap:?}, window {window:?})"),
+                &fused.narrow(0, r, 1).unwrap(),
+                &want,
+                1e-5,
+                1e-6,
+            );
+        }
+    }
+}

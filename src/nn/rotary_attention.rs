@@ -178,25 +178,60 @@ impl RotaryAttention {
             starts: Arc::new(vec![0; b]),
         };
         let (q, k, v) = self.heads(x, |y| self.rope.forward_segments(y, &positions))?;
-        let rows = caches
+        let row = |t: &Tensor, r: usize| t.narrow(0, r, 1)?.transpose(1, 2);
+        let kv = caches
             .iter_mut()
-            .zip(offsets)
             .enumerate()
-            .map(|(r, (cache, offset))| {
-                let row = |t: &Tensor| t.narrow(0, r, 1)?.transpose(1, 2);
-                self.attend(
-                    &row(&q)?,
-                    &row(&k)?,
-                    &row(&v)?,
-                    offset,
-                    Some(&mut **cache),
-                    None,
-                )
-            })
+            .map(|(r, cache)| self.keys(&row(&k, r)?, &row(&v, r)?, Some(&mut **cache)))
             .collect::<Result<Vec<_>>>()?;
-        let y = Tensor::cat(&rows, 0)?;
+        let y = match self.attend_decode(&q.transpose(1, 2)?, &kv)? {
+            Some(y) => y,
+            None => {
+                let rows = kv
+                    .iter()
+                    .zip(offsets)
+                    .enumerate()
+                    .map(|(r, ((k, v), offset))| self.attend_over(&row(&q, r)?, k, v, offset, None))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        };
         self.o_proj
             .forward(&y.transpose(1, 2)?.reshape((b, 1, h * d))?)
+    }
+
+    /// Keys and values `[b, kv_heads, t, d]` appended to the cache and prefix: all the keys
+    /// and values the new queries see.
+    fn keys(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        Prefix::apply(
+            self.prefix.as_ref(),
+            k.contiguous()?,
+            v.contiguous()?,
+            cache,
+        )
+    }
+
+    /// One query per row (`q` `[b, h, 1, d]`) over row `r`'s keys and values `kv[r]` with
+    /// the decode kernel, reading the caches in place; `None` where the fused kernels are off.
+    fn attend_decode(&self, q: &Tensor, kv: &[(Tensor, Tensor)]) -> Result<Option<Tensor>> {
+        if q.dim(2)? != 1 || !crate::nn::kernels::fused(q.device()) {
+            return Ok(None);
+        }
+        let op = crate::nn::kernels::decode_attention::DecodeAttention {
+            kv: kv.to_vec(),
+            n_head: self.n_head,
+            scale: self
+                .query_scale
+                .unwrap_or(1.0 / (self.head_dim as f64).sqrt()) as f32,
+            softcap: self.softcap.map(|c| c as f32),
+            window: self.window,
+        };
+        Ok(Some(q.contiguous()?.apply_op1(op)?))
     }
 
     /// Attention of `q` `[b, h, t, d]` over `k`, `v` `[b, kv_heads, t, d]` (appended to the
@@ -211,12 +246,29 @@ impl RotaryAttention {
         cache: Option<&mut KvCache>,
         segments: Option<&Segments>,
     ) -> Result<Tensor> {
-        let k = k.contiguous()?;
-        let v = v.contiguous()?;
-        let (k, v) = Prefix::apply(self.prefix.as_ref(), k, v, cache)?;
+        // A decode step (one new token after a cache) reads the cache in place.
+        let decode = cache.is_some() && segments.is_none();
+        let (k, v) = self.keys(k, v, cache)?;
+        if decode {
+            if let Some(y) = self.attend_decode(q, &[(k.clone(), v.clone())])? {
+                return Ok(y);
+            }
+        }
+        self.attend_over(q, &k, &v, offset, segments)
+    }
+
+    /// [`RotaryAttention::attend`] over keys and values already appended to the cache.
+    fn attend_over(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        segments: Option<&Segments>,
+    ) -> Result<Tensor> {
         if self.window.is_none() && self.softcap.is_none() && self.query_scale.is_none() {
             // No attention dropout in these families.
-            causal_attention_in(q, &k, &v, offset, segments, &Dropout::default(), None)
+            causal_attention_in(q, k, v, offset, segments, &Dropout::default(), None)
         } else {
             let mask = Mask {
                 offset,
@@ -226,7 +278,7 @@ impl RotaryAttention {
             let scale = self
                 .query_scale
                 .unwrap_or(1.0 / (self.head_dim as f64).sqrt());
-            masked_attention(q, &k, &v, &mask, scale, self.softcap)
+            masked_attention(q, k, v, &mask, scale, self.softcap)
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod bf16;
 pub mod cross_entropy;
+pub mod decode_attention;
 pub mod dropout;
 pub mod gelu;
 pub mod gemm;
@@ -65,6 +66,20 @@ pub fn fused(device: &Device) -> bool {
         MODE.store(m, Ordering::Relaxed);
     }
     m == 1
+}
+
+/// A pointer through which parallel tasks write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: users write disjoint elements only, while the buffer outlives the tasks.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+impl SendPtr {
+    /// # Safety
+    /// `i` is inside the buffer and no other thread touches element `i` meanwhile.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
 }
 
 /// Whether backpropagation needs a gradient for `t`: a trainable parameter, or computed from

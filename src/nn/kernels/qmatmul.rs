@@ -13,6 +13,7 @@
 
 use super::f32s;
 use super::pages::Pages;
+use super::SendPtr;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
@@ -333,20 +334,6 @@ impl QWeight {
             }
         }
         out
-    }
-}
-
-/// A pointer tasks write disjoint parts of one buffer through.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: users write disjoint elements only (see `QWeight::matmul_with`).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-impl SendPtr {
-    /// # Safety
-    /// `i` is inside the buffer and no other thread touches element `i` meanwhile.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
     }
 }
 
