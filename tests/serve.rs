@@ -833,24 +833,17 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         assert!(n > 0, "the stream ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    let active_becomes = |n: usize, why: &str| {
+        let start = Instant::now();
+        while s.health()["active"] != n {
+            assert!(start.elapsed() < Duration::from_secs(30), "{why}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     // The worker counts its sequences after each step, so the count may lag the first tokens.
-    let start = Instant::now();
-    while s.health()["active"] != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the stream is not counted"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    active_becomes(1, "the stream is not counted");
     drop(c);
-    let start = Instant::now();
-    while s.health()["active"] != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the dropped stream still holds its place"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    active_becomes(0, "the dropped stream still holds its place");
     let (status, _) = s.call("POST", chat, Some(&ok_chat.to_string()), k);
     assert_eq!(status, 200);
 }
