@@ -7,7 +7,8 @@
 //! place and the (row, query head) pairs are shared out with [`super::team::par_for`].
 //!
 //! Inference only: the op has no backward (candle reports an error if one is asked for).
-//! Tested against the composition (`RotaryAttention`'s masked attention) in `tests/kernels.rs`.
+//! Tested against a plain composition of candle ops in `tests/kernels.rs`, and end to end by
+//! the families' generation tests against transformers.
 
 use super::math::{dot, tanh};
 use super::softmax::softmax_in_place;
@@ -147,18 +148,22 @@ impl CustomOp1 for DecodeAttention {
             let (r, hh) = (task / h, task % h);
             let (k, v, n, kvh) = rows[r];
             let first = self.window.map_or(0, |w| n.saturating_sub(w));
-            let mut p = vec![0f32; n - first];
+            // Scratch for the scores, kept per thread: a step runs rows x heads x layers tasks.
+            thread_local!(static P: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
             // SAFETY: each task writes its own `d` outputs, inside `y`, which outlives
             // `par_for`.
             let out = unsafe { std::slice::from_raw_parts_mut(dst.at(task * d), d) };
-            head(
-                &q[task * d..(task + 1) * d],
-                [k, v],
-                (hh / (h / kvh), first),
-                self,
-                &mut p,
-                out,
-            );
+            P.with_borrow_mut(|p| {
+                p.resize(n - first, 0.0);
+                head(
+                    &q[task * d..(task + 1) * d],
+                    [k, v],
+                    (hh / (h / kvh), first),
+                    self,
+                    p,
+                    out,
+                )
+            });
         });
         Ok((CpuStorage::F32(y), Shape::from((b, h, 1, d))))
     }

@@ -2,7 +2,7 @@
 //!
 //! Generation streams every quantized weight once per token. On 4 KiB pages that is a TLB
 //! miss every 4 KiB, and under a hypervisor each miss walks two page tables: on our 2-vCPU
-//! VM a decode step's products took 1.3-1.7x as long on 4 KiB pages as on 2 MiB ones
+//! VM a decode step's products took 1.2-1.7x as long on 4 KiB pages as on 2 MiB ones
 //! (`cargo run --release --example qmatmul`). Blocks are therefore copied into 2 MiB-aligned
 //! chunks that the kernel is asked to back with huge pages (`madvise(MADV_HUGEPAGE)`, which
 //! Linux honours in its default `madvise` mode), many matrices to a chunk, since one matrix
