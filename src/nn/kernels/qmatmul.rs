@@ -275,6 +275,8 @@ impl QWeight {
     fn matmul_with(&self, kernel: simd::Kernel, x: &[f32], m: usize) -> Vec<f32> {
         let xq = quantize(x);
         let nb = self.cols / QK;
+        let eight = matches!(self.blocks.as_ref(), Blocks::Eight(_));
+        let pairs = kernel.pairs(&xq, m, nb, eight);
         let mut out = vec![0f32; m * self.rows];
         let threads = rayon::current_num_threads().max(1);
         // Several tasks per thread, claimed as threads come free, so a thread that started
@@ -292,6 +294,18 @@ impl QWeight {
             for r in r0..r1 {
                 let w = (self.first_row + r) * nb..(self.first_row + r + 1) * nb;
                 let mut i = 0;
+                if let Some(p) = &pairs {
+                    for g in 0..p.groups() {
+                        let v = match self.blocks.as_ref() {
+                            Blocks::Four(b) => p.four(&b[w.clone()], g),
+                            Blocks::Eight(b) => p.eight(&b[w.clone()], g),
+                        };
+                        for (k, v) in v.into_iter().take(p.rows_in(g)).enumerate() {
+                            put(p.first_row(g) + k, r, v);
+                        }
+                    }
+                    i = 2 * p.pairs;
+                }
                 while i + 4 <= m {
                     let x4 = [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)];
                     let v = match self.blocks.as_ref() {
@@ -400,10 +414,105 @@ mod simd {
         Scalar,
     }
 
+    /// Activation rows two by two for the 512-bit kernels, which multiply one weight block
+    /// by two rows' blocks per instruction: block `i` of pair `p` (rows `2p`, `2p + 1`) at
+    /// `q[p * nb + i]`, the rows' values interleaved four by four (`a0..a3 b0..b3 a4..`,
+    /// so the scales of a pair are a 64-bit broadcast), plus 128 as unsigned bytes against
+    /// 8-bit weights; the pair's two scales at `d[p * nb + i]`; the sums of block `i` of
+    /// group `g`'s sixteen rows (pairs `8g .. 8g + 8`, zero past the last) at
+    /// `s[g * nb + i]`. Made only where the CPU has AVX-512 VNNI.
+    pub struct Pairs {
+        q: Vec<[u8; 64]>,
+        d: Vec<[f32; 2]>,
+        s: Vec<[f32; 16]>,
+        nb: usize,
+        /// Rows `0 .. 2 * pairs` are here; an odd last row is not.
+        pub pairs: usize,
+    }
+
+    /// Pairs in a group: one weight block is unpacked once for all of them.
+    const GROUP: usize = 8;
+
+    impl Pairs {
+        pub fn groups(&self) -> usize {
+            self.pairs.div_ceil(GROUP)
+        }
+
+        /// Rows of group `g` (the first is row `2 * GROUP * g`).
+        pub fn rows_in(&self, g: usize) -> usize {
+            (2 * (self.pairs - GROUP * g)).min(2 * GROUP)
+        }
+
+        /// The first row of group `g`.
+        pub fn first_row(&self, g: usize) -> usize {
+            2 * GROUP * g
+        }
+
+        /// Group `g`'s pairs, scales and sums, checked against a weight row of `nb` blocks.
+        #[allow(clippy::type_complexity)]
+        fn group(&self, g: usize, nb: usize) -> (&[[u8; 64]], &[[f32; 2]], &[[f32; 16]]) {
+            assert!(nb == self.nb && g < self.groups());
+            let pairs = GROUP * g..GROUP * g + self.rows_in(g) / 2;
+            let range = pairs.start * nb..pairs.end * nb;
+            (&self.q[range.clone()], &self.d[range], &self.s[g * nb..(g + 1) * nb])
+        }
+
+        /// [`Kernel::four`] of one weight row against group `g`'s rows (entries past
+        /// [`Pairs::rows_in`] are meaningless), summed as for one row alone.
+        #[cfg(target_arch = "x86_64")]
+        pub fn four(&self, w: &[B4], g: usize) -> [f32; 16] {
+            let (q, d, s) = self.group(g, w.len());
+            // SAFETY: `Pairs` exist only where the CPU has AVX-512 VNNI; `q` and `d` hold
+            // the group's pairs of `w.len()` blocks each, `s` one entry per block.
+            unsafe {
+                match q.len() / w.len().max(1) {
+                    8 => x86::four_pairs::<8>(w, q, d, s),
+                    7 => x86::four_pairs::<7>(w, q, d, s),
+                    6 => x86::four_pairs::<6>(w, q, d, s),
+                    5 => x86::four_pairs::<5>(w, q, d, s),
+                    4 => x86::four_pairs::<4>(w, q, d, s),
+                    3 => x86::four_pairs::<3>(w, q, d, s),
+                    2 => x86::four_pairs::<2>(w, q, d, s),
+                    _ => x86::four_pairs::<1>(w, q, d, s),
+                }
+            }
+        }
+
+        /// [`Kernel::eight`] against group `g`'s rows, as [`Pairs::four`].
+        #[cfg(target_arch = "x86_64")]
+        pub fn eight(&self, w: &[B8], g: usize) -> [f32; 16] {
+            let (q, d, _) = self.group(g, w.len());
+            // SAFETY: as in `four`.
+            unsafe {
+                match q.len() / w.len().max(1) {
+                    8 => x86::eight_pairs::<8>(w, q, d),
+                    7 => x86::eight_pairs::<7>(w, q, d),
+                    6 => x86::eight_pairs::<6>(w, q, d),
+                    5 => x86::eight_pairs::<5>(w, q, d),
+                    4 => x86::eight_pairs::<4>(w, q, d),
+                    3 => x86::eight_pairs::<3>(w, q, d),
+                    2 => x86::eight_pairs::<2>(w, q, d),
+                    _ => x86::eight_pairs::<1>(w, q, d),
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        pub fn four(&self, _: &[B4], _: usize) -> [f32; 16] {
+            unreachable!("Pairs are only made on x86-64")
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        pub fn eight(&self, _: &[B8], _: usize) -> [f32; 16] {
+            unreachable!("Pairs are only made on x86-64")
+        }
+    }
+
     pub fn kernel() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -422,6 +531,40 @@ mod simd {
     }
 
     impl Kernel {
+        /// `x` (`m` rows of `nb` blocks) two rows by two for the 512-bit kernels, when this
+        /// is the AVX-512 VNNI kernel and there are two rows or more; `eight` for 8-bit
+        /// weights.
+        pub fn pairs(self, x: &[XBlock], m: usize, nb: usize, eight: bool) -> Option<Pairs> {
+            #[cfg(target_arch = "x86_64")]
+            if matches!(self, Kernel::Vnni) && m >= 2 && nb > 0 {
+                let pairs = m / 2;
+                let flip = if eight { 0x80 } else { 0 };
+                let mut q = vec![[0u8; 64]; pairs * nb];
+                let mut d = vec![[0f32; 2]; pairs * nb];
+                for (p, (q, d)) in q.chunks_exact_mut(nb).zip(d.chunks_exact_mut(nb)).enumerate() {
+                    for (i, (q, d)) in q.iter_mut().zip(d).enumerate() {
+                        let (a, b) = (&x[2 * p * nb + i], &x[(2 * p + 1) * nb + i]);
+                        for (k, q) in q.chunks_exact_mut(8).enumerate() {
+                            for j in 0..4 {
+                                q[j] = a.q[4 * k + j] as u8 ^ flip;
+                                q[4 + j] = b.q[4 * k + j] as u8 ^ flip;
+                            }
+                        }
+                        *d = [a.d, b.d];
+                    }
+                }
+                let mut s = vec![[0f32; 16]; pairs.div_ceil(GROUP) * nb];
+                for r in 0..2 * pairs {
+                    for i in 0..nb {
+                        s[(r / (2 * GROUP)) * nb + i][r % (2 * GROUP)] = x[r * nb + i].s;
+                    }
+                }
+                return Some(Pairs { q, d, s, nb, pairs });
+            }
+            let _ = (x, m, nb, eight);
+            None
+        }
+
         /// One block of 32 activations.
         pub fn quantize(self, v: &[f32]) -> XBlock {
             assert_eq!(v.len(), 32);
@@ -487,6 +630,148 @@ mod simd {
     mod x86 {
         use super::{XBlock, B4, B8};
         use std::arch::x86_64::*;
+
+        /// Row `h` (0 or 1) of a pair's interleaved accumulators (row 0 in the even lanes),
+        /// summed as [`hsum`] sums one row's eight lanes.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+        #[inline]
+        unsafe fn hsum_half(a: __m512, h: usize) -> f32 {
+            let h = h as i32;
+            let idx = _mm512_setr_epi32(
+                h, 2 + h, 4 + h, 6 + h, 8 + h, 10 + h, 12 + h, 14 + h, 0, 0, 0, 0, 0, 0, 0, 0,
+            );
+            hsum(_mm512_castps512_ps256(_mm512_permutexvar_ps(idx, a)))
+        }
+
+        /// Each 32-bit group of a weight block twice, to meet two interleaved rows.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn twice(w: __m256i) -> __m512i {
+            let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+            _mm512_permutexvar_epi32(idx, _mm512_castsi256_si512(w))
+        }
+
+        /// A pair's two scales `[a, b]`, eight times.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn pair_scales(d: &[f32; 2]) -> __m512 {
+            _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned(d.as_ptr() as *const f64)))
+        }
+
+        // The paired kernels do, lane for lane, what `four_n` / `eight_n` do for each row
+        // (the same products, roundings and order of sums, blocks alternating between two
+        // accumulators), so a row's result is still the same batched or alone; each 512-bit
+        // instruction works on two rows. The minimum terms of sixteen rows share a vector.
+        /// [`four_n_vnni`] of one weight row against `P` pairs (see `super::Pairs`).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+        pub unsafe fn four_pairs<const P: usize>(
+            w: &[B4],
+            q: &[[u8; 64]],
+            d: &[[f32; 2]],
+            s: &[[f32; 16]],
+        ) -> [f32; 16] {
+            let nb = w.len();
+            debug_assert!(q.len() >= P * nb && d.len() >= P * nb && s.len() >= nb);
+            #[inline(always)]
+            unsafe fn block<const P: usize>(
+                w: &B4,
+                (q, d, s): (&[[u8; 64]], &[[f32; 2]], &[f32; 16]),
+                (i, nb): (usize, usize),
+                acc: &mut [__m512; P],
+                mins: &mut __m512,
+            ) {
+                let qs = _mm_loadu_si128(w.qs.as_ptr() as *const __m128i);
+                let wv = _mm256_and_si256(
+                    _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs),
+                    _mm256_set1_epi8(15),
+                );
+                let w2 = twice(wv);
+                let bits = std::ptr::read_unaligned(w.dm.as_ptr() as *const i32);
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+                let dw = _mm512_broadcastss_ps(dm);
+                let mw = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+                *mins = _mm512_add_ps(*mins, _mm512_mul_ps(mw, _mm512_loadu_ps(s.as_ptr())));
+                for p in 0..P {
+                    let at = p * nb + i;
+                    let xv = _mm512_loadu_si512(q.get_unchecked(at).as_ptr() as *const _);
+                    let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, xv));
+                    let sc = _mm512_mul_ps(dw, pair_scales(d.get_unchecked(at)));
+                    acc[p] = _mm512_fmadd_ps(sc, f, acc[p]);
+                }
+            }
+            let (mut a0, mut a1) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
+            let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut i = 0;
+            while i + 1 < nb {
+                let (s0, s1) = (s.get_unchecked(i), s.get_unchecked(i + 1));
+                block(w.get_unchecked(i), (q, d, s0), (i, nb), &mut a0, &mut m0);
+                block(w.get_unchecked(i + 1), (q, d, s1), (i + 1, nb), &mut a1, &mut m1);
+                i += 2;
+            }
+            if i < nb {
+                let si = s.get_unchecked(i);
+                block(w.get_unchecked(i), (q, d, si), (i, nb), &mut a0, &mut m0);
+            }
+            let mut mins = [0f32; 16];
+            _mm512_storeu_ps(mins.as_mut_ptr(), _mm512_add_ps(m0, m1));
+            let mut out = [0f32; 16];
+            for p in 0..P {
+                let a = _mm512_add_ps(a0[p], a1[p]);
+                for h in 0..2 {
+                    out[2 * p + h] = hsum_half(a, h) + mins[2 * p + h];
+                }
+            }
+            out
+        }
+
+        /// [`eight_n_vnni`] of one weight row against `P` pairs whose activations are stored
+        /// plus 128: `sum (x + 128) w - 128 sum w` is `sum x w`, lane for lane.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+        pub unsafe fn eight_pairs<const P: usize>(
+            w: &[B8],
+            q: &[[u8; 64]],
+            d: &[[f32; 2]],
+        ) -> [f32; 16] {
+            let nb = w.len();
+            debug_assert!(q.len() >= P * nb && d.len() >= P * nb);
+            #[inline(always)]
+            unsafe fn block<const P: usize>(
+                w: &B8,
+                (q, d): (&[[u8; 64]], &[[f32; 2]]),
+                (i, nb): (usize, usize),
+                acc: &mut [__m512; P],
+            ) {
+                let w2 = twice(_mm256_loadu_si256(w.qs.as_ptr() as *const __m256i));
+                let offset = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w2);
+                let start = _mm512_sub_epi32(_mm512_setzero_si512(), offset);
+                let dw = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(w.d as i32)));
+                for p in 0..P {
+                    let at = p * nb + i;
+                    let xv = _mm512_loadu_si512(q.get_unchecked(at).as_ptr() as *const _);
+                    let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, xv, w2));
+                    let sc = _mm512_mul_ps(dw, pair_scales(d.get_unchecked(at)));
+                    acc[p] = _mm512_fmadd_ps(sc, f, acc[p]);
+                }
+            }
+            let (mut a0, mut a1) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
+            let mut i = 0;
+            while i + 1 < nb {
+                block(w.get_unchecked(i), (q, d), (i, nb), &mut a0);
+                block(w.get_unchecked(i + 1), (q, d), (i + 1, nb), &mut a1);
+                i += 2;
+            }
+            if i < nb {
+                block(w.get_unchecked(i), (q, d), (i, nb), &mut a0);
+            }
+            let mut out = [0f32; 16];
+            for p in 0..P {
+                let a = _mm512_add_ps(a0[p], a1[p]);
+                for h in 0..2 {
+                    out[2 * p + h] = hsum_half(a, h);
+                }
+            }
+            out
+        }
 
         /// [`super::scalar_quantize`] of 32 values, as llama.cpp's `quantize_row_q8_1`
         /// does it: the same maximum, scale and products, and the conversion rounds to
@@ -842,8 +1127,10 @@ mod tests {
 
     #[test]
     fn simd_matches_reference_and_dequantized() {
-        // m = 6: a group of four activation rows (one weight block for four) and two alone;
-        // rows of 3 and of 67 blocks (odd: one block left after the pairs).
+        // m = 6: a group of four activation rows (one weight block for four) and two alone,
+        // or (AVX-512 VNNI) three pairs; 16 and 11: two groups of four pairs, the second
+        // short, and a row alone; rows of 3 and of 67 blocks (odd: one block left after the
+        // blocks two by two).
         for (dtype, m, cols) in [
             (GgmlDType::Q4_0, 3, 96),
             (GgmlDType::Q4_1, 6, 96),
@@ -851,6 +1138,10 @@ mod tests {
             (GgmlDType::Q4_1, 1, 96),
             (GgmlDType::Q4_1, 6, 67 * 32),
             (GgmlDType::Q8_0, 5, 67 * 32),
+            (GgmlDType::Q4_1, 16, 96),
+            (GgmlDType::Q8_0, 16, 67 * 32),
+            (GgmlDType::Q4_0, 11, 67 * 32),
+            (GgmlDType::Q8_0, 11, 96),
         ] {
             let rows = 37;
             let (q, _) = weight(dtype, rows, cols);
