@@ -630,14 +630,20 @@ fn fused_lora_matches_composition() {
 }
 
 /// One query per row over its own cache (strided views, different lengths), with grouped
-/// heads, a soft cap and a sliding window, against the plain composition.
+/// heads, a soft cap and a sliding window, against the plain composition; head sizes of 24
+/// (the portable loops) and 80 (AVX-512 where the CPU has it: 64 values, then 16).
 #[test]
 fn decode_attention_reads_caches_in_place_like_the_composition() {
     use ferroformer::nn::kernels::decode_attention::DecodeAttention;
     use ferroformer::nn::KvCache;
-    let (h, kvh, d) = (6, 2, 24);
+    let (h, kvh) = (6, 2);
     let lens = [1usize, 7, 70];
-    for (softcap, window) in [(None, None), (Some(5.0f32), Some(5usize))] {
+    for (softcap, window, d) in [
+        (None, None, 24),
+        (Some(5.0f32), Some(5usize), 24),
+        (None, None, 80),
+        (Some(5.0f32), Some(5usize), 80),
+    ] {
         let mut kv = Vec::new();
         let q = randn(&[lens.len(), h, 1, d], 1.0, 1);
         for (r, &n) in lens.iter().enumerate() {
@@ -671,7 +677,20 @@ fn decode_attention_reads_caches_in_place_like_the_composition() {
             softcap,
             window,
         };
-        let fused = q.apply_op1(op).unwrap();
+        let fused = q.apply_op1(op.clone()).unwrap();
+        // A row alone (too few tasks to share out by key/value head: one per query head)
+        // gives its row of the batch to the bit.
+        let last = lens.len() - 1;
+        let alone = DecodeAttention {
+            kv: vec![op.kv[last].clone()],
+            ..op
+        };
+        let want = fused.narrow(0, last, 1).unwrap().flatten_all().unwrap();
+        let got = q.narrow(0, last, 1).unwrap().apply_op1(alone).unwrap();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.to_vec1::<f32>().unwrap()
+        );
         for (r, (_, (k, v))) in kv.iter().enumerate() {
             let n = lens[r];
             let first = window.map_or(0, |w| n.saturating_sub(w));
@@ -696,7 +715,7 @@ fn decode_attention_reads_caches_in_place_like_the_composition() {
                 .reshape((1, h, 1, d))
                 .unwrap();
             assert_close(
-                &format!("row {r} (cap {softcap:?}, window {window:?})"),
+                &format!("row {r} (cap {softcap:?}, window {window:?}, head size {d})"),
                 &fused.narrow(0, r, 1).unwrap(),
                 &want,
                 1e-5,

@@ -454,7 +454,11 @@ mod simd {
             assert!(nb == self.nb && g < self.groups());
             let pairs = GROUP * g..GROUP * g + self.rows_in(g) / 2;
             let range = pairs.start * nb..pairs.end * nb;
-            (&self.q[range.clone()], &self.d[range], &self.s[g * nb..(g + 1) * nb])
+            (
+                &self.q[range.clone()],
+                &self.d[range],
+                &self.s[g * nb..(g + 1) * nb],
+            )
         }
 
         /// [`Kernel::four`] of one weight row against group `g`'s rows (entries past
@@ -541,7 +545,11 @@ mod simd {
                 let flip = if eight { 0x80 } else { 0 };
                 let mut q = vec![[0u8; 64]; pairs * nb];
                 let mut d = vec![[0f32; 2]; pairs * nb];
-                for (p, (q, d)) in q.chunks_exact_mut(nb).zip(d.chunks_exact_mut(nb)).enumerate() {
+                for (p, (q, d)) in q
+                    .chunks_exact_mut(nb)
+                    .zip(d.chunks_exact_mut(nb))
+                    .enumerate()
+                {
                     for (i, (q, d)) in q.iter_mut().zip(d).enumerate() {
                         let (a, b) = (&x[2 * p * nb + i], &x[(2 * p + 1) * nb + i]);
                         for (k, q) in q.chunks_exact_mut(8).enumerate() {
@@ -638,7 +646,22 @@ mod simd {
         unsafe fn hsum_half(a: __m512, h: usize) -> f32 {
             let h = h as i32;
             let idx = _mm512_setr_epi32(
-                h, 2 + h, 4 + h, 6 + h, 8 + h, 10 + h, 12 + h, 14 + h, 0, 0, 0, 0, 0, 0, 0, 0,
+                h,
+                2 + h,
+                4 + h,
+                6 + h,
+                8 + h,
+                10 + h,
+                12 + h,
+                14 + h,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
             );
             hsum(_mm512_castps512_ps256(_mm512_permutexvar_ps(idx, a)))
         }
@@ -655,7 +678,9 @@ mod simd {
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn pair_scales(d: &[f32; 2]) -> __m512 {
-            _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned(d.as_ptr() as *const f64)))
+            _mm512_castpd_ps(_mm512_set1_pd(std::ptr::read_unaligned(
+                d.as_ptr() as *const f64
+            )))
         }
 
         // The paired kernels do, lane for lane, what `four_n` / `eight_n` do for each row
@@ -691,12 +716,12 @@ mod simd {
                 let dw = _mm512_broadcastss_ps(dm);
                 let mw = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
                 *mins = _mm512_add_ps(*mins, _mm512_mul_ps(mw, _mm512_loadu_ps(s.as_ptr())));
-                for p in 0..P {
+                for (p, acc) in acc.iter_mut().enumerate() {
                     let at = p * nb + i;
                     let xv = _mm512_loadu_si512(q.get_unchecked(at).as_ptr() as *const _);
                     let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, xv));
                     let sc = _mm512_mul_ps(dw, pair_scales(d.get_unchecked(at)));
-                    acc[p] = _mm512_fmadd_ps(sc, f, acc[p]);
+                    *acc = _mm512_fmadd_ps(sc, f, *acc);
                 }
             }
             let (mut a0, mut a1) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
@@ -705,7 +730,13 @@ mod simd {
             while i + 1 < nb {
                 let (s0, s1) = (s.get_unchecked(i), s.get_unchecked(i + 1));
                 block(w.get_unchecked(i), (q, d, s0), (i, nb), &mut a0, &mut m0);
-                block(w.get_unchecked(i + 1), (q, d, s1), (i + 1, nb), &mut a1, &mut m1);
+                block(
+                    w.get_unchecked(i + 1),
+                    (q, d, s1),
+                    (i + 1, nb),
+                    &mut a1,
+                    &mut m1,
+                );
                 i += 2;
             }
             if i < nb {
@@ -742,15 +773,16 @@ mod simd {
                 acc: &mut [__m512; P],
             ) {
                 let w2 = twice(_mm256_loadu_si256(w.qs.as_ptr() as *const __m256i));
-                let offset = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w2);
+                let offset =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w2);
                 let start = _mm512_sub_epi32(_mm512_setzero_si512(), offset);
                 let dw = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(w.d as i32)));
-                for p in 0..P {
+                for (p, acc) in acc.iter_mut().enumerate() {
                     let at = p * nb + i;
                     let xv = _mm512_loadu_si512(q.get_unchecked(at).as_ptr() as *const _);
                     let f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, xv, w2));
                     let sc = _mm512_mul_ps(dw, pair_scales(d.get_unchecked(at)));
-                    acc[p] = _mm512_fmadd_ps(sc, f, acc[p]);
+                    *acc = _mm512_fmadd_ps(sc, f, *acc);
                 }
             }
             let (mut a0, mut a1) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
