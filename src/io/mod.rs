@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod corpus;
 pub mod gguf;
+pub mod gguf_write;
 pub mod safetensors;
 pub mod wiki;
 
