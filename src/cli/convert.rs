@@ -1,10 +1,12 @@
 //! `ferroformer convert`: write any loadable model (a GGUF file, a Hugging Face directory, an
-//! asset) as a Hugging Face directory: config.json, model.safetensors (f32), tokenizer.json,
-//! tokenizer_config.json (special tokens, chat template), generation_config.json.
+//! asset) as a Hugging Face directory (config.json, model.safetensors (f32), tokenizer.json,
+//! tokenizer_config.json (special tokens, chat template), generation_config.json), or as a
+//! llama.cpp GGUF file (`--to OUT.gguf`, in the type `--quantize` names).
 
 use super::{load_model, Common};
 use anyhow::{bail, Result};
 use clap::Args;
+use ferroformer::infer::gguf_export::GgufType;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -18,16 +20,39 @@ pub struct ConvertArgs {
     /// the merged model (repeatable: all are merged).
     #[arg(long, value_name = "DIR")]
     pub merge_adapter: Vec<PathBuf>,
-    /// Output directory (created; must not already hold a model unless --force).
+    /// Output: a directory (created; must not already hold a model unless --force), or a
+    /// file ending in .gguf, written for llama.cpp (Ollama, LM Studio) in the --quantize type.
     #[arg(long)]
     pub to: PathBuf,
-    /// Overwrite the model files in an existing --to directory.
+    /// The type of a .gguf output's matrices: f32, f16, bf16, q8_0, q4_0 or q4_1 (norms stay
+    /// f32; in quantized files the output matrix is q6_k, or q8_0 when its rows are not whole
+    /// 256-value blocks, as llama-quantize does) [default: f16, as llama.cpp's converter].
+    #[arg(long, value_name = "TYPE")]
+    pub quantize: Option<String>,
+    /// Overwrite the model files in an existing --to directory, or an existing .gguf file.
     #[arg(long, default_value_t = false)]
     pub force: bool,
 }
 
 pub fn run(a: ConvertArgs, c: &Common) -> Result<()> {
-    if a.to.join("config.json").exists() && !a.force {
+    let gguf =
+        a.to.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let ty = match (&a.quantize, gguf) {
+        (Some(q), true) => GgufType::parse(q)?,
+        (None, true) => GgufType::F16,
+        (Some(_), false) => bail!(
+            "--quantize applies to GGUF output; give --to a file name ending in .gguf (a directory gets f32 safetensors)"
+        ),
+        (None, false) => GgufType::F32,
+    };
+    if gguf && a.to.exists() && !a.force {
+        bail!(
+            "{}: already exists; pass --force to overwrite",
+            a.to.display()
+        );
+    }
+    if !gguf && a.to.join("config.json").exists() && !a.force {
         bail!(
             "{}: already holds a model (config.json); pass --force to overwrite",
             a.to.display()
@@ -60,7 +85,11 @@ pub fn run(a: ConvertArgs, c: &Common) -> Result<()> {
         p.store.merge_and_unload()?;
         p.model = ferroformer::models::CausalModel::new(&p.model.config(), &mut p.store)?;
     }
-    p.save_dir(&a.to)?;
+    if gguf {
+        p.save_gguf(&a.to, ty)?;
+    } else {
+        p.save_dir(&a.to)?;
+    }
     if c.json {
         println!(
             "{}",

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod embed;
 pub mod fill_mask;
 pub mod generate;
+pub mod gguf_export;
 pub mod pretrained;
 pub mod rescore;
 pub mod translate;

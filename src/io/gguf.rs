@@ -305,6 +305,22 @@ pub fn unpermute_rotary_rows(data: &[u8], rows: usize, row_bytes: usize, heads: 
     out
 }
 
+/// llama.cpp's converter's rotary row order for a query or key matrix `[rows, cols]` in f32,
+/// per head `w.reshape(heads, 2, d/2, in).swapaxes(1, 2)`: the inverse of
+/// [`unpermute_rotary_rows`].
+pub fn permute_rotary(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "{rows} rows do not split into {heads} heads of even size"
+        )));
+    }
+    Ok(w.reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
 /// Restores the rotary row order of a query/key matrix (see [`unpermute_rotary_rows`]).
 pub fn unpermute_qtensor(q: &QTensor, heads: usize) -> Result<QTensor> {
     let dims = q.shape().dims().to_vec();
@@ -346,5 +362,21 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rotary_rows(&gguf, heads * d, 1, heads), hf);
+        let t = Tensor::from_vec(
+            hf.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (heads * d, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let permuted: Vec<u8> = permute_rotary(&t, heads)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
+        assert_eq!(permuted, gguf);
     }
 }

@@ -10,6 +10,7 @@ use super::family::{Family, Sizes};
 use crate::io::gguf::Gguf;
 use crate::nn::{Activation, ParamStore, RopeScaling};
 use crate::{Error, Result};
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::marker::PhantomData;
@@ -465,6 +466,73 @@ pub fn from_gguf<V: Variant>(g: &Gguf) -> Result<DecoderConfig<V>> {
     Ok(c)
 }
 
+/// llama.cpp's name of a Hugging Face key of a Llama-style decoder whose block tensors are
+/// named by `block` (the inverse of [`gguf_tensor_name`]).
+pub fn gguf_export_name(hf: &str, block: &[(&str, &str)]) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let (g, _) = block.iter().find(|(_, h)| *h == part)?;
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// The `{arch}.*` metadata llama.cpp reads for the shared fields of `c` (the inverse of
+/// [`from_gguf`]), typed as llama.cpp's converter writes them (counts u32, floats f32).
+pub fn to_gguf<V: Variant>(c: &DecoderConfig<V>, arch: &str) -> Result<Vec<(String, GgufValue)>> {
+    let k = |name: &str| format!("{arch}.{name}");
+    let u = |v: usize| -> Result<GgufValue> {
+        u32::try_from(v)
+            .map(GgufValue::U32)
+            .map_err(|_| Error::Config(format!("{v} does not fit GGUF's 32-bit sizes")))
+    };
+    let (theta, scaling) = c.rope_parameters("full_attention", 10000.0)?;
+    let mut m = vec![
+        (k("vocab_size"), u(c.vocab_size)?),
+        (k("context_length"), u(c.max_position_embeddings)?),
+        (k("embedding_length"), u(c.hidden_size)?),
+        (k("block_count"), u(c.num_hidden_layers)?),
+        (k("feed_forward_length"), u(c.intermediate_size)?),
+        (k("attention.head_count"), u(c.num_attention_heads)?),
+        (k("attention.head_count_kv"), u(c.kv_heads())?),
+        (k("rope.dimension_count"), u(c.head_dim())?),
+        (k("rope.freq_base"), GgufValue::F32(theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
+    ];
+    if c.head_dim.is_some() {
+        m.push((k("attention.key_length"), u(c.head_dim())?));
+        m.push((k("attention.value_length"), u(c.head_dim())?));
+    }
+    match scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
+            m.push((k("rope.scaling.factor"), GgufValue::F32(factor as f32)));
+        }
+        RopeScaling::Llama3 { .. } => {
+            return Err(Error::Config(
+                "Llama 3.1 rotary scaling (rope_freqs) cannot be written to GGUF yet".into(),
+            ))
+        }
+    }
+    Ok(m)
+}
+
 /// `c` checked, errors naming the GGUF file.
 pub fn checked<V: Variant>(g: &Gguf, c: DecoderConfig<V>) -> Result<Box<dyn CausalConfig>> {
     c.validate().map_err(|e| g.err(e.to_string()))?;
@@ -487,5 +555,18 @@ mod tests {
         );
         assert!(gguf_tensor_name("blk.x.attn_q.weight", GGUF_BLOCK).is_none());
         assert!(gguf_tensor_name("rope_freqs.weight", GGUF_BLOCK).is_none());
+        for name in [
+            "blk.3.ffn_down.weight",
+            "blk.0.attn_q.bias",
+            "token_embd.weight",
+            "output.weight",
+            "output_norm.weight",
+        ] {
+            let hf = gguf_tensor_name(name, GGUF_BLOCK).unwrap();
+            assert_eq!(gguf_export_name(&hf, GGUF_BLOCK).unwrap(), name);
+        }
+        assert!(
+            gguf_export_name("model.layers.0.self_attn.rotary_emb.inv_freq", GGUF_BLOCK).is_none()
+        );
     }
 }

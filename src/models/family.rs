@@ -7,6 +7,7 @@
 use super::causal::CausalConfig;
 use crate::io::gguf::Gguf;
 use crate::Result;
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -97,6 +98,21 @@ pub struct GgufSupport {
     /// Undoes what llama.cpp's converter did to the tensor with Hugging Face key `hf` (the
     /// rotary row order of Llama's query/key rows, Gemma's norm offset).
     pub transform: fn(&dyn CausalConfig, &str, QTensor) -> Result<QTensor>,
+    /// How the family is written as a GGUF file (`None`: not yet).
+    pub export: Option<GgufExport>,
+}
+
+/// How a family writes llama.cpp's GGUF files: the inverse of the reading side.
+pub struct GgufExport {
+    /// `general.architecture`.
+    pub architecture: &'static str,
+    /// The `{architecture}.*` metadata (sizes, rotary, norms) the config describes.
+    pub metadata: fn(&dyn CausalConfig) -> Result<Vec<(String, GgufValue)>>,
+    /// The llama.cpp name of a Hugging Face key (`None`: llama.cpp has no such tensor).
+    pub tensor_name: fn(&str) -> Option<String>,
+    /// What llama.cpp's converter does to the tensor with Hugging Face key `hf` (the rotary
+    /// row order of Llama's query/key rows), on f32 data.
+    pub transform: fn(&dyn CausalConfig, &str, Tensor) -> Result<Tensor>,
 }
 
 /// What a causal LM family provides beyond its descriptor.

@@ -64,6 +64,7 @@ pub static FAMILY: Family = Family {
             },
             tensor_name,
             transform: unit_offset_norms,
+            export: None,
         }),
     }),
 };

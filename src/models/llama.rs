@@ -10,8 +10,8 @@
 use super::causal::CausalConfig;
 use super::decoder::DecoderSpec;
 use super::decoder_config::{self as dc, DecoderConfig, Variant};
-use super::family::{CausalSupport, Family, GgufSupport, Kind, PeftDefaults};
-use crate::io::gguf::{unpermute_qtensor, Gguf};
+use super::family::{CausalSupport, Family, GgufExport, GgufSupport, Kind, PeftDefaults};
+use crate::io::gguf::{permute_rotary, unpermute_qtensor, Gguf};
 use crate::nn::Activation;
 use crate::{Error, Result};
 use candle_core::quantized::QTensor;
@@ -41,6 +41,12 @@ pub static FAMILY: Family = Family {
             config: |g| dc::checked(g, from_gguf(g)?),
             tensor_name: |n| dc::gguf_tensor_name(n, dc::GGUF_BLOCK),
             transform: unpermute_query_key,
+            export: Some(GgufExport {
+                architecture: "llama",
+                metadata: |c| dc::to_gguf(llama(c), "llama"),
+                tensor_name: |hf| dc::gguf_export_name(hf, dc::GGUF_BLOCK),
+                transform: permute_query_key,
+            }),
         }),
     }),
 };
@@ -85,13 +91,30 @@ pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig> {
     Ok(c)
 }
 
+fn llama(config: &dyn CausalConfig) -> &LlamaConfig {
+    config
+        .as_any()
+        .downcast_ref::<LlamaConfig>()
+        .expect("the Llama family reads a LlamaConfig")
+}
+
+/// What llama.cpp's converter does to Llama's query and key rows (the inverse of
+/// [`unpermute_query_key`]).
+fn permute_query_key(config: &dyn CausalConfig, hf: &str, w: Tensor) -> Result<Tensor> {
+    let c = llama(config);
+    if hf.ends_with("self_attn.q_proj.weight") {
+        permute_rotary(&w, c.num_attention_heads)
+    } else if hf.ends_with("self_attn.k_proj.weight") {
+        permute_rotary(&w, c.kv_heads())
+    } else {
+        Ok(w)
+    }
+}
+
 /// llama.cpp's converter interleaves the rotary halves of Llama's query and key rows (for its
 /// `llama` architecture only); this restores transformers' order.
 fn unpermute_query_key(config: &dyn CausalConfig, hf: &str, q: QTensor) -> Result<QTensor> {
-    let c = config
-        .as_any()
-        .downcast_ref::<LlamaConfig>()
-        .expect("the Llama family reads a LlamaConfig");
+    let c = llama(config);
     if hf.ends_with("self_attn.q_proj.weight") {
         unpermute_qtensor(&q, c.num_attention_heads)
     } else if hf.ends_with("self_attn.k_proj.weight") {

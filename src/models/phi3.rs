@@ -47,6 +47,7 @@ pub static FAMILY: Family = Family {
                 )
             },
             transform: |_, _, q| Ok(q),
+            export: None,
         }),
     }),
 };

@@ -31,6 +31,7 @@ pub static FAMILY: Family = Family {
             config: |g| dc::checked(g, dc::from_gguf::<Qwen2>(g)?),
             tensor_name: |n| dc::gguf_tensor_name(n, dc::GGUF_BLOCK),
             transform: |_, _, q| Ok(q),
+            export: None,
         }),
     }),
 };

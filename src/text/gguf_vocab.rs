@@ -5,6 +5,7 @@
 use super::tokenizer::{tok_err, Tokenizer};
 use crate::io::gguf::Gguf;
 use crate::Result;
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::models::bpe::BPE;
@@ -307,5 +308,131 @@ impl Tokenizer {
         inner.add_special_tokens(&added(3));
         inner.add_tokens(&added(4));
         Self::with_bos(inner, tokens, special)
+    }
+}
+
+/// `tokenizer.ggml.pre` names [`Tokenizer::from_bpe_parts`] builds, most specific first.
+const PRE_TOKENIZERS: &[&str] = &["smollm", "llama-bpe", "qwen2", "gpt2", "default"];
+
+impl Tokenizer {
+    /// The vocabulary as llama.cpp's GGUF metadata (`tokenizer.ggml.*`), the inverse of
+    /// [`Tokenizer::from_gguf`] for byte-level BPE: tokens by id (`vocab_size` of them: ids the
+    /// tokenizer lacks become `[PAD{id}]`, type 5 unused, as llama.cpp's converter pads them),
+    /// token types (added tokens: 3 control if special, else 4 user-defined; the rest 1), the
+    /// merges, the pre-tokenizer's llama.cpp name (found by building each one llama.cpp knows
+    /// and comparing), and the special token ids. A tokenizer llama.cpp cannot express is an
+    /// error naming what it lacks.
+    pub fn to_gguf(
+        &self,
+        special: &crate::io::gguf::SpecialTokens,
+        vocab_size: usize,
+    ) -> Result<Vec<(String, GgufValue)>> {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.inner.to_string(false).map_err(|e| tok_err(None, e))?)
+                .map_err(|e| tok_err(None, e))?;
+        let model = &json["model"];
+        if model["type"] != "BPE" || model["byte_fallback"] == true {
+            return Err(tok_err(
+                None,
+                format!(
+                    "only byte-level BPE tokenizers can be written to GGUF yet (this one is {} {})",
+                    model["type"],
+                    if model["byte_fallback"] == true {
+                        "with byte fallback, SentencePiece style"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let vocab = self.inner.get_vocab(true);
+        if let Some((t, &id)) = vocab.iter().find(|(_, &id)| id as usize >= vocab_size) {
+            return Err(tok_err(
+                None,
+                format!("token {t:?} has id {id}, past the model's {vocab_size} embeddings"),
+            ));
+        }
+        let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+        let mut types = vec![5i32; vocab_size];
+        for (t, &id) in &vocab {
+            tokens[id as usize] = t.clone();
+            types[id as usize] = 1;
+        }
+        for (id, t) in self.inner.get_added_tokens_decoder() {
+            types[id as usize] = if t.special { 3 } else { 4 };
+        }
+        let merges = model["merges"]
+            .as_array()
+            .ok_or_else(|| tok_err(None, "the BPE model lists no merges"))?
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Array(p) => match (p.first(), p.get(1), p.len()) {
+                    (Some(serde_json::Value::String(a)), Some(serde_json::Value::String(b)), 2) => {
+                        Ok(format!("{a} {b}"))
+                    }
+                    _ => Err(tok_err(None, format!("merge {m} is not a pair of strings"))),
+                },
+                _ => Err(tok_err(
+                    None,
+                    format!("merge {m} is not a string or a pair"),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pre = PRE_TOKENIZERS
+            .iter()
+            .find(|name| {
+                Tokenizer::from_bpe_parts(&["a".into()], &[], &[1], name, &Default::default())
+                    .ok()
+                    .and_then(|t| serde_json::to_value(t.inner.get_pre_tokenizer()).ok())
+                    .is_some_and(|p| p == json["pre_tokenizer"])
+            })
+            .ok_or_else(|| {
+                tok_err(
+                    None,
+                    format!(
+                        "the pre-tokenizer {} is none llama.cpp knows ({})",
+                        json["pre_tokenizer"],
+                        PRE_TOKENIZERS.join(", ")
+                    ),
+                )
+            })?;
+        let strings =
+            |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
+        let mut m = vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                GgufValue::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.pre".to_string(),
+                GgufValue::String(pre.to_string()),
+            ),
+            ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+            ),
+            ("tokenizer.ggml.merges".to_string(), strings(merges)),
+        ];
+        for (key, id) in [
+            ("bos_token_id", special.bos),
+            ("eos_token_id", special.eos),
+            ("padding_token_id", special.pad),
+            ("unknown_token_id", special.unk),
+        ] {
+            if let Some(id) = id {
+                m.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(id)));
+            }
+        }
+        m.push((
+            "tokenizer.ggml.add_bos_token".into(),
+            GgufValue::Bool(special.add_bos),
+        ));
+        m.push((
+            "tokenizer.ggml.add_eos_token".into(),
+            GgufValue::Bool(false),
+        ));
+        Ok(m)
     }
 }

@@ -1,0 +1,209 @@
+//! Writing a causal LM as a llama.cpp GGUF file: the family's metadata and tensor names (its
+//! [`GgufExport`]), the tokenizer's vocabulary, the chat template, and the weights in the
+//! chosen type, with llama.cpp's type mix (`llama_tensor_get_type` in llama-quant.cpp: norms
+//! and biases stay f32; in quantized files the output matrix, or the embedding table when it
+//! doubles as one, is Q6_K, or Q8_0 when its rows are not whole 256-value blocks).
+//!
+//! [`GgufExport`]: crate::models::family::GgufExport
+
+use super::pretrained::PretrainedCausalLm;
+use crate::io::gguf_write::{write, TensorOut};
+use crate::{Error, Result};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+use std::path::Path;
+
+/// The types a model can be written in (`--quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufType {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl GgufType {
+    pub const NAMES: &'static [&'static str] = &["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"];
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => GgufType::F32,
+            "f16" => GgufType::F16,
+            "bf16" => GgufType::Bf16,
+            "q8_0" => GgufType::Q8_0,
+            "q4_0" => GgufType::Q4_0,
+            "q4_1" => GgufType::Q4_1,
+            other => {
+                return Err(Error::Config(format!(
+                    "quantization type {other:?} is not one llama.cpp files can be written in here (supported: {})",
+                    Self::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+
+    /// The type of the matrices.
+    fn matrices(self) -> GgmlDType {
+        match self {
+            GgufType::F32 => GgmlDType::F32,
+            GgufType::F16 => GgmlDType::F16,
+            GgufType::Bf16 => GgmlDType::BF16,
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::Q4_0 => GgmlDType::Q4_0,
+            GgufType::Q4_1 => GgmlDType::Q4_1,
+        }
+    }
+
+    /// `general.file_type` (llama.cpp's `llama_ftype`).
+    fn file_type(self) -> u32 {
+        match self {
+            GgufType::F32 => 0,
+            GgufType::F16 => 1,
+            GgufType::Q4_0 => 2,
+            GgufType::Q4_1 => 3,
+            GgufType::Q8_0 => 7,
+            GgufType::Bf16 => 32,
+        }
+    }
+
+    fn quantized(self) -> bool {
+        !matches!(self, GgufType::F32 | GgufType::F16 | GgufType::Bf16)
+    }
+
+    /// The type of tensor `name` (llama.cpp's name) of `dims`; `output` for the matrix that
+    /// makes the logits (the embedding table when tied).
+    fn of(self, dims: &[usize], output: bool) -> GgmlDType {
+        if dims.len() < 2 {
+            return GgmlDType::F32;
+        }
+        let cols = *dims.last().expect("rank 2");
+        if self.quantized() && output && self != GgufType::Q8_0 {
+            return if cols.is_multiple_of(256) {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q8_0
+            };
+        }
+        self.matrices()
+    }
+}
+
+/// `t` (f32) as the bytes of a `dtype` tensor.
+fn encode(t: &Tensor, dtype: GgmlDType) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        GgmlDType::F32 => t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect(),
+        GgmlDType::F16 => t
+            .to_dtype(DType::F16)?
+            .flatten_all()?
+            .to_vec1::<half::f16>()?
+            .into_iter()
+            .flat_map(half::f16::to_le_bytes)
+            .collect(),
+        GgmlDType::BF16 => t
+            .to_dtype(DType::BF16)?
+            .flatten_all()?
+            .to_vec1::<half::bf16>()?
+            .into_iter()
+            .flat_map(half::bf16::to_le_bytes)
+            .collect(),
+        _ => QTensor::quantize(t, dtype)?.data()?.to_vec(),
+    })
+}
+
+/// llama.cpp's order: the embedding table, the blocks by number, then the rest.
+fn order(name: &str) -> (usize, usize, String) {
+    if name.starts_with("token_embd") {
+        return (0, 0, name.into());
+    }
+    match name
+        .strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(l, _)| l.parse().ok())
+    {
+        Some(layer) => (1, layer, name.into()),
+        None => (2, 0, name.into()),
+    }
+}
+
+impl PretrainedCausalLm {
+    /// Writes the model as a llama.cpp GGUF file of type `ty` at `path` (atomically).
+    pub fn save_gguf(&self, path: &Path, ty: GgufType) -> Result<()> {
+        if self.quantized {
+            return Err(Error::Config(
+                "a model loaded with quantized weights cannot be written again; load it without --quantized".into(),
+            ));
+        }
+        let config = self.model.config();
+        let family = self.model.family();
+        let export = family
+            .causal()?
+            .gguf
+            .as_ref()
+            .and_then(|g| g.export.as_ref())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{} models cannot be written as GGUF yet (supported: llama)",
+                    family.name
+                ))
+            })?;
+        let name = self
+            .source
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| family.name.into());
+        let mut metadata = vec![
+            (
+                "general.architecture".to_string(),
+                Value::String(export.architecture.into()),
+            ),
+            ("general.name".into(), Value::String(name)),
+            ("general.file_type".into(), Value::U32(ty.file_type())),
+        ];
+        if ty.quantized() {
+            metadata.push(("general.quantization_version".into(), Value::U32(2)));
+        }
+        metadata.extend((export.metadata)(&*config)?);
+        metadata.extend(self.tokenizer.to_gguf(&self.special, config.vocab_size())?);
+        if let Some(t) = &self.chat_template {
+            metadata.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+        }
+        let mut named = vec![];
+        for (hf, t) in self.store.tensors() {
+            let gguf = (export.tensor_name)(&hf).ok_or_else(|| {
+                Error::Config(format!(
+                    "tensor {hf} has no llama.cpp name in a {} model",
+                    family.name
+                ))
+            })?;
+            named.push((gguf, hf, t));
+        }
+        named.sort_by_key(|(g, _, _)| order(g));
+        let tied = config.tie_word_embeddings();
+        let config = &config;
+        let tensors = named
+            .into_iter()
+            .map(|(gguf, hf, t)| {
+                let output = gguf == "output.weight" || (tied && gguf == "token_embd.weight");
+                let dtype = ty.of(t.dims(), output);
+                TensorOut {
+                    name: gguf.clone(),
+                    dims: t.dims().to_vec(),
+                    dtype,
+                    data: Box::new(move || {
+                        let t = (export.transform)(&**config, &hf, t.to_dtype(DType::F32)?)?;
+                        encode(&t, dtype).map_err(|e| Error::Config(format!("tensor {gguf}: {e}")))
+                    }),
+                }
+            })
+            .collect();
+        write(path, &metadata, tensors)
+    }
+}
