@@ -12,6 +12,9 @@ use std::path::Path;
 
 const ALIGNMENT: usize = 32;
 
+/// Metadata entries: key and value, in the order written.
+pub type Metadata = Vec<(String, Value)>;
+
 /// One tensor to write: its llama.cpp name, its shape in row-major order (`[rows, cols]`,
 /// written innermost first as GGUF does), its type, and a function that makes its data.
 pub struct TensorOut<'a> {

@@ -8,6 +8,7 @@ use super::causal::{CausalConfig, CausalLm};
 use super::decoder::{Decoder, DecoderSpec, LayerType};
 use super::family::{Family, Sizes};
 use crate::io::gguf::Gguf;
+use crate::io::gguf_write::Metadata;
 use crate::nn::{Activation, ParamStore, RopeScaling};
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Value as GgufValue;
@@ -491,7 +492,7 @@ pub fn gguf_export_name(hf: &str, block: &[(&str, &str)]) -> Option<String> {
 
 /// The `{arch}.*` metadata llama.cpp reads for the shared fields of `c` (the inverse of
 /// [`from_gguf`]), typed as llama.cpp's converter writes them (counts u32, floats f32).
-pub fn to_gguf<V: Variant>(c: &DecoderConfig<V>, arch: &str) -> Result<Vec<(String, GgufValue)>> {
+pub fn to_gguf<V: Variant>(c: &DecoderConfig<V>, arch: &str) -> Result<Metadata> {
     let k = |name: &str| format!("{arch}.{name}");
     let u = |v: usize| -> Result<GgufValue> {
         u32::try_from(v)

@@ -6,8 +6,8 @@
 
 use super::causal::CausalConfig;
 use crate::io::gguf::Gguf;
+use crate::io::gguf_write::Metadata;
 use crate::Result;
-use candle_core::quantized::gguf_file::Value as GgufValue;
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -107,7 +107,7 @@ pub struct GgufExport {
     /// `general.architecture`.
     pub architecture: &'static str,
     /// The `{architecture}.*` metadata (sizes, rotary, norms) the config describes.
-    pub metadata: fn(&dyn CausalConfig) -> Result<Vec<(String, GgufValue)>>,
+    pub metadata: fn(&dyn CausalConfig) -> Result<Metadata>,
     /// The llama.cpp name of a Hugging Face key (`None`: llama.cpp has no such tensor).
     pub tensor_name: fn(&str) -> Option<String>,
     /// What llama.cpp's converter does to the tensor with Hugging Face key `hf` (the rotary

@@ -4,6 +4,7 @@
 
 use super::tokenizer::{tok_err, Tokenizer};
 use crate::io::gguf::Gguf;
+use crate::io::gguf_write::Metadata;
 use crate::Result;
 use candle_core::quantized::gguf_file::Value as GgufValue;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -326,7 +327,7 @@ impl Tokenizer {
         &self,
         special: &crate::io::gguf::SpecialTokens,
         vocab_size: usize,
-    ) -> Result<Vec<(String, GgufValue)>> {
+    ) -> Result<Metadata> {
         let json: serde_json::Value =
             serde_json::from_str(&self.inner.to_string(false).map_err(|e| tok_err(None, e))?)
                 .map_err(|e| tok_err(None, e))?;
