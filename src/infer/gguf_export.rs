@@ -91,8 +91,9 @@ impl GgufType {
     }
 }
 
-/// `t` (f32) as the bytes of a `dtype` tensor.
-fn encode(t: &Tensor, dtype: GgmlDType) -> Result<Vec<u8>> {
+/// `t` (f32) as the bytes of a `dtype` tensor in a GGUF file (blocks as ggml's reference
+/// quantizers make them; tested against llama.cpp's gguf-py).
+pub fn encode(t: &Tensor, dtype: GgmlDType) -> Result<Vec<u8>> {
     Ok(match dtype {
         GgmlDType::F32 => t
             .flatten_all()?
