@@ -9,7 +9,9 @@ use ferroformer::infer::pretrained::PretrainedCausalLm;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf-quants").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf-quants")
+        .join(name)
 }
 
 /// F16, BF16, Q8_0, Q4_0 and Q4_1 blocks equal, byte for byte, those of gguf-py's quantizers
@@ -80,8 +82,14 @@ fn smollm2_round_trips_through_gguf() {
         };
         let scale = rms(&mut want.iter().copied());
         let err = rms(&mut got.iter().zip(&want).map(|(a, b)| a - b));
-        eprintln!("{ty:?}: rms difference {err} ({} of the logits' rms)", err / scale);
-        assert!(err <= tol * scale, "{ty:?}: rms difference {err} > {tol} x {scale}");
+        eprintln!(
+            "{ty:?}: rms difference {err} ({} of the logits' rms)",
+            err / scale
+        );
+        assert!(
+            err <= tol * scale,
+            "{ty:?}: rms difference {err} > {tol} x {scale}"
+        );
         let argmax = |v: &[f32]| {
             v.iter()
                 .enumerate()
@@ -96,7 +104,11 @@ fn smollm2_round_trips_through_gguf() {
         } else {
             // 4-bit weights may move a close call; most positions keep their top token.
             let same = top.iter().zip(&top_back).filter(|(a, b)| a == b).count();
-            assert!(same * 4 >= top.len() * 3, "{ty:?}: {same} of {} top-1 tokens", top.len());
+            assert!(
+                same * 4 >= top.len() * 3,
+                "{ty:?}: {same} of {} top-1 tokens",
+                top.len()
+            );
         }
     }
 }
@@ -117,4 +129,45 @@ fn bad_exports_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("without --quantized"), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The CLI's bad options name the problem before any model is loaded or file written.
+#[test]
+fn convert_rejects_bad_gguf_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformer"))
+            .arg("--quiet")
+            .arg("convert")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let gguf = dir.path().join("m.gguf");
+    let gguf = gguf.to_str().unwrap();
+    let e = run(&[
+        "--from",
+        "smollm2-135m-instruct",
+        "--to",
+        gguf,
+        "--quantize",
+        "q9_9",
+    ]);
+    assert!(e.contains("\"q9_9\"") && e.contains("q4_1"), "{e}");
+    let out_dir = dir.path().join("hf");
+    let e = run(&[
+        "--from",
+        "smollm2-135m-instruct",
+        "--to",
+        out_dir.to_str().unwrap(),
+        "--quantize",
+        "q8_0",
+    ]);
+    assert!(e.contains("--quantize applies to GGUF output"), "{e}");
+    std::fs::write(&gguf, b"precious").unwrap();
+    let e = run(&["--from", "smollm2-135m-instruct", "--to", gguf]);
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read(gguf).unwrap(), b"precious");
 }
