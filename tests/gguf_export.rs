@@ -166,7 +166,7 @@ fn convert_rejects_bad_gguf_options() {
         "q8_0",
     ]);
     assert!(e.contains("--quantize applies to GGUF output"), "{e}");
-    std::fs::write(&gguf, b"precious").unwrap();
+    std::fs::write(gguf, b"precious").unwrap();
     let e = run(&["--from", "smollm2-135m-instruct", "--to", gguf]);
     assert!(e.contains("already exists") && e.contains("--force"), "{e}");
     assert_eq!(std::fs::read(gguf).unwrap(), b"precious");
