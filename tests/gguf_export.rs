@@ -171,3 +171,79 @@ fn convert_rejects_bad_gguf_options() {
     assert!(e.contains("already exists") && e.contains("--force"), "{e}");
     assert_eq!(std::fs::read(gguf).unwrap(), b"precious");
 }
+
+/// A PEFT LoRA adapter on SmolLM2 written as llama.cpp's adapter file: the metadata, A as
+/// is, B's rows in llama.cpp's rotary order (query) or as they are (value); with rsLoRA the
+/// scale is folded into B and alpha written as 0. DoRA is refused, naming it.
+#[test]
+fn lora_adapters_are_written_for_llama_cpp() {
+    use ferroformer::io::gguf::{permute_rotary, Gguf};
+    let base = smollm2();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let a_q = Tensor::randn(0f32, 1.0, (4, 576), &dev).unwrap();
+    let b_q = Tensor::randn(0f32, 1.0, (576, 4), &dev).unwrap();
+    let a_v = Tensor::randn(0f32, 1.0, (4, 576), &dev).unwrap();
+    let b_v = Tensor::randn(0f32, 1.0, (192, 4), &dev).unwrap();
+    let p = "base_model.model.model.layers.3.self_attn";
+    let tensors = std::collections::HashMap::from([
+        (format!("{p}.q_proj.lora_A.weight"), a_q.clone()),
+        (format!("{p}.q_proj.lora_B.weight"), b_q.clone()),
+        (format!("{p}.v_proj.lora_A.weight"), a_v.clone()),
+        (format!("{p}.v_proj.lora_B.weight"), b_v.clone()),
+    ]);
+    candle_core::safetensors::save(&tensors, dir.path().join("adapter_model.safetensors")).unwrap();
+    let config = |extra: &str| {
+        std::fs::write(
+            dir.path().join("adapter_config.json"),
+            format!(
+                r#"{{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                "base_model_name_or_path": "smollm2-135m-instruct"{extra}}}"#
+            ),
+        )
+        .unwrap()
+    };
+    let read = |t: &str, g: &mut Gguf| {
+        g.qtensor(t, &dev)
+            .unwrap()
+            .dequantize(&dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let out = dir.path().join("a.gguf");
+    config("");
+    base.save_adapter_gguf(dir.path(), &out, GgufType::F32)
+        .unwrap();
+    let mut g = Gguf::open(&out).unwrap();
+    assert_eq!(g.str("general.type").unwrap(), "adapter");
+    assert_eq!(g.str("adapter.type").unwrap(), "lora");
+    assert_eq!(g.architecture().unwrap(), "llama");
+    assert_eq!(g.f64("adapter.lora.alpha").unwrap(), Some(8.0));
+    assert_eq!(read("blk.3.attn_q.weight.lora_a", &mut g), flat(&a_q));
+    assert_eq!(
+        read("blk.3.attn_q.weight.lora_b", &mut g),
+        flat(&permute_rotary(&b_q, 9).unwrap())
+    );
+    assert_eq!(read("blk.3.attn_v.weight.lora_a", &mut g), flat(&a_v));
+    assert_eq!(read("blk.3.attn_v.weight.lora_b", &mut g), flat(&b_v));
+    // rsLoRA: PEFT scales by alpha / sqrt(r) = 4; llama.cpp would take alpha / r.
+    config(r#", "use_rslora": true"#);
+    base.save_adapter_gguf(dir.path(), &out, GgufType::F32)
+        .unwrap();
+    let mut g = Gguf::open(&out).unwrap();
+    assert_eq!(g.f64("adapter.lora.alpha").unwrap(), Some(0.0));
+    assert_eq!(
+        read("blk.3.attn_v.weight.lora_b", &mut g),
+        flat(&(&b_v * 4.0).unwrap())
+    );
+    config(r#", "use_dora": true"#);
+    let e = base
+        .save_adapter_gguf(dir.path(), &dir.path().join("d.gguf"), GgufType::F32)
+        .unwrap_err();
+    assert!(e.to_string().contains("DoRA"), "{e}");
+    assert!(!dir.path().join("d.gguf").exists());
+}

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 pub struct ConvertArgs {
     /// The model to convert: a llama.cpp .gguf file (dequantized to f32), a Hugging Face
     /// directory, or an asset name such as smollm2-135m-instruct [default with
-    /// --merge-adapter: the adapter's base_model_name_or_path].
+    /// --merge-adapter: the adapter's base_model_name_or_path]. A PEFT LoRA adapter directory
+    /// with a .gguf --to is written as llama.cpp's LoRA adapter file (f32 unless --quantize
+    /// says f16 or bf16), for llama.cpp's --lora on the base model's GGUF.
     #[arg(long)]
     pub from: Option<String>,
     /// Fold this PEFT adapter directory into the weights (PEFT's merge_and_unload) and write
@@ -70,6 +72,41 @@ pub fn run(a: ConvertArgs, c: &Common) -> Result<()> {
             })?,
         (None, None) => bail!("nothing to convert: pass --from MODEL (and/or --merge-adapter DIR)"),
     };
+    let adapter_dir = std::path::Path::new(&from);
+    if gguf
+        && a.merge_adapter.is_empty()
+        && ferroformer::peft::adapter_io::is_adapter_dir(adapter_dir)
+    {
+        // An adapter alone: llama.cpp's LoRA adapter file, applied with `--lora` on the base.
+        let base = ferroformer::peft::adapter_io::read_config(adapter_dir)?
+            .base_model_name_or_path
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: the adapter names no base_model_name_or_path (needed for its sizes and tensor names)",
+                    adapter_dir.display()
+                )
+            })?;
+        let p = load_model(&base, c, false)?;
+        let ty = if a.quantize.is_some() {
+            ty
+        } else {
+            GgufType::F32
+        };
+        p.save_adapter_gguf(adapter_dir, &a.to, ty)?;
+        if c.json {
+            println!(
+                "{}",
+                serde_json::json!({"adapter": adapter_dir, "base": p.source, "to": a.to})
+            );
+        } else if !c.quiet {
+            eprintln!(
+                "wrote {} (LoRA adapter for {})",
+                a.to.display(),
+                p.source.display()
+            );
+        }
+        return Ok(());
+    }
     let mut p = load_model(&from, c, false)?;
     if !a.merge_adapter.is_empty() {
         let specs: Vec<String> = a

@@ -208,3 +208,124 @@ impl PretrainedCausalLm {
         write(path, &metadata, tensors)
     }
 }
+
+impl PretrainedCausalLm {
+    /// Writes the PEFT LoRA adapter in `dir` (trained on this model) as llama.cpp's LoRA
+    /// adapter GGUF at `path` (atomically), as its `convert_lora_to_gguf.py` does:
+    /// `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and for each
+    /// adapted matrix `NAME.lora_a` `[r, in]` and `NAME.lora_b` `[out, r]` under the base
+    /// tensor's llama.cpp name, B's rows in the base's rotary order. llama.cpp scales the
+    /// update by `alpha / r`; where PEFT's scale is another (rsLoRA, per-module alphas) it is
+    /// folded into B and alpha written as 0, which llama.cpp reads as a scale of 1. `ty` is
+    /// f32, f16 or bf16. What llama.cpp cannot apply (another method, DoRA, fully trained
+    /// modules, biases) is an error naming it.
+    pub fn save_adapter_gguf(&self, dir: &Path, path: &Path, ty: GgufType) -> Result<()> {
+        use crate::peft::adapter_io::{read_config, WEIGHTS_FILE};
+        use crate::peft::config::{BiasMode, PeftType};
+        use crate::peft::keys::PREFIX;
+        if ty.quantized() {
+            return Err(Error::Config(format!(
+                "an adapter is written as f32, f16 or bf16 (llama.cpp's converter's types), not {ty:?}"
+            )));
+        }
+        let cfg = read_config(dir)?;
+        let refuse = |what: &str| {
+            Err(Error::format(
+                dir,
+                format!("{what}: llama.cpp applies plain LoRA adapters only"),
+            ))
+        };
+        if cfg.peft_type != PeftType::Lora {
+            return refuse(&format!("a {:?} adapter", cfg.peft_type));
+        }
+        if cfg.use_dora {
+            return refuse("a DoRA adapter (use_dora)");
+        }
+        if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return refuse("fully trained modules (modules_to_save)");
+        }
+        if cfg.bias != BiasMode::None {
+            return refuse("trained biases (bias)");
+        }
+        let config = self.model.config();
+        let family = self.model.family();
+        let export = family
+            .causal()?
+            .gguf
+            .as_ref()
+            .and_then(|g| g.export.as_ref())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{} models cannot be written as GGUF yet (supported: llama)",
+                    family.name
+                ))
+            })?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let tensors = crate::io::safetensors::load(&weights, &candle_core::Device::Cpu)?;
+        // PEFT's scale is llama.cpp's `alpha / r` unless rsLoRA or per-module alphas say else.
+        let plain = !cfg.use_rslora && cfg.alpha_pattern.is_empty();
+        let mut out = vec![];
+        for (key, t) in &tensors {
+            let bad = || Error::format(&weights, format!("tensor {key} is not a LoRA matrix"));
+            let k = key.strip_prefix(PREFIX).ok_or_else(bad)?;
+            let (module, part) = match (
+                k.strip_suffix(".lora_A.weight"),
+                k.strip_suffix(".lora_B.weight"),
+            ) {
+                (Some(m), _) => (m, "lora_a"),
+                (_, Some(m)) => (m, "lora_b"),
+                _ => return Err(bad()),
+            };
+            let base = format!("{module}.weight");
+            let name = (export.tensor_name)(&base).ok_or_else(|| {
+                Error::format(
+                    &weights,
+                    format!(
+                        "{key}: llama.cpp has no tensor for {base} in a {} model",
+                        family.name
+                    ),
+                )
+            })?;
+            let mut t = t.to_dtype(DType::F32)?;
+            if part == "lora_b" {
+                let (_, scaling) = cfg.rank_and_scaling(module);
+                if !plain {
+                    t = (t * scaling)?;
+                }
+                t = (export.transform)(&*config, &base, t)?;
+            }
+            out.push((format!("{name}.{part}"), t));
+        }
+        if out.is_empty() {
+            return Err(Error::format(&weights, "holds no LoRA matrices"));
+        }
+        out.sort_by_key(|(n, _)| order(n));
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "adapter".into());
+        let alpha = if plain { cfg.lora_alpha as f32 } else { 0.0 };
+        let metadata = vec![
+            (
+                "general.architecture".to_string(),
+                Value::String(export.architecture.into()),
+            ),
+            ("general.type".into(), Value::String("adapter".into())),
+            ("general.name".into(), Value::String(name)),
+            ("general.file_type".into(), Value::U32(ty.file_type())),
+            ("adapter.type".into(), Value::String("lora".into())),
+            ("adapter.lora.alpha".into(), Value::F32(alpha)),
+        ];
+        let dtype = ty.matrices();
+        let tensors = out
+            .into_iter()
+            .map(|(name, t)| TensorOut {
+                name,
+                dims: t.dims().to_vec(),
+                dtype,
+                data: Box::new(move || encode(&t, dtype)),
+            })
+            .collect();
+        write(path, &metadata, tensors)
+    }
+}
