@@ -12,6 +12,9 @@
 - a LoRA adapter trained here (8 steps), written as llama.cpp's adapter GGUF and applied by
   llama.cpp to the base f32 file, gives the logits of the merged model within 5e-3 of their
   scale (llama.cpp's KV cache is f16);
+- with --llama-cpp-src, our files equal those of llama.cpp's own convert_hf_to_gguf.py run on the
+  model's Hugging Face directory (f32, f16, bf16, q8_0: tensors to the byte, metadata but the
+  name), timed side by side;
 - and prints the export time of each type.
 
     cargo build --release
@@ -66,6 +69,9 @@ def nll(path, ids):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/ferroformer")
+    ap.add_argument("--llama-cpp-src", default=None,
+                    help="llama.cpp's source (e.g. vendor/llama.cpp of llama-cpp-python's sdist): also compare our "
+                         "files with its convert_hf_to_gguf.py's and time both")
     a = ap.parse_args()
     ff = a.bin
     out = tempfile.mkdtemp(prefix="gguf-llamacpp-")
@@ -103,8 +109,10 @@ def main():
         p = llama_cpp.llama_model_quantize_default_params()
         p.ftype = ftype
         p.nthread = 2
+        start = time.time()
         if llama_cpp.llama_model_quantize(files["f32"].encode(), requant.encode(), ctypes.byref(p)) != 0:
             fail(f"llama_model_quantize to {t}")
+        print(f"llama.cpp's quantizer, f32 file to {t}: {time.time() - start:.1f} s", flush=True)
         mine = {x.name: x for x in GGUFReader(files[t]).tensors}
         ref = {x.name: x for x in GGUFReader(requant).tensors}
         if set(mine) != set(ref):
@@ -115,6 +123,34 @@ def main():
                 fail(f"{t}: tensor {n}: llama.cpp {x.tensor_type.name}, ours {y.tensor_type.name} (or other bytes)")
         kinds = sorted({x.tensor_type.name for x in ref.values()})
         ok(f"{t}: llama.cpp's quantizer on our f32 file makes our {len(ref)} tensors to the byte ({', '.join(kinds)})")
+
+    if a.llama_cpp_src:
+        # The same model through llama.cpp's own converter, from the Hugging Face directory.
+        hf = os.path.join(out, "smollm2-hf")
+        subprocess.run([ff, "--quiet", "convert", "--from", "smollm2-135m-instruct", "--to", hf], check=True)
+        env = dict(os.environ, PYTHONPATH=os.path.join(a.llama_cpp_src, "gguf-py"))
+        for t in ["f32", "f16", "bf16", "q8_0"]:
+            theirs_path, ours_path = os.path.join(out, f"llama-cpp-{t}.gguf"), os.path.join(out, f"ours-hf-{t}.gguf")
+            start = time.time()
+            subprocess.run([sys.executable, os.path.join(a.llama_cpp_src, "convert_hf_to_gguf.py"), hf, "--outtype", t,
+                            "--outfile", theirs_path], check=True, capture_output=True, env=env)
+            t_theirs = time.time() - start
+            start = time.time()
+            subprocess.run([ff, "--quiet", "--threads", "2", "convert", "--from", hf, "--to", ours_path, "--quantize", t],
+                           check=True)
+            t_ours = time.time() - start
+            ra, rb = GGUFReader(ours_path), GGUFReader(theirs_path)
+            ta, tb = {x.name: x for x in ra.tensors}, {x.name: x for x in rb.tensors}
+            if set(ta) != set(tb) or any(ta[n].tensor_type != x.tensor_type or ta[n].data.tobytes() != x.data.tobytes()
+                                         for n, x in tb.items()):
+                fail(f"{t}: our tensors differ from convert_hf_to_gguf.py's")
+            fa, fb = ({k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.") and k != "general.name"}
+                      for r in (ra, rb))
+            if fa != fb:
+                fail(f"{t}: metadata differs from convert_hf_to_gguf.py's: "
+                     f"{sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))}")
+            ok(f"{t}: our file equals convert_hf_to_gguf.py's (tensors to the byte, metadata but the name); "
+               f"{t_ours:.1f} s against its {t_theirs:.1f} s")
 
     shakespeare = subprocess.run([ff, "--quiet", "fetch", "shakespeare"], check=True, capture_output=True,
                                  text=True).stdout.strip()

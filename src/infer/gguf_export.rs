@@ -165,12 +165,16 @@ impl PretrainedCausalLm {
                 "general.architecture".to_string(),
                 Value::String(export.architecture.into()),
             ),
+            ("general.type".into(), Value::String("model".into())),
             ("general.name".into(), Value::String(name)),
+            (
+                "general.size_label".into(),
+                Value::String(crate::models::params::size_name(self.store.numel())),
+            ),
             ("general.file_type".into(), Value::U32(ty.file_type())),
+            // llama.cpp's converter writes it whatever the type.
+            ("general.quantization_version".into(), Value::U32(2)),
         ];
-        if ty.quantized() {
-            metadata.push(("general.quantization_version".into(), Value::U32(2)));
-        }
         metadata.extend((export.metadata)(&*config)?);
         metadata.extend(self.tokenizer.to_gguf(&self.special, config.vocab_size())?);
         if let Some(t) = &self.chat_template {

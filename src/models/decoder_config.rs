@@ -509,16 +509,14 @@ pub fn to_gguf<V: Variant>(c: &DecoderConfig<V>, arch: &str) -> Result<Metadata>
         (k("attention.head_count"), u(c.num_attention_heads)?),
         (k("attention.head_count_kv"), u(c.kv_heads())?),
         (k("rope.dimension_count"), u(c.head_dim())?),
+        (k("attention.key_length"), u(c.head_dim())?),
+        (k("attention.value_length"), u(c.head_dim())?),
         (k("rope.freq_base"), GgufValue::F32(theta as f32)),
         (
             k("attention.layer_norm_rms_epsilon"),
             GgufValue::F32(c.rms_norm_eps as f32),
         ),
     ];
-    if c.head_dim.is_some() {
-        m.push((k("attention.key_length"), u(c.head_dim())?));
-        m.push((k("attention.value_length"), u(c.head_dim())?));
-    }
     match scaling {
         RopeScaling::None => {}
         RopeScaling::Linear { factor } => {
