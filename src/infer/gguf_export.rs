@@ -8,6 +8,7 @@
 
 use super::pretrained::PretrainedCausalLm;
 use crate::io::gguf_write::{write, TensorOut};
+use crate::models::family::{Family, GgufExport};
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -134,6 +135,21 @@ fn order(name: &str) -> (usize, usize, String) {
     }
 }
 
+/// How `family` is written as GGUF, or an error naming it.
+fn gguf_export(family: &'static Family) -> Result<&'static GgufExport> {
+    family
+        .causal()?
+        .gguf
+        .as_ref()
+        .and_then(|g| g.export.as_ref())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{} models cannot be written as GGUF yet (supported: llama)",
+                family.name
+            ))
+        })
+}
+
 impl PretrainedCausalLm {
     /// Writes the model as a llama.cpp GGUF file of type `ty` at `path` (atomically).
     pub fn save_gguf(&self, path: &Path, ty: GgufType) -> Result<()> {
@@ -144,17 +160,7 @@ impl PretrainedCausalLm {
         }
         let config = self.model.config();
         let family = self.model.family();
-        let export = family
-            .causal()?
-            .gguf
-            .as_ref()
-            .and_then(|g| g.export.as_ref())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{} models cannot be written as GGUF yet (supported: llama)",
-                    family.name
-                ))
-            })?;
+        let export = gguf_export(family)?;
         let name = self
             .source
             .file_stem()
@@ -253,17 +259,7 @@ impl PretrainedCausalLm {
         }
         let config = self.model.config();
         let family = self.model.family();
-        let export = family
-            .causal()?
-            .gguf
-            .as_ref()
-            .and_then(|g| g.export.as_ref())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{} models cannot be written as GGUF yet (supported: llama)",
-                    family.name
-                ))
-            })?;
+        let export = gguf_export(family)?;
         let weights = dir.join(WEIGHTS_FILE);
         let tensors = crate::io::safetensors::load(&weights, &candle_core::Device::Cpu)?;
         // PEFT's scale is llama.cpp's `alpha / r` unless rsLoRA or per-module alphas say else.
